@@ -1,0 +1,95 @@
+// pybind11 module pgap_kernels._C: raw pointers, sizes and stream handles only (no libtorch).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "host/perturb.h"
+#include "pgap/normal.h"
+#include "pgap/perturb_args.h"
+#ifdef PGAP_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "cuda/perturb.h"
+#endif
+
+namespace py = pybind11;
+using namespace pgap;
+
+namespace {
+
+DType to_dtype(int code) {
+  if (code < 0 || code > 2) throw std::invalid_argument("dtype code must be 0 (f32), 1 (bf16) or 2 (f16)");
+  return static_cast<DType>(code);
+}
+
+void host_perturb(int dtype, const std::vector<uintptr_t>& data, const std::vector<uintptr_t>& mean,
+                  const std::vector<int64_t>& numel, const std::vector<uint64_t>& offset,
+                  const std::vector<uint32_t>& key, const std::vector<uint64_t>& seeds,
+                  const std::vector<float>& coeffs, float decay, float mean_coeff, int num_threads) {
+  const size_t n = data.size();
+  if (mean.size() != n || numel.size() != n || offset.size() != n || key.size() != n)
+    throw std::invalid_argument("per-tensor argument lists must have equal lengths");
+  if (seeds.size() != coeffs.size()) throw std::invalid_argument("seeds and coeffs differ in length");
+  const DType dt = to_dtype(dtype);
+  std::vector<TensorArgs> tensors(n);
+  for (size_t p = 0; p < n; ++p)
+    tensors[p] = TensorArgs{reinterpret_cast<void*>(data[p]), reinterpret_cast<const void*>(mean[p]),
+                            numel[p], offset[p], key[p]};
+  const StreamArgs stream{seeds.data(), coeffs.data(), static_cast<int64_t>(seeds.size()), decay,
+                          mean_coeff};
+  py::gil_scoped_release release;
+  host::perturb(dt, tensors, stream, num_threads);
+}
+
+py::tuple philox(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+  const Words4 w = philox4x32_10(c0, c1, c2, c3, k0, k1);
+  return py::make_tuple(w.w0, w.w1, w.w2, w.w3);
+}
+
+py::dict build_info() {
+  py::dict d;
+#ifdef PGAP_WITH_CUDA
+  d["cuda"] = true;
+  d["cuda_archs"] = std::string(PGAP_CUDA_ARCHS_STR);
+  d["cuda_runtime_version"] = CUDART_VERSION;
+#else
+  d["cuda"] = false;
+  d["cuda_archs"] = std::string();
+  d["cuda_runtime_version"] = 0;
+#endif
+  d["host_isas"] = host::supported_isas();
+  d["host_isa"] = host::current_isa();
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pgap-kernels native kernels (host always, CUDA when built with nvcc)";
+  m.def("host_perturb", &host_perturb, "Fused seeded perturbation of one dtype group on the CPU",
+        py::arg("dtype"), py::arg("data"), py::arg("mean"), py::arg("numel"), py::arg("offset"),
+        py::arg("key"), py::arg("seeds"), py::arg("coeffs"), py::arg("decay"), py::arg("mean_coeff"),
+        py::arg("num_threads"));
+  m.def("philox4x32_10", &philox, "Raw Philox4x32-10 words for one counter and key");
+  m.def("build_info", &build_info);
+  m.def("set_host_isa", &host::set_isa, py::arg("isa"));
+#ifdef PGAP_WITH_CUDA
+  m.def(
+      "cuda_perturb",
+      [](int dtype, uintptr_t meta, int64_t n_tensors, int64_t total_chunks, uintptr_t seeds,
+         uintptr_t coeffs, int64_t n_seeds, float decay, float mean_coeff, bool has_mean,
+         int device, uintptr_t stream) {
+        const DType dt = to_dtype(dtype);
+        py::gil_scoped_release release;
+        cuda::perturb(dt, reinterpret_cast<const cuda::TensorMeta*>(meta), n_tensors, total_chunks,
+                      reinterpret_cast<const uint64_t*>(seeds), reinterpret_cast<const float*>(coeffs),
+                      n_seeds, decay, mean_coeff, has_mean, device,
+                      reinterpret_cast<void*>(stream));
+      },
+      "Fused seeded perturbation of one dtype group on a CUDA device (device pointers)");
+  m.attr("CUDA_CHUNK_BLOCKS") = cuda::kChunkBlocks;
+#endif
+}

@@ -1,0 +1,121 @@
+// CUDA fused perturbation over the shared philox4x32-10/v1 device math (pgap/normal.h).
+//
+// A CUDA block handles one chunk of kChunkBlocks Philox blocks of one tensor; each thread
+// draws the four normals of one Philox block (all seeds) and updates its four elements.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cuda/perturb.h"
+#include "pgap/normal.h"
+
+namespace pgap {
+namespace cuda {
+namespace {
+
+template <class T> struct Conv;
+template <> struct Conv<float> {
+  __device__ static float load(float x) { return x; }
+  __device__ static float store(float x) { return x; }
+};
+template <> struct Conv<__nv_bfloat16> {
+  __device__ static float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+  __device__ static __nv_bfloat16 store(float x) { return __float2bfloat16_rn(x); }
+};
+template <> struct Conv<__half> {
+  __device__ static float load(__half x) { return __half2float(x); }
+  __device__ static __half store(float x) { return __float2half_rn(x); }
+};
+
+__device__ __forceinline__ int64_t find_tensor(const TensorMeta* meta, int64_t n, int64_t chunk) {
+  int64_t lo = 0, hi = n - 1;  // largest p with meta[p].chunk_begin <= chunk
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) >> 1;
+    if (meta[mid].chunk_begin <= chunk) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+template <class T, bool kHasMean, bool kOverwrite>
+__global__ void __launch_bounds__(kThreads)
+perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t total_chunks,
+               const uint64_t* __restrict__ seeds, const float* __restrict__ coeffs,
+               int64_t n_seeds, float decay, float mean_coeff) {
+  for (int64_t chunk = blockIdx.x; chunk < total_chunks; chunk += gridDim.x) {
+    const TensorMeta tm = meta[find_tensor(meta, n_tensors, chunk)];
+    const uint64_t offset = static_cast<uint64_t>(tm.offset);
+    const uint64_t block =
+        (offset >> 2) + static_cast<uint64_t>(chunk - tm.chunk_begin) * kChunkBlocks + threadIdx.x;
+    const int64_t first = static_cast<int64_t>((block << 2) - offset);  // local index of lane 0
+    if (first >= tm.numel) continue;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int64_t j = 0; j < n_seeds; ++j) {
+      const Normals4 z = stream_block_normals(seeds[j], static_cast<uint32_t>(tm.key), block);
+      const float c = coeffs[j];
+      acc[0] += c * z.z0;
+      acc[1] += c * z.z1;
+      acc[2] += c * z.z2;
+      acc[3] += c * z.z3;
+    }
+    T* t = reinterpret_cast<T*>(tm.data);
+    const T* m = reinterpret_cast<const T*>(tm.mean);
+#pragma unroll
+    for (int lane = 0; lane < 4; ++lane) {
+      const int64_t l = first + lane;
+      if (l < 0 || l >= tm.numel) continue;
+      float base = kOverwrite ? 0.0f : decay * Conv<T>::load(t[l]);
+      if (kHasMean) base = base + mean_coeff * Conv<T>::load(m[l]);
+      t[l] = Conv<T>::store(base + acc[lane]);
+    }
+  }
+}
+
+template <class T>
+void launch(const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks, const uint64_t* seeds,
+            const float* coeffs, int64_t n_seeds, float decay, float mean_coeff, bool has_mean,
+            cudaStream_t stream) {
+  const unsigned grid = static_cast<unsigned>(total_chunks < (1 << 30) ? total_chunks : (1 << 30));
+  const bool overwrite = decay == 0.0f;
+#define PGAP_LAUNCH(M, O)                                                                    \
+  perturb_kernel<T, M, O><<<grid, kThreads, 0, stream>>>(meta, n_tensors, total_chunks, seeds, \
+                                                        coeffs, n_seeds, decay, mean_coeff)
+  if (has_mean) {
+    if (overwrite) PGAP_LAUNCH(true, true); else PGAP_LAUNCH(true, false);
+  } else {
+    if (overwrite) PGAP_LAUNCH(false, true); else PGAP_LAUNCH(false, false);
+  }
+#undef PGAP_LAUNCH
+}
+
+}  // namespace
+
+void perturb(DType dtype, const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks,
+             const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
+             float mean_coeff, bool has_mean, int device, void* stream) {
+  if (total_chunks == 0) return;
+  // This module links its own (static) CUDA runtime, whose current device is not torch's.
+  cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("pgap perturb: cudaSetDevice failed: ") + cudaGetErrorString(err));
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case DType::kFloat32:
+      launch<float>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay, mean_coeff, has_mean, s);
+      break;
+    case DType::kBFloat16:
+      launch<__nv_bfloat16>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay, mean_coeff, has_mean, s);
+      break;
+    case DType::kFloat16:
+      launch<__half>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay, mean_coeff, has_mean, s);
+      break;
+  }
+  err = cudaGetLastError();
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("pgap perturb CUDA launch failed: ") + cudaGetErrorString(err));
+}
+
+}  // namespace cuda
+}  // namespace pgap

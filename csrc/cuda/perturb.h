@@ -1,0 +1,30 @@
+// CUDA fused perturbation: one launch for a whole dtype group of tensors.
+#pragma once
+#include <cstdint>
+
+#include "pgap/perturb_args.h"
+
+namespace pgap {
+namespace cuda {
+
+// Per-tensor metadata as laid out in the int64 device table built by the Python layer.
+struct TensorMeta {
+  int64_t data;         // device pointer
+  int64_t mean;         // device pointer or 0
+  int64_t numel;
+  int64_t offset;       // stream index of element 0 (< 2^63)
+  int64_t key;          // < 2^32
+  int64_t chunk_begin;  // first chunk id of this tensor (prefix sum of chunk counts)
+};
+
+constexpr int kThreads = 256;                 // Philox blocks per chunk: 1024 elements
+constexpr int64_t kChunkBlocks = kThreads;
+
+// meta, seeds, coeffs: device pointers; total_chunks = sum over tensors of
+// ceil(block span / kChunkBlocks) (see pgap_kernels/backends/cuda/perturb.py).
+void perturb(DType dtype, const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks,
+             const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
+             float mean_coeff, bool has_mean, int device, void* stream);
+
+}  // namespace cuda
+}  // namespace pgap

@@ -1,0 +1,103 @@
+// Host entry point: picks the kernel for this CPU and spreads chunks over OpenMP threads.
+#include "host/perturb.h"
+
+#include <omp.h>
+
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace pgap {
+namespace host {
+
+namespace generic { void perturb_chunk(DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t); }
+namespace avx2 { void perturb_chunk(DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t); }
+namespace avx512 { void perturb_chunk(DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t); }
+
+namespace {
+
+using ChunkFn = void (*)(DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t);
+
+bool cpu_has(const std::string& isa) {
+  __builtin_cpu_init();
+  if (isa == "generic") return true;
+  if (isa == "avx2")
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+  if (isa == "avx512")
+    return cpu_has("avx2") && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq");
+  return false;
+}
+
+std::string best_isa() {
+  if (cpu_has("avx512")) return "avx512";
+  if (cpu_has("avx2")) return "avx2";
+  return "generic";
+}
+
+std::string& selected_isa() {
+  static std::string isa = [] {
+    const char* env = std::getenv("PGAP_HOST_ISA");
+    if (env && *env && cpu_has(env)) return std::string(env);
+    return best_isa();
+  }();
+  return isa;
+}
+
+ChunkFn chunk_fn() {
+  const std::string& isa = selected_isa();
+  if (isa == "avx512") return avx512::perturb_chunk;
+  if (isa == "avx2") return avx2::perturb_chunk;
+  return generic::perturb_chunk;
+}
+
+constexpr int64_t kParallelThreshold = 1 << 15;  // elements below which one thread is faster
+
+}  // namespace
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> out;
+  for (const char* isa : {"generic", "avx2", "avx512"})
+    if (cpu_has(isa)) out.emplace_back(isa);
+  return out;
+}
+
+std::string current_isa() { return selected_isa(); }
+
+void set_isa(const std::string& isa) {
+  if (isa != "generic" && isa != "avx2" && isa != "avx512")
+    throw std::invalid_argument("isa must be one of 'generic', 'avx2', 'avx512', got '" + isa + "'");
+  if (!cpu_has(isa)) throw std::invalid_argument("this CPU does not support isa '" + isa + "'");
+  selected_isa() = isa;
+}
+
+void perturb(DType dtype, const std::vector<TensorArgs>& tensors, const StreamArgs& stream,
+             int num_threads) {
+  struct Item {
+    int32_t tensor;
+    int64_t lo;
+  };
+  std::vector<Item> items;
+  int64_t total = 0;
+  for (size_t p = 0; p < tensors.size(); ++p) {
+    total += tensors[p].numel;
+    for (int64_t lo = 0; lo < tensors[p].numel; lo += kHostChunk)
+      items.push_back(Item{static_cast<int32_t>(p), lo});
+  }
+  const ChunkFn fn = chunk_fn();
+  const int64_t n_items = static_cast<int64_t>(items.size());
+  const int threads = (total < kParallelThreshold || num_threads < 1) ? 1 : num_threads;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t k = 0; k < n_items; ++k) {
+    const TensorArgs& ta = tensors[items[k].tensor];
+    const int64_t lo = items[k].lo;
+    const int64_t hi = (ta.numel - lo < kHostChunk) ? ta.numel : lo + kHostChunk;
+    fn(dtype, ta, stream, lo, hi);
+  }
+}
+
+}  // namespace host
+}  // namespace pgap

@@ -1,0 +1,23 @@
+// Host (CPU) fused perturbation: OpenMP over chunks, SIMD kernel chosen by CPU features.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "pgap/perturb_args.h"
+
+namespace pgap {
+namespace host {
+
+constexpr int64_t kHostChunk = 4096;  // elements per work item (multiple of 4)
+
+// Applies the perturbation to every tensor of one dtype group (see perturb_args.h).
+void perturb(DType dtype, const std::vector<TensorArgs>& tensors, const StreamArgs& stream,
+             int num_threads);
+
+std::vector<std::string> supported_isas();  // "generic", "avx2", "avx512" this CPU can run
+std::string current_isa();                  // the one in use
+void set_isa(const std::string& isa);       // for tests and benchmarks
+
+}  // namespace host
+}  // namespace pgap

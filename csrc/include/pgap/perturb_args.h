@@ -1,0 +1,29 @@
+// Plain-old-data arguments of the fused perturbation, shared by the host and CUDA builds.
+//
+// For every tensor t and element index l in [0, numel), in float32 with one rounding:
+//   t[l] <- decay*t[l] + mean_coeff*mean[l] + sum_j coeffs[j] * xi(seeds[j], key, offset + l)
+// decay == 0 overwrites t without reading it; a null mean drops the mean term.
+#pragma once
+#include <cstdint>
+
+namespace pgap {
+
+enum class DType : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+struct TensorArgs {
+  void* data;          // contiguous, numel elements of the group's dtype (mutated)
+  const void* mean;    // null, or contiguous numel elements of the same dtype
+  int64_t numel;
+  uint64_t offset;     // stream index of element 0
+  uint32_t key;
+};
+
+struct StreamArgs {
+  const uint64_t* seeds;
+  const float* coeffs;
+  int64_t n_seeds;
+  float decay;
+  float mean_coeff;
+};
+
+}  // namespace pgap

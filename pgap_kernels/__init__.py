@@ -1,0 +1,21 @@
+"""pgap_kernels: fused kernels for zeroth-order (ZO) fine-tuning.
+
+Public API
+----------
+gaussian(shape, seed, *, key=0, offset=0, device=None, dtype=torch.float32) -> Tensor
+perturb_(tensors, seeds, coeffs, *, keys=None, offsets=None, decay=1.0, mean=None, mean_coeff=0.0)
+use_backend(name)              context manager forcing a backend
+available_backends(device)     backends that can run on a device
+STREAM_VERSION                 the random-stream contract, "philox4x32-10/v1" (docs/rng.md)
+
+Importing needs neither a GPU, nor the compiled ``_C`` module, nor triton: a missing backend
+fails when it is used, with the reason.
+"""
+from ._dispatch import available_backends, backend_status, use_backend
+from ._stream import STREAM_VERSION
+from .ops import gaussian, perturb_
+
+__version__ = "0.1.0"
+
+__all__ = ["STREAM_VERSION", "available_backends", "backend_status", "gaussian", "perturb_",
+           "use_backend", "__version__"]

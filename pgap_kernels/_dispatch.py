@@ -1,0 +1,103 @@
+"""Backend registry and per-device backend choice.
+
+Automatic order per device type: CUDA ``cuda > triton > reference``; CPU ``native > reference``.
+``PGAP_BACKEND=<name>`` or ``with pgap_kernels.use_backend(name):`` force one backend; a forced
+backend that cannot run raises, an automatic choice falls back with one log line.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import logging
+import os
+from types import ModuleType
+from typing import Dict, Iterator, List, Optional, Union
+
+import torch
+
+logger = logging.getLogger("pgap_kernels")
+
+BACKENDS = ("reference", "native", "cuda", "triton")
+AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("native", "reference")}
+
+_forced: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("pgap_backend", default=None)
+_fallbacks_logged: set = set()
+
+DeviceLike = Union[str, int, torch.device, None]
+
+
+def _check_name(name: str, source: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}; got {name!r}")
+    return name
+
+
+def backend_module(name: str) -> ModuleType:
+    """The package ``pgap_kernels.backends.<name>`` (cheap: kernels load on first use)."""
+    return importlib.import_module(f"pgap_kernels.backends.{_check_name(name, 'backend')}")
+
+
+def as_device(device: DeviceLike) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, int):
+        return torch.device("cuda", device)
+    return torch.device(device)
+
+
+def backend_status(device: DeviceLike = None) -> Dict[str, Optional[str]]:
+    """Map every backend name to ``None`` (usable on ``device``) or the reason it is not."""
+    dev = as_device(device)
+    return {name: backend_module(name).unavailable_reason(dev) for name in BACKENDS}
+
+
+def available_backends(device: DeviceLike = None) -> List[str]:
+    """Names of the backends that can run on ``device`` (default CPU), best first."""
+    dev = as_device(device)
+    status = backend_status(dev)
+    order = list(AUTO_ORDER.get(dev.type, ("reference",)))
+    order += [n for n in BACKENDS if n not in order]
+    return [n for n in order if status[n] is None]
+
+
+def forced_backend() -> Optional[str]:
+    """The backend forced by :func:`use_backend` or, failing that, ``PGAP_BACKEND``."""
+    name = _forced.get()
+    if name is not None:
+        return name
+    env = os.environ.get("PGAP_BACKEND", "").strip()
+    return _check_name(env, "PGAP_BACKEND") if env else None
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force backend ``name`` for the ops called inside the block (overrides PGAP_BACKEND)."""
+    token = _forced.set(_check_name(name, "backend name"))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def resolve_backend(device: torch.device) -> str:
+    """The backend that will run an op on ``device``; raises if a forced one cannot."""
+    forced = forced_backend()
+    if forced is not None:
+        reason = backend_module(forced).unavailable_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"pgap_kernels backend {forced!r} was requested for {device} "
+                               f"but cannot run: {reason}")
+        return forced
+    order = AUTO_ORDER.get(device.type, ("reference",))
+    reasons = []
+    for name in order:
+        reason = backend_module(name).unavailable_reason(device)
+        if reason is None:
+            if reasons and (device.type, name) not in _fallbacks_logged:
+                _fallbacks_logged.add((device.type, name))
+                logger.warning("pgap_kernels: using backend %r on %s (%s)", name, device.type,
+                               "; ".join(reasons))
+            return name
+        reasons.append(f"{name} unavailable: {reason}")
+    raise RuntimeError(f"no pgap_kernels backend can run on {device}: {'; '.join(reasons)}")

@@ -1,0 +1,26 @@
+"""Constants of the philox4x32-10/v1 random-stream contract (see docs/rng.md)."""
+
+STREAM_VERSION = "philox4x32-10/v1"
+
+PHILOX_M0 = 0xD2511F53
+PHILOX_M1 = 0xCD9E8D57
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+PHILOX_ROUNDS = 10
+
+SEED_LIMIT = 1 << 64   # seeds in [0, 2^64)
+KEY_LIMIT = 1 << 32    # keys in [0, 2^32)
+INDEX_LIMIT = 1 << 63  # offset + numel must stay below 2^63 (int64 in every backend)
+
+UNIFORM_SCALE = 2.0 ** -24  # u = (2*(x >> 9) + 1) * 2^-24
+TWO_PI = 6.283185307179586
+
+
+def seed_to_int64(seed: int) -> int:
+    """Reinterpret a seed in [0, 2^64) as a signed int64 (the torch.library schema type)."""
+    return seed - SEED_LIMIT if seed >= (1 << 63) else seed
+
+
+def seed_from_int64(seed: int) -> int:
+    """Inverse of :func:`seed_to_int64`."""
+    return seed + SEED_LIMIT if seed < 0 else seed

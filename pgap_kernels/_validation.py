@@ -1,0 +1,146 @@
+"""Argument checks for the public ops, run before any tensor is touched."""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from ._stream import INDEX_LIMIT, KEY_LIMIT, SEED_LIMIT
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+TensorList = Union[torch.Tensor, Sequence[torch.Tensor]]
+IntOrInts = Union[int, Sequence[int]]
+FloatOrFloats = Union[float, Sequence[float]]
+
+
+@dataclass
+class PerturbArgs:
+    """Normalized, validated arguments of :func:`pgap_kernels.perturb_`."""
+
+    tensors: List[torch.Tensor]
+    means: Optional[List[torch.Tensor]]
+    seeds: List[int]
+    coeffs: List[float]
+    keys: List[int]
+    offsets: List[int]
+    decay: float
+    mean_coeff: float
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _as_list(value, name: str) -> list:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence, got {type(value).__name__}")
+    return list(value)
+
+
+def check_float_dtype(dtype: torch.dtype, name: str) -> None:
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {dtype}; expected one of float32, bfloat16, float16")
+
+
+def check_int(value: object, name: str, low: int, high: int) -> int:
+    """``value`` must be an integer in [low, high)."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if not low <= value < high:
+        raise ValueError(f"{name} must lie in [{low}, {high}), got {value}")
+    return value
+
+
+def check_finite(value: object, name: str) -> float:
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _check_tensors(tensors: TensorList) -> List[torch.Tensor]:
+    if isinstance(tensors, torch.Tensor):
+        tensors = [tensors]
+    tensors = _as_list(tensors, "tensors")
+    device = None
+    for p, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensors[{p}] must be a torch.Tensor, got {type(t).__name__}")
+        check_float_dtype(t.dtype, f"tensors[{p}]")
+        if not t.is_contiguous():
+            raise ValueError(f"tensors[{p}] must be contiguous (call .contiguous() on a copy)")
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            raise ValueError(f"tensors[{p}] is on {t.device} but tensors[0] is on {device}; "
+                             "all tensors must share one device")
+    return tensors
+
+
+def _check_means(mean, tensors: List[torch.Tensor]) -> Optional[List[torch.Tensor]]:
+    if mean is None:
+        return None
+    if isinstance(mean, torch.Tensor):
+        mean = [mean]
+    mean = _as_list(mean, "mean")
+    if len(mean) != len(tensors):
+        raise ValueError(f"mean has {len(mean)} tensors but tensors has {len(tensors)}")
+    for p, (m, t) in enumerate(zip(mean, tensors)):
+        if not isinstance(m, torch.Tensor):
+            raise TypeError(f"mean[{p}] must be a torch.Tensor, got {type(m).__name__}")
+        if m.shape != t.shape:
+            raise ValueError(f"mean[{p}] has shape {tuple(m.shape)}, expected {tuple(t.shape)}")
+        if m.dtype != t.dtype:
+            raise TypeError(f"mean[{p}] has dtype {m.dtype}, expected {t.dtype} like tensors[{p}]")
+        if m.device != t.device:
+            raise ValueError(f"mean[{p}] is on {m.device}, expected {t.device} like tensors[{p}]")
+        if not m.is_contiguous():
+            raise ValueError(f"mean[{p}] must be contiguous")
+    return mean
+
+
+def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
+                     keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
+                     decay: float, mean: Optional[TensorList], mean_coeff: float) -> PerturbArgs:
+    """Check every argument of ``perturb_``; raise TypeError/ValueError naming the culprit."""
+    tensors = _check_tensors(tensors)
+    seeds_l = [seeds] if _is_int(seeds) else _as_list(seeds, "seeds")
+    coeffs_l = [coeffs] if _is_real(coeffs) else _as_list(coeffs, "coeffs")
+    if len(seeds_l) != len(coeffs_l):
+        raise ValueError(f"seeds has {len(seeds_l)} entries but coeffs has {len(coeffs_l)}; "
+                         "they must have equal lengths")
+    seeds_l = [check_int(s, f"seeds[{j}]", 0, SEED_LIMIT) for j, s in enumerate(seeds_l)]
+    coeffs_l = [check_finite(c, f"coeffs[{j}]") for j, c in enumerate(coeffs_l)]
+    n = len(tensors)
+    if keys is None:
+        keys_l = list(range(n))
+    else:
+        keys_l = _as_list(keys, "keys")
+        if len(keys_l) != n:
+            raise ValueError(f"keys has {len(keys_l)} entries but tensors has {n}")
+    keys_l = [check_int(k, f"keys[{p}]", 0, KEY_LIMIT) for p, k in enumerate(keys_l)]
+    if offsets is None:
+        offsets_l = [0] * n
+    else:
+        offsets_l = _as_list(offsets, "offsets")
+        if len(offsets_l) != n:
+            raise ValueError(f"offsets has {len(offsets_l)} entries but tensors has {n}")
+    offsets_l = [check_int(o, f"offsets[{p}]", 0, INDEX_LIMIT - tensors[p].numel())
+                 for p, o in enumerate(offsets_l)]
+    decay = check_finite(decay, "decay")
+    mean_coeff = check_finite(mean_coeff, "mean_coeff")
+    means = _check_means(mean, tensors)
+    if means is None and mean_coeff != 0.0:
+        raise ValueError("mean_coeff is nonzero but mean is None; pass mean=[...] or mean_coeff=0")
+    return PerturbArgs(tensors, means, seeds_l, coeffs_l, keys_l, offsets_l, decay, mean_coeff)

@@ -1,0 +1,25 @@
+"""Split validated arguments into (dtype code, sub-arguments) groups, dropping empty tensors."""
+from __future__ import annotations
+
+from typing import Dict, Iterator, List, Tuple
+
+import torch
+
+from .._validation import PerturbArgs
+
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc DType
+
+
+def split_by_dtype(args: PerturbArgs) -> Iterator[Tuple[int, PerturbArgs]]:
+    """One sub-argument set per dtype, in first-seen order, without zero-size tensors."""
+    index: Dict[torch.dtype, List[int]] = {}
+    for p, t in enumerate(args.tensors):
+        if t.numel() > 0:
+            index.setdefault(t.dtype, []).append(p)
+    for dtype, ps in index.items():
+        yield DTYPE_CODES[dtype], PerturbArgs(
+            tensors=[args.tensors[p] for p in ps],
+            means=[args.means[p] for p in ps] if args.means is not None else None,
+            seeds=args.seeds, coeffs=args.coeffs,
+            keys=[args.keys[p] for p in ps], offsets=[args.offsets[p] for p in ps],
+            decay=args.decay, mean_coeff=args.mean_coeff)

@@ -1,0 +1,28 @@
+"""CUDA fused perturbation: one kernel launch per dtype group, on torch's current stream."""
+from __future__ import annotations
+
+import torch
+
+from ... import _native
+from ..._validation import PerturbArgs
+from .._groups import split_by_dtype
+from .._tables import chunk_table, stream_tables
+
+
+def perturb_group(args: PerturbArgs) -> None:
+    """In place on CUDA tensors of one device; see :func:`pgap_kernels.perturb_`.
+
+    The launch tables are allocated on the current stream, so the caching allocator keeps
+    them alive until the kernel that reads them has run.
+    """
+    lib, _ = _native.load()
+    device = args.tensors[0].device
+    seeds, coeffs = stream_tables(args, device)
+    stream = torch.cuda.current_stream(device)
+    for code, group in split_by_dtype(args):
+        meta, total_chunks = chunk_table(group, lib.CUDA_CHUNK_BLOCKS)
+        meta = meta.to(device)
+        lib.cuda_perturb(code, meta.data_ptr(), meta.shape[0], total_chunks, seeds.data_ptr(),
+                         coeffs.data_ptr(), len(group.seeds), group.decay, group.mean_coeff,
+                         group.means is not None, device.index if device.index is not None
+                         else torch.cuda.current_device(), stream.cuda_stream)

@@ -1,0 +1,27 @@
+"""Native fused perturbation: one ``_C.host_perturb`` call per dtype group."""
+from __future__ import annotations
+
+import torch
+
+from ... import _native
+from ..._validation import PerturbArgs
+from .._groups import DTYPE_CODES, split_by_dtype
+
+
+def perturb_group(args: PerturbArgs) -> None:
+    """In place on CPU tensors; see :func:`pgap_kernels.perturb_`."""
+    lib, _ = _native.load()
+    for code, group in split_by_dtype(args):
+        lib.host_perturb(
+            code,
+            [t.data_ptr() for t in group.tensors],
+            [m.data_ptr() for m in group.means] if group.means is not None else [0] * len(group.tensors),
+            [t.numel() for t in group.tensors],
+            group.offsets,
+            group.keys,
+            group.seeds,
+            group.coeffs,
+            group.decay,
+            group.mean_coeff,
+            torch.get_num_threads(),
+        )

@@ -1,0 +1,26 @@
+"""Triton backend: GPU kernels, also runnable on the CPU under ``TRITON_INTERPRET=1``."""
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unavailable_reason(device: torch.device) -> Optional[str]:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install 'pgap-kernels[triton]')"
+    if device.type == "cpu":
+        if not interpreting():
+            return "triton runs on the CPU only in interpreter mode: set TRITON_INTERPRET=1"
+        return None
+    if device.type != "cuda":
+        return f"triton does not run on {device.type}"
+    if interpreting():
+        return "TRITON_INTERPRET=1 is set: the interpreter runs on CPU tensors only"
+    if not torch.cuda.is_available():
+        return "torch reports no usable CUDA device"
+    return None

@@ -1,0 +1,101 @@
+"""Triton fused perturbation: one launch per dtype group over a multi-tensor chunk table.
+
+Each program handles BLOCKS Philox blocks (4*BLOCKS stream elements) of one tensor. It calls
+``tl.philox(seed, c0, c1, c2, c3)`` with the philox4x32-10/v1 counter (block mod 2^32,
+block >> 32, key, 0): one call gives four normals (not ``tl.randn``, whose counter differs).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..._stream import TWO_PI, UNIFORM_SCALE
+from ..._validation import PerturbArgs
+from .._groups import split_by_dtype
+from .._tables import META_FIELDS, chunk_table, stream_tables
+
+BLOCKS = 256  # Philox blocks per program: 1024 elements
+TL_DTYPES = {0: tl.float32, 1: tl.bfloat16, 2: tl.float16}
+_SCALE = tl.constexpr(UNIFORM_SCALE)
+_TWO_PI = tl.constexpr(TWO_PI)
+_META = tl.constexpr(META_FIELDS)
+
+
+@triton.jit
+def _uniform(x):
+    return ((x >> 9) * 2 + 1).to(tl.float32) * _SCALE
+
+
+@triton.jit
+def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, mean_coeff,
+                    DTYPE: tl.constexpr, HAS_MEAN: tl.constexpr, OVERWRITE: tl.constexpr,
+                    BLOCKS: tl.constexpr, SEARCH_STEPS: tl.constexpr):
+    chunk = tl.program_id(0).to(tl.int64)
+    # Largest tensor p whose first chunk is <= this chunk (binary search over the table).
+    lo = tl.zeros((), dtype=tl.int64)
+    hi = lo + n_tensors - 1
+    for _ in tl.static_range(SEARCH_STEPS):
+        mid = (lo + hi + 1) // 2
+        go = tl.load(meta_ptr + mid * _META + 5) <= chunk
+        lo = tl.where(go, mid, lo)
+        hi = tl.where(go, hi, mid - 1)
+    row = meta_ptr + lo * _META
+    data = tl.load(row).to(tl.pointer_type(DTYPE))
+    numel = tl.load(row + 2)
+    offset = tl.load(row + 3)
+    key = tl.load(row + 4).to(tl.uint32)
+    chunk_begin = tl.load(row + 5)
+
+    block = offset // 4 + (chunk - chunk_begin) * BLOCKS + tl.arange(0, BLOCKS).to(tl.int64)
+    c0 = (block & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (block >> 32).to(tl.uint32)
+    c2 = tl.zeros_like(c0) + key
+    c3 = tl.zeros_like(c0)
+    acc0 = tl.zeros((BLOCKS,), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCKS,), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCKS,), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCKS,), dtype=tl.float32)
+    for j in range(n_seeds):
+        seed = tl.load(seeds_ptr + j)
+        coeff = tl.load(coeffs_ptr + j)
+        w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c3)
+        r01 = tl.sqrt(-2.0 * tl.log(_uniform(w0)))
+        t01 = _uniform(w1) * _TWO_PI
+        r23 = tl.sqrt(-2.0 * tl.log(_uniform(w2)))
+        t23 = _uniform(w3) * _TWO_PI
+        acc0 += coeff * (r01 * tl.cos(t01))
+        acc1 += coeff * (r01 * tl.sin(t01))
+        acc2 += coeff * (r23 * tl.cos(t23))
+        acc3 += coeff * (r23 * tl.sin(t23))
+
+    lane = tl.arange(0, 4)[None, :]
+    acc = tl.where(lane == 0, acc0[:, None],
+                   tl.where(lane == 1, acc1[:, None], tl.where(lane == 2, acc2[:, None], acc3[:, None])))
+    local = block[:, None] * 4 + lane - offset
+    mask = (local >= 0) & (local < numel)
+    if OVERWRITE:
+        out = tl.zeros((BLOCKS, 4), dtype=tl.float32)
+    else:
+        out = decay * tl.load(data + local, mask=mask).to(tl.float32)
+    if HAS_MEAN:
+        mean = tl.load(row + 1).to(tl.pointer_type(DTYPE))
+        out = out + mean_coeff * tl.load(mean + local, mask=mask).to(tl.float32)
+    tl.store(data + local, (out + acc).to(DTYPE), mask=mask)
+
+
+def perturb_group(args: PerturbArgs) -> None:
+    """In place on tensors of one device; see :func:`pgap_kernels.perturb_`."""
+    device = args.tensors[0].device
+    seeds, coeffs = stream_tables(args, device)
+    for code, group in split_by_dtype(args):
+        meta, total_chunks = chunk_table(group, BLOCKS)
+        meta = meta.to(device)
+        n = meta.shape[0]
+        _perturb_kernel[(total_chunks,)](
+            meta, seeds, coeffs, len(group.seeds), n,
+            float(torch.tensor(group.decay, dtype=torch.float32)),
+            float(torch.tensor(group.mean_coeff, dtype=torch.float32)),
+            DTYPE=TL_DTYPES[code], HAS_MEAN=group.means is not None,
+            OVERWRITE=group.decay == 0.0, BLOCKS=BLOCKS,
+            SEARCH_STEPS=max(1, n.bit_length()))

@@ -1,0 +1,118 @@
+"""Public ops of pgap_kernels, registered once as ``torch.library`` custom ops (namespace pgap).
+
+Validation runs here, before any tensor is modified; the custom op then runs the backend chosen
+for the tensors' device (see :mod:`pgap_kernels._dispatch`).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from ._dispatch import DeviceLike, as_device, backend_module, resolve_backend
+from ._stream import INDEX_LIMIT, KEY_LIMIT, seed_from_int64, seed_to_int64
+from ._validation import (FloatOrFloats, IntOrInts, PerturbArgs, TensorList, check_float_dtype,
+                          check_int, validate_perturb)
+
+ShapeLike = Union[int, Sequence[int], torch.Size]
+
+
+def _run(backend: str, args: PerturbArgs) -> None:
+    module = backend_module(backend)
+    reason = module.unavailable_reason(args.tensors[0].device)
+    if reason is not None:
+        raise RuntimeError(f"pgap_kernels backend {backend!r} cannot run: {reason}")
+    from importlib import import_module  # noqa: PLC0415  (kernels load on first use)
+    import_module(f"{module.__name__}.perturb").perturb_group(args)
+
+
+@torch.library.custom_op("pgap::perturb_", mutates_args=("tensors",), device_types="cpu")
+def _perturb_op(tensors: List[torch.Tensor], means: List[torch.Tensor],
+                seeds: List[int], coeffs: List[float], keys: List[int], offsets: List[int],
+                decay: float, mean_coeff: float, backend: str) -> None:
+    """``means`` is empty when there is no mean term; seeds are int64 bit patterns."""
+    _run(backend, PerturbArgs(list(tensors), list(means) if means else None,
+                              [seed_from_int64(s) for s in seeds], list(coeffs), list(keys),
+                              list(offsets), decay, mean_coeff))
+
+
+_perturb_op.register_kernel("cuda")(_perturb_op._init_fn)
+
+
+@_perturb_op.register_fake
+def _perturb_fake(tensors, means, seeds, coeffs, keys, offsets, decay, mean_coeff, backend) -> None:
+    return None
+
+
+def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
+             keys: Optional[Sequence[int]] = None, offsets: Optional[Sequence[int]] = None,
+             decay: float = 1.0, mean: Optional[TensorList] = None,
+             mean_coeff: float = 0.0) -> None:
+    """Fused seeded perturbation of many tensors, in place.
+
+    For every tensor ``t`` at list position ``p`` and element ``i`` (row-major)::
+
+        t[i] <- decay*t[i] + mean_coeff*mean[p][i] + sum_j coeffs[j] * xi(seeds[j], keys[p], offsets[p] + i)
+
+    with ``xi`` the philox4x32-10/v1 standard-normal stream (docs/rng.md). Arithmetic is float32
+    with one rounding to ``t.dtype``. One kernel launch per (device, dtype) group.
+
+    Parameters
+    ----------
+    tensors : Tensor or sequence of Tensor
+        Contiguous float32/bfloat16/float16 tensors on one device, any shapes. **Mutated.**
+    seeds : int or sequence of int
+        Stream seeds in [0, 2**64). Several seeds add several directions in one pass.
+    coeffs : float or sequence of float
+        Finite coefficients, one per seed.
+    keys : sequence of int, optional
+        Per-tensor stream keys in [0, 2**32); default ``0, 1, ..., len(tensors)-1``.
+    offsets : sequence of int, optional
+        Per-tensor stream index of element 0 (for shards of a larger tensor); default 0.
+        ``offsets[p] + tensors[p].numel()`` must stay below 2**63.
+    decay : float
+        Multiplies the old value; ``decay == 0`` overwrites ``t`` without reading it.
+    mean : Tensor or sequence of Tensor, optional
+        Tensors shaped, typed and placed like ``tensors`` (read only).
+    mean_coeff : float
+        Coefficient of ``mean``; must be 0 when ``mean`` is None.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad argument, before any tensor is modified.
+    RuntimeError
+        If a backend forced by ``PGAP_BACKEND``/:func:`use_backend` cannot run.
+    """
+    args = validate_perturb(tensors, seeds, coeffs, keys=keys, offsets=offsets, decay=decay,
+                            mean=mean, mean_coeff=mean_coeff)
+    if not any(t.numel() for t in args.tensors):
+        return
+    backend = resolve_backend(args.tensors[0].device)
+    torch.ops.pgap.perturb_(args.tensors, args.means or [], [seed_to_int64(s) for s in args.seeds],
+                            args.coeffs, args.keys, args.offsets, args.decay, args.mean_coeff,
+                            backend)
+
+
+def gaussian(shape: ShapeLike, seed: int, *, key: int = 0, offset: int = 0,
+             device: DeviceLike = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A new tensor whose element i (row-major) is ``xi(seed, key, offset + i)``.
+
+    Parameters
+    ----------
+    shape : int or sequence of int
+    seed : int in [0, 2**64)
+    key : int in [0, 2**32)
+    offset : int >= 0, with ``offset + numel < 2**63``
+    device : torch.device, str or int, optional (default CPU)
+    dtype : torch.float32, torch.bfloat16 or torch.float16 (one rounding from float32)
+    """
+    check_float_dtype(dtype, "dtype")
+    size = torch.Size([shape] if isinstance(shape, int) else shape)
+    if any(s < 0 for s in size):
+        raise ValueError(f"shape must have non-negative sizes, got {tuple(size)}")
+    check_int(key, "key", 0, KEY_LIMIT)
+    check_int(offset, "offset", 0, INDEX_LIMIT - size.numel())
+    out = torch.empty(size, device=as_device(device), dtype=dtype)
+    perturb_(out, seed, 1.0, keys=[key], offsets=[offset], decay=0.0)
+    return out
