@@ -1,0 +1,47 @@
+"""Test configuration: backends per device, GPU marks, Triton interpreter on CPU-only machines."""
+import os
+
+import torch
+
+# Triton runs on the CPU only through its interpreter, which must be chosen before any kernel is
+# defined. On a GPU machine leave it off so the triton backend runs on the GPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import pgap_kernels as pk  # noqa: E402
+
+GPU_REASON = "needs a CUDA device (run `make test-gpu` on a GPU machine)"
+HAS_CUDA = torch.cuda.is_available()
+
+
+def backend_cases(include_reference: bool = False):
+    """pytest params (device, backend) for every non-reference backend on every device kind."""
+    cases = []
+    for device, names in (("cpu", ("native", "triton")), ("cuda", ("cuda", "triton"))):
+        names = names + (("reference",) if include_reference else ())
+        for name in names:
+            marks = [pytest.mark.gpu] if device == "cuda" else []
+            cases.append(pytest.param((device, name), marks=marks, id=f"{device}-{name}"))
+    return cases
+
+
+def require(device: str, backend: str) -> None:
+    """Skip (with the reason) when ``backend`` cannot run on ``device`` here."""
+    if device == "cuda" and not HAS_CUDA:
+        pytest.skip(GPU_REASON)
+    reason = pk.backend_status(device)[backend]
+    if reason is not None:
+        pytest.skip(f"{backend} on {device}: {reason}")
+
+
+@pytest.fixture(params=backend_cases())
+def device_backend(request):
+    device, backend = request.param
+    require(device, backend)
+    return device, backend
+
+
+def is_triton_interpreter(device: str, backend: str) -> bool:
+    return backend == "triton" and device == "cpu"
