@@ -18,6 +18,8 @@ ShapeLike = Union[int, Sequence[int], torch.Size]
 
 
 def _run(backend: str, args: PerturbArgs) -> None:
+    """Run ``backend`` ("" = the one chosen for the tensors' device now) on valid arguments."""
+    backend = backend or resolve_backend(args.tensors[0].device)
     module = backend_module(backend)
     reason = module.unavailable_reason(args.tensors[0].device)
     if reason is not None:
@@ -30,7 +32,9 @@ def _run(backend: str, args: PerturbArgs) -> None:
 def _perturb_op(tensors: List[torch.Tensor], means: List[torch.Tensor],
                 seeds: List[int], coeffs: List[float], keys: List[int], offsets: List[int],
                 decay: float, mean_coeff: float, backend: str) -> None:
-    """``means`` is empty when there is no mean term; seeds are int64 bit patterns."""
+    """``means`` is empty when there is no mean term; seeds are int64 bit patterns; ``backend``
+    names a backend or is "" for the automatic/forced choice, made when the op runs (so it is
+    not baked into torch.compile graphs)."""
     _run(backend, PerturbArgs(list(tensors), list(means) if means else None,
                               [seed_from_int64(s) for s in seeds], list(coeffs), list(keys),
                               list(offsets), decay, mean_coeff))
@@ -88,10 +92,8 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
                             mean=mean, mean_coeff=mean_coeff)
     if not any(t.numel() for t in args.tensors):
         return
-    backend = resolve_backend(args.tensors[0].device)
     torch.ops.pgap.perturb_(args.tensors, args.means or [], [seed_to_int64(s) for s in args.seeds],
-                            args.coeffs, args.keys, args.offsets, args.decay, args.mean_coeff,
-                            backend)
+                            args.coeffs, args.keys, args.offsets, args.decay, args.mean_coeff, "")
 
 
 def gaussian(shape: ShapeLike, seed: int, *, key: int = 0, offset: int = 0,

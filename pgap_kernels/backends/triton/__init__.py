@@ -11,7 +11,11 @@ def interpreting() -> bool:
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:
-    if importlib.util.find_spec("triton") is None:
+    try:
+        found = importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
         return "triton is not installed (pip install 'pgap-kernels[triton]')"
     if device.type == "cpu":
         if not interpreting():

@@ -1,0 +1,47 @@
+"""The custom op pgap::perturb_: opcheck and torch.compile."""
+import pytest
+import torch
+
+import pgap_kernels as pk
+from pgap_kernels._stream import seed_to_int64
+
+from conftest import HAS_CUDA
+
+
+def sample_args(device, backend):
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(17, generator=g).to(device), torch.randn(4, 5, generator=g).to(device)]
+    means = [torch.randn_like(t) for t in tensors]
+    return [
+        (tensors, [], [seed_to_int64(3)], [0.5], [0, 1], [0, 0], 1.0, 0.0, backend),
+        (tensors, means, [seed_to_int64((1 << 64) - 1), 2], [0.5, -1.0], [5, 6], [3, 100], 0.9,
+         0.25, backend),
+    ]
+
+
+@pytest.mark.parametrize("device,backend", [
+    ("cpu", "native"), ("cpu", "reference"),
+    pytest.param("cuda", "cuda", marks=pytest.mark.gpu),
+    pytest.param("cuda", "triton", marks=pytest.mark.gpu),
+])
+def test_opcheck(device, backend):
+    if device == "cuda" and not HAS_CUDA:
+        pytest.skip("needs a CUDA device")
+    for args in sample_args(device, backend):
+        torch.library.opcheck(torch.ops.pgap.perturb_.default, args)
+
+
+def mezo_passes(params, seed, eps):
+    pk.perturb_(params, seed, eps)
+    pk.perturb_(params, seed, -2 * eps)
+    pk.perturb_(params, seed, eps, decay=0.999)
+
+
+def test_torch_compile_matches_eager():
+    g = torch.Generator().manual_seed(1)
+    eager = [torch.randn(33, generator=g), torch.randn(8, 9, generator=g)]
+    compiled = [t.clone() for t in eager]
+    mezo_passes(eager, 5, 1e-2)
+    torch.compile(mezo_passes, fullgraph=True)(compiled, 5, 1e-2)
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)

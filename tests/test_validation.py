@@ -1,0 +1,119 @@
+"""Bad input raises TypeError/ValueError naming the argument, and modifies nothing."""
+import math
+
+import pytest
+import torch
+
+import pgap_kernels as pk
+
+
+def fresh():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(5, generator=g), torch.randn(3, 2, generator=g)]
+
+
+def assert_rejected(exc, match, tensors, *args, **kwargs):
+    before = [t.clone() if isinstance(t, torch.Tensor) else t for t in tensors]
+    means = kwargs.get("mean")
+    means_before = [m.clone() for m in means] if isinstance(means, list) else None
+    with pytest.raises(exc, match=match):
+        pk.perturb_(tensors, *args, **kwargs)
+    for b, t in zip(before, tensors):
+        assert not isinstance(t, torch.Tensor) or torch.equal(b, t), "a tensor was modified"
+    if means_before is not None:
+        for b, m in zip(means_before, means):
+            assert torch.equal(b, m)
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_bad_input(backend):
+    with pk.use_backend(backend):
+        t = fresh()
+        assert_rejected(ValueError, r"tensors\[2\] must be contiguous",
+                        t + [torch.zeros(4, 4).t()], 1, 1.0)
+        assert_rejected(TypeError, r"tensors\[2\] has dtype torch.int64",
+                        t + [torch.zeros(3, dtype=torch.int64)], 1, 1.0)
+        assert_rejected(TypeError, r"tensors\[2\] has dtype torch.bool",
+                        t + [torch.zeros(3, dtype=torch.bool)], 1, 1.0)
+        assert_rejected(TypeError, r"tensors\[2\] has dtype torch.float64",
+                        t + [torch.zeros(3, dtype=torch.float64)], 1, 1.0)
+        assert_rejected(TypeError, r"tensors\[1\] must be a torch.Tensor", [t[0], [1.0]], 1, 1.0)
+        assert_rejected(ValueError, r"seeds has 2 entries but coeffs has 1", t, [1, 2], [1.0])
+        assert_rejected(ValueError, r"seeds\[1\] must lie in \[0, 18446744073709551616\)",
+                        t, [1, 1 << 64], [1.0, 1.0])
+        assert_rejected(ValueError, r"seeds\[0\] must lie in", t, -1, 1.0)
+        assert_rejected(TypeError, r"seeds\[0\] must be an int", t, [1.5], [1.0])
+        assert_rejected(TypeError, r"seeds\[0\] must be an int", t, [True], [1.0])
+        assert_rejected(ValueError, r"coeffs\[0\] must be finite", t, 1, math.nan)
+        assert_rejected(ValueError, r"coeffs\[1\] must be finite", t, [1, 2], [1.0, -math.inf])
+        assert_rejected(TypeError, r"coeffs\[0\] must be a real number", t, [1], ["x"])
+        assert_rejected(ValueError, r"keys\[1\] must lie in \[0, 4294967296\)", t, 1, 1.0,
+                        keys=[0, 1 << 32])
+        assert_rejected(ValueError, r"keys\[0\] must lie in", t, 1, 1.0, keys=[-1, 0])
+        assert_rejected(ValueError, r"keys has 1 entries but tensors has 2", t, 1, 1.0, keys=[0])
+        assert_rejected(ValueError, r"offsets\[1\] must lie in", t, 1, 1.0, offsets=[0, -4])
+        assert_rejected(ValueError, r"offsets\[0\] must lie in", t, 1, 1.0, offsets=[(1 << 63) - 2, 0])
+        assert_rejected(ValueError, r"offsets has 3 entries", t, 1, 1.0, offsets=[0, 0, 0])
+        assert_rejected(ValueError, r"decay must be finite", t, 1, 1.0, decay=math.inf)
+        assert_rejected(ValueError, r"mean_coeff must be finite", t, 1, 1.0,
+                        mean=[torch.zeros(5), torch.zeros(3, 2)], mean_coeff=math.nan)
+        assert_rejected(ValueError, r"mean\[1\] has shape \(6,\), expected \(3, 2\)", t, 1, 1.0,
+                        mean=[torch.zeros(5), torch.zeros(6)], mean_coeff=1.0)
+        assert_rejected(TypeError, r"mean\[0\] has dtype torch.bfloat16", t, 1, 1.0,
+                        mean=[torch.zeros(5, dtype=torch.bfloat16), torch.zeros(3, 2)], mean_coeff=1.0)
+        assert_rejected(ValueError, r"mean\[1\] must be contiguous", t, 1, 1.0,
+                        mean=[torch.zeros(5), torch.zeros(2, 3).t()], mean_coeff=1.0)
+        assert_rejected(ValueError, r"mean has 1 tensors but tensors has 2", t, 1, 1.0,
+                        mean=[torch.zeros(5)], mean_coeff=1.0)
+        assert_rejected(ValueError, r"mean_coeff is nonzero but mean is None", t, 1, 1.0,
+                        mean_coeff=0.5)
+
+
+def test_mixed_devices_rejected():
+    t = [torch.zeros(3), torch.zeros(3, device="meta")]
+    with pytest.raises(ValueError, match=r"tensors\[1\] is on meta but tensors\[0\] is on cpu"):
+        pk.perturb_(t, 1, 1.0)
+    assert (t[0] == 0).all()
+
+
+@pytest.mark.gpu
+def test_mixed_cpu_cuda_rejected():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    t = [torch.zeros(3, device="cuda"), torch.zeros(3)]
+    with pytest.raises(ValueError, match=r"tensors\[1\] is on cpu but tensors\[0\] is on cuda"):
+        pk.perturb_(t, 1, 1.0)
+    assert (t[0] == 0).all()
+
+
+def test_gaussian_bad_input():
+    with pytest.raises(TypeError, match="dtype has dtype torch.int32"):
+        pk.gaussian(3, 1, dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"seeds\[0\] must lie in"):
+        pk.gaussian(3, 1 << 64)
+    with pytest.raises(ValueError, match="key must lie in"):
+        pk.gaussian(3, 1, key=1 << 32)
+    with pytest.raises(ValueError, match="offset must lie in"):
+        pk.gaussian(3, 1, offset=-1)
+    with pytest.raises(ValueError, match="shape must have non-negative sizes"):
+        pk.gaussian((2, -1), 1)
+
+
+def test_bad_backend_names():
+    with pytest.raises(ValueError, match="backend name must be one of"):
+        with pk.use_backend("cudnn"):
+            pass
+
+
+def test_env_backend(monkeypatch):
+    monkeypatch.setenv("PGAP_BACKEND", "nope")
+    with pytest.raises(ValueError, match="PGAP_BACKEND must be one of"):
+        pk.perturb_([torch.zeros(2)], 1, 1.0)
+    monkeypatch.setenv("PGAP_BACKEND", "cuda")
+    t = torch.zeros(2)
+    with pytest.raises(RuntimeError, match="backend 'cuda' was requested for cpu but cannot run"):
+        pk.perturb_([t], 1, 1.0)
+    assert (t == 0).all()
+    with pk.use_backend("reference"):  # the context manager wins over the environment
+        pk.perturb_([t], 1, 1.0)
+    assert (t != 0).all()
