@@ -28,7 +28,7 @@ PGAP_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 // Ten Philox rounds on counter (c0..c3) with key (k0, k1); the key is bumped between rounds.
 PGAP_HD Words4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
                              uint32_t k1) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDACC__)
 #pragma unroll
 #elif defined(__GNUC__) && !defined(__clang__)
 #pragma GCC unroll 10
