@@ -45,3 +45,24 @@ def test_torch_compile_matches_eager():
     torch.compile(mezo_passes, fullgraph=True)(compiled, 5, 1e-2)
     for a, b in zip(eager, compiled):
         assert torch.equal(a, b)
+
+
+def test_eager_fast_path_equals_op_and_bumps_versions():
+    g = torch.Generator().manual_seed(2)
+    a = [torch.randn(100, generator=g), torch.randn(3, 7, generator=g).bfloat16()]
+    b = [t.clone() for t in a]
+    versions = [t._version for t in a]
+    pk.perturb_(a, [1, 2], [0.1, 0.2], decay=0.9)  # eager fast path
+    torch.ops.pgap.perturb_(b, [], [1, 2], [0.1, 0.2], [0, 1], [0, 0], 0.9, 0.0, "")
+    for x, y, v in zip(a, b, versions):
+        assert torch.equal(x, y)
+        assert x._version > v
+
+
+def test_fake_tensor_mode_goes_through_the_op():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        t = torch.empty(5)
+        pk.perturb_([t], 1, 1.0)  # would crash on data_ptr() if the fast path were taken
+        z = pk.gaussian((2, 3), 1)
+    assert z.shape == (2, 3)

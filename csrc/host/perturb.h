@@ -10,6 +10,7 @@ namespace pgap {
 namespace host {
 
 constexpr int64_t kHostChunk = 4096;  // elements per work item (multiple of 4)
+constexpr int64_t kHostChunkBlocks = kHostChunk / 4 + 1;  // Philox blocks a chunk can touch
 
 // Applies the perturbation to every tensor of one dtype group (see perturb_args.h).
 void perturb(DType dtype, const std::vector<TensorArgs>& tensors, const StreamArgs& stream,

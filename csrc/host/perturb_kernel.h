@@ -10,6 +10,7 @@
 
 #include "pgap/normal.h"
 #include "host/perturb.h"
+#include "host/philox_avx2.h"
 #include "pgap/perturb_args.h"
 
 #ifndef PGAP_ISA_NS
@@ -21,23 +22,46 @@ namespace host {
 
 namespace PGAP_ISA_NS {
 
+// Philox words of stream blocks [b0, b0 + nb) for (seed, key), one array per output word.
+static void philox_words(uint64_t seed, uint32_t key, uint64_t b0, int64_t nb,
+                         uint32_t* __restrict w0, uint32_t* __restrict w1,
+                         uint32_t* __restrict w2, uint32_t* __restrict w3) {
+  int64_t j = 0;
+#if defined(__AVX2__)
+  j = philox_words_avx2(seed, key, b0, nb, w0, w1, w2, w3);
+#endif
+  for (; j < nb; ++j) {
+    const Words4 w = stream_block_words(seed, key, b0 + static_cast<uint64_t>(j));
+    w0[j] = w.w0;
+    w1[j] = w.w1;
+    w2[j] = w.w2;
+    w3[j] = w.w3;
+  }
+}
+
 // acc[4j + lane] (+)= coeff * xi(seed, key, 4*(b0 + j) + lane) for j in [0, nb).
+// Two passes: Philox words, then Box-Muller in a loop of 32-bit lanes only (vectorizes fully).
 template <bool kFirst>
 static void accumulate_normals(uint64_t seed, uint32_t key, uint64_t b0, int64_t nb, float coeff,
                                float* __restrict acc) {
+  alignas(64) uint32_t w0[kHostChunkBlocks], w1[kHostChunkBlocks], w2[kHostChunkBlocks],
+      w3[kHostChunkBlocks];
+  philox_words(seed, key, b0, nb, w0, w1, w2, w3);
 #pragma omp simd
   for (int64_t j = 0; j < nb; ++j) {
-    const Normals4 n = stream_block_normals(seed, key, b0 + static_cast<uint64_t>(j));
+    float z0, z1, z2, z3;
+    box_muller(w0[j], w1[j], z0, z1);
+    box_muller(w2[j], w3[j], z2, z3);
     if (kFirst) {
-      acc[4 * j + 0] = coeff * n.z0;
-      acc[4 * j + 1] = coeff * n.z1;
-      acc[4 * j + 2] = coeff * n.z2;
-      acc[4 * j + 3] = coeff * n.z3;
+      acc[4 * j + 0] = coeff * z0;
+      acc[4 * j + 1] = coeff * z1;
+      acc[4 * j + 2] = coeff * z2;
+      acc[4 * j + 3] = coeff * z3;
     } else {
-      acc[4 * j + 0] += coeff * n.z0;
-      acc[4 * j + 1] += coeff * n.z1;
-      acc[4 * j + 2] += coeff * n.z2;
-      acc[4 * j + 3] += coeff * n.z3;
+      acc[4 * j + 0] += coeff * z0;
+      acc[4 * j + 1] += coeff * z1;
+      acc[4 * j + 2] += coeff * z2;
+      acc[4 * j + 3] += coeff * z3;
     }
   }
 }
