@@ -1,0 +1,165 @@
+"""Shared helpers for the benchmarks in bench/: run metadata, timing and CSV output."""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Sequence
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+def utc_now_iso() -> str:
+    """Current UTC time, ISO 8601 to the second (``2025-01-31T12:00:00Z``)."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=30, check=True)
+    return out.stdout.strip()
+
+
+def git_revision() -> str:
+    """``git rev-parse --short HEAD``, plus ``-dirty`` if tracked files differ from HEAD.
+
+    Changes under bench/results/ (the benchmarks' own output) do not count as dirty.
+    Returns ``"unknown"`` outside a git checkout or without git.
+    """
+    try:
+        rev = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                     ":(exclude)bench/results")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + ("-dirty" if dirty else "")
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (falls back to :func:`platform.processor`)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("model name", "cpu model", "hardware"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def gpu_name() -> str:
+    """Name of CUDA device 0 as torch sees it, or ``"none"``."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+
+
+def triton_version() -> str:
+    try:
+        import triton  # noqa: PLC0415
+    except ImportError:
+        return "none"
+    return str(triton.__version__)
+
+
+def run_metadata() -> Dict[str, str]:
+    """Machine, software and revision columns shared by every row of one benchmark run."""
+    import pgap_kernels  # noqa: PLC0415
+    from pgap_kernels import _native  # noqa: PLC0415
+
+    return {
+        "timestamp": utc_now_iso(),
+        "git_rev": git_revision(),
+        "hostname": socket.gethostname(),
+        "cpu_model": cpu_model(),
+        "cpu_count": str(os.cpu_count() or 0),
+        "torch_threads": str(torch.get_num_threads()),
+        "load_avg_1m": f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "",
+        "gpu": gpu_name(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version(),
+        "cuda": torch.version.cuda or "none",
+        "pgap_kernels": pgap_kernels.__version__,
+        "host_isa": str(_native.build_info().get("host_isa", "none")),
+    }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fns: Mapping[str, Callable[[], object]], device: torch.device, warmup: int,
+            repeats: int) -> Dict[str, List[float]]:
+    """Per-call times in ms of each function in ``fns``, interleaved round-robin.
+
+    First ``warmup`` untimed rounds, then ``repeats`` timed rounds; each round calls every
+    function once, in order, so slow drifts of machine load hit all of them alike. On CUDA each
+    call is bracketed by CUDA events (GPU time; calls are queued back to back, one
+    synchronisation per round); on the CPU by :func:`time.perf_counter`.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    synchronize(device)
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        if device.type == "cuda":
+            events = {name: (torch.cuda.Event(enable_timing=True),
+                             torch.cuda.Event(enable_timing=True)) for name in fns}
+            for name, fn in fns.items():
+                events[name][0].record()
+                fn()
+                events[name][1].record()
+            torch.cuda.synchronize(device)
+            for name, (start, end) in events.items():
+                times[name].append(start.elapsed_time(end))
+        else:
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def iqr(values: Sequence[float]) -> float:
+    """Interquartile range (0 for fewer than two values)."""
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return float(q3 - q1)
+
+
+def append_csv(path: Path, fieldnames: Sequence[str], rows: Sequence[Mapping[str, object]]) -> None:
+    """Append ``rows`` to the CSV at ``path``, writing the header first if the file is new.
+
+    Raises ``ValueError`` if an existing file has a different header (choose another path).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        if header != list(fieldnames):
+            raise ValueError(f"{path} has a different header ({len(header)} columns); "
+                             "move it away or write elsewhere with --csv PATH")
+        new = False
+    else:
+        new = True
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fieldnames))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
