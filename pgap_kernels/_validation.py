@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Union
 
 import torch
 
@@ -12,7 +12,7 @@ from ._stream import INDEX_LIMIT, KEY_LIMIT, SEED_LIMIT
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-TensorList = Union[torch.Tensor, Sequence[torch.Tensor]]
+TensorList = Union[torch.Tensor, Iterable[torch.Tensor]]
 IntOrInts = Union[int, Sequence[int]]
 FloatOrFloats = Union[float, Sequence[float]]
 
@@ -44,7 +44,8 @@ def _is_real(x: object) -> bool:
 
 
 def _as_list(value, name: str) -> list:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+    """A list from any iterable (e.g. ``model.parameters()``), but not from a str or bytes."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise TypeError(f"{name} must be a sequence, got {type(value).__name__}")
     return list(value)
 

@@ -83,7 +83,7 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
 
     Parameters
     ----------
-    tensors : Tensor or sequence of Tensor
+    tensors : Tensor or iterable of Tensor (e.g. ``model.parameters()``)
         Contiguous float32/bfloat16/float16 tensors on one device, any shapes. **Mutated.**
     seeds : int or sequence of int
         Stream seeds in [0, 2**64). Several seeds add several directions in one pass.
@@ -96,7 +96,7 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
         ``offsets[p] + tensors[p].numel()`` must stay below 2**63.
     decay : float
         Multiplies the old value; ``decay == 0`` overwrites ``t`` without reading it.
-    mean : Tensor or sequence of Tensor, optional
+    mean : Tensor or iterable of Tensor, optional
         Tensors shaped, typed and placed like ``tensors`` (read only).
     mean_coeff : float
         Coefficient of ``mean``; must be 0 when ``mean`` is None.

@@ -82,7 +82,7 @@ def test_reference_gaussian_is_exact(seed):
 
 @pytest.mark.parametrize("device_backend_case", backend_cases(), indirect=False)
 @pytest.mark.parametrize("n", [1, 3, 4097])
-@pytest.mark.parametrize("offset", [0, 5, (1 << 34) - 2])
+@pytest.mark.parametrize("offset", [0, 5, (1 << 32) - 3, (1 << 34) - 2])
 def test_gaussian_is_exact(device_backend_case, n, offset):
     """Each backend's float32 xi is within 1e-5*(1+|xi|) of the float64 oracle."""
     device, backend = device_backend_case

@@ -69,6 +69,17 @@ def test_bad_input(backend):
                         mean_coeff=0.5)
 
 
+def test_iterables_accepted_strings_rejected():
+    lin = torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in lin.parameters()]
+    pk.perturb_(lin.parameters(), (s for s in [1, 2]), [1.0, 2.0])  # generators are fine
+    assert all(not torch.equal(b, p) for b, p in zip(before, lin.parameters()))
+    with pytest.raises(TypeError, match="keys must be a sequence, got str"):
+        pk.perturb_(lin.parameters(), 1, 1.0, keys="ab")
+    with pytest.raises(TypeError, match="tensors must be a sequence, got int"):
+        pk.perturb_(3, 1, 1.0)
+
+
 def test_mixed_devices_rejected():
     t = [torch.zeros(3), torch.zeros(3, device="meta")]
     with pytest.raises(ValueError, match=r"tensors\[1\] is on meta but tensors\[0\] is on cpu"):
