@@ -15,7 +15,7 @@ $(STAMP): $(SOURCES)
 	$(PY) -m pip install -q --upgrade pip
 	@# The CPU wheel of torch 2.13.0 lies on local disk; never pull a multi-GB CUDA build.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q "setuptools>=68" wheel "pybind11>=2.12" "cmake>=3.24" ninja
+	$(PY) -m pip install -q "setuptools>=77" wheel "pybind11>=2.12" "cmake>=3.24" ninja
 	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench]"
 	$(PY) -m pgap_kernels.info
 	touch $(STAMP)
