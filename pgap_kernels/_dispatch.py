@@ -38,6 +38,11 @@ def backend_module(name: str) -> ModuleType:
     return importlib.import_module(f"pgap_kernels.backends.{_check_name(name, 'backend')}")
 
 
+def backend_op(name: str, op: str) -> ModuleType:
+    """The module ``pgap_kernels.backends.<name>.<op>``, imported on first use (kernels load then)."""
+    return importlib.import_module(f"pgap_kernels.backends.{_check_name(name, 'backend')}.{op}")
+
+
 def as_device(device: DeviceLike) -> torch.device:
     if device is None:
         return torch.device("cpu")

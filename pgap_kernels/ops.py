@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from ._dispatch import DeviceLike, as_device, backend_module, resolve_backend
+from ._dispatch import DeviceLike, as_device, backend_module, backend_op, resolve_backend
 from ._stream import INDEX_LIMIT, KEY_LIMIT, seed_from_int64, seed_to_int64
 from ._validation import (FloatOrFloats, IntOrInts, PerturbArgs, TensorList, check_float_dtype,
                           check_int, validate_perturb)
@@ -19,28 +19,33 @@ ShapeLike = Union[int, Sequence[int], torch.Size]
 
 def _run(backend: str, args: PerturbArgs) -> None:
     """Run ``backend`` ("" = the one chosen for the tensors' device now) on valid arguments."""
-    backend = backend or resolve_backend(args.tensors[0].device)
-    module = backend_module(backend)
-    reason = module.unavailable_reason(args.tensors[0].device)
-    if reason is not None:
-        raise RuntimeError(f"pgap_kernels backend {backend!r} cannot run: {reason}")
-    from importlib import import_module  # noqa: PLC0415  (kernels load on first use)
-    import_module(f"{module.__name__}.perturb").perturb_group(args)
+    device = args.tensors[0].device
+    if backend:
+        reason = backend_module(backend).unavailable_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"pgap_kernels backend {backend!r} cannot run on {device}: {reason}")
+    else:
+        backend = resolve_backend(device)
+    backend_op(backend, "perturb").perturb_group(args)
 
 
-@torch.library.custom_op("pgap::perturb_", mutates_args=("tensors",), device_types="cpu")
-def _perturb_op(tensors: List[torch.Tensor], means: List[torch.Tensor],
-                seeds: List[int], coeffs: List[float], keys: List[int], offsets: List[int],
-                decay: float, mean_coeff: float, backend: str) -> None:
-    """``means`` is empty when there is no mean term; seeds are int64 bit patterns; ``backend``
+def _perturb_impl(tensors: List[torch.Tensor], means: List[torch.Tensor],
+                  seeds: List[int], coeffs: List[float], keys: List[int], offsets: List[int],
+                  decay: float, mean_coeff: float, backend: str) -> None:
+    """Body of ``pgap::perturb_`` on CPU and CUDA.
+
+    ``means`` is empty when there is no mean term; seeds are int64 bit patterns; ``backend``
     names a backend or is "" for the automatic/forced choice, made when the op runs (so it is
-    not baked into torch.compile graphs)."""
+    not baked into torch.compile graphs).
+    """
     _run(backend, PerturbArgs(list(tensors), list(means) if means else None,
                               [seed_from_int64(s) for s in seeds], list(coeffs), list(keys),
                               list(offsets), decay, mean_coeff))
 
 
-_perturb_op.register_kernel("cuda")(_perturb_op._init_fn)
+_perturb_op = torch.library.custom_op("pgap::perturb_", mutates_args=("tensors",),
+                                      device_types="cpu")(_perturb_impl)
+_perturb_op.register_kernel("cuda")(_perturb_impl)
 
 
 @_perturb_op.register_fake
