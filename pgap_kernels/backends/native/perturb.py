@@ -5,7 +5,7 @@ import torch
 
 from ... import _native
 from ..._validation import PerturbArgs
-from .._groups import DTYPE_CODES, split_by_dtype
+from .._groups import split_by_dtype
 
 
 def perturb_group(args: PerturbArgs) -> None:

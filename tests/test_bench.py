@@ -1,0 +1,18 @@
+"""The benchmark script (run by `make demo`) runs end to end; no timing is asserted."""
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_perturb.py"
+
+
+def test_bench_quick_smoke(tmp_path):
+    csv = tmp_path / "perturb.csv"
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--device", "cpu", "--min-log2", "12", "--max-log2", "12",
+         "--dtypes", "fp32", "--repeats", "2", "--warmup", "1", "--csv", str(csv), "--no-plot"],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "perturb_ [native]" in out.stdout and "eager randn + add_" in out.stdout
+    rows = csv.read_text().splitlines()
+    assert rows[0].startswith("timestamp,git_rev,") and len(rows) >= 4  # header + 3 paths or more
