@@ -183,3 +183,16 @@ def test_host_isas_agree():
         for a, b in zip(res, first):
             assert torch.equal(a, b), isa
     assert len(results) >= 1 and math.isfinite(float(first[0][0]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_aligned_layouts(device_backend, dtype):
+    """Offsets and sizes divisible by 4 on fresh (aligned) tensors: the vectorized GPU paths."""
+    device, backend = device_backend
+    sizes = [4, 64, 1028, 8] if is_triton_interpreter(device, backend) else [4, 64, 4100, 1 << 14]
+    tensors = make(sizes, dtype, device)
+    means = make(sizes, dtype, device, seed=3)
+    offsets = [0, 8, (1 << 34) - 16, 4 * 1001]
+    check_parity(device, backend, tensors, [5, 6], [0.5, 0.25], offsets=offsets, decay=0.9,
+                 mean=means, mean_coeff=0.5)
+    check_parity(device, backend, tensors, 5, 1.0, offsets=offsets, decay=0.0)

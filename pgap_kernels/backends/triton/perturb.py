@@ -30,7 +30,7 @@ def _uniform(x):
 @triton.jit
 def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, mean_coeff,
                     DTYPE: tl.constexpr, HAS_MEAN: tl.constexpr, OVERWRITE: tl.constexpr,
-                    BLOCKS: tl.constexpr, SEARCH_STEPS: tl.constexpr):
+                    BLOCKS: tl.constexpr, SEARCH_STEPS: tl.constexpr, ALIGNED: tl.constexpr):
     chunk = tl.program_id(0).to(tl.int64)
     # Largest tensor p whose first chunk is <= this chunk (binary search over the table).
     lo = tl.zeros((), dtype=tl.int64)
@@ -72,16 +72,34 @@ def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, 
     lane = tl.arange(0, 4)[None, :]
     acc = tl.where(lane == 0, acc0[:, None],
                    tl.where(lane == 1, acc1[:, None], tl.where(lane == 2, acc2[:, None], acc3[:, None])))
-    local = block[:, None] * 4 + lane - offset
-    mask = (local >= 0) & (local < numel)
+    mean = tl.load(row + 1).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        # offset % 4 == 0, numel % 4 == 0 and 16-byte aligned pointers (checked on the host):
+        # each tile row is one whole, aligned Philox block, masked as a unit, so the loads and
+        # stores vectorize.
+        first = (chunk - chunk_begin) * BLOCKS * 4 + tl.arange(0, BLOCKS).to(tl.int64) * 4
+        local = tl.max_contiguous(tl.multiple_of(first[:, None] + lane, [4, 4]), [1, 4])
+        mask = (first < numel)[:, None] & (lane < 4)
+        data = tl.multiple_of(data, 16)
+        mean = tl.multiple_of(mean, 16)
+    else:
+        local = block[:, None] * 4 + lane - offset
+        mask = (local >= 0) & (local < numel)
     if OVERWRITE:
         out = tl.zeros((BLOCKS, 4), dtype=tl.float32)
     else:
         out = decay * tl.load(data + local, mask=mask).to(tl.float32)
     if HAS_MEAN:
-        mean = tl.load(row + 1).to(tl.pointer_type(DTYPE))
         out = out + mean_coeff * tl.load(mean + local, mask=mask).to(tl.float32)
     tl.store(data + local, (out + acc).to(DTYPE), mask=mask)
+
+
+def _aligned(group: PerturbArgs) -> bool:
+    """Tile rows are whole Philox blocks on 16-byte boundaries: offsets and numels divisible
+    by 4, every pointer 16-byte aligned."""
+    ptrs = [t.data_ptr() for t in group.tensors] + [m.data_ptr() for m in group.means or []]
+    return (all(o % 4 == 0 for o in group.offsets) and all(p % 16 == 0 for p in ptrs)
+            and all(t.numel() % 4 == 0 for t in group.tensors))
 
 
 def perturb_group(args: PerturbArgs) -> None:
@@ -98,4 +116,5 @@ def perturb_group(args: PerturbArgs) -> None:
             float(torch.tensor(group.mean_coeff, dtype=torch.float32)),
             DTYPE=TL_DTYPES[code], HAS_MEAN=group.means is not None,
             OVERWRITE=group.decay == 0.0, BLOCKS=BLOCKS,
-            SEARCH_STEPS=max(1, n.bit_length()))
+            SEARCH_STEPS=max(1, n.bit_length()), ALIGNED=_aligned(group),
+            enable_fp_fusion=False)  # like the C++ builds: no contracted multiply-adds
