@@ -60,9 +60,9 @@ def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, 
         seed = tl.load(seeds_ptr + j)
         coeff = tl.load(coeffs_ptr + j)
         w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c3)
-        r01 = tl.sqrt(-2.0 * tl.log(_uniform(w0)))
+        r01 = tl.sqrt_rn(-2.0 * tl.log(_uniform(w0)))
         t01 = _uniform(w1) * _TWO_PI
-        r23 = tl.sqrt(-2.0 * tl.log(_uniform(w2)))
+        r23 = tl.sqrt_rn(-2.0 * tl.log(_uniform(w2)))
         t23 = _uniform(w3) * _TWO_PI
         acc0 += coeff * (r01 * tl.cos(t01))
         acc1 += coeff * (r01 * tl.sin(t01))
