@@ -20,8 +20,9 @@ namespace {
 using ChunkFn = void (*)(DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t);
 
 bool cpu_has(const std::string& isa) {
-  __builtin_cpu_init();
   if (isa == "generic") return true;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
   if (isa == "avx2")
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
            __builtin_cpu_supports("f16c");
@@ -29,7 +30,8 @@ bool cpu_has(const std::string& isa) {
     return cpu_has("avx2") && __builtin_cpu_supports("avx512f") &&
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512dq");
-  return false;
+#endif
+  return false;  // other architectures: the generic build (auto-vectorized for the baseline ISA)
 }
 
 std::string best_isa() {
