@@ -62,18 +62,11 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
 
 
-def triton_version() -> str:
-    try:
-        import triton  # noqa: PLC0415
-    except ImportError:
-        return "none"
-    return str(triton.__version__)
-
-
 def run_metadata() -> Dict[str, str]:
     """Machine, software and revision columns shared by every row of one benchmark run."""
     import pgap_kernels  # noqa: PLC0415
     from pgap_kernels import _native  # noqa: PLC0415
+    from pgap_kernels.info import triton_version  # noqa: PLC0415
 
     return {
         "timestamp": utc_now_iso(),
@@ -86,7 +79,7 @@ def run_metadata() -> Dict[str, str]:
         "gpu": gpu_name(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "triton": triton_version(),
+        "triton": triton_version() or "none",
         "cuda": torch.version.cuda or "none",
         "pgap_kernels": pgap_kernels.__version__,
         "host_isa": str(_native.build_info().get("host_isa", "none")),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -11,12 +11,13 @@ from . import STREAM_VERSION, __version__, _native
 from ._dispatch import AUTO_ORDER, backend_status
 
 
-def _triton_version() -> str:
+def triton_version() -> Optional[str]:
+    """The installed triton's version, or None (imports triton: call it only when reporting)."""
     try:
         import triton  # noqa: PLC0415
     except ImportError:
-        return "not installed"
-    return triton.__version__
+        return None
+    return str(triton.__version__)
 
 
 def report() -> str:
@@ -25,7 +26,7 @@ def report() -> str:
         f"pgap-kernels {__version__}  (random stream {STREAM_VERSION})",
         f"python       {sys.version.split()[0]} on {platform.machine()} {platform.system()}",
         f"torch        {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
-        f"triton       {_triton_version()}",
+        f"triton       {triton_version() or 'not installed'}",
     ]
     _, reason = _native.load()
     info = _native.build_info()
