@@ -79,7 +79,7 @@ def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, 
         # stores vectorize.
         first = (chunk - chunk_begin) * BLOCKS * 4 + tl.arange(0, BLOCKS).to(tl.int64) * 4
         local = tl.max_contiguous(tl.multiple_of(first[:, None] + lane, [4, 4]), [1, 4])
-        mask = (first < numel)[:, None] & (lane < 4)
+        mask = tl.broadcast_to((first < numel)[:, None], (BLOCKS, 4))
         data = tl.multiple_of(data, 16)
         mean = tl.multiple_of(mean, 16)
     else:
