@@ -6,12 +6,14 @@
 #include <string>
 #include <vector>
 
+#include "host/lowrank.h"
 #include "host/perturb.h"
 #include "pgap/normal.h"
 #include "pgap/perturb_args.h"
 #ifdef PGAP_WITH_CUDA
 #include <cuda_runtime_api.h>
 
+#include "cuda/lowrank.h"
 #include "cuda/perturb.h"
 #endif
 
@@ -44,6 +46,27 @@ void host_perturb(int dtype, const std::vector<uintptr_t>& data, const std::vect
   host::perturb(dt, tensors, stream, num_threads);
 }
 
+void host_lowrank_update(int dtype, uintptr_t w, int64_t m, int64_t n, uintptr_t left,
+                         uintptr_t right, int64_t k, float decay, int num_threads) {
+  const DType dt = to_dtype(dtype);
+  if (m < 0 || n < 0 || k < 1) throw std::invalid_argument("need m, n >= 0 and k >= 1");
+  py::gil_scoped_release release;
+  host::lowrank_update(dt, reinterpret_cast<void*>(w), m, n, reinterpret_cast<const float*>(left),
+                       reinterpret_cast<const float*>(right), k, decay, num_threads);
+}
+
+void host_gaussian_sketch(int64_t m, int64_t n, uint64_t offset, uint32_t key,
+                          const std::vector<uint64_t>& seeds, const std::vector<float>& coeffs,
+                          uintptr_t omega, int64_t q, bool transpose, uintptr_t out,
+                          int num_threads) {
+  if (seeds.size() != coeffs.size()) throw std::invalid_argument("seeds and coeffs differ in length");
+  if (m < 0 || n < 0 || q < 0) throw std::invalid_argument("need m, n, q >= 0");
+  py::gil_scoped_release release;
+  host::gaussian_sketch(m, n, offset, key, seeds.data(), coeffs.data(),
+                        static_cast<int64_t>(seeds.size()), reinterpret_cast<const float*>(omega), q,
+                        transpose, reinterpret_cast<float*>(out), num_threads);
+}
+
 py::tuple philox(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
   const Words4 w = philox4x32_10(c0, c1, c2, c3, k0, k1);
   return py::make_tuple(w.w0, w.w1, w.w2, w.w3);
@@ -73,6 +96,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype"), py::arg("data"), py::arg("mean"), py::arg("numel"), py::arg("offset"),
         py::arg("key"), py::arg("seeds"), py::arg("coeffs"), py::arg("decay"), py::arg("mean_coeff"),
         py::arg("num_threads"));
+  m.def("host_lowrank_update", &host_lowrank_update,
+        "In-place W <- decay*W + L*R^T on the CPU (L, R float32 row-major)", py::arg("dtype"),
+        py::arg("w"), py::arg("m"), py::arg("n"), py::arg("left"), py::arg("right"), py::arg("k"),
+        py::arg("decay"), py::arg("num_threads"));
+  m.def("host_gaussian_sketch", &host_gaussian_sketch,
+        "A*omega or A^T*omega for an implicit seeded Gaussian sum A on the CPU (float32)",
+        py::arg("m"), py::arg("n"), py::arg("offset"), py::arg("key"), py::arg("seeds"),
+        py::arg("coeffs"), py::arg("omega"), py::arg("q"), py::arg("transpose"), py::arg("out"),
+        py::arg("num_threads"));
   m.def("philox4x32_10", &philox, "Raw Philox4x32-10 words for one counter and key");
   m.def("build_info", &build_info);
   m.def("set_host_isa", &host::set_isa, py::arg("isa"));
@@ -91,5 +123,34 @@ PYBIND11_MODULE(_C, m) {
       },
       "Fused seeded perturbation of one dtype group on a CUDA device (device pointers)");
   m.attr("CUDA_CHUNK_BLOCKS") = cuda::kChunkBlocks;
+  m.def(
+      "cuda_lowrank_update",
+      [](int dtype, uintptr_t w_ptrs, uintptr_t left_ptrs, uintptr_t right_ptrs, int64_t count,
+         int64_t m, int64_t n, int64_t k, float decay, int device, uintptr_t stream) {
+        const DType dt = to_dtype(dtype);
+        if (m < 0 || n < 0 || k < 1 || count < 0) throw std::invalid_argument("need m, n, count >= 0, k >= 1");
+        py::gil_scoped_release release;
+        cuda::lowrank_update(dt, reinterpret_cast<const int64_t*>(w_ptrs),
+                             reinterpret_cast<const int64_t*>(left_ptrs),
+                             reinterpret_cast<const int64_t*>(right_ptrs), count, m, n, k, decay,
+                             device, reinterpret_cast<void*>(stream));
+      },
+      "Batched in-place W <- decay*W + L*R^T for same-shape matrices (device pointer arrays)");
+  m.def(
+      "cuda_gaussian_sketch",
+      [](uintptr_t keys, uintptr_t offsets, uintptr_t omega_ptrs, uintptr_t out_ptrs, int64_t count,
+         int64_t m, int64_t n, int64_t q, uintptr_t seeds, uintptr_t coeffs, int64_t n_seeds,
+         bool transpose, int device, uintptr_t stream) {
+        if (m < 0 || n < 0 || q < 0 || count < 0) throw std::invalid_argument("need m, n, q, count >= 0");
+        py::gil_scoped_release release;
+        cuda::gaussian_sketch(reinterpret_cast<const int64_t*>(keys),
+                              reinterpret_cast<const int64_t*>(offsets),
+                              reinterpret_cast<const int64_t*>(omega_ptrs),
+                              reinterpret_cast<const int64_t*>(out_ptrs), count, m, n, q,
+                              reinterpret_cast<const uint64_t*>(seeds),
+                              reinterpret_cast<const float*>(coeffs), n_seeds, transpose, device,
+                              reinterpret_cast<void*>(stream));
+      },
+      "Batched implicit Gaussian-sum sketches for same-shape problems (device pointer arrays)");
 #endif
 }

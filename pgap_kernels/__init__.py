@@ -4,6 +4,9 @@ Public API
 ----------
 gaussian(shape, seed, *, key=0, offset=0, device=None, dtype=torch.float32) -> Tensor
 perturb_(tensors, seeds, coeffs, *, keys=None, offsets=None, decay=1.0, mean=None, mean_coeff=0.0)
+lowrank_perturb_(W, U, Z, V, scale, *, decay=1.0)                 W <- decay*W + scale*U@Z@V.T
+gaussian_sketch(m, n, seeds, coeffs, omega, *, key, offset, transpose)   implicit A@omega
+gaussian_sketch_batch(problems, seeds, coeffs, omegas, *, transpose)     many sketches
 use_backend(name)              context manager forcing a backend
 available_backends(device)     backends that can run on a device
 STREAM_VERSION                 the random-stream contract, "philox4x32-10/v1" (docs/rng.md)
@@ -13,9 +16,12 @@ fails when it is used, with the reason.
 """
 from ._dispatch import available_backends, backend_status, use_backend
 from ._stream import STREAM_VERSION
+from ._lowrank_validation import SketchProblem
+from .lowrank import gaussian_sketch, gaussian_sketch_batch, lowrank_perturb_
 from .ops import gaussian, perturb_
 
 __version__ = "0.1.0"
 
-__all__ = ["STREAM_VERSION", "available_backends", "backend_status", "gaussian", "perturb_",
-           "use_backend", "__version__"]
+__all__ = ["STREAM_VERSION", "SketchProblem", "available_backends", "backend_status", "gaussian",
+           "gaussian_sketch", "gaussian_sketch_batch", "lowrank_perturb_", "perturb_", "use_backend",
+           "__version__"]

@@ -85,6 +85,21 @@ def use_backend(name: str) -> Iterator[None]:
         _forced.reset(token)
 
 
+def run_backend(op: str, func: str, device: torch.device, *args, backend: str = ""):
+    """Call ``backends.<name>.<op>.<func>(*args)`` for the backend that runs on ``device``.
+
+    ``backend`` names one (it must be able to run there) or is "" for the forced/automatic
+    choice, made now (so it is not baked into torch.compile graphs).
+    """
+    if backend:
+        reason = backend_module(backend).unavailable_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"pgap_kernels backend {backend!r} cannot run on {device}: {reason}")
+    else:
+        backend = resolve_backend(device)
+    return getattr(backend_op(backend, op), func)(*args)
+
+
 def resolve_backend(device: torch.device) -> str:
     """The backend that will run an op on ``device``; raises if a forced one cannot."""
     forced = forced_backend()

@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from ._dispatch import DeviceLike, as_device, backend_module, backend_op, resolve_backend
+from ._dispatch import DeviceLike, as_device, run_backend
 from ._stream import INDEX_LIMIT, KEY_LIMIT, seed_from_int64, seed_to_int64
 from ._validation import (FloatOrFloats, IntOrInts, PerturbArgs, TensorList, check_float_dtype,
                           check_int, validate_perturb)
@@ -19,14 +19,7 @@ ShapeLike = Union[int, Sequence[int], torch.Size]
 
 def _run(backend: str, args: PerturbArgs) -> None:
     """Run ``backend`` ("" = the one chosen for the tensors' device now) on valid arguments."""
-    device = args.tensors[0].device
-    if backend:
-        reason = backend_module(backend).unavailable_reason(device)
-        if reason is not None:
-            raise RuntimeError(f"pgap_kernels backend {backend!r} cannot run on {device}: {reason}")
-    else:
-        backend = resolve_backend(device)
-    backend_op(backend, "perturb").perturb_group(args)
+    run_backend("perturb", "perturb_group", args.tensors[0].device, args, backend=backend)
 
 
 def _perturb_impl(tensors: List[torch.Tensor], means: List[torch.Tensor],

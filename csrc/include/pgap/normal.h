@@ -8,6 +8,7 @@
 // (b) the host and CUDA builds evaluate the very same arithmetic. The 2*pi*u argument is
 // reduced exactly on u (u - q/4 is exact in float32), so no Cody-Waite reduction is needed.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 

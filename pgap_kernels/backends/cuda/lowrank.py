@@ -1,0 +1,33 @@
+"""CUDA in-place low-rank update: one batched launch per (dtype, m, n, k) group, torch's stream."""
+from __future__ import annotations
+
+import torch
+
+from ... import _native
+from ..._lowrank_validation import LowrankArgs
+from .._batches import group_indices
+from .._groups import DTYPE_CODES
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def lowrank_update(args: LowrankArgs) -> None:
+    """In place on CUDA matrices of one device; see ``LowrankArgs``.
+
+    The pointer tables are allocated on the current stream, so the caching allocator keeps them
+    alive until the kernel that reads them has run.
+    """
+    lib, _ = _native.load()
+    device = args.weights[0].device
+    stream = torch.cuda.current_stream(device).cuda_stream
+    groups = group_indices(range(len(args.weights)), lambda p: (
+        args.weights[p].dtype, *args.weights[p].shape, args.lefts[p].shape[1]))
+    for (dtype, m, n, k), ps in groups.items():
+        table = torch.tensor([[args.weights[p].data_ptr() for p in ps],
+                              [args.lefts[p].data_ptr() for p in ps],
+                              [args.rights[p].data_ptr() for p in ps]], dtype=torch.int64).to(device)
+        lib.cuda_lowrank_update(DTYPE_CODES[dtype], table[0].data_ptr(), table[1].data_ptr(),
+                                table[2].data_ptr(), len(ps), m, n, k, args.decay,
+                                _device_index(device), stream)

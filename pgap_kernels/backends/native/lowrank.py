@@ -1,0 +1,17 @@
+"""Native in-place low-rank update: one ``_C.host_lowrank_update`` call per matrix."""
+from __future__ import annotations
+
+import torch
+
+from ... import _native
+from ..._lowrank_validation import LowrankArgs
+from .._groups import DTYPE_CODES
+
+
+def lowrank_update(args: LowrankArgs) -> None:
+    """In place on CPU matrices; see :class:`pgap_kernels._lowrank_validation.LowrankArgs`."""
+    lib, _ = _native.load()
+    threads = torch.get_num_threads()
+    for w, left, right in zip(args.weights, args.lefts, args.rights):
+        lib.host_lowrank_update(DTYPE_CODES[w.dtype], w.data_ptr(), w.shape[0], w.shape[1],
+                                left.data_ptr(), right.data_ptr(), left.shape[1], args.decay, threads)

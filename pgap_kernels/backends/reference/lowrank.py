@@ -1,0 +1,32 @@
+"""Reference in-place low-rank update: the definition every other backend is tested against."""
+from __future__ import annotations
+
+import torch
+
+from ..._lowrank_validation import LowrankArgs
+
+TILE_ELEMENTS = 1 << 18  # float32 working tile: rows * n stays near this (1 MiB)
+
+
+def rows_per_tile(n: int) -> int:
+    """Rows of an n-column matrix in one working tile of about TILE_ELEMENTS elements."""
+    return max(1, TILE_ELEMENTS // max(n, 1))
+
+
+@torch.no_grad()
+def lowrank_update(args: LowrankArgs) -> None:
+    """In place, row tile by row tile: W <- decay*W + L @ R.T in float32, one rounding.
+
+    The float32 temporary is one tile (about 1 MiB), never m x n. ``decay == 0`` overwrites W
+    without reading it.
+    """
+    decay = torch.tensor(args.decay, dtype=torch.float32)
+    for w, left, right in zip(args.weights, args.lefts, args.rights):
+        rt = right.t()
+        step = rows_per_tile(w.shape[1])
+        for lo in range(0, w.shape[0], step):
+            hi = min(lo + step, w.shape[0])
+            tile = torch.mm(left[lo:hi], rt)
+            if args.decay != 0.0:
+                tile += decay * w[lo:hi].float()
+            w[lo:hi].copy_(tile)
