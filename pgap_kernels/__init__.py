@@ -7,6 +7,9 @@ perturb_(tensors, seeds, coeffs, *, keys=None, offsets=None, decay=1.0, mean=Non
 lowrank_perturb_(W, U, Z, V, scale, *, decay=1.0)                 W <- decay*W + scale*U@Z@V.T
 gaussian_sketch(m, n, seeds, coeffs, omega, *, key, offset, transpose)   implicit A@omega
 gaussian_sketch_batch(problems, seeds, coeffs, omegas, *, transpose)     many sketches
+GaussianSum(m, n, seeds, coeffs, *, key, offset, device)            implicit sum_j c_j Xi_j
+randomized_svd(A, rank, *, oversample=10, n_iter=2, seed=0)        -> (U, S, V)
+aligned_perturbation(Z0, S, xi, delta)                             P-GAP's aligned projection
 use_backend(name)              context manager forcing a backend
 available_backends(device)     backends that can run on a device
 STREAM_VERSION                 the random-stream contract, "philox4x32-10/v1" (docs/rng.md)
@@ -17,11 +20,15 @@ fails when it is used, with the reason.
 from ._dispatch import available_backends, backend_status, use_backend
 from ._stream import STREAM_VERSION
 from ._lowrank_validation import SketchProblem
+from .alignment import aligned_perturbation
+from .gaussian_sum import GaussianSum
 from .lowrank import gaussian_sketch, gaussian_sketch_batch, lowrank_perturb_
 from .ops import gaussian, perturb_
+from .rsvd import randomized_svd
 
 __version__ = "0.1.0"
 
-__all__ = ["STREAM_VERSION", "SketchProblem", "available_backends", "backend_status", "gaussian",
-           "gaussian_sketch", "gaussian_sketch_batch", "lowrank_perturb_", "perturb_", "use_backend",
+__all__ = ["GaussianSum", "STREAM_VERSION", "SketchProblem", "aligned_perturbation",
+           "available_backends", "backend_status", "gaussian", "gaussian_sketch",
+           "gaussian_sketch_batch", "lowrank_perturb_", "perturb_", "randomized_svd", "use_backend",
            "__version__"]
