@@ -42,3 +42,41 @@ def assert_perturb_close(actual: torch.Tensor, expected: torch.Tensor,
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
     torch.testing.assert_close(actual.detach().float().cpu(), expected.detach().float().cpu(),
                                **perturb_tolerance(actual.dtype, coeffs))
+
+
+def assert_lowrank_close(actual: torch.Tensor, expected: torch.Tensor, magnitude: float) -> None:
+    """Two backends' results of one ``lowrank_perturb_`` call agree.
+
+    The float32 accumulations may differ by summation order (bounded by 1e-5 of ``magnitude``,
+    the largest entry of |scale*U@Z| @ |V|^T), then the one rounding to the dtype may differ by
+    an ulp of the result.
+    """
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    torch.testing.assert_close(actual.detach().float().cpu(), expected.detach().float().cpu(),
+                               rtol=2 * ULP[actual.dtype], atol=1e-5 * magnitude + 2 * TINY[actual.dtype],
+                               equal_nan=True)
+
+
+def sketch_atol(coeffs: Sequence[float], omega: torch.Tensor) -> torch.Tensor:
+    """Per-column absolute tolerance (shape (q,)) of a Gaussian-sum sketch ``A @ omega``.
+
+    Each xi is within XI_TOL*(1+|xi|) (|xi| < 6 in practice) of the exact stream value and the
+    float32 sums over the inner dimension may be ordered differently, so the error of column c
+    is a small multiple of sum_j |coeffs[j]| * ||omega[:, c]||_1.
+    """
+    scale = sum(abs(c) for c in coeffs)
+    return 1e-4 * scale * omega.detach().abs().double().sum(0).cpu() + 1e-6
+
+
+def assert_sketch_close(actual: torch.Tensor, expected: torch.Tensor, coeffs: Sequence[float],
+                        omega: torch.Tensor) -> None:
+    """Two sketches of the same implicit Gaussian sum agree within :func:`sketch_atol`."""
+    assert actual.shape == expected.shape and actual.dtype == torch.float32
+    err = (actual.detach().double().cpu() - expected.detach().double().cpu()).abs()
+    bound = sketch_atol(coeffs, omega).expand_as(err)
+    bad = err > bound
+    if bool(bad.any()):
+        i, j = (int(x) for x in bad.nonzero()[0])
+        raise AssertionError(f"{int(bad.sum())} of {err.numel()} sketch entries out of tolerance; "
+                             f"first at ({i}, {j}): got {actual[i, j].item()!r}, "
+                             f"expected {expected[i, j].item()!r}, bound {bound[i, j].item():.3g}")
