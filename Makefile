@@ -1,4 +1,4 @@
-# make demo : set up, then run the perturbation benchmark (the main job for now)
+# make demo : set up, then run the perturbation and low-rank benchmarks (the main job for now)
 # make test : set up, then run the test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -29,6 +29,7 @@ test-gpu: setup
 
 demo: setup
 	$(PY) bench/bench_perturb.py
+	$(PY) bench/bench_lowrank.py
 
 bench: demo
 

@@ -16,3 +16,21 @@ def test_bench_quick_smoke(tmp_path):
     assert "perturb_ [native]" in out.stdout and "eager randn + add_" in out.stdout
     rows = csv.read_text().splitlines()
     assert rows[0].startswith("timestamp,git_rev,") and len(rows) >= 4  # header + 3 paths or more
+
+
+LOWRANK = Path(__file__).resolve().parents[1] / "bench" / "bench_lowrank.py"
+
+
+def test_bench_lowrank_quick_smoke(tmp_path):
+    csv = tmp_path / "lowrank.csv"
+    out = subprocess.run(
+        [sys.executable, str(LOWRANK), "--quick", "--device", "cpu", "--backends", "native",
+         "--repeats", "1", "--warmup", "0", "--csv", str(csv), "--plot", str(tmp_path / "p.png"),
+         "--no-progress"],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    for section in ("== lowrank", "== sketch", "== rsvd"):
+        assert section in out.stdout
+    rows = csv.read_text().splitlines()
+    assert rows[0].startswith("timestamp,git_rev,") and len(rows) == 1 + 3 + 2 + 2
+    assert (tmp_path / "p.png").stat().st_size > 0
