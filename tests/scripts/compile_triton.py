@@ -1,7 +1,9 @@
-"""Compile every specialization of the Triton perturb kernel for NVIDIA targets, no GPU needed.
+"""Compile every specialization of the Triton kernels for NVIDIA targets, no GPU needed.
 
 Run without TRITON_INTERPRET. Prints one JSON line per specialization with the PTX memory
-instructions it uses, so a test can check that the aligned path vectorizes.
+instructions it uses (so a test can check that the aligned paths vectorize) and whether
+the PTX uses tensor-core (mma) or atomic instructions: the float32 GEMMs of the low-rank kernels
+must not (TF32 would break their tolerance; atomics their determinism).
 """
 import inspect
 import itertools
@@ -14,25 +16,67 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from pgap_kernels.backends.triton import lowrank, sketch
 from pgap_kernels.backends.triton.perturb import BLOCKS, _perturb_kernel
 
-RUNTIME_ARGS = {"meta_ptr": "*i64", "seeds_ptr": "*i64", "coeffs_ptr": "*fp32", "n_seeds": "i32",
-                "n_tensors": "i32", "decay": "fp32", "mean_coeff": "fp32"}
+RUNTIME_ARGS = {
+    # perturb
+    "meta_ptr": "*i64", "seeds_ptr": "*i64", "coeffs_ptr": "*fp32", "n_seeds": "i32",
+    "n_tensors": "i32", "decay": "fp32", "mean_coeff": "fp32",
+    # lowrank
+    "w_tab": "*i64", "l_tab": "*i64", "r_tab": "*i64", "m": "i32", "n": "i32", "k": "i32",
+    # sketch
+    "key_tab": "*i64", "offset_tab": "*i64", "omega_tab": "*i64", "out_tab": "*i64", "q": "i32",
+    "splits": "i32", "split_len": "i32",
+}
+
+
+def compile_one(kernel, arch, constexprs, num_warps=4, divisible=()):
+    """PTX facts of one specialization; ``divisible`` names the arguments Triton's launcher
+    would see as multiples of 16 (16-byte aligned pointers, sizes divisible by 16)."""
+    params = list(inspect.signature(kernel.fn).parameters)
+    signature = {p: RUNTIME_ARGS.get(p, "constexpr") for p in params}
+    attrs = {(params.index(p),): [["tt.divisibility", 16]] for p in divisible}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32),
+                              options={"enable_fp_fusion": False,  # as the launches
+                                       "num_warps": num_warps})
+    ptx = compiled.asm["ptx"]
+    return {"memory_ops": sorted(set(re.findall(r"\b(?:ld|st)\.global[.a-z0-9]*", ptx))),
+            "mma": bool(re.search(r"\b(?:w?mma)\.", ptx)), "atomics": bool(re.search(r"\b(?:atom|red)\.", ptx))}
+
+
+def emit(row):
+    print(json.dumps(row), flush=True)
 
 
 def main(archs):
-    params = list(inspect.signature(_perturb_kernel.fn).parameters)
-    signature = {p: RUNTIME_ARGS.get(p, "constexpr") for p in params}
     for arch, dtype, has_mean, overwrite, aligned in itertools.product(
             archs, ("float32", "bfloat16", "float16"), (False, True), (False, True), (False, True)):
         constexprs = {"DTYPE": getattr(tl, dtype), "HAS_MEAN": has_mean, "OVERWRITE": overwrite,
                       "BLOCKS": BLOCKS, "SEARCH_STEPS": 3, "ALIGNED": aligned}
-        kernel = triton.compile(ASTSource(fn=_perturb_kernel, signature=signature, constexprs=constexprs),
-                                target=GPUTarget("cuda", arch, 32),
-                                options={"enable_fp_fusion": False})  # as perturb_group launches
-        ops = sorted(set(re.findall(r"\b(?:ld|st)\.global[.a-z0-9]*", kernel.asm["ptx"])))
-        print(json.dumps({"arch": arch, "dtype": dtype, "has_mean": has_mean, "overwrite": overwrite,
-                          "aligned": aligned, "memory_ops": ops}), flush=True)
+        emit({"kernel": "perturb", "arch": arch, "dtype": dtype, "has_mean": has_mean,
+              "overwrite": overwrite, "aligned": aligned,
+              **compile_one(_perturb_kernel, arch, constexprs)})
+    block_m, block_n, block_k, warps = lowrank.block_sizes()
+    for arch, dtype, overwrite, aligned in itertools.product(
+            archs, ("float32", "bfloat16", "float16"), (False, True), (False, True)):
+        constexprs = {"DTYPE": getattr(tl, dtype), "OVERWRITE": overwrite, "ALIGNED": aligned,
+                      "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
+        divisible = ("w_tab", "l_tab", "r_tab", "n", "k") if aligned else ()
+        emit({"kernel": "lowrank", "arch": arch, "dtype": dtype, "overwrite": overwrite,
+              "aligned": aligned,
+              **compile_one(lowrank._lowrank_kernel, arch, constexprs, warps, divisible)})
+    for arch, aligned, transpose, blocks in itertools.product(
+            archs, (False, True), (False, True), (False, True)):
+        q = 64 if aligned else 5
+        block_r, block_q, block_k, warps = sketch.block_sizes(q)
+        constexprs = {"TRANSPOSE": transpose, "BLOCKS": blocks, "ALIGNED": aligned,
+                      "BLOCK_R": block_r, "BLOCK_Q": block_q, "BLOCK_K": block_k}
+        divisible = ("key_tab", "offset_tab", "omega_tab", "out_tab", "q") if aligned else ()
+        emit({"kernel": "sketch", "arch": arch, "q": q, "aligned": aligned, "transpose": transpose,
+              "blocks": blocks,
+              **compile_one(sketch._sketch_kernel, arch, constexprs, warps, divisible)})
 
 
 if __name__ == "__main__":

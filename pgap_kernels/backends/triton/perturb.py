@@ -3,6 +3,7 @@
 Each program handles BLOCKS Philox blocks (4*BLOCKS stream elements) of one tensor. It calls
 ``tl.philox(seed, c0, c1, c2, c3)`` with the philox4x32-10/v1 counter (block mod 2^32,
 block >> 32, key, 0): one call gives four normals (not ``tl.randn``, whose counter differs).
+The stream code lives in ``_stream.py``, shared with the other triton kernels.
 """
 from __future__ import annotations
 
@@ -10,21 +11,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._stream import TWO_PI, UNIFORM_SCALE
 from ..._validation import PerturbArgs
 from .._groups import split_by_dtype
 from .._tables import META_FIELDS, chunk_table, stream_tables
+from ._stream import sum_block_normals
 
 BLOCKS = 256  # Philox blocks per program: 1024 elements
 TL_DTYPES = {0: tl.float32, 1: tl.bfloat16, 2: tl.float16}
-_SCALE = tl.constexpr(UNIFORM_SCALE)
-_TWO_PI = tl.constexpr(TWO_PI)
 _META = tl.constexpr(META_FIELDS)
-
-
-@triton.jit
-def _uniform(x):
-    return ((x >> 9) * 2 + 1).to(tl.float32) * _SCALE
 
 
 @triton.jit
@@ -48,26 +42,7 @@ def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, 
     chunk_begin = tl.load(row + 5)
 
     block = offset // 4 + (chunk - chunk_begin) * BLOCKS + tl.arange(0, BLOCKS).to(tl.int64)
-    c0 = (block & 0xFFFFFFFF).to(tl.uint32)
-    c1 = (block >> 32).to(tl.uint32)
-    c2 = tl.zeros_like(c0) + key
-    c3 = tl.zeros_like(c0)
-    acc0 = tl.zeros((BLOCKS,), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCKS,), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCKS,), dtype=tl.float32)
-    acc3 = tl.zeros((BLOCKS,), dtype=tl.float32)
-    for j in range(n_seeds):
-        seed = tl.load(seeds_ptr + j)
-        coeff = tl.load(coeffs_ptr + j)
-        w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c3)
-        r01 = tl.sqrt_rn(-2.0 * tl.log(_uniform(w0)))
-        t01 = _uniform(w1) * _TWO_PI
-        r23 = tl.sqrt_rn(-2.0 * tl.log(_uniform(w2)))
-        t23 = _uniform(w3) * _TWO_PI
-        acc0 += coeff * (r01 * tl.cos(t01))
-        acc1 += coeff * (r01 * tl.sin(t01))
-        acc2 += coeff * (r23 * tl.cos(t23))
-        acc3 += coeff * (r23 * tl.sin(t23))
+    acc0, acc1, acc2, acc3 = sum_block_normals(seeds_ptr, coeffs_ptr, n_seeds, block, key)
 
     lane = tl.arange(0, 4)[None, :]
     acc = tl.where(lane == 0, acc0[:, None],

@@ -1,0 +1,81 @@
+"""Triton pieces of the philox4x32-10/v1 stream (docs/rng.md), shared by the triton kernels.
+
+``tl.philox(seed, c0, c1, c2, c3)`` is the Random123 block function; the counter is
+(block mod 2^32, block >> 32, key, 0), not ``tl.randn``'s. Uniforms come from the top 23 bits,
+centred in their bin; Box–Muller runs in float32 with ``tl.log``, ``tl.sqrt_rn``, ``tl.cos``
+and ``tl.sin``. Launch the kernels with ``enable_fp_fusion=False`` (no contracted multiply-adds).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..._stream import TWO_PI, UNIFORM_SCALE
+
+_SCALE = tl.constexpr(UNIFORM_SCALE)
+_TWO_PI = tl.constexpr(TWO_PI)
+
+
+@triton.jit
+def uniform(x):
+    """float32 uniform in (0, 1) of uint32 words: (2*(x >> 9) + 1) * 2^-24, exact."""
+    return ((x >> 9) * 2 + 1).to(tl.float32) * _SCALE
+
+
+@triton.jit
+def counters(block, key):
+    """Philox counter words of int64 block indices under a uint32 key."""
+    c0 = (block & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (block >> 32).to(tl.uint32)
+    c2 = tl.zeros_like(c0) + key
+    c3 = tl.zeros_like(c0)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def box_muller(wa, wb):
+    """The pair (r cos t, r sin t) of two Philox words: r = sqrt(-2 ln u(wa)), t = 2 pi u(wb)."""
+    r = tl.sqrt_rn(-2.0 * tl.log(uniform(wa)))
+    t = uniform(wb) * _TWO_PI
+    return r * tl.cos(t), r * tl.sin(t)
+
+
+@triton.jit
+def block_normals(seed, c0, c1, c2, c3):
+    """The four normals (lanes 0..3) of the Philox blocks with counter words c0..c3."""
+    w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c3)
+    z0, z1 = box_muller(w0, w1)
+    z2, z3 = box_muller(w2, w3)
+    return z0, z1, z2, z3
+
+
+@triton.jit
+def sum_block_normals(seeds_ptr, coeffs_ptr, n_seeds, block, key):
+    """sum_j coeffs[j] * (the four normals of Philox blocks ``block`` (int64) under seeds[j]),
+    accumulated in float32 in seed order: one tensor of ``block``'s shape per lane 0..3."""
+    c0, c1, c2, c3 = counters(block, key)
+    acc0 = tl.zeros(block.shape, dtype=tl.float32)
+    acc1 = tl.zeros(block.shape, dtype=tl.float32)
+    acc2 = tl.zeros(block.shape, dtype=tl.float32)
+    acc3 = tl.zeros(block.shape, dtype=tl.float32)
+    for j in range(n_seeds):
+        seed = tl.load(seeds_ptr + j)
+        coeff = tl.load(coeffs_ptr + j)
+        z0, z1, z2, z3 = block_normals(seed, c0, c1, c2, c3)
+        acc0 += coeff * z0
+        acc1 += coeff * z1
+        acc2 += coeff * z2
+        acc3 += coeff * z3
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
+def element_normal(seed, index, key):
+    """xi(seed, key, index) for int64 stream indices: one Philox call per element, and only
+    the Box–Muller pair of its lane."""
+    c0, c1, c2, c3 = counters(index >> 2, key)
+    w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c3)
+    lane = index & 3
+    high = lane >= 2
+    z_cos, z_sin = box_muller(tl.where(high, w2, w0), tl.where(high, w3, w1))
+    return tl.where((lane & 1) == 1, z_sin, z_cos)
