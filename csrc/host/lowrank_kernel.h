@@ -1,0 +1,412 @@
+// Body of the host low-rank kernels, compiled once per instruction set.
+//
+// Included by lowrank_<isa>.cpp with PGAP_ISA_NS defined; each translation unit is built with
+// its own -m flags, and host/lowrank.cpp picks the one of the ISA selected for perturb.
+//
+// Both ops are BLIS-style products with a register-blocked micro-kernel (kMR rows x kNR columns
+// of float32 accumulators, kNR = kNV vectors) that runs over the whole inner dimension:
+// * lowrank_update: W <- decay*W + L*R^T. Per tile of W (kTileRows x nb, nb sized so the packed
+//   R panel stays in L2), R rows are packed into kNR-wide panels and each kMR-row panel of L into
+//   a small buffer; the micro-kernel's epilogue loads the W tile, applies decay, adds, rounds
+//   once to W's dtype and stores in place. Tiles lie on a fixed grid and every element is summed
+//   in the same order, so the result does not depend on the thread count.
+// * gaussian_sketch: tiles of the implicit A are drawn by stream_sum (the perturb code, same
+//   bits) into an L2-sized buffer and multiplied with kNR-wide panels of omega; a thread owns
+//   its output rows (row blocks of A, or column blocks when transposed).
+// FMAs are explicit intrinsics (the file is built with -ffp-contract=off like every host file:
+// the normals must stay bit-exact).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "host/stream_kernel.h"
+
+#ifndef PGAP_ISA_NS
+#error "define PGAP_ISA_NS before including lowrank_kernel.h"
+#endif
+
+namespace pgap {
+namespace host {
+
+namespace PGAP_ISA_NS {
+
+// ---- SIMD layer: float32 vectors of kVW lanes, and W's dtypes to/from them. ----------------
+#if defined(__AVX512F__)
+using VF = __m512;
+constexpr int kVW = 16;
+constexpr int kMR = 12;  // 24 accumulators + 2 panel vectors of 32 zmm registers
+static inline VF vzero() { return _mm512_setzero_ps(); }
+static inline VF vbcast(float s) { return _mm512_set1_ps(s); }
+static inline VF vload(const float* p) { return _mm512_loadu_ps(p); }
+static inline void vstore(float* p, VF v) { _mm512_storeu_ps(p, v); }
+static inline VF vfma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
+static inline VF vadd(VF a, VF b) { return _mm512_add_ps(a, b); }
+static inline float sfma(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+static inline VF vload_w(const float* p) { return _mm512_loadu_ps(p); }
+static inline void vstore_w(float* p, VF v) { _mm512_storeu_ps(p, v); }
+static inline VF vload_w(const uint16_t* p) {
+  const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+static inline void vstore_w(uint16_t* p, VF v) {  // as BF16::store
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded =
+      _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  const __mmask16 nan = _mm512_cmpgt_epi32_mask(
+      _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)), _mm512_set1_epi32(0x7F800000));
+  const __m512i r = _mm512_mask_blend_epi32(nan, rounded, quiet);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
+static inline VF vload_w(const _Float16* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+static inline void vstore_w(_Float16* p, VF v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#elif defined(__AVX2__)
+using VF = __m256;
+constexpr int kVW = 8;
+constexpr int kMR = 6;  // 12 accumulators + 2 panel vectors + 1 broadcast of 16 ymm registers
+static inline VF vzero() { return _mm256_setzero_ps(); }
+static inline VF vbcast(float s) { return _mm256_set1_ps(s); }
+static inline VF vload(const float* p) { return _mm256_loadu_ps(p); }
+static inline void vstore(float* p, VF v) { _mm256_storeu_ps(p, v); }
+static inline VF vfma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
+static inline VF vadd(VF a, VF b) { return _mm256_add_ps(a, b); }
+static inline float sfma(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+static inline VF vload_w(const float* p) { return _mm256_loadu_ps(p); }
+static inline void vstore_w(float* p, VF v) { _mm256_storeu_ps(p, v); }
+static inline VF vload_w(const uint16_t* p) {
+  const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+static inline void vstore_w(uint16_t* p, VF v) {  // as BF16::store
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded =
+      _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)),
+                                         _mm256_set1_epi32(0x7F800000));
+  const __m256i r = _mm256_blendv_epi8(rounded, quiet, nan);
+  // 16-bit lanes [r0..3, r0..3 | r4..7, r4..7] -> r0..7 in the low 128 bits.
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+static inline VF vload_w(const _Float16* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+static inline void vstore_w(_Float16* p, VF v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#else
+// Portable: GCC/Clang vector extensions (SSE2 on x86-64, NEON on arm64), no FMA.
+typedef float VF __attribute__((vector_size(16)));
+typedef float VFUnaligned __attribute__((vector_size(16), aligned(4)));
+constexpr int kVW = 4;
+constexpr int kMR = 6;  // 12 accumulators + 2 panel vectors + 1 broadcast of 16 xmm registers
+static inline VF vzero() { return VF{0.0f, 0.0f, 0.0f, 0.0f}; }
+static inline VF vbcast(float s) { return VF{s, s, s, s}; }
+static inline VF vload(const float* p) { return *reinterpret_cast<const VFUnaligned*>(p); }
+static inline void vstore(float* p, VF v) { *reinterpret_cast<VFUnaligned*>(p) = v; }
+static inline VF vfma(VF a, VF b, VF c) { return a * b + c; }
+static inline VF vadd(VF a, VF b) { return a + b; }
+static inline float sfma(float a, float b, float c) { return a * b + c; }
+#endif
+
+constexpr int kNV = 2;            // vectors per micro-tile row
+constexpr int kNR = kNV * kVW;    // micro-tile columns
+
+// acc = sum_p a(i, p) * b[p][0, kNR) over p in [0, kc): a(i, p) = a[i*a_rs + p*a_cs], b a
+// packed panel of kNR floats per p.
+static inline __attribute__((always_inline)) void micro_kernel(
+    int64_t kc, const float* __restrict a, int64_t a_rs, int64_t a_cs, const float* __restrict b,
+    VF (&acc)[kMR][kNV]) {
+#pragma GCC unroll 16
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) acc[i][v] = vzero();
+#pragma GCC unroll 2
+  for (int64_t p = 0; p < kc; ++p) {
+    VF bv[kNV];
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) bv[v] = vload(b + p * kNR + v * kVW);
+#pragma GCC unroll 16
+    for (int i = 0; i < kMR; ++i) {
+      const VF ai = vbcast(a[i * a_rs + p * a_cs]);
+#pragma GCC unroll 4
+      for (int v = 0; v < kNV; ++v) acc[i][v] = vfma(ai, bv[v], acc[i][v]);
+    }
+  }
+}
+
+// 64-byte aligned float buffer, zero-filled.
+struct FloatBuffer {
+  float* p = nullptr;
+  explicit FloatBuffer(int64_t n) {
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
+    p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0, bytes);
+  }
+  ~FloatBuffer() { std::free(p); }
+  FloatBuffer(const FloatBuffer&) = delete;
+  FloatBuffer& operator=(const FloatBuffer&) = delete;
+};
+
+// ---- lowrank_update ------------------------------------------------------------------------
+
+constexpr int64_t kTileRows = 96;              // rows of W per tile (a multiple of kMR)
+constexpr int64_t kPanelBytes = 160 * 1024;    // packed R per tile, kept in L2
+constexpr int64_t kMaxTileCols = 2048;
+
+// bpack[c / kNR][p][c % kNR] = right[(c0 + c)*k + p] for c in [0, nb), zero past nb.
+static void pack_right(const float* __restrict right, int64_t k, int64_t c0, int64_t nb,
+                       float* __restrict bpack) {
+  const int64_t panels = (nb + kNR - 1) / kNR;
+  for (int64_t jp = 0; jp < panels; ++jp) {
+    float* dst = bpack + jp * k * kNR;
+    for (int jj = 0; jj < kNR; ++jj) {
+      const int64_t c = jp * kNR + jj;
+      if (c < nb) {
+        const float* src = right + (c0 + c) * k;
+        for (int64_t p = 0; p < k; ++p) dst[p * kNR + jj] = src[p];
+      } else {
+        for (int64_t p = 0; p < k; ++p) dst[p * kNR + jj] = 0.0f;
+      }
+    }
+  }
+}
+
+// apack[p][i] = left[(r0 + i)*k + p] for i < mr, zero for i in [mr, kMR).
+static void pack_left(const float* __restrict left, int64_t k, int64_t r0, int64_t mr,
+                      float* __restrict apack) {
+  for (int i = 0; i < kMR; ++i) {
+    if (i < mr) {
+      const float* src = left + (r0 + i) * k;
+      for (int64_t p = 0; p < k; ++p) apack[p * kMR + i] = src[p];
+    } else {
+      for (int64_t p = 0; p < k; ++p) apack[p * kMR + i] = 0.0f;
+    }
+  }
+}
+
+// W tile (rows [0, mr), columns [0, nr), row stride ldw) <- decay*W + acc, one rounding.
+template <class D, bool kOverwrite>
+static inline __attribute__((always_inline)) void store_tile(
+    typename D::Storage* __restrict w, int64_t ldw, int64_t mr, int64_t nr, float decay,
+    VF (&acc)[kMR][kNV]) {
+#if defined(__AVX2__) || defined(__AVX512F__)
+  if (mr == kMR && nr == kNR) {
+    const VF vd = vbcast(decay);
+#pragma GCC unroll 16
+    for (int i = 0; i < kMR; ++i) {
+      typename D::Storage* row = w + i * ldw;
+#pragma GCC unroll 4
+      for (int v = 0; v < kNV; ++v) {
+        const VF x = kOverwrite ? acc[i][v] : vfma(vd, vload_w(row + v * kVW), acc[i][v]);
+        vstore_w(row + v * kVW, x);
+      }
+    }
+    return;
+  }
+#endif
+  alignas(64) float t[kMR][kNR];
+  for (int i = 0; i < kMR; ++i)
+    for (int v = 0; v < kNV; ++v) vstore(&t[i][v * kVW], acc[i][v]);
+  for (int64_t i = 0; i < mr; ++i) {
+    typename D::Storage* row = w + i * ldw;
+    for (int64_t j = 0; j < nr; ++j)
+      row[j] = D::store(kOverwrite ? t[i][j] : sfma(decay, D::load(row[j]), t[i][j]));
+  }
+}
+
+template <class D, bool kOverwrite>
+static void lowrank_typed(typename D::Storage* w, int64_t m, int64_t n, const float* left,
+                          const float* right, int64_t k, float decay, int num_threads) {
+  int64_t nb = kPanelBytes / (static_cast<int64_t>(sizeof(float)) * k) / kNR * kNR;
+  nb = std::min<int64_t>(std::max<int64_t>(nb, kNR), kMaxTileCols);
+  const int64_t tiles_m = (m + kTileRows - 1) / kTileRows;
+  int64_t tiles_n = (n + nb - 1) / nb;
+  int threads = num_threads < 1 ? 1 : num_threads;
+  if (m * n * k < (int64_t{1} << 20)) threads = 1;  // too small to pay for a parallel region
+  // Narrower tiles when there are too few to share out (the grid does not change any sum).
+  while (tiles_m * tiles_n < 4 * threads && nb > kNR) {
+    nb = std::max<int64_t>(kNR, (nb / 2 + kNR - 1) / kNR * kNR);
+    tiles_n = (n + nb - 1) / nb;
+  }
+  const int64_t tiles = tiles_m * tiles_n;
+  if (threads > tiles) threads = static_cast<int>(tiles);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    FloatBuffer bpack((nb + kNR) * k), apack(kMR * k);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t r0 = (t / tiles_n) * kTileRows, c0 = (t % tiles_n) * nb;
+      const int64_t rows = std::min(kTileRows, m - r0), cols = std::min(nb, n - c0);
+      pack_right(right, k, c0, cols, bpack.p);
+      for (int64_t ir = 0; ir < rows; ir += kMR) {
+        const int64_t mr = std::min<int64_t>(kMR, rows - ir);
+        // Full panels read L in place (kMR row streams); the last, partial one is zero-padded.
+        const float* ap = left + (r0 + ir) * k;
+        int64_t a_rs = k, a_cs = 1;
+        if (mr < kMR) {
+          pack_left(left, k, r0 + ir, mr, apack.p);
+          ap = apack.p, a_rs = 1, a_cs = kMR;
+        }
+        typename D::Storage* wrow = w + (r0 + ir) * n + c0;
+        for (int64_t jr = 0; jr < cols; jr += kNR) {
+          VF acc[kMR][kNV];
+          if (!kOverwrite && jr + kNR < cols)  // the next W tile, read in the next epilogue
+            for (int i = 0; i < kMR; ++i) __builtin_prefetch(wrow + i * n + jr + kNR, 1, 3);
+          micro_kernel(k, ap, a_rs, a_cs, bpack.p + jr * k, acc);
+          store_tile<D, kOverwrite>(wrow + jr, n, mr, std::min<int64_t>(kNR, cols - jr), decay,
+                                    acc);
+        }
+      }
+    }
+  }
+}
+
+template <class D>
+static void lowrank_dispatch(void* w, int64_t m, int64_t n, const float* left, const float* right,
+                             int64_t k, float decay, int num_threads) {
+  auto* wt = static_cast<typename D::Storage*>(w);
+  if (decay == 0.0f) lowrank_typed<D, true>(wt, m, n, left, right, k, decay, num_threads);
+  else lowrank_typed<D, false>(wt, m, n, left, right, k, decay, num_threads);
+}
+
+void lowrank_update(DType dtype, void* w, int64_t m, int64_t n, const float* left,
+                    const float* right, int64_t k, float decay, int num_threads) {
+  if (m <= 0 || n <= 0) return;
+  switch (dtype) {
+    case DType::kFloat32: lowrank_dispatch<F32>(w, m, n, left, right, k, decay, num_threads); break;
+    case DType::kBFloat16: lowrank_dispatch<BF16>(w, m, n, left, right, k, decay, num_threads); break;
+    case DType::kFloat16: lowrank_dispatch<F16>(w, m, n, left, right, k, decay, num_threads); break;
+  }
+}
+
+// ---- gaussian_sketch -----------------------------------------------------------------------
+
+constexpr int64_t kSketchRows = 4 * kMR;   // rows of A per block (transpose == false)
+constexpr int64_t kSketchCols = 1024;      // columns of A per generated tile (transpose == false)
+constexpr int64_t kSketchTRows = 48;       // rows of A per generated tile (transpose == true)
+constexpr int64_t kSketchTCols = 384;      // columns of A per block (transpose == true), % kMR == 0
+constexpr int64_t kTileLead = 4;   // writable floats before a tile row (stream_sum's shift)
+constexpr int64_t kTilePad = kTileLead + 36;  // per tile row: kTileLead before, 36 after
+static_assert(kSketchTCols % kMR == 0, "column blocks must hold whole micro-panels");
+static_assert(kSketchCols + 32 <= kHostChunk && kSketchTCols + 32 <= kHostChunk,
+              "stream_sum limit");
+
+// tile_row[l] = A[a, b0 + l] for l in [0, len); writes up to kTileLead floats before tile_row
+// and 36 after tile_row + len. With kWhole, the Philox blocks drawn are rounded up to a whole
+// number of 8-block AVX2 groups (extra stream values past len, not used, instead of a slow
+// scalar tail: worth it for short rows).
+template <bool kWhole>
+static inline void draw_row(const StreamArgs& sa, uint32_t key, uint64_t offset, int64_t n,
+                            int64_t a, int64_t b0, int64_t len, float* tile_row) {
+  const uint64_t g = offset + static_cast<uint64_t>(a * n + b0);
+  const int64_t shift = static_cast<int64_t>(g & 3u);
+  if (kWhole) {
+    const int64_t nb = (shift + len + 3) / 4;
+    len = (nb + 7) / 8 * 32 - shift;
+  }
+  stream_sum(sa, key, g, len, tile_row - shift);
+}
+
+// c[i][0, kNR) += acc[i] for i < kMR (c has row stride ldc).
+static inline __attribute__((always_inline)) void add_tile(float* __restrict c, int64_t ldc,
+                                                           VF (&acc)[kMR][kNV]) {
+#pragma GCC unroll 16
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v)
+      vstore(c + i * ldc + v * kVW, vadd(vload(c + i * ldc + v * kVW), acc[i][v]));
+}
+
+void gaussian_sketch(int64_t m, int64_t n, uint64_t offset, uint32_t key, const uint64_t* seeds,
+                     const float* coeffs, int64_t n_seeds, const float* omega, int64_t q,
+                     bool transpose, float* out, int num_threads) {
+  const int64_t out_rows = transpose ? n : m, inner = transpose ? m : n;
+  if (out_rows <= 0 || q <= 0) return;
+  if (inner <= 0) {
+    std::fill(out, out + out_rows * q, 0.0f);
+    return;
+  }
+  const StreamArgs sa{seeds, coeffs, n_seeds, 0.0f, 0.0f};
+  const int64_t panels = (q + kNR - 1) / kNR, ldc = panels * kNR;
+  // omega packed into kNR-column panels: opack[jp][row][kNR], zero past column q.
+  FloatBuffer opack(panels * inner * kNR);
+  const int64_t block = transpose ? kSketchTCols : kSketchRows;
+  const int64_t blocks = (out_rows + block - 1) / block;
+  int threads = num_threads < 1 ? 1 : num_threads;
+  if (m * n < (int64_t{1} << 15)) threads = 1;
+  if (threads > blocks) threads = static_cast<int>(blocks);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < inner; ++r)
+      for (int64_t jp = 0; jp < panels; ++jp) {
+        float* dst = opack.p + (jp * inner + r) * kNR;
+        for (int64_t c = 0; c < kNR; ++c)
+          dst[c] = jp * kNR + c < q ? omega[r * q + jp * kNR + c] : 0.0f;
+      }
+    // (implicit barrier: opack is complete)
+    const int64_t tile_rows = transpose ? kSketchTRows : kSketchRows;
+    const int64_t tile_cols = transpose ? kSketchTCols : kSketchCols;
+    const int64_t ts = tile_cols + kTilePad;  // tile row stride; row i at kTileLead + i*ts
+    FloatBuffer tile(tile_rows * ts), cbuf(block * ldc);
+    float* const t0 = tile.p + kTileLead;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t o0 = blk * block, rows = std::min(block, out_rows - o0);
+      std::fill(cbuf.p, cbuf.p + block * ldc, 0.0f);
+      if (!transpose) {
+        // Output rows = rows [o0, o0 + rows) of A; inner dimension = columns of A.
+        for (int64_t b0 = 0; b0 < n; b0 += kSketchCols) {
+          const int64_t w = std::min(kSketchCols, n - b0);
+          for (int64_t i = 0; i < rows; ++i) draw_row<false>(sa, key, offset, n, o0 + i, b0, w, t0 + i * ts);
+          for (int64_t jp = 0; jp < panels; ++jp) {
+            const float* bp = opack.p + (jp * inner + b0) * kNR;
+            for (int64_t ir = 0; ir < rows; ir += kMR) {
+              VF acc[kMR][kNV];
+              micro_kernel(w, t0 + ir * ts, ts, 1, bp, acc);
+              add_tile(cbuf.p + ir * ldc + jp * kNR, ldc, acc);
+            }
+          }
+        }
+      } else {
+        // Output rows = columns [o0, o0 + rows) of A; inner dimension = rows of A.
+        for (int64_t a0 = 0; a0 < m; a0 += kSketchTRows) {
+          const int64_t h = std::min(kSketchTRows, m - a0);
+          for (int64_t i = 0; i < h; ++i) draw_row<true>(sa, key, offset, n, a0 + i, o0, rows, t0 + i * ts);
+          for (int64_t jp = 0; jp < panels; ++jp) {
+            const float* bp = opack.p + (jp * inner + a0) * kNR;
+            for (int64_t ir = 0; ir < rows; ir += kMR) {
+              VF acc[kMR][kNV];
+              micro_kernel(h, t0 + ir, 1, ts, bp, acc);
+              add_tile(cbuf.p + ir * ldc + jp * kNR, ldc, acc);
+            }
+          }
+        }
+      }
+      for (int64_t i = 0; i < rows; ++i)
+        std::memcpy(out + (o0 + i) * q, cbuf.p + i * ldc, static_cast<size_t>(q) * sizeof(float));
+    }
+  }
+}
+
+}  // namespace PGAP_ISA_NS
+}  // namespace host
+}  // namespace pgap
