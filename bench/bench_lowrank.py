@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 import pgap_kernels as pk  # noqa: E402
+from pgap_kernels.testing import TIMING_MMAP_THRESHOLD, peak_added_bytes, pin_mmap_threshold  # noqa: E402
 
 SHAPES: Dict[str, Tuple[int, int]] = {
     "SmolLM2-135M": (576, 1536), "OPT-1.3B attn": (2048, 2048), "OPT-1.3B mlp": (2048, 8192),
@@ -56,54 +57,6 @@ BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16 t
 FIELDS = ["section", "device", "model", "m", "n", "rank", "dtype", "path", "warmup", "repeats",
           "median_ms", "min_ms", "iqr_ms", "peak_added_MiB", "GFLOP_per_s", "speedup_vs_baseline",
           "fraction_bf16_peak"]
-
-
-# -- memory ------------------------------------------------------------------------------------
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-TIMING_MMAP_THRESHOLD = 32 << 20  # where glibc's dynamic threshold settles in a long-running process
-MEMORY_MMAP_THRESHOLD = 64 << 10
-
-
-def pin_mmap_threshold(nbytes: int) -> bool:
-    """Make glibc serve every allocation of ``nbytes`` or more with its own mmap, returned to the
-    OS when freed. Timing runs with TIMING_MMAP_THRESHOLD (a warmed-up process); the memory
-    measurement lowers it so that the peak RSS of a call sees its temporaries (otherwise freed
-    heap memory is silently reused and a temporary adds nothing to the peak). True on success."""
-    try:
-        import ctypes  # noqa: PLC0415
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, nbytes))
-    except (OSError, AttributeError):
-        return False
-
-
-def _proc_status(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def peak_added_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
-    """Bytes one call of ``fn`` adds at its peak to what the process held before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    try:
-        pin_mmap_threshold(MEMORY_MMAP_THRESHOLD)
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-        before = _proc_status("VmRSS")
-        fn()
-        return max(0, _proc_status("VmHWM") - before)
-    except (OSError, RuntimeError):
-        return None
-    finally:
-        pin_mmap_threshold(TIMING_MMAP_THRESHOLD)
 
 
 # -- cases -------------------------------------------------------------------------------------
