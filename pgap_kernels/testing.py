@@ -88,16 +88,28 @@ TIMING_MMAP_THRESHOLD = 32 << 20  # where glibc's dynamic threshold settles in a
 MEMORY_MMAP_THRESHOLD = 64 << 10
 
 
+def _libc():
+    import ctypes  # noqa: PLC0415
+    return ctypes.CDLL("libc.so.6")
+
+
 def pin_mmap_threshold(nbytes: int) -> bool:
     """Make glibc serve every allocation of ``nbytes`` or more with its own mmap, returned to the
     OS when freed. Timing runs with TIMING_MMAP_THRESHOLD (a warmed-up process); the memory
     measurement lowers it so that the peak RSS of a call sees its temporaries (otherwise freed
     heap memory is silently reused and a temporary adds nothing to the peak). True on success."""
     try:
-        import ctypes  # noqa: PLC0415
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, nbytes))
+        return bool(_libc().mallopt(M_MMAP_THRESHOLD, nbytes))
     except (OSError, AttributeError):
         return False
+
+
+def release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``), so reusing them counts in RSS."""
+    try:
+        _libc().malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _proc_status(field: str) -> int:
@@ -119,6 +131,7 @@ def peak_added_bytes(fn: Callable[[], object], device: torch.device) -> Optional
         return torch.cuda.max_memory_allocated(device) - before
     try:
         pin_mmap_threshold(MEMORY_MMAP_THRESHOLD)
+        release_free_memory()
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
         before = _proc_status("VmRSS")
