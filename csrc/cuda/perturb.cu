@@ -10,31 +10,12 @@
 #include <string>
 
 #include "cuda/perturb.h"
+#include "cuda/dtype.cuh"
 #include "pgap/normal.h"
 
 namespace pgap {
 namespace cuda {
 namespace {
-
-template <class T> struct Conv;
-template <> struct Conv<float> {
-  __device__ static float load(float x) { return x; }
-  __device__ static float store(float x) { return x; }
-};
-template <> struct Conv<__nv_bfloat16> {
-  __device__ static float load(__nv_bfloat16 x) { return __bfloat162float(x); }
-  __device__ static __nv_bfloat16 store(float x) { return __float2bfloat16_rn(x); }
-};
-template <> struct Conv<__half> {
-  __device__ static float load(__half x) { return __half2float(x); }
-  __device__ static __half store(float x) { return __float2half_rn(x); }
-};
-
-// Four consecutive elements, aligned for one 16-byte (fp32) or 8-byte (16-bit) access.
-template <class T>
-struct alignas(4 * sizeof(T)) Vec4 {
-  T v[4];
-};
 
 __device__ __forceinline__ int64_t find_tensor(const TensorMeta* meta, int64_t n, int64_t chunk) {
   int64_t lo = 0, hi = n - 1;  // largest p with meta[p].chunk_begin <= chunk
