@@ -133,7 +133,8 @@ def bf16_fraction(gflops: float, device: torch.device) -> str:
 
 def usable_backends(device: torch.device, numel: int, requested: Optional[List[str]]) -> List[str]:
     names = requested or pk.available_backends(device)
-    return [b for b in names if pk.backend_status(device)[b] is None
+    status = pk.backend_status(device)
+    return [b for b in names if status[b] is None
             and (b != "reference" or numel <= REFERENCE_MAX_NUMEL)
             and not (b == "triton" and device.type == "cpu")]  # the interpreter is for tests only
 
@@ -243,8 +244,8 @@ def plot(path: Path, rows: Sequence[dict], meta: Dict[str, str], device: torch.d
         paths = list(dict.fromkeys(r["path"] for r in sec))
         width = 0.8 / len(paths)
         for i, p in enumerate(paths):
-            ys = [float(_find(sec, section, c[0], c[1], p)["median_ms"]) if _find(sec, section, c[0], c[1], p)
-                  else float("nan") for c in cases]
+            found = [_find(sec, section, c[0], c[1], p) for c in cases]
+            ys = [float(r["median_ms"]) if r else float("nan") for r in found]
             ax.bar([k + i * width for k in range(len(cases))], ys, width, label=p)
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(cases))])
         ax.set_xticklabels([f"{c[0]}\n{'q' if section == 'sketch' else 'r'}={c[1]}" for c in cases],

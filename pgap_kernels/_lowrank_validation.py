@@ -13,9 +13,9 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from ._stream import INDEX_LIMIT, KEY_LIMIT, SEED_LIMIT
-from ._validation import (FLOAT_DTYPES, FloatOrFloats, IntOrInts, _as_list, _is_int, _is_real,
-                          check_finite, check_float_dtype, check_int)
+from ._stream import INDEX_LIMIT, KEY_LIMIT
+from ._validation import (FloatOrFloats, IntOrInts, _as_list, _is_real, check_finite,
+                          check_float_dtype, check_int, check_seeds_coeffs)
 
 
 @dataclass
@@ -136,17 +136,6 @@ def lowrank_factors(u: torch.Tensor, z: torch.Tensor, v: torch.Tensor, scale: fl
     return (uf * scale).contiguous(), torch.mm(vf, zf.t()).contiguous()  # k = r
 
 
-def check_seeds_coeffs(seeds: IntOrInts, coeffs: FloatOrFloats) -> Tuple[List[int], List[float]]:
-    """Seeds in [0, 2**64) and finite coefficients, one per seed."""
-    seeds_l = [seeds] if _is_int(seeds) else _as_list(seeds, "seeds")
-    coeffs_l = [coeffs] if _is_real(coeffs) else _as_list(coeffs, "coeffs")
-    if len(seeds_l) != len(coeffs_l):
-        raise ValueError(f"seeds has {len(seeds_l)} entries but coeffs has {len(coeffs_l)}; "
-                         "they must have equal lengths")
-    return ([check_int(s, f"seeds[{j}]", 0, SEED_LIMIT) for j, s in enumerate(seeds_l)],
-            [check_finite(c, f"coeffs[{j}]") for j, c in enumerate(coeffs_l)])
-
-
 def check_problem(problem, name: str) -> SketchProblem:
     """A :class:`SketchProblem` from a 2-, 3- or 4-tuple (m, n[, key[, offset]])."""
     if isinstance(problem, (str, bytes)) or not isinstance(problem, Sequence) or not 2 <= len(problem) <= 4:
@@ -183,5 +172,5 @@ def validate_sketch(problems, seeds: IntOrInts, coeffs: FloatOrFloats, omegas,
     return SketchArgs(problems, seeds_l, coeffs_l, out, transpose)
 
 
-__all__ = ["FLOAT_DTYPES", "LowrankArgs", "SketchArgs", "SketchProblem", "check_problem",
-           "check_seeds_coeffs", "lowrank_factors", "validate_lowrank", "validate_sketch"]
+__all__ = ["LowrankArgs", "SketchArgs", "SketchProblem", "check_problem", "lowrank_factors",
+           "validate_lowrank", "validate_sketch"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -74,6 +74,17 @@ def check_finite(value: object, name: str) -> float:
     return value
 
 
+def check_seeds_coeffs(seeds: IntOrInts, coeffs: FloatOrFloats) -> Tuple[List[int], List[float]]:
+    """Seeds in [0, 2**64) and finite coefficients, one per seed, as lists."""
+    seeds_l = [seeds] if _is_int(seeds) else _as_list(seeds, "seeds")
+    coeffs_l = [coeffs] if _is_real(coeffs) else _as_list(coeffs, "coeffs")
+    if len(seeds_l) != len(coeffs_l):
+        raise ValueError(f"seeds has {len(seeds_l)} entries but coeffs has {len(coeffs_l)}; "
+                         "they must have equal lengths")
+    return ([check_int(s, f"seeds[{j}]", 0, SEED_LIMIT) for j, s in enumerate(seeds_l)],
+            [check_finite(c, f"coeffs[{j}]") for j, c in enumerate(coeffs_l)])
+
+
 def _check_tensors(tensors: TensorList) -> List[torch.Tensor]:
     if isinstance(tensors, torch.Tensor):
         tensors = [tensors]
@@ -120,13 +131,7 @@ def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloat
                      decay: float, mean: Optional[TensorList], mean_coeff: float) -> PerturbArgs:
     """Check every argument of ``perturb_``; raise TypeError/ValueError naming the culprit."""
     tensors = _check_tensors(tensors)
-    seeds_l = [seeds] if _is_int(seeds) else _as_list(seeds, "seeds")
-    coeffs_l = [coeffs] if _is_real(coeffs) else _as_list(coeffs, "coeffs")
-    if len(seeds_l) != len(coeffs_l):
-        raise ValueError(f"seeds has {len(seeds_l)} entries but coeffs has {len(coeffs_l)}; "
-                         "they must have equal lengths")
-    seeds_l = [check_int(s, f"seeds[{j}]", 0, SEED_LIMIT) for j, s in enumerate(seeds_l)]
-    coeffs_l = [check_finite(c, f"coeffs[{j}]") for j, c in enumerate(coeffs_l)]
+    seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
     n = len(tensors)
     if keys is None:
         keys_l = list(range(n))

@@ -6,9 +6,10 @@ from typing import List, Tuple
 import torch
 
 from ._dispatch import DeviceLike, as_device
-from ._lowrank_validation import SketchProblem, check_problem, check_seeds_coeffs
-from ._validation import FloatOrFloats, IntOrInts, check_finite, check_float_dtype
-from .lowrank import gaussian_sketch
+from ._lowrank_validation import SketchProblem, check_problem
+from ._validation import (FloatOrFloats, IntOrInts, check_finite, check_float_dtype,
+                          check_seeds_coeffs)
+from .lowrank import gaussian_sketch, gaussian_sketch_batch
 from .ops import perturb_
 
 
@@ -37,7 +38,6 @@ class GaussianSum:
     P-GAP's probe matrix S = (1/h) sum_j rho_j Xi_j is ``GaussianSum(m, n, seeds, [r / h for r in rhos], key=k)``.
     """
 
-    __array_priority__ = 1000  # let A's __rmatmul__ win over numpy-style operands
     __slots__ = ("problem", "seeds", "coeffs", "device", "transposed")
 
     def __init__(self, m: int, n: int, seeds: IntOrInts, coeffs: FloatOrFloats, *, key: int = 0,
@@ -125,8 +125,6 @@ class GaussianSum:
 def sketch_many(operators: List[GaussianSum], omegas: List[torch.Tensor]) -> List[torch.Tensor]:
     """``A_p @ omegas[p]`` for operators that share seeds, coefficients and orientation,
     in one batched :func:`gaussian_sketch_batch` call."""
-    from .lowrank import gaussian_sketch_batch  # noqa: PLC0415
-
     first = operators[0]
     problems = [op.problem for op in operators]
     return gaussian_sketch_batch(problems, first.seeds, first.coeffs, omegas,

@@ -5,9 +5,8 @@ from typing import Callable, List, Sequence, Tuple, Union
 
 import torch
 
-from ._lowrank_validation import FLOAT_DTYPES
 from ._stream import SEED_LIMIT
-from ._validation import check_int
+from ._validation import FLOAT_DTYPES, check_int
 from .gaussian_sum import GaussianSum, batch_key, sketch_many
 from .ops import gaussian
 

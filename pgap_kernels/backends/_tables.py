@@ -1,11 +1,12 @@
 """Multi-tensor launch tables shared by the GPU backends (cuda, triton)."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Tuple, Union
 
 import torch
 
 from .._stream import seed_to_int64
+from .._lowrank_validation import SketchArgs
 from .._validation import PerturbArgs
 
 META_FIELDS = 6  # data, mean, numel, offset, key, chunk_begin (see csrc/cuda/perturb.h)
@@ -28,8 +29,9 @@ def chunk_table(args: PerturbArgs, blocks_per_chunk: int) -> Tuple[torch.Tensor,
     return torch.tensor(rows, dtype=torch.int64).reshape(-1, META_FIELDS), begin
 
 
-def stream_tables(args: PerturbArgs, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Seeds (as int64 bit patterns) and float32 coefficients, on ``device``."""
+def stream_tables(args: Union[PerturbArgs, SketchArgs], device: torch.device
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Seeds (as int64 bit patterns) and float32 coefficients of ``args``, on ``device``."""
     seeds = torch.tensor([seed_to_int64(s) for s in args.seeds] or [0], dtype=torch.int64)
     coeffs = torch.tensor(args.coeffs or [0.0], dtype=torch.float32)
     return seeds.to(device), coeffs.to(device)
