@@ -1,3 +1,20 @@
-"""pgap: zeroth-order optimizers (MeZO, P-GAP, ...) built on the public pgap_kernels API."""
+"""pgap: zeroth-order optimizers built on the public pgap_kernels API.
+
+MeZO(model, *, lr, eps=1e-3, weight_decay=0.0, seed=0, ...)       two-point ZO-SGD, 3 fused passes
+PGAP(model, *, lr, eps=1e-3, rank=8, window=100, probes=10, ...)  projected gradient-aligned ZO
+ZOOptimizer                                                        their base (a torch.optim.Optimizer)
+save_optimizer(opt, path) / load_optimizer(opt, path)              safetensors checkpoints
+fnv1a32, derive_seed                                               the key and seed contract
+
+See docs/optimizers.md and docs/pgap.md.
+"""
+from .base import NonFiniteLossError, ZOOptimizer
+from .checkpoint import load_optimizer, save_optimizer
+from .mezo import MeZO
+from .pgap_optimizer import PGAP
+from .seeds import derive_seed, fnv1a32
 
 __version__ = "0.1.0"
+
+__all__ = ["MeZO", "NonFiniteLossError", "PGAP", "ZOOptimizer", "derive_seed", "fnv1a32",
+           "load_optimizer", "save_optimizer", "__version__"]

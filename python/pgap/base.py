@@ -1,0 +1,242 @@
+"""ZOOptimizer: the two-point step, closures, schedules, state and diagnostics shared by every
+pgap optimizer. Subclasses say how to perturb (``_apply``) and how to update (``_update``)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+import pgap_kernels
+
+from ._checks import check_int, check_real
+from .params import DecayFilter, Trainable, collect_trainable
+from .seeds import STEP_STREAM, derive_seed
+
+Closure = Callable[[], Union[torch.Tensor, float]]
+STATE_FORMAT = "pgap.optimizer/1"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A closure returned NaN or inf; the weights were restored before this was raised."""
+
+
+class ZOOptimizer(torch.optim.Optimizer):
+    """Base class of the pgap zeroth-order optimizers (a ``torch.optim.Optimizer``, so
+    ``torch.optim.lr_scheduler`` schedules work on ``param_groups[0]["lr"]``).
+
+    ``step(closure)`` calls ``closure()`` under ``torch.no_grad()`` (and, with ``eval_mode``,
+    with the model in eval mode, dropout off) in each perturbed state and returns (L+ + L-)/2.
+    """
+
+    def __init__(self, model: nn.Module, *, lr: float, eps: float, weight_decay: float, seed: int,
+                 eval_mode: bool, backend: Optional[str], decay_filter: Optional[DecayFilter]) -> None:
+        lr = check_real(lr, "lr", low=0.0)
+        self.eps = check_real(eps, "eps", low=0.0, strict=True)
+        self.weight_decay = check_real(weight_decay, "weight_decay", low=0.0)
+        self.seed = check_int(seed, "seed", low=0, high=1 << 64)
+        self.eval_mode = bool(eval_mode)
+        self.model = model
+        self.trainables: List[Trainable] = collect_trainable(model, decay_filter)
+        self.device = self.trainables[0].param.device
+        self.backend = self._check_backend(backend)
+        super().__init__([t.param for t in self.trainables], {"lr": lr})
+        self.steps_done = 0
+        self.forwards = 0
+        self._diag: Dict[str, Any] = {}
+
+    # -- configuration ---------------------------------------------------------------------
+    def _check_backend(self, backend: Optional[str]) -> Optional[str]:
+        if backend is None:
+            return None
+        status = pgap_kernels.backend_status(self.device)
+        if backend not in status:
+            raise ValueError(f"backend must be one of {sorted(status)} or None, got {backend!r}")
+        if status[backend] is not None:
+            raise ValueError(f"backend {backend!r} cannot run on {self.device}: {status[backend]}")
+        return backend
+
+    @property
+    def lr(self) -> float:
+        """The current learning rate (``param_groups[0]["lr"]``, moved by lr schedulers)."""
+        return float(self.param_groups[0]["lr"])
+
+    def hyperparameters(self) -> Dict[str, Any]:
+        """The options that shape the trajectory (saved with the state, checked on load)."""
+        return {"eps": self.eps, "weight_decay": self.weight_decay, "seed": self.seed,
+                "eval_mode": self.eval_mode}
+
+    def forwards_per_step(self) -> float:
+        """Average forward passes per step so far (2 for MeZO; more with probes)."""
+        return self.forwards / self.steps_done if self.steps_done else float("nan")
+
+    def step_seed(self, step: Optional[int] = None) -> int:
+        """Seed of the direction of ``step`` (default: the next step)."""
+        return derive_seed(self.seed, self.steps_done if step is None else step, STEP_STREAM)
+
+    # -- the step --------------------------------------------------------------------------
+    def step(self, closure: Optional[Closure] = None) -> float:  # type: ignore[override]
+        """One ZO step. ``closure()`` runs a forward on the current batch and returns the loss
+        (a scalar tensor or float). Returns (L+ + L-)/2. Mutates the trainable parameters."""
+        if closure is None or not callable(closure):
+            raise TypeError(f"{type(self).__name__}.step needs a closure that runs a forward on "
+                            "the current batch and returns the loss")
+        with self._kernels():
+            loss = self._step(closure)
+        self.steps_done += 1
+        return loss
+
+    def _step(self, closure: Closure) -> float:
+        raise NotImplementedError
+
+    def _kernels(self) -> contextlib.AbstractContextManager:
+        return pgap_kernels.use_backend(self.backend) if self.backend else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _forward_mode(self) -> Iterator[None]:
+        modes = [(m, m.training) for m in self.model.modules()] if self.eval_mode else []
+        if self.eval_mode:
+            self.model.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    def evaluate(self, closure: Closure) -> float:
+        """``closure()`` under no_grad (and eval mode), as a float; counts one forward."""
+        with torch.no_grad(), self._forward_mode():
+            loss = closure()
+        self.forwards += 1
+        value = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else float(loss)
+        return value
+
+    def two_point(self, closure: Closure, apply: Callable[[float], None], eps: float
+                  ) -> Tuple[float, float]:
+        """L(θ + eps·P) and L(θ − eps·P), leaving the weights at θ − eps·P.
+
+        ``apply(c)`` adds c·P in place. On a non-finite loss the weights are restored to θ and
+        :class:`NonFiniteLossError` is raised.
+        """
+        apply(eps)
+        plus = self.evaluate(closure)
+        if not math.isfinite(plus):
+            apply(-eps)
+            raise NonFiniteLossError(f"step {self.steps_done}: the loss at θ+ε·P is {plus}; "
+                                     "weights restored")
+        apply(-2.0 * eps)
+        minus = self.evaluate(closure)
+        if not math.isfinite(minus):
+            apply(eps)
+            raise NonFiniteLossError(f"step {self.steps_done}: the loss at θ−ε·P is {minus}; "
+                                     "weights restored")
+        return plus, minus
+
+    def restore_update(self, projected_grad: float, decays: bool) -> Tuple[float, float]:
+        """(decay, coeff) of the pass that takes θ − ε·P to decay·θ − lr·g·P:
+        decay = 1 − lr·wd (1 where weight decay does not apply), coeff = decay·ε − lr·g."""
+        decay = 1.0 - self.lr * self.weight_decay if decays else 1.0
+        return decay, decay * self.eps - self.lr * projected_grad
+
+    # -- diagnostics -----------------------------------------------------------------------
+    def diagnostics(self) -> Dict[str, Any]:
+        """Scalars of the last step: losses, projected gradient, lr, forwards (a new dict)."""
+        return dict(self._diag, step=self.steps_done, forwards=self.forwards, lr=self.lr)
+
+    def last_direction(self) -> Dict[str, torch.Tensor]:
+        """The direction P of the last step, materialized per parameter (float32). For small
+        models only: it allocates the size of the model."""
+        raise NotImplementedError
+
+    def gradient_alignment(self, closure: Closure) -> Dict[str, Any]:
+        """Cosine between the last step's direction P and the backprop gradient at the current
+        weights (one forward+backward with autograd; ``.grad`` is left as it was).
+
+        Returns ``{"cosine": total, "per_parameter": {name: cosine}}``; for a Gaussian direction
+        in d dimensions expect |cosine| ~ 1/sqrt(d).
+        """
+        if self.steps_done == 0:
+            raise RuntimeError("gradient_alignment needs at least one step (it compares the last "
+                               "step's direction with the gradient)")
+        grads = self.backprop_gradient(closure)
+        direction = self.last_direction()
+        dot = pnorm = gnorm = 0.0
+        per = {}
+        for name, p in direction.items():
+            g = grads[name].reshape(p.shape)
+            d, a, b = float((p * g).sum()), float(p.norm()), float(g.norm())
+            dot, pnorm, gnorm = dot + d, pnorm + a * a, gnorm + b * b
+            per[name] = d / (a * b) if a > 0 and b > 0 else float("nan")
+        total = dot / math.sqrt(pnorm * gnorm) if pnorm > 0 and gnorm > 0 else float("nan")
+        return {"cosine": total, "per_parameter": per}
+
+    def backprop_gradient(self, closure: Closure) -> Dict[str, torch.Tensor]:
+        """∇L at the current weights by autograd (float32 copies); restores every ``.grad``."""
+        saved = [t.param.grad for t in self.trainables]
+        for t in self.trainables:
+            t.param.grad = None
+        try:
+            with torch.enable_grad(), self._forward_mode():
+                loss = closure()
+                if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+                    raise TypeError("gradient_alignment needs a closure returning a loss tensor "
+                                    "that requires grad")
+                loss.backward()
+            return {t.name: (t.param.grad.float().clone() if t.param.grad is not None
+                             else torch.zeros_like(t.param, dtype=torch.float32))
+                    for t in self.trainables}
+        finally:
+            for t, g in zip(self.trainables, saved):
+                t.param.grad = g
+
+    # -- state -----------------------------------------------------------------------------
+    def _state_tensors(self) -> Dict[str, torch.Tensor]:
+        return {}
+
+    def _load_state_tensors(self, tensors: Dict[str, torch.Tensor]) -> None:
+        if tensors:
+            raise ValueError(f"unexpected tensors in state: {sorted(tensors)[:5]}")
+
+    def _extra_state(self) -> Dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, extra: Dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> Dict[str, Any]:  # type: ignore[override]
+        """Everything needed to resume exactly: step, forwards, lr group, hyperparameters, the
+        parameter names and the optimizer's tensors (contiguous, unshared: safetensors-ready;
+        see :func:`pgap.save_optimizer`). Seeds are derived from (seed, step), never stored."""
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        return {"format": STATE_FORMAT, "optimizer": type(self).__name__,
+                "step": self.steps_done, "forwards": self.forwards, "param_groups": groups,
+                "hyperparameters": self.hyperparameters(),
+                "parameters": [t.name for t in self.trainables],
+                "tensors": {k: v.detach().contiguous().clone() for k, v in self._state_tensors().items()},
+                "extra": self._extra_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:  # type: ignore[override]
+        """Restore from :meth:`state_dict`. Raises ValueError if the state belongs to another
+        optimizer class or other parameters; warns if hyperparameters differ."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"state is not a {STATE_FORMAT} state dict")
+        if state["optimizer"] != type(self).__name__:
+            raise ValueError(f"state was saved by {state['optimizer']}, not {type(self).__name__}")
+        names = [t.name for t in self.trainables]
+        if list(state["parameters"]) != names:
+            missing = sorted(set(state["parameters"]) ^ set(names))[:5]
+            raise ValueError(f"state was saved for other parameters (differences: {missing})")
+        mine = self.hyperparameters()
+        changed = {k: (v, mine.get(k)) for k, v in state["hyperparameters"].items() if mine.get(k) != v}
+        if changed:
+            warnings.warn(f"loading a state saved with other hyperparameters (saved, now): {changed}",
+                          stacklevel=2)
+        self._load_state_tensors(dict(state["tensors"]))
+        self._load_extra_state(dict(state["extra"]))
+        for group, saved in zip(self.param_groups, state["param_groups"]):
+            group.update(saved)
+        self.steps_done = int(state["step"])
+        self.forwards = int(state["forwards"])

@@ -1,0 +1,83 @@
+"""P-GAP's functional mode: W_eff = W + U (A + c Z) V^T applied as a rank-r side path of the
+forward (hooks on nn.Linear / nn.Embedding), so W is written only when a window is merged."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+import pgap_kernels
+
+from .subspace import MatrixState
+
+
+def eligible_modules(model: nn.Module, states: Sequence[MatrixState]) -> Dict[int, List[nn.Module]]:
+    """For each matrix (by ``id`` of the parameter), the modules that use it as ``.weight``, when
+    all of them are nn.Linear or nn.Embedding without ``max_norm`` (else the matrix is absent and
+    stays in place)."""
+    wanted = {id(s.trainable.param) for s in states}
+    users: Dict[int, List[nn.Module]] = {}
+    blocked = set()
+    for module in model.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) not in wanted:
+                continue
+            ok = pname == "weight" and (isinstance(module, nn.Linear) or
+                                        (isinstance(module, nn.Embedding) and module.max_norm is None))
+            if ok:
+                users.setdefault(id(p), []).append(module)
+            else:
+                blocked.add(id(p))
+    return {k: v for k, v in users.items() if k not in blocked}
+
+
+class SidePath:
+    """Forward hooks adding x V M^T U^T (Linear) or U[idx] M V^T (Embedding) to the output, with
+    M = A + coeff * Z for each functional matrix (computed in float32, cast to the output dtype).
+    ``coeff`` is the current perturbation coefficient (±ε inside a step, 0 otherwise)."""
+
+    def __init__(self, states: Sequence[MatrixState]) -> None:
+        self.states = [s for s in states if s.functional]
+        self.coeff = 0.0
+        self._handles = []
+        for s in self.states:
+            for module in s.modules:
+                self._handles.append(module.register_forward_hook(self._hook(s)))
+
+    def _matrix(self, s: MatrixState) -> Optional[torch.Tensor]:
+        if self.coeff != 0.0 and s.Z is not None:
+            return s.A + self.coeff * s.Z
+        return s.A if s.accumulated else None
+
+    def _hook(self, s: MatrixState):
+        def hook(module: nn.Module, inputs, output):
+            if s.U is None:
+                return None
+            M = self._matrix(s)
+            if M is None:
+                return None
+            if isinstance(module, nn.Embedding):
+                side = (s.U[inputs[0]] @ M) @ s.V.T
+            else:
+                side = ((inputs[0].to(torch.float32) @ s.V) @ M.T) @ s.U.T
+            return output + side.to(output.dtype)
+        return hook
+
+    def merge(self) -> None:
+        """W += U A V^T for every matrix with a non-zero A (one batched ``lowrank_perturb_``);
+        A is zeroed."""
+        todo = [s for s in self.states if s.U is not None and s.accumulated]
+        if todo:
+            with torch.no_grad():
+                pgap_kernels.lowrank_perturb_([s.trainable.param for s in todo], [s.U for s in todo],
+                                              [s.A for s in todo], [s.V for s in todo],
+                                              [1.0] * len(todo))
+        for s in todo:
+            s.A.zero_()
+            s.accumulated = False
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

@@ -1,0 +1,361 @@
+"""P-GAP (Mi et al., 2025, arXiv 2510.18228): ZO steps with gradient-aligned perturbations in a
+probed low-rank subspace. Every choice the paper leaves open is documented in docs/pgap.md."""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+import pgap_kernels
+
+from ._checks import check_choice, check_int, check_real
+from .base import Closure, NonFiniteLossError, ZOOptimizer
+from .functional import SidePath, eligible_modules
+from .params import DecayFilter, Trainable
+from .seeds import BASIS_STREAM, PROBE_STREAM, RSVD_STREAM, derive_seed, random_sign
+from .subspace import (MatrixState, make_states, probe_operators, project_probe, set_probe_bases,
+                       set_random_bases)
+
+XI_CHOICES = ("per_matrix", "shared")
+SUBSPACE_CHOICES = ("probe", "random")
+SCALE_CHOICES = ("none", "subzero")
+MODE_CHOICES = ("inplace", "functional")
+
+
+class PGAP(ZOOptimizer):
+    """P-GAP: projected gradient-aligned perturbations.
+
+    Every ``window`` steps (starting at step 0) a probe phase runs ``probes`` two-sided Gaussian
+    probes on the current batch (2·probes forwards, 2·probes + 1 fused passes), keeps only
+    (seed_j, rho_j), and sets each matrix's U, V, S_r from the implicit S = (1/h)·Σ rho_j·Xi_j
+    (randomized SVD, nothing m×n materialized). Each step then perturbs every matrix by
+    P = U·Z·V^T with Z = aligned_perturbation(Z0, S_r, xi, delta_t) (r×r, Z0 from the stream) and
+    every other parameter by a plain stream Gaussian, and takes a two-point step along P.
+
+    Parameters (beyond :class:`pgap.MeZO`'s lr, eps, weight_decay, seed, eval_mode, backend)
+    ----------
+    rank : int >= 1, subspace rank r (per matrix r = min(rank, m, n))
+    window : int >= 1, steps between subspace refreshes
+    probes : int >= 1, probes per refresh (h)
+    probe_eps : float > 0 or None (= eps)
+    delta : float or (delta0, delta_end), >= 0; delta_t goes linearly from delta0 to delta_end
+        over ``total_steps`` (held at delta0 when total_steps is None)
+    total_steps : int >= 1 or None
+    xi : "per_matrix" (one ±1 per matrix per step) or "shared" (one per step)
+    subspace : "probe" (bases from the probes' SVD) or "random" (Q factors of Gaussians, SubZero;
+        with align=True the probes still give S_r = U^T S V; with align=False no probe runs)
+    align : bool, apply the alignment (False: Z = Z0)
+    scale : "none" or "subzero" (P multiplied by sqrt(m·n)/r)
+    mode : "inplace" (W written 3 times per step by lowrank_perturb_) or "functional" (matrices
+        used only as nn.Linear/nn.Embedding weights are never written inside a window: a rank-r
+        side path in the forward, merged into W at the end of a window, on :meth:`merge`, and
+        before ``state_dict()`` of the optimizer or the model)
+    svd_oversample, svd_iters : randomized SVD oversampling and power iterations
+    """
+
+    def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, rank: int = 8,
+                 window: int = 100, probes: int = 10, probe_eps: Optional[float] = None,
+                 delta: Union[float, Tuple[float, float]] = (2.0, 0.0),
+                 total_steps: Optional[int] = None, xi: str = "per_matrix",
+                 subspace: str = "probe", align: bool = True, scale: str = "none",
+                 mode: str = "inplace", weight_decay: float = 0.0, seed: int = 0,
+                 svd_oversample: int = 10, svd_iters: int = 1, eval_mode: bool = True,
+                 backend: Optional[str] = None, decay_filter: Optional[DecayFilter] = None) -> None:
+        self.rank = check_int(rank, "rank", low=1)
+        self.window = check_int(window, "window", low=1)
+        self.probes = check_int(probes, "probes", low=1)
+        self.probe_eps = None if probe_eps is None else check_real(probe_eps, "probe_eps", low=0.0,
+                                                                    strict=True)
+        self.delta = self._check_delta(delta)
+        self.total_steps = None if total_steps is None else check_int(total_steps, "total_steps", low=1)
+        self.xi = check_choice(xi, "xi", XI_CHOICES)
+        self.subspace = check_choice(subspace, "subspace", SUBSPACE_CHOICES)
+        if not isinstance(align, bool):
+            raise TypeError(f"align must be a bool, got {type(align).__name__}")
+        self.align = align
+        self.scale = check_choice(scale, "scale", SCALE_CHOICES)
+        self.mode = check_choice(mode, "mode", MODE_CHOICES)
+        self.svd_oversample = check_int(svd_oversample, "svd_oversample", low=0)
+        self.svd_iters = check_int(svd_iters, "svd_iters", low=0)
+        super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
+                         eval_mode=eval_mode, backend=backend, decay_filter=decay_filter)
+        self.matrices: List[MatrixState] = make_states(self.trainables, self.rank, self.scale)
+        matrix_ids = {id(s.trainable.param) for s in self.matrices}
+        self.vectors: List[Trainable] = [t for t in self.trainables if id(t.param) not in matrix_ids]
+        self._side: Optional[SidePath] = None
+        if self.mode == "functional":
+            self._setup_functional(model)
+        self._rhos: List[float] = []
+        self._window_diag: Dict[str, Any] = {}
+        self._s_norms: Dict[str, float] = {}
+
+    # -- options ---------------------------------------------------------------------------
+    @staticmethod
+    def _check_delta(delta) -> Tuple[float, float]:
+        if isinstance(delta, (tuple, list)):
+            if len(delta) != 2:
+                raise ValueError(f"delta must be a float or a pair (delta0, delta_end), got {delta!r}")
+            pair = (check_real(delta[0], "delta[0]", low=0.0), check_real(delta[1], "delta[1]", low=0.0))
+        else:
+            value = check_real(delta, "delta", low=0.0)
+            pair = (value, value)
+        return pair
+
+    def hyperparameters(self) -> Dict[str, Any]:
+        return dict(super().hyperparameters(), rank=self.rank, window=self.window,
+                    probes=self.probes, probe_eps=self.probe_eps, delta=list(self.delta),
+                    total_steps=self.total_steps, xi=self.xi, subspace=self.subspace,
+                    align=self.align, scale=self.scale, mode=self.mode,
+                    svd_oversample=self.svd_oversample, svd_iters=self.svd_iters)
+
+    def delta_at(self, step: int) -> float:
+        """delta_t: linear from delta0 (step 0) to delta_end (step total_steps), then constant."""
+        d0, d1 = self.delta
+        if self.total_steps is None or d0 == d1:
+            return d0
+        return d0 + (d1 - d0) * min(step / self.total_steps, 1.0)
+
+    @property
+    def uses_probes(self) -> bool:
+        return self.subspace == "probe" or self.align
+
+    # -- functional mode -------------------------------------------------------------------
+    def _setup_functional(self, model: nn.Module) -> None:
+        users = eligible_modules(model, self.matrices)
+        for s in self.matrices:
+            mods = users.get(id(s.trainable.param))
+            if mods:
+                s.functional, s.modules = True, mods
+                s.A = torch.zeros(s.rank, s.rank, device=s.trainable.param.device)
+        if self.weight_decay > 0 and any(s.functional and s.trainable.decays for s in self.matrices):
+            raise ValueError("mode='functional' does not support weight_decay > 0 on the matrices "
+                             "it keeps functional; use mode='inplace' or weight_decay=0")
+        self._side = SidePath(self.matrices)
+        self._model_hook = model.register_state_dict_pre_hook(lambda *args, **kw: self.merge())
+
+    def merge(self) -> None:
+        """Functional mode: write the window's accumulated U·A·V^T into the weights (no-op in
+        place)."""
+        if self._side is not None:
+            with self._kernels():
+                self._side.merge()
+
+    def close(self) -> None:
+        """Merge and remove the functional-mode hooks (the model then runs without them)."""
+        if self._side is not None:
+            self.merge()
+            self._side.remove()
+            self._model_hook.remove()
+            self._side = None
+
+    # -- passes ----------------------------------------------------------------------------
+    def _inplace_matrices(self) -> List[MatrixState]:
+        return [s for s in self.matrices if not s.functional]
+
+    def _perturb_all(self, seeds: Sequence[int], coeffs: Sequence[float]) -> None:
+        """Full-dimensional Gaussian pass over every trainable parameter (probe phase)."""
+        pgap_kernels.perturb_([t.param for t in self.trainables], list(seeds), list(coeffs),
+                              keys=[t.key for t in self.trainables])
+
+    def _perturb_vectors(self, seed: int, coeff: float, decays: Optional[bool] = None,
+                         decay: float = 1.0) -> None:
+        group = [t for t in self.vectors if decays is None or t.decays == decays]
+        if group:
+            pgap_kernels.perturb_([t.param for t in group], seed, coeff,
+                                  keys=[t.key for t in group], decay=decay)
+
+    def _lowrank(self, states: Sequence[MatrixState], coeff: float, decay: float = 1.0) -> None:
+        if states:
+            pgap_kernels.lowrank_perturb_([s.trainable.param for s in states], [s.U for s in states],
+                                          [s.Z for s in states], [s.V for s in states],
+                                          [coeff] * len(states), decay=decay)
+
+    def _apply(self, seed: int, coeff: float) -> None:
+        """θ += coeff·P: matrices in place or through the side path, the rest by perturb_."""
+        self._lowrank(self._inplace_matrices(), coeff)
+        if self._side is not None:
+            self._side.coeff += coeff
+        self._perturb_vectors(seed, coeff)
+
+    # -- probe phase -----------------------------------------------------------------------
+    def _probe(self, closure: Closure) -> List[int]:
+        """2h forwards with fused passes: +Q_1, −2Q_1, +Q_1+Q_2, …, +Q_h. Keeps rho_j."""
+        eps = self.probe_eps if self.probe_eps is not None else self.eps
+        step = self.steps_done
+        seeds = [derive_seed(self.seed, step, PROBE_STREAM + j) for j in range(self.probes)]
+        rhos, losses, prev = [], [], None
+        for s in seeds:
+            self._perturb_all(([prev] if prev is not None else []) + [s],
+                              ([eps] if prev is not None else []) + [eps])
+            plus = self.evaluate(closure)
+            if not math.isfinite(plus):
+                self._perturb_all([s], [-eps])
+                raise NonFiniteLossError(f"step {step}: probe loss at θ+ε·Q is {plus}; weights restored")
+            self._perturb_all([s], [-2.0 * eps])
+            minus = self.evaluate(closure)
+            if not math.isfinite(minus):
+                self._perturb_all([s], [eps])
+                raise NonFiniteLossError(f"step {step}: probe loss at θ−ε·Q is {minus}; weights restored")
+            rhos.append((plus - minus) / (2.0 * eps))
+            losses.append(0.5 * (plus + minus))
+            prev = s
+        self._perturb_all([prev], [eps])
+        self._rhos = rhos
+        self._window_diag = {"probe_loss": statistics.fmean(losses), "rho_mean": statistics.fmean(rhos),
+                             "rho_std": statistics.pstdev(rhos), "rho_min": min(rhos),
+                             "rho_max": max(rhos)}
+        return seeds
+
+    def _refresh(self, closure: Closure) -> None:
+        """Start a window: merge (functional), probe, and set U, V, S_r of every matrix."""
+        self.merge()
+        if not self.matrices:
+            return
+        step = self.steps_done
+        seeds = self._probe(closure) if self.uses_probes else []
+        operators = probe_operators(self.matrices, seeds, self._rhos) if seeds else []
+        if self.subspace == "probe":
+            set_probe_bases(self.matrices, operators, oversample=self.svd_oversample,
+                            n_iter=self.svd_iters, seed=derive_seed(self.seed, step, RSVD_STREAM))
+        else:
+            set_random_bases(self.matrices, derive_seed(self.seed, step, BASIS_STREAM))
+            if operators:
+                project_probe(self.matrices, operators)
+        norms = [float(torch.linalg.matrix_norm(s.S)) for s in self.matrices]
+        self._window_diag.update(window_start=step, s_norm_min=min(norms),
+                                 s_norm_median=statistics.median(norms), s_norm_max=max(norms))
+        self._s_norms = {s.name: v for s, v in zip(self.matrices, norms)}
+
+    # -- the step --------------------------------------------------------------------------
+    def _directions(self, seed: int, delta: float) -> None:
+        """Set each matrix's Z = scale·aligned(Z0) for the step with ``seed`` (batched per r)."""
+        if not self.matrices:
+            return
+        dev = self.device
+        Z0 = [torch.empty(s.rank, s.rank, device=dev) for s in self.matrices]
+        pgap_kernels.perturb_(Z0, seed, 1.0, keys=[s.z_key for s in self.matrices], decay=0.0)
+        by_rank: Dict[int, List[int]] = {}
+        for i, s in enumerate(self.matrices):
+            by_rank.setdefault(s.rank, []).append(i)
+        for idx in by_rank.values():
+            z0 = torch.stack([Z0[i] for i in idx])
+            if self.align:
+                shared = random_sign(seed)
+                xi = torch.tensor([shared if self.xi == "shared" else
+                                   random_sign(seed, self.matrices[i].trainable.key) for i in idx],
+                                  device=dev)
+                S = torch.stack([self.matrices[i].S for i in idx])
+                z0 = pgap_kernels.aligned_perturbation(z0, S, xi, delta)
+            for j, i in enumerate(idx):
+                self.matrices[i].Z = (z0[j] * self.matrices[i].scale).contiguous()
+
+    def _step(self, closure: Closure) -> float:
+        if self.steps_done % self.window == 0:
+            self._refresh(closure)
+        seed = self.step_seed()
+        delta = self.delta_at(self.steps_done)
+        self._directions(seed, delta)
+        plus, minus = self.two_point(closure, lambda c: self._apply(seed, c), self.eps)
+        g = (plus - minus) / (2.0 * self.eps)
+        self._update(seed, g)
+        self._diag = dict(self._window_diag, loss_plus=plus, loss_minus=minus, projected_grad=g,
+                          delta=delta)
+        return 0.5 * (plus + minus)
+
+    def _update(self, seed: int, g: float) -> None:
+        """From θ − ε·P to (1 − lr·wd)·θ − lr·g·P (functional matrices: A −= lr·g·Z)."""
+        inplace = self._inplace_matrices()
+        for decays in ((True, False) if self.weight_decay > 0 else (None,)):
+            decay, coeff = self.restore_update(g, bool(decays))
+            self._lowrank([s for s in inplace if decays is None or s.trainable.decays == decays],
+                          coeff, decay)
+            self._perturb_vectors(seed, coeff, decays, decay)
+        if self._side is not None:
+            self._side.coeff = 0.0
+            for s in self._side.states:
+                s.A.add_(s.Z, alpha=-self.lr * g)
+                s.accumulated = True
+
+    # -- diagnostics -----------------------------------------------------------------------
+    def diagnostics(self, per_matrix: bool = False) -> Dict[str, Any]:
+        """Last step's losses, projected gradient, delta, and the window's probe statistics
+        (rho mean/std/min/max, min/median/max of ||S_r||_F); ``per_matrix`` adds each matrix's
+        ||S_r||_F under "s_norms"."""
+        out = super().diagnostics()
+        if per_matrix:
+            out["s_norms"] = dict(self._s_norms)
+        return out
+
+    def last_direction(self) -> Dict[str, torch.Tensor]:
+        if self.steps_done == 0 or any(s.Z is None for s in self.matrices):
+            raise RuntimeError("no step taken yet")
+        seed = self.step_seed(self.steps_done - 1)
+        out = {s.name: s.U @ s.Z @ s.V.T for s in self.matrices}
+        with self._kernels():
+            for t in self.vectors:
+                out[t.name] = pgap_kernels.gaussian(tuple(t.param.shape), seed, key=t.key,
+                                                    device=t.param.device)
+        return {t.name: out[t.name] for t in self.trainables}
+
+    def gradient_alignment(self, closure: Closure) -> Dict[str, Any]:
+        """:meth:`ZOOptimizer.gradient_alignment` plus, per matrix, the cosine between the
+        window's estimate U·S_r·V^T and the backprop gradient ("subspace_cosine"), and the
+        fraction of each gradient's norm inside span(U)×span(V) ("captured")."""
+        out = super().gradient_alignment(closure)
+        grads = self.backprop_gradient(closure)
+        cos, captured = {}, {}
+        for s in self.matrices:
+            G = grads[s.name]
+            est = s.U @ s.S @ s.V.T
+            gn, en = float(G.norm()), float(est.norm())
+            cos[s.name] = float((est * G).sum()) / (gn * en) if gn > 0 and en > 0 else float("nan")
+            captured[s.name] = float((s.U.T @ G @ s.V).norm()) / gn if gn > 0 else float("nan")
+        out["subspace_cosine"] = cos
+        out["captured"] = captured
+        return out
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:  # type: ignore[override]
+        """As :meth:`ZOOptimizer.state_dict`; functional mode merges first (so the live run and
+        a resumed one continue from the same weights)."""
+        self.merge()
+        return super().state_dict()
+
+    def _state_tensors(self) -> Dict[str, torch.Tensor]:
+        out = {}
+        for s in self.matrices:
+            for field in ("U", "V", "S", "Z"):
+                value = getattr(s, field)
+                if value is not None:
+                    out[f"{s.name}.{field}"] = value
+        return out
+
+    def _load_state_tensors(self, tensors: Dict[str, torch.Tensor]) -> None:
+        known = {f"{s.name}.{f}": (s, f) for s in self.matrices for f in ("U", "V", "S", "Z")}
+        unknown = sorted(set(tensors) - set(known))
+        if unknown:
+            raise ValueError(f"unexpected tensors in state: {unknown[:5]}")
+        for key, value in tensors.items():
+            s, f = known[key]
+            m, n = s.shape
+            want = {"U": (m, s.rank), "V": (n, s.rank), "S": (s.rank, s.rank), "Z": (s.rank, s.rank)}[f]
+            if tuple(value.shape) != want:
+                raise ValueError(f"state tensor {key!r} has shape {tuple(value.shape)}; expected {want}")
+        self.merge()
+        for s in self.matrices:
+            for f in ("U", "V", "S", "Z"):
+                value = tensors.get(f"{s.name}.{f}")
+                setattr(s, f, None if value is None else
+                        value.to(device=s.trainable.param.device, dtype=torch.float32).contiguous())
+
+    def _extra_state(self) -> Dict[str, Any]:
+        return {"rhos": list(self._rhos), "window": dict(self._window_diag),
+                "s_norms": dict(self._s_norms)}
+
+    def _load_extra_state(self, extra: Dict[str, Any]) -> None:
+        self._rhos = list(extra.get("rhos", []))
+        self._window_diag = dict(extra.get("window", {}))
+        self._s_norms = dict(extra.get("s_norms", {}))

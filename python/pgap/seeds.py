@@ -1,0 +1,47 @@
+"""Stream keys and seeds of the ZO optimizers (documented in docs/optimizers.md).
+
+Keys: the 32-bit FNV-1a hash of a parameter's qualified name, so a parameter's perturbation does
+not depend on the parameter order or on which other parameters are trainable.
+
+Seeds: ``derive_seed(seed, step, stream) = splitmix64(splitmix64(splitmix64(seed) ^ step) ^ stream)``
+(all arithmetic mod 2**64). ``stream`` separates the draws of one step: ``STEP_STREAM`` (0) for the
+step's direction, ``PROBE_STREAM + j`` for P-GAP's probe j, and the named constants below for the
+other draws of a window. Equal (seed, step, stream) give equal seeds on every machine.
+"""
+from __future__ import annotations
+
+MASK64 = (1 << 64) - 1
+
+STEP_STREAM = 0
+PROBE_STREAM = 1              # probe j (0-based) uses PROBE_STREAM + j
+RSVD_STREAM = 1 << 32         # the randomized SVD's test matrix
+BASIS_STREAM = (1 << 32) + 1  # random orthonormal bases (subspace="random")
+
+_FNV_OFFSET = 0x811C9DC5
+_FNV_PRIME = 0x01000193
+
+
+def fnv1a32(text: str) -> int:
+    """32-bit FNV-1a hash of ``text``'s UTF-8 bytes, in [0, 2**32)."""
+    h = _FNV_OFFSET
+    for byte in text.encode("utf-8"):
+        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def splitmix64(x: int) -> int:
+    """One splitmix64 output for state ``x`` (Steele, Lea & Flood 2014), in [0, 2**64)."""
+    z = (x + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def derive_seed(seed: int, step: int, stream: int = STEP_STREAM) -> int:
+    """The 64-bit stream seed of draw ``stream`` at optimizer step ``step`` for user ``seed``."""
+    return splitmix64(splitmix64(splitmix64(seed & MASK64) ^ (step & MASK64)) ^ (stream & MASK64))
+
+
+def random_sign(seed: int, key: int = 0) -> float:
+    """+1.0 or -1.0 from the low bit of ``splitmix64(seed ^ (key << 32))`` (P-GAP's xi)."""
+    return 1.0 if splitmix64((seed ^ (key << 32)) & MASK64) & 1 else -1.0
