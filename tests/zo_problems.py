@@ -1,0 +1,65 @@
+"""Toy problems for the optimizer tests, built in the tests (no downloads)."""
+from __future__ import annotations
+
+from typing import Callable, Tuple
+
+import torch
+from torch import nn
+
+
+def teacher_problem(seed: int = 0, n: int = 256, d_in: int = 24, d_out: int = 12, rank: int = 2,
+                    dtype: torch.dtype = torch.float32
+                    ) -> Tuple[nn.Module, Callable[[], torch.Tensor]]:
+    """Least squares with a low-rank teacher: a Linear student (random init) fits Y = X·T^T."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d_in, generator=g)
+    T = torch.randn(d_out, rank, generator=g) @ torch.randn(rank, d_in, generator=g) / rank
+    Y = X @ T.T
+    student = nn.Linear(d_in, d_out)
+    with torch.no_grad():
+        student.weight.copy_(0.1 * torch.randn(d_out, d_in, generator=g))
+        student.bias.zero_()
+    student.to(dtype)
+    X = X.to(dtype)
+    return student, lambda: ((student(X).float() - Y) ** 2).mean()
+
+
+def mlp_problem(seed: int = 0, dtype: torch.dtype = torch.float32
+                ) -> Tuple[nn.Module, Callable[[], torch.Tensor]]:
+    """A tiny MLP with an embedding, a LayerNorm and two Linears regressing a fixed target."""
+    g = torch.Generator().manual_seed(seed)
+
+    class MLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(17, 8)
+            self.fc1 = nn.Linear(8, 32)
+            self.norm = nn.LayerNorm(32)
+            self.fc2 = nn.Linear(32, 5)
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.tanh(self.norm(self.fc1(self.embed(idx)))))
+
+    torch.manual_seed(seed)
+    model = MLP().to(dtype)
+    idx = torch.randint(0, 17, (64,), generator=g)
+    target = torch.randn(64, 5, generator=g).to(dtype)
+    return model, lambda: ((model(idx) - target).float() ** 2).mean()
+
+
+def tiny_llama(seed: int = 0, tie: bool = True) -> Tuple[nn.Module, Callable[[], torch.Tensor]]:
+    """A 2-layer random-init Llama from a config (tied embeddings) on a fixed random batch."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=tie)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(seed + 1))
+    return model, lambda: model(input_ids=ids, labels=ids).loss
+
+
+def weights(model: nn.Module) -> dict:
+    """Detached copies of every parameter."""
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
