@@ -261,3 +261,23 @@ def test_step_needs_a_closure_and_load_rejects_other_states():
     mlp, _ = mlp_problem()
     with pytest.raises(ValueError, match="other parameters"):
         opt.load_state_dict(pgap.MeZO(mlp, lr=1e-3).state_dict())
+
+
+def test_pgap_package_uses_only_the_public_kernel_api():
+    import ast
+    from pathlib import Path
+
+    root = Path(pgap.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module + "." + a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id == "pgap_kernels":
+                names = ["pgap_kernels." + node.attr]
+            for name in names:
+                if name.startswith("pgap_kernels."):
+                    assert name.split(".")[1] in pk.__all__, f"{path.name} uses {name}"
