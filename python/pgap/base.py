@@ -171,7 +171,11 @@ class ZOOptimizer(torch.optim.Optimizer):
             dot, pnorm, gnorm = dot + d, pnorm + a * a, gnorm + b * b
             per[name] = d / (a * b) if a > 0 and b > 0 else float("nan")
         total = dot / math.sqrt(pnorm * gnorm) if pnorm > 0 and gnorm > 0 else float("nan")
-        return {"cosine": total, "per_parameter": per}
+        return dict(self._alignment_extras(grads), cosine=total, per_parameter=per)
+
+    def _alignment_extras(self, grads: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """More entries of :meth:`gradient_alignment` computed from the same gradient."""
+        return {}
 
     def backprop_gradient(self, closure: Closure) -> Dict[str, torch.Tensor]:
         """∇L at the current weights by autograd (float32 copies); restores every ``.grad``."""

@@ -300,12 +300,10 @@ class PGAP(ZOOptimizer):
                                                     device=t.param.device)
         return {t.name: out[t.name] for t in self.trainables}
 
-    def gradient_alignment(self, closure: Closure) -> Dict[str, Any]:
-        """:meth:`ZOOptimizer.gradient_alignment` plus, per matrix, the cosine between the
-        window's estimate U·S_r·V^T and the backprop gradient ("subspace_cosine"), and the
-        fraction of each gradient's norm inside span(U)×span(V) ("captured")."""
-        out = super().gradient_alignment(closure)
-        grads = self.backprop_gradient(closure)
+    def _alignment_extras(self, grads: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """Per matrix, the cosine between the window's estimate U·S_r·V^T and the backprop
+        gradient ("subspace_cosine"), and the fraction of each gradient's norm inside
+        span(U)×span(V) ("captured")."""
         cos, captured = {}, {}
         for s in self.matrices:
             G = grads[s.name]
@@ -313,9 +311,7 @@ class PGAP(ZOOptimizer):
             gn, en = float(G.norm()), float(est.norm())
             cos[s.name] = float((est * G).sum()) / (gn * en) if gn > 0 and en > 0 else float("nan")
             captured[s.name] = float((s.U.T @ G @ s.V).norm()) / gn if gn > 0 else float("nan")
-        out["subspace_cosine"] = cos
-        out["captured"] = captured
-        return out
+        return {"subspace_cosine": cos, "captured": captured}
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:  # type: ignore[override]
