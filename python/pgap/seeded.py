@@ -1,0 +1,144 @@
+"""SeededZO: optimizers whose directions are combinations of stream Gaussians (and a mean).
+
+A direction is ``d = mean_coeff·μ + Σ_j coeffs[j]·z(seeds[j])`` over every trainable parameter,
+where z(s) is the stream Gaussian of seed s keyed by the parameter's name and μ an optional stored
+mean (LDSD). Every pass over the weights is then one ``perturb_`` call with those seeds and
+coefficients; passes that follow each other are fused (e.g. the restore of the last probe with
+the +ε of the estimate).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+import pgap_kernels
+
+from .base import Closure, NonFiniteLossError, ZOOptimizer
+from .params import Trainable
+from .seeds import PROBE_STREAM, derive_seed
+
+
+@dataclass(frozen=True)
+class Combination:
+    """``mean_coeff·μ + Σ_j coeffs[j]·z(seeds[j])`` (seeds distinct)."""
+    seeds: Tuple[int, ...]
+    coeffs: Tuple[float, ...]
+    mean_coeff: float = 0.0
+
+    @staticmethod
+    def of(seed: int, coeff: float = 1.0, mean_coeff: float = 0.0) -> "Combination":
+        return Combination((seed,), (coeff,), mean_coeff)
+
+    def scaled(self, c: float) -> "Combination":
+        return Combination(self.seeds, tuple(c * a for a in self.coeffs), c * self.mean_coeff)
+
+    def __add__(self, other: "Combination") -> "Combination":
+        merged: Dict[int, float] = dict(zip(self.seeds, self.coeffs))
+        for s, a in zip(other.seeds, other.coeffs):
+            merged[s] = merged.get(s, 0.0) + a
+        return Combination(tuple(merged), tuple(merged.values()), self.mean_coeff + other.mean_coeff)
+
+
+class SeededZO(ZOOptimizer):
+    """Two-point ZO along a :class:`Combination`, with fused passes. Subclasses choose the
+    direction in ``_direction(closure)``, which may run probes and return a pending
+    combination (what the weights still carry from the probes) to fuse into the first pass."""
+
+    # -- passes ----------------------------------------------------------------------------
+    def _means(self, trainables: Sequence[Trainable]) -> Optional[List[torch.Tensor]]:
+        """The mean tensors μ of ``trainables`` (None: this optimizer has no mean)."""
+        return None
+
+    def pass_(self, combo: Combination, decay: float = 1.0,
+              trainables: Optional[Sequence[Trainable]] = None) -> None:
+        """θ ← decay·θ + combo, one ``perturb_`` over ``trainables`` (default: all)."""
+        group = list(self.trainables if trainables is None else trainables)
+        if not group:
+            return
+        means = self._means(group) if combo.mean_coeff != 0.0 else None
+        pgap_kernels.perturb_([t.param for t in group], list(combo.seeds), list(combo.coeffs),
+                              keys=[t.key for t in group], decay=decay, mean=means,
+                              mean_coeff=combo.mean_coeff if means is not None else 0.0)
+
+    def decay_groups(self) -> List[Tuple[bool, List[Trainable]]]:
+        """[(decays, trainables)]: one group without weight decay, else decayed / not decayed."""
+        if self.weight_decay == 0.0:
+            return [(False, self.trainables)]
+        return [(flag, [t for t in self.trainables if t.decays == flag]) for flag in (True, False)]
+
+    # -- probes ----------------------------------------------------------------------------
+    def probe_seeds(self, count: int) -> List[int]:
+        """Seeds of this step's probes: ``derive_seed(seed, step, 1 + i)``."""
+        return [derive_seed(self.seed, self.steps_done, PROBE_STREAM + i) for i in range(count)]
+
+    def one_sided_probes(self, closure: Closure, directions: Sequence[Combination]
+                         ) -> Tuple[List[float], Combination]:
+        """L(θ + ε·d_i) for each direction, one fused pass per forward. Returns the losses and
+        the pending combination −ε·d_last that restores θ (to fuse into the next pass)."""
+        losses: List[float] = []
+        pending: Optional[Combination] = None
+        for d in directions:
+            step = d.scaled(self.eps)
+            self.pass_(step if pending is None else pending + step)
+            pending = d.scaled(-self.eps)
+            loss = self.evaluate(closure)
+            if loss != loss or loss in (float("inf"), float("-inf")):
+                self.pass_(pending)
+                raise NonFiniteLossError(f"step {self.steps_done}: probe loss {loss}; weights restored")
+            losses.append(loss)
+        assert pending is not None
+        return losses, pending
+
+    # -- the step --------------------------------------------------------------------------
+    def _direction(self, closure: Closure) -> Tuple[Combination, Optional[Combination]]:
+        raise NotImplementedError
+
+    def _step(self, closure: Closure) -> float:
+        direction, pending = self._direction(closure)
+        first = [pending]
+
+        def apply(c: float) -> None:
+            combo = direction.scaled(c)
+            if first[0] is not None:
+                combo, first[0] = first[0] + combo, None
+            self.pass_(combo)
+
+        plus, minus = self.two_point(closure, apply, self.eps)
+        g = (plus - minus) / (2.0 * self.eps)
+        self._update(direction, g)
+        self._diag.update(loss_plus=plus, loss_minus=minus, projected_grad=g)
+        self._last = direction
+        return 0.5 * (plus + minus)
+
+    def _update(self, direction: Combination, g: float) -> None:
+        """From θ − ε·d to (1 − lr·wd)·θ − lr·g·d: one pass per weight-decay group."""
+        for decays, group in self.decay_groups():
+            decay, coeff = self.restore_update(g, decays)
+            self.pass_(direction.scaled(coeff), decay, group)
+
+    # -- diagnostics -----------------------------------------------------------------------
+    def last_direction(self) -> Dict[str, torch.Tensor]:
+        """The last step's direction per parameter (float32; uses μ as it is now)."""
+        d: Combination = getattr(self, "_last", None)
+        if self.steps_done == 0 or d is None:
+            raise RuntimeError("no step taken yet")
+        out = {}
+        with self._kernels():
+            for t in self.trainables:
+                v = torch.zeros(t.param.shape, dtype=torch.float32, device=t.param.device)
+                means = self._means([t]) if d.mean_coeff != 0.0 else None
+                pgap_kernels.perturb_(v, list(d.seeds), list(d.coeffs), keys=[t.key],
+                                      mean=None if means is None else [means[0].float()],
+                                      mean_coeff=d.mean_coeff if means is not None else 0.0)
+                out[t.name] = v
+        return out
+
+    def _extra_state(self):
+        d = getattr(self, "_last", None)
+        return {"last": None if d is None else [list(d.seeds), list(d.coeffs), d.mean_coeff]}
+
+    def _load_extra_state(self, extra) -> None:
+        last = extra.get("last")
+        self._last = None if last is None else Combination(tuple(last[0]), tuple(last[1]), last[2])
