@@ -63,3 +63,20 @@ def tiny_llama(seed: int = 0, tie: bool = True) -> Tuple[nn.Module, Callable[[],
 def weights(model: nn.Module) -> dict:
     """Detached copies of every parameter."""
     return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def quadratic_problem(seed: int = 0, d: int = 1000) -> Tuple[nn.Module, Callable[[], torch.Tensor]]:
+    """f(x) = ½ Σ λ_j x_j², λ linearly spaced in [0.1, 1], x0 ~ N(0, I) (gradient λ·x known)."""
+    g = torch.Generator().manual_seed(seed)
+    lam = torch.linspace(0.1, 1.0, d)
+
+    class Quadratic(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.x = nn.Parameter(torch.randn(d, generator=g))
+
+        def forward(self) -> torch.Tensor:
+            return 0.5 * (lam * self.x.float() ** 2).sum()
+
+    model = Quadratic()
+    return model, model

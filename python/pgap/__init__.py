@@ -2,19 +2,24 @@
 
 MeZO(model, *, lr, eps=1e-3, weight_decay=0.0, seed=0, ...)       two-point ZO-SGD, 3 fused passes
 PGAP(model, *, lr, eps=1e-3, rank=8, window=100, probes=10, ...)  projected gradient-aligned ZO
+MeZOGV(model, *, lr, eps=1e-3, num_probes=4, top_frac=0.5, ...)   guiding vector of M probes
+MeZOGreedy(model, *, lr, eps=1e-3, num_probes=4, ...)             best of M probes
+LDSD(model, *, lr, eps=1e-3, num_probes=5, sigma=1.0, lr_mu=None, base="sgd")  learned mean
 ZOOptimizer                                                        their base (a torch.optim.Optimizer)
 save_optimizer(opt, path) / load_optimizer(opt, path)              safetensors checkpoints
 fnv1a32, derive_seed                                               the key and seed contract
 
-See docs/optimizers.md and docs/pgap.md.
+See docs/optimizers.md, docs/pgap.md and docs/guided.md.
 """
 from .base import NonFiniteLossError, ZOOptimizer
 from .checkpoint import load_optimizer, save_optimizer
+from .guided import MeZOGreedy, MeZOGV
+from .ldsd import LDSD
 from .mezo import MeZO
 from .pgap_optimizer import PGAP
 from .seeds import derive_seed, fnv1a32
 
 __version__ = "0.1.0"
 
-__all__ = ["MeZO", "NonFiniteLossError", "PGAP", "ZOOptimizer", "derive_seed", "fnv1a32",
+__all__ = ["LDSD", "MeZO", "MeZOGV", "MeZOGreedy", "NonFiniteLossError", "PGAP", "ZOOptimizer", "derive_seed", "fnv1a32",
            "load_optimizer", "save_optimizer", "__version__"]
