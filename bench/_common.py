@@ -156,3 +156,49 @@ def append_csv(path: Path, fieldnames: Sequence[str], rows: Sequence[Mapping[str
         if new:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def save_figure(fig, path: Path) -> None:
+    """``tight_layout``, create the folder, write ``path`` as a PNG (110 dpi) and close ``fig``."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(args, meta: Mapping[str, str], fields: Sequence[str],
+                  rows: Sequence[Mapping[str, object]], plot_path: Path,
+                  plot: Callable[[Path], None]) -> None:
+    """Append ``rows`` (with the run metadata) to ``args.csv`` unless ``args.no_csv``, and call
+    ``plot(plot_path)`` unless ``args.no_plot``; say where each went."""
+    if not args.no_csv:
+        append_csv(args.csv, list(meta) + list(fields), [{**meta, **r} for r in rows])
+        print(f"\nCSV rows appended to {args.csv}")
+    if not args.no_plot:
+        plot(plot_path)
+        print(f"plot written to {plot_path}")
+
+
+def print_targets(lines: Sequence[str]) -> None:
+    """Print the PASS/FAIL target lines (if any) after a blank line."""
+    if lines:
+        print("\n" + "\n".join(lines))
+
+
+def start_timing_run(args) -> "tuple[torch.device, Dict[str, str]]":
+    """Set ``--threads``, pin glibc's mmap threshold on the CPU (for peak-memory readings), and
+    print the header line. Returns (device, run metadata)."""
+    from pgap_kernels.testing import TIMING_MMAP_THRESHOLD, pin_mmap_threshold  # noqa: PLC0415
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cpu" and not pin_mmap_threshold(TIMING_MMAP_THRESHOLD):
+        print("warning: could not pin glibc's mmap threshold; CPU peak memory may read low")
+    meta = run_metadata()
+    print(f"pgap_kernels {meta['pgap_kernels']} rev {meta['git_rev']} | torch {meta['torch']} | "
+          f"{meta['cpu_model']} x{meta['cpu_count']} ({meta['torch_threads']} threads, host ISA "
+          f"{meta['host_isa']}, load {meta['load_avg_1m']}) | GPU {meta['gpu']} | device {device}")
+    return device, meta

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 import pgap_kernels as pk  # noqa: E402
-from pgap_kernels.testing import TIMING_MMAP_THRESHOLD, peak_added_bytes, pin_mmap_threshold  # noqa: E402
+from pgap_kernels.testing import peak_added_bytes  # noqa: E402
 
 SHAPES: Dict[str, Tuple[int, int]] = {
     "SmolLM2-135M": (576, 1536), "OPT-1.3B attn": (2048, 2048), "OPT-1.3B mlp": (2048, 8192),
@@ -256,10 +256,7 @@ def plot(path: Path, rows: Sequence[dict], meta: Dict[str, str], device: torch.d
         ax.legend(fontsize=7)
     fig.suptitle(f"pgap_kernels low-rank ops on {device.type} ({meta['cpu_model'] if device.type == 'cpu' else meta['gpu']}, "
                  f"torch {meta['torch']}, {meta['torch_threads']} threads, rev {meta['git_rev']})", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -290,28 +287,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cpu" and not pin_mmap_threshold(TIMING_MMAP_THRESHOLD):
-        print("warning: could not pin glibc's mmap threshold; CPU peak memory may read low")
-    meta = common.run_metadata()
-    print(f"pgap_kernels {meta['pgap_kernels']} rev {meta['git_rev']} | torch {meta['torch']} | "
-          f"{meta['cpu_model']} x{meta['cpu_count']} ({meta['torch_threads']} threads, host ISA "
-          f"{meta['host_isa']}) | GPU {meta['gpu']} | device {device}")
+    device, meta = common.start_timing_run(args)
     with torch.no_grad():
         rows = run(args)
     print(format_tables(rows))
-    lines = target_lines(rows, device)
-    if lines:
-        print("\n" + "\n".join(lines))
-    if not args.no_csv:
-        common.append_csv(args.csv, list(meta) + FIELDS, [{**meta, **r} for r in rows])
-        print(f"\nCSV rows appended to {args.csv}")
-    if not args.no_plot:
-        path = args.plot or common.RESULTS_DIR / f"lowrank_{device.type}.png"
-        plot(path, rows, meta, device)
-        print(f"plot written to {path}")
+    common.print_targets(target_lines(rows, device))
+    common.write_outputs(args, meta, FIELDS, rows,
+                         args.plot or common.RESULTS_DIR / f"lowrank_{device.type}.png",
+                         lambda path: plot(path, rows, meta, device))
     return 0
 
 

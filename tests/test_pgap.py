@@ -313,3 +313,18 @@ def test_pgap_low_precision_weights(mode, dtype):
     opt.merge()
     assert model.weight.dtype == dtype and all(st.U.dtype == torch.float32 for st in opt.matrices)
     assert loss_of(closure) < 0.75 * first  # float32 reaches 0.64 of the start here
+
+
+def test_vector_lr_scale_zero_leaves_non_matrix_parameters_unchanged():
+    model, closure = mlp_problem()
+    w0 = weights(model)
+    opt = pgap.PGAP(model, lr=0.5, rank=3, probes=2, window=10, vector_lr_scale=0.0)
+    for _ in range(3):
+        opt.step(closure)
+    for k, v in weights(model).items():
+        if v.dim() == 1:
+            torch.testing.assert_close(v, w0[k], **FP32_TOL)
+        else:
+            assert not torch.equal(v, w0[k])
+    with pytest.raises(ValueError, match="vector_lr_scale"):
+        pgap.PGAP(model, lr=0.5, vector_lr_scale=-1.0)

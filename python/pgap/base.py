@@ -135,11 +135,14 @@ class ZOOptimizer(torch.optim.Optimizer):
                                      "weights restored")
         return plus, minus
 
-    def restore_update(self, projected_grad: float, decays: bool) -> Tuple[float, float]:
-        """(decay, coeff) of the pass that takes θ − ε·P to decay·θ − lr·g·P:
-        decay = 1 − lr·wd (1 where weight decay does not apply), coeff = decay·ε − lr·g."""
-        decay = 1.0 - self.lr * self.weight_decay if decays else 1.0
-        return decay, decay * self.eps - self.lr * projected_grad
+    def restore_update(self, projected_grad: float, decays: bool, lr_scale: float = 1.0
+                       ) -> Tuple[float, float]:
+        """(decay, coeff) of the pass that takes θ − ε·P to decay·θ − lr·g·P (lr = the current
+        lr times ``lr_scale``): decay = 1 − lr·wd (1 where weight decay does not apply),
+        coeff = decay·ε − lr·g."""
+        lr = self.lr * lr_scale
+        decay = 1.0 - lr * self.weight_decay if decays else 1.0
+        return decay, decay * self.eps - lr * projected_grad
 
     # -- diagnostics -----------------------------------------------------------------------
     def diagnostics(self) -> Dict[str, Any]:

@@ -54,6 +54,10 @@ class PGAP(ZOOptimizer):
         side path in the forward, merged into W at the end of a window, on :meth:`merge`, and
         before ``state_dict()`` of the optimizer or the model)
     svd_oversample, svd_iters : randomized SVD oversampling and power iterations
+    vector_lr_scale : float >= 0, the lr of the parameters that are not matrices (biases, norm
+        weights: full Gaussian directions) relative to ``lr``. With scale="none" P-GAP's lr is
+        ~(m·n)/r² times MeZO's, far too large for full-dimensional directions: 0 freezes them,
+        a small value (e.g. MeZO's lr / P-GAP's lr) keeps them MeZO-like. Default 1.0 (one lr).
     """
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, rank: int = 8,
@@ -62,7 +66,8 @@ class PGAP(ZOOptimizer):
                  total_steps: Optional[int] = None, xi: str = "per_matrix",
                  subspace: str = "probe", align: bool = True, scale: str = "none",
                  mode: str = "inplace", weight_decay: float = 0.0, seed: int = 0,
-                 svd_oversample: int = 10, svd_iters: int = 1, eval_mode: bool = True,
+                 svd_oversample: int = 10, svd_iters: int = 1, vector_lr_scale: float = 1.0,
+                 eval_mode: bool = True,
                  backend: Optional[str] = None, decay_filter: Optional[DecayFilter] = None) -> None:
         self.rank = check_int(rank, "rank", low=1)
         self.window = check_int(window, "window", low=1)
@@ -80,6 +85,7 @@ class PGAP(ZOOptimizer):
         self.mode = check_choice(mode, "mode", MODE_CHOICES)
         self.svd_oversample = check_int(svd_oversample, "svd_oversample", low=0)
         self.svd_iters = check_int(svd_iters, "svd_iters", low=0)
+        self.vector_lr_scale = check_real(vector_lr_scale, "vector_lr_scale", low=0.0)
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter)
         self.matrices: List[MatrixState] = make_states(self.trainables, self.rank, self.scale)
@@ -109,7 +115,8 @@ class PGAP(ZOOptimizer):
                     probes=self.probes, probe_eps=self.probe_eps, delta=list(self.delta),
                     total_steps=self.total_steps, xi=self.xi, subspace=self.subspace,
                     align=self.align, scale=self.scale, mode=self.mode,
-                    svd_oversample=self.svd_oversample, svd_iters=self.svd_iters)
+                    svd_oversample=self.svd_oversample, svd_iters=self.svd_iters,
+                    vector_lr_scale=self.vector_lr_scale)
 
     def delta_at(self, step: int) -> float:
         """delta_t: linear from delta0 (step 0) to delta_end (step total_steps), then constant."""
@@ -272,6 +279,7 @@ class PGAP(ZOOptimizer):
             decay, coeff = self.restore_update(g, bool(decays))
             self._lowrank([s for s in inplace if decays is None or s.trainable.decays == decays],
                           coeff, decay)
+            decay, coeff = self.restore_update(g, bool(decays), self.vector_lr_scale)
             self._perturb_vectors(seed, coeff, decays, decay)
         if self._side is not None:
             self._side.coeff = 0.0
