@@ -47,6 +47,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.steps_done = 0
         self.forwards = 0
         self._diag: Dict[str, Any] = {}
+        # set by a training loop (pgap.hf.ZOTrainer) that runs step(closure) itself and then
+        # calls step() without a closure, which must do nothing
+        self.external_loop = False
 
     # -- configuration ---------------------------------------------------------------------
     def _check_backend(self, backend: Optional[str]) -> Optional[str]:
@@ -81,6 +84,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     def step(self, closure: Optional[Closure] = None) -> float:  # type: ignore[override]
         """One ZO step. ``closure()`` runs a forward on the current batch and returns the loss
         (a scalar tensor or float). Returns (L+ + L-)/2. Mutates the trainable parameters."""
+        if closure is None and self.external_loop:
+            return None
         if closure is None or not callable(closure):
             raise TypeError(f"{type(self).__name__}.step needs a closure that runs a forward on "
                             "the current batch and returns the loss")

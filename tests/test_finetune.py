@@ -1,0 +1,149 @@
+"""pgap-finetune end to end on a tiny random Llama with a tokenizer trained on the fly."""
+import csv
+import json
+import random
+
+import pytest
+import torch
+
+from pgap import finetune
+from pgap.data import load_rotten_tomatoes, load_text_label_file, split, Example
+
+POS = ["great", "fun", "moving", "brilliant", "charming"]
+NEG = ["terrible", "dull", "boring", "awful", "flat"]
+FILL = ["the", "movie", "film", "plot", "was", "a", "story", "really", "It", "and", "cast"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A transformers folder: 2-layer Llama + word-level tokenizer (no downloads)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny")
+    words = POS + NEG + FILL
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(words)] * 3, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   eos_token="[PAD]")
+    cfg = LlamaConfig(vocab_size=fast.vocab_size, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=64, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(root / "model")
+    fast.save_pretrained(root / "model")
+    rng = random.Random(0)
+    with (root / "task.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["review", "verdict"])
+        for i in range(80):
+            label = i % 2
+            text = " ".join(rng.choice(FILL) for _ in range(4)) + " " + rng.choice(POS if label else NEG)
+            w.writerow([text, "pos" if label else "neg"])
+    return root
+
+
+def cli(tiny_model, out, *extra):
+    return ["--model", str(tiny_model / "model"), "--task", str(tiny_model / "task.csv"),
+            "--text-column", "review", "--label-column", "verdict", "--label-words", " terrible", " great",
+            "--train", "40", "--dev", "10", "--test", "20", "--batch-size", "4", "--eval-every", "2",
+            "--no-progress", "--output-dir", str(out), *extra]
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("mezo", []), ("pgap", ["--rank", "2", "--window", "2", "--probes", "2"]),
+    ("pgap", ["--rank", "2", "--window", "2", "--probes", "2", "--mode", "functional"]),
+    ("mezo-gv", []), ("mezo-greedy", ["--num-probes", "2"]), ("ldsd", ["--lr-mu", "0.1"]),
+])
+def test_finetune_runs_end_to_end(tiny_model, tmp_path, method, extra, capsys):
+    out = tmp_path / method
+    assert finetune.main(cli(tiny_model, out, "--method", method, "--steps", "4", "--lr", "1e-3", *extra)) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert sum(r["kind"] == "eval" and r["split"] == "dev" for r in rows) == 2
+    tests = [r for r in rows if r["kind"] == "eval" and r["split"] == "test"]
+    assert len(tests) == 2 and all(0 <= r["accuracy"] <= 1 for r in tests)
+    for name in ("loss.png", "accuracy.png", "summary.json", "model/config.json",
+                 "model/model.safetensors", "checkpoint/optimizer.safetensors"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["method"] == method
+    assert "test accuracy: zero-shot" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("mezo", []), ("pgap", ["--rank", "2", "--window", "2", "--probes", "2", "--delta", "1", "1"]),
+])
+def test_resume_continues_the_same_trajectory(tiny_model, tmp_path, method, extra):
+    full, part = tmp_path / "full", tmp_path / "part"
+    args = ["--method", method, "--lr", "1e-3", "--no-plot", *extra]
+    assert finetune.main(cli(tiny_model, full, "--steps", "6", *args)) == 0
+    assert finetune.main(cli(tiny_model, part, "--steps", "3", *args)) == 0
+    assert finetune.main(cli(tiny_model, part, "--steps", "6", "--resume", *args)) == 0
+
+    def losses(out):
+        return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                if r["kind"] == "step"]
+
+    assert losses(part) == losses(full)
+    from safetensors.torch import load_file
+    a, b = load_file(full / "model" / "model.safetensors"), load_file(part / "model" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "/nonexistent/model"], "not a local transformers folder"),
+    (["--task", "/nonexistent/task.csv"], "does not exist"),
+    (["--task", "data.parquet"], "unknown task"),
+    (["--text-column", "body"], "no column 'body'"),
+    (["--label-words", " terrible", " great movie"], "single token"),
+    (["--label-words", " terrible", " great", " fun"], "do not match"),
+])
+def test_clear_errors(tiny_model, tmp_path, extra, message, capsys):
+    assert finetune.main(cli(tiny_model, tmp_path / "o", "--steps", "1", *extra)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_method_and_inapplicable_option(tiny_model, tmp_path):
+    with pytest.raises(SystemExit):
+        finetune.main(cli(tiny_model, tmp_path, "--method", "adam"))
+    with pytest.raises(SystemExit):
+        finetune.main(cli(tiny_model, tmp_path, "--method", "mezo", "--rank", "4"))
+
+
+def test_batches_are_a_function_of_the_step():
+    seen = [i for step in range(10) for i in finetune.batch_indices(step, 4, 40, seed=3)]
+    assert sorted(seen) == list(range(40))  # one epoch covers every example once
+    assert finetune.batch_indices(7, 4, 40, 3) == finetune.batch_indices(7, 4, 40, 3)
+
+
+def test_rotten_tomatoes_split_sizes_and_balance():
+    pytest.importorskip("importlib.metadata")
+    try:
+        task = load_rotten_tomatoes(seed=0)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    assert (len(task.train), len(task.dev), len(task.test)) == (1000, 500, 1000)
+    texts = [e.text for e in task.train + task.dev + task.test]
+    assert len(set(texts)) > 2480  # disjoint draws (the corpus has a few duplicate sentences)
+    for part in (task.train, task.test):
+        share = sum(e.label for e in part) / len(part)
+        assert 0.53 < share < 0.63  # 7,403 of 12,808 sentences are fresh (57.8 %)
+    assert task.label_words == (" terrible", " great") and task.template == "{text} It was"
+    assert load_rotten_tomatoes(seed=0).train[:5] == task.train[:5]
+    assert load_rotten_tomatoes(seed=1).train[:5] != task.train[:5]
+
+
+def test_split_rejects_too_few_examples():
+    with pytest.raises(ValueError, match="fewer than"):
+        split([Example("a", 0)] * 3, (2, 1, 1), 0, "x")
+
+
+def test_jsonl_task_with_integer_labels(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"text": f"s{i}", "label": i % 2}) + "\n" for i in range(10)))
+    task = load_text_label_file(path, label_words=[" no", " yes"], n_train=6, n_dev=2, n_test=2)
+    assert sorted(e.label for e in task.train + task.dev + task.test) == [0] * 5 + [1] * 5
