@@ -328,3 +328,28 @@ def test_vector_lr_scale_zero_leaves_non_matrix_parameters_unchanged():
             assert not torch.equal(v, w0[k])
     with pytest.raises(ValueError, match="vector_lr_scale"):
         pgap.PGAP(model, lr=0.5, vector_lr_scale=-1.0)
+
+
+def test_embedding_subclass_with_its_own_forward_stays_in_place():
+    class Positions(torch.nn.Embedding):  # like OPT's learned positional embedding
+        def forward(self, mask):
+            return super().forward(torch.cumsum(mask, dim=1) - 1)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = Positions(8, 4)
+            self.head = torch.nn.Linear(4, 3)
+
+        def forward(self, mask):
+            return self.head(self.pos(mask))
+
+    torch.manual_seed(0)
+    model = Model()
+    mask = torch.ones(2, 5, dtype=torch.long)
+    closure = lambda: (model(mask) ** 2).mean()  # noqa: E731
+    opt = pgap.PGAP(model, lr=1e-2, rank=2, probes=2, window=2, mode="functional")
+    state = {s.name: s.functional for s in opt.matrices}
+    assert state == {"pos.weight": False, "head.weight": True}
+    for _ in range(3):
+        opt.step(closure)

@@ -14,8 +14,8 @@ from .subspace import MatrixState
 
 def eligible_modules(model: nn.Module, states: Sequence[MatrixState]) -> Dict[int, List[nn.Module]]:
     """For each matrix (by ``id`` of the parameter), the modules that use it as ``.weight``, when
-    all of them are nn.Linear or nn.Embedding without ``max_norm`` (else the matrix is absent and
-    stays in place)."""
+    all of them run nn.Linear's or nn.Embedding's own forward (no ``max_norm``); otherwise the
+    matrix is absent and stays in place."""
     wanted = {id(s.trainable.param) for s in states}
     users: Dict[int, List[nn.Module]] = {}
     blocked = set()
@@ -23,8 +23,11 @@ def eligible_modules(model: nn.Module, states: Sequence[MatrixState]) -> Dict[in
         for pname, p in module.named_parameters(recurse=False):
             if id(p) not in wanted:
                 continue
-            ok = pname == "weight" and (isinstance(module, nn.Linear) or
-                                        (isinstance(module, nn.Embedding) and module.max_norm is None))
+            # the module's forward must be nn.Linear's / nn.Embedding's own: subclasses with
+            # their own forward (e.g. OPT's learned positional embedding) stay in place
+            forward = type(module).forward
+            ok = pname == "weight" and (forward is nn.Linear.forward or
+                                        (forward is nn.Embedding.forward and module.max_norm is None))
             if ok:
                 users.setdefault(id(p), []).append(module)
             else:
