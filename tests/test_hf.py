@@ -28,7 +28,7 @@ def make_trainer(out, method, options, max_steps, **kw):
     args = TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
                              learning_rate=kw.pop("lr", 3e-3), lr_scheduler_type="constant",
                              logging_steps=1, save_steps=kw.pop("save_steps", 1000),
-                             save_safetensors=True, report_to=[], seed=0, use_cpu=True,
+                             report_to=[], seed=0, use_cpu=True,
                              dataloader_num_workers=0, disable_tqdm=True, **kw)
     return ZOTrainer(model=model, args=args, train_dataset=Tokens(), zo_method=method,
                      zo_options=options), model
