@@ -45,10 +45,15 @@ $(DEMO_STAMP): $(STAMP)
 demo: setup $(DEMO_STAMP)
 	$(PY) -m pgap.finetune --method pgap $(DEMO_COMMON) --output-dir runs/demo-pgap $(DEMO_PGAP_ARGS)
 	$(PY) -m pgap.finetune --method mezo $(DEMO_COMMON) --output-dir runs/demo-mezo $(DEMO_MEZO_ARGS)
-	$(PY) bench/bench_perturb.py --max-log2 24
-	$(PY) bench/bench_lowrank.py --quick
+	@# short kernel benchmarks; their CSV and plots go to runs/ (bench/results/ holds the full runs)
+	$(PY) bench/bench_perturb.py --max-log2 24 --csv runs/bench/perturb.csv --plot runs/bench/perturb_cpu.png
+	$(PY) bench/bench_lowrank.py --quick --csv runs/bench/lowrank.csv --plot runs/bench/lowrank_cpu.png
 
-bench: demo
+bench: setup
+	$(PY) bench/bench_perturb.py
+	$(PY) bench/bench_lowrank.py
+	$(PY) bench/bench_zo_step.py --models smollm2-135m --repeats 3
+	$(PY) bench/bench_methods.py
 
 info: setup
 	$(PY) -m pgap_kernels.info

