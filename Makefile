@@ -33,7 +33,7 @@ test-gpu: setup
 DEMO_STAMP := $(VENV)/.pgap-demo-installed
 DEMO_STEPS ?= 100
 DEMO_COMMON ?= --steps $(DEMO_STEPS) --batch-size 8 --test 500 --eval-every 50 --eval-examples 100 --no-progress
-DEMO_PGAP_ARGS ?= --lr 0.03 --vector-lr-scale 1e-3 --rank 8 --window 50 --probes 10
+DEMO_PGAP_ARGS ?= --lr 0.01 --vector-lr-scale 3e-3 --rank 8 --window 50 --probes 10
 DEMO_MEZO_ARGS ?= --lr 3e-5
 
 $(DEMO_STAMP): $(STAMP)
