@@ -14,7 +14,7 @@ import pgap_kernels
 
 from ._checks import check_int, check_real
 from .params import DecayFilter, Trainable, collect_trainable
-from .seeds import STEP_STREAM, derive_seed
+from .seeds import PROBE_STREAM, STEP_STREAM, derive_seed
 
 Closure = Callable[[], Union[torch.Tensor, float]]
 STATE_FORMAT = "pgap.optimizer/1"
@@ -127,18 +127,24 @@ class ZOOptimizer(torch.optim.Optimizer):
         :class:`NonFiniteLossError` is raised.
         """
         apply(eps)
-        plus = self.evaluate(closure)
-        if not math.isfinite(plus):
-            apply(-eps)
-            raise NonFiniteLossError(f"step {self.steps_done}: the loss at θ+ε·P is {plus}; "
-                                     "weights restored")
+        plus = self.evaluate_finite(closure, lambda: apply(-eps), "at θ+ε·P")
         apply(-2.0 * eps)
-        minus = self.evaluate(closure)
-        if not math.isfinite(minus):
-            apply(eps)
-            raise NonFiniteLossError(f"step {self.steps_done}: the loss at θ−ε·P is {minus}; "
-                                     "weights restored")
+        minus = self.evaluate_finite(closure, lambda: apply(eps), "at θ−ε·P")
         return plus, minus
+
+    def evaluate_finite(self, closure: Closure, restore: Callable[[], None], where: str) -> float:
+        """:meth:`evaluate`; on a NaN or infinite loss, ``restore()`` (back to θ) and raise
+        :class:`NonFiniteLossError` saying ``where`` the loss was taken."""
+        loss = self.evaluate(closure)
+        if not math.isfinite(loss):
+            restore()
+            raise NonFiniteLossError(f"step {self.steps_done}: the loss {where} is {loss}; "
+                                     "weights restored")
+        return loss
+
+    def probe_seeds(self, count: int) -> List[int]:
+        """Seeds of this step's probes: ``derive_seed(seed, step, 1 + i)``, i < count."""
+        return [derive_seed(self.seed, self.steps_done, PROBE_STREAM + i) for i in range(count)]
 
     def restore_update(self, projected_grad: float, decays: bool, lr_scale: float = 1.0
                        ) -> Tuple[float, float]:

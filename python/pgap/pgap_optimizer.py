@@ -2,7 +2,6 @@
 probed low-rank subspace. Every choice the paper leaves open is documented in docs/pgap.md."""
 from __future__ import annotations
 
-import math
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -12,10 +11,10 @@ from torch import nn
 import pgap_kernels
 
 from ._checks import check_choice, check_int, check_real
-from .base import Closure, NonFiniteLossError, ZOOptimizer
+from .base import Closure, ZOOptimizer
 from .functional import SidePath, eligible_modules
 from .params import DecayFilter, Trainable
-from .seeds import BASIS_STREAM, PROBE_STREAM, RSVD_STREAM, derive_seed, random_sign
+from .seeds import BASIS_STREAM, RSVD_STREAM, derive_seed, random_sign
 from .subspace import (MatrixState, make_states, probe_operators, project_probe, set_probe_bases,
                        set_random_bases)
 
@@ -191,21 +190,16 @@ class PGAP(ZOOptimizer):
     def _probe(self, closure: Closure) -> List[int]:
         """2h forwards with fused passes: +Q_1, −2Q_1, +Q_1+Q_2, …, +Q_h. Keeps rho_j."""
         eps = self.probe_eps if self.probe_eps is not None else self.eps
-        step = self.steps_done
-        seeds = [derive_seed(self.seed, step, PROBE_STREAM + j) for j in range(self.probes)]
+        seeds = self.probe_seeds(self.probes)
         rhos, losses, prev = [], [], None
-        for s in seeds:
+        for j, s in enumerate(seeds):
             self._perturb_all(([prev] if prev is not None else []) + [s],
                               ([eps] if prev is not None else []) + [eps])
-            plus = self.evaluate(closure)
-            if not math.isfinite(plus):
-                self._perturb_all([s], [-eps])
-                raise NonFiniteLossError(f"step {step}: probe loss at θ+ε·Q is {plus}; weights restored")
+            plus = self.evaluate_finite(closure, lambda s=s: self._perturb_all([s], [-eps]),
+                                        f"of probe {j} at θ+ε·Q")
             self._perturb_all([s], [-2.0 * eps])
-            minus = self.evaluate(closure)
-            if not math.isfinite(minus):
-                self._perturb_all([s], [eps])
-                raise NonFiniteLossError(f"step {step}: probe loss at θ−ε·Q is {minus}; weights restored")
+            minus = self.evaluate_finite(closure, lambda s=s: self._perturb_all([s], [eps]),
+                                         f"of probe {j} at θ−ε·Q")
             rhos.append((plus - minus) / (2.0 * eps))
             losses.append(0.5 * (plus + minus))
             prev = s
@@ -231,9 +225,8 @@ class PGAP(ZOOptimizer):
             set_random_bases(self.matrices, derive_seed(self.seed, step, BASIS_STREAM))
             if operators:
                 project_probe(self.matrices, operators)
-        norms = [float(torch.linalg.matrix_norm(s.S)) for s in self.matrices]
-        self._window_diag.update(window_start=step, s_norm_min=min(norms),
-                                 s_norm_median=statistics.median(norms), s_norm_max=max(norms))
+        norms = torch.stack([torch.linalg.matrix_norm(s.S) for s in self.matrices]).tolist()
+        self._window_diag["window_start"] = step
         self._s_norms = {s.name: v for s, v in zip(self.matrices, norms)}
 
     # -- the step --------------------------------------------------------------------------
@@ -293,6 +286,10 @@ class PGAP(ZOOptimizer):
         (rho mean/std/min/max, min/median/max of ||S_r||_F); ``per_matrix`` adds each matrix's
         ||S_r||_F under "s_norms"."""
         out = super().diagnostics()
+        if self._s_norms:
+            norms = list(self._s_norms.values())
+            out.update(s_norm_min=min(norms), s_norm_median=statistics.median(norms),
+                       s_norm_max=max(norms))
         if per_matrix:
             out["s_norms"] = dict(self._s_norms)
         return out

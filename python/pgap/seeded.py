@@ -15,9 +15,8 @@ import torch
 
 import pgap_kernels
 
-from .base import Closure, NonFiniteLossError, ZOOptimizer
+from .base import Closure, ZOOptimizer
 from .params import Trainable
-from .seeds import PROBE_STREAM, derive_seed
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,8 @@ class SeededZO(ZOOptimizer):
     direction in ``_direction(closure)``, which may run probes and return a pending
     combination (what the weights still carry from the probes) to fuse into the first pass."""
 
+    _last: Optional[Combination] = None  # the last step's direction (diagnostics, state)
+
     # -- passes ----------------------------------------------------------------------------
     def _means(self, trainables: Sequence[Trainable]) -> Optional[List[torch.Tensor]]:
         """The mean tensors μ of ``trainables`` (None: this optimizer has no mean)."""
@@ -69,10 +70,6 @@ class SeededZO(ZOOptimizer):
         return [(flag, [t for t in self.trainables if t.decays == flag]) for flag in (True, False)]
 
     # -- probes ----------------------------------------------------------------------------
-    def probe_seeds(self, count: int) -> List[int]:
-        """Seeds of this step's probes: ``derive_seed(seed, step, 1 + i)``."""
-        return [derive_seed(self.seed, self.steps_done, PROBE_STREAM + i) for i in range(count)]
-
     def one_sided_probes(self, closure: Closure, directions: Sequence[Combination]
                          ) -> Tuple[List[float], Combination]:
         """L(θ + ε·d_i) for each direction, one fused pass per forward. Returns the losses and
@@ -83,11 +80,8 @@ class SeededZO(ZOOptimizer):
             step = d.scaled(self.eps)
             self.pass_(step if pending is None else pending + step)
             pending = d.scaled(-self.eps)
-            loss = self.evaluate(closure)
-            if loss != loss or loss in (float("inf"), float("-inf")):
-                self.pass_(pending)
-                raise NonFiniteLossError(f"step {self.steps_done}: probe loss {loss}; weights restored")
-            losses.append(loss)
+            losses.append(self.evaluate_finite(closure, lambda p=pending: self.pass_(p),
+                                               f"of probe {len(losses)} at θ+ε·d"))
         assert pending is not None
         return losses, pending
 
@@ -121,22 +115,21 @@ class SeededZO(ZOOptimizer):
     # -- diagnostics -----------------------------------------------------------------------
     def last_direction(self) -> Dict[str, torch.Tensor]:
         """The last step's direction per parameter (float32; uses μ as it is now)."""
-        d: Combination = getattr(self, "_last", None)
+        d = self._last
         if self.steps_done == 0 or d is None:
             raise RuntimeError("no step taken yet")
-        out = {}
+        out = [torch.zeros(t.param.shape, dtype=torch.float32, device=t.param.device)
+               for t in self.trainables]
+        means = self._means(self.trainables) if d.mean_coeff != 0.0 else None
         with self._kernels():
-            for t in self.trainables:
-                v = torch.zeros(t.param.shape, dtype=torch.float32, device=t.param.device)
-                means = self._means([t]) if d.mean_coeff != 0.0 else None
-                pgap_kernels.perturb_(v, list(d.seeds), list(d.coeffs), keys=[t.key],
-                                      mean=None if means is None else [means[0].float()],
-                                      mean_coeff=d.mean_coeff if means is not None else 0.0)
-                out[t.name] = v
-        return out
+            pgap_kernels.perturb_(out, list(d.seeds), list(d.coeffs),
+                                  keys=[t.key for t in self.trainables],
+                                  mean=None if means is None else [m.float() for m in means],
+                                  mean_coeff=d.mean_coeff if means is not None else 0.0)
+        return {t.name: v for t, v in zip(self.trainables, out)}
 
     def _extra_state(self):
-        d = getattr(self, "_last", None)
+        d = self._last
         return {"last": None if d is None else [list(d.seeds), list(d.coeffs), d.mean_coeff]}
 
     def _load_extra_state(self, extra) -> None:
