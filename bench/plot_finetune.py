@@ -12,6 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
+from pgap.finetune import plot_accuracy  # noqa: E402
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,11 +29,7 @@ def main() -> int:
     for run in args.runs:
         summary = json.loads((run / "summary.json").read_text())
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        for split, style in (("test", "o-"), ("dev", "s--")):
-            pts = [r for r in rows if r["kind"] == "eval" and r["split"] == split]
-            if pts:
-                ax.plot([r["forwards"] for r in pts], [r["accuracy"] for r in pts], style,
-                        label=f"{summary['method']} lr {summary['lr']:g} ({split})")
+        plot_accuracy(ax, rows, f"{summary['method']} lr {summary['lr']:g}")
         print(f"{run}: {summary['method']} lr {summary['lr']:g}: zero-shot "
               f"{summary['zero_shot_test_accuracy']} -> {summary['test_accuracy']:.3f} after "
               f"{summary['steps']} steps, {summary['forwards']} forwards, {summary['train_seconds']:.0f} s")

