@@ -7,24 +7,9 @@ import torch
 import pgap
 import pgap_kernels as pk
 from pgap.seeds import PROBE_STREAM, derive_seed, fnv1a32
-from zo_problems import mlp_problem, quadratic_problem, teacher_problem, weights
+from zo_problems import Recorder, loss_of, mlp_problem, poisoned, quadratic_problem, teacher_problem, weights
 
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-6}
-
-
-class Recorder:
-    def __init__(self, closure):
-        self.closure, self.losses = closure, []
-
-    def __call__(self):
-        loss = self.closure()
-        self.losses.append(float(loss))
-        return loss
-
-
-def loss_of(closure) -> float:
-    with torch.no_grad():
-        return float(closure())
 
 
 def draws(model, seed, probe, step=0):
@@ -195,13 +180,7 @@ def test_non_finite_probe_loss_restores_weights():
     model, closure = mlp_problem()
     w0 = weights(model)
     opt = pgap.LDSD(model, lr=1e-3, num_probes=3, lr_mu=0.1)
-    calls = []
-
-    def bad():
-        calls.append(1)
-        return closure() * (float("nan") if len(calls) == 2 else 1.0)
-
     with pytest.raises(pgap.NonFiniteLossError, match="probe"):
-        opt.step(bad)
+        opt.step(poisoned(closure, 2, float("nan")))
     for k, v in weights(model).items():
         torch.testing.assert_close(v, w0[k], **FP32_TOL)

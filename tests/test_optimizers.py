@@ -8,18 +8,13 @@ from torch import nn
 import pgap
 import pgap_kernels as pk
 from pgap.seeds import derive_seed, fnv1a32, random_sign, splitmix64
-from zo_problems import mlp_problem, teacher_problem, tiny_llama, weights
+from zo_problems import loss_of, mlp_problem, poisoned, teacher_problem, tiny_llama, weights
 
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-6}
 # Two backends round the losses differently (a few float32 ulps of L ~ 10); g = (L+ - L-)/(2 eps)
 # amplifies that by 1/(2 eps) = 500, and each step moves weights by lr*g*z (|z| < 6): over a few
 # steps at lr 1e-2 the weights may differ by ~1e-5.
 TRAJECTORY_TOL = {"rtol": 1e-4, "atol": 5e-5}
-
-
-def loss_of(closure) -> float:
-    with torch.no_grad():
-        return float(closure())
 
 
 # -- keys and seeds ----------------------------------------------------------------------------
@@ -206,14 +201,8 @@ def test_non_finite_loss_restores_weights_and_raises():
     model, closure = teacher_problem()
     w0 = weights(model)
     opt = pgap.MeZO(model, lr=1e-3)
-    calls = []
-
-    def bad():
-        calls.append(1)
-        return closure() * (float("nan") if len(calls) == 2 else 1.0)
-
     with pytest.raises(pgap.NonFiniteLossError, match="θ−ε·P"):
-        opt.step(bad)
+        opt.step(poisoned(closure, 2, float("nan")))
     assert opt.steps_done == 0
     for k, v in weights(model).items():
         torch.testing.assert_close(v, w0[k], **FP32_TOL)

@@ -7,29 +7,12 @@ import torch
 import pgap
 import pgap_kernels as pk
 from pgap.seeds import PROBE_STREAM, derive_seed, fnv1a32, random_sign
-from zo_problems import mlp_problem, teacher_problem, tiny_llama, weights
+from zo_problems import Recorder, loss_of, mlp_problem, poisoned, teacher_problem, tiny_llama, weights
 
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-6}
 # inplace vs functional: W + U(A + cZ)V^T computed in a different order; losses agree to float32
 # rounding amplified by 1/(2 eps) in g (see test_optimizers.TRAJECTORY_TOL)
 MODE_TOL = {"rtol": 1e-4, "atol": 5e-5}
-
-
-def loss_of(closure) -> float:
-    with torch.no_grad():
-        return float(closure())
-
-
-class Recorder:
-    """Wraps a closure and records every loss it returns."""
-
-    def __init__(self, closure):
-        self.closure, self.losses = closure, []
-
-    def __call__(self):
-        loss = self.closure()
-        self.losses.append(float(loss))
-        return loss
 
 
 def test_probe_subspace_is_the_top_r_svd_of_the_materialized_probe_sum():
@@ -290,14 +273,8 @@ def test_non_finite_probe_loss_restores_weights():
     model, closure = mlp_problem()
     w0 = weights(model)
     opt = pgap.PGAP(model, lr=1e-3, rank=2, probes=3)
-    calls = []
-
-    def bad():
-        calls.append(1)
-        return closure() * (float("inf") if len(calls) == 3 else 1.0)
-
     with pytest.raises(pgap.NonFiniteLossError, match="probe"):
-        opt.step(bad)
+        opt.step(poisoned(closure, 3, float("inf")))
     for k, v in weights(model).items():
         torch.testing.assert_close(v, w0[k], **FP32_TOL)
 

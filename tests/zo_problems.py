@@ -80,3 +80,32 @@ def quadratic_problem(seed: int = 0, d: int = 1000) -> Tuple[nn.Module, Callable
 
     model = Quadratic()
     return model, model
+
+
+def loss_of(closure: Callable[[], torch.Tensor]) -> float:
+    """The closure's loss under no_grad, as a float (not counted by any optimizer)."""
+    with torch.no_grad():
+        return float(closure())
+
+
+class Recorder:
+    """Wraps a closure and records every loss it returns."""
+
+    def __init__(self, closure: Callable[[], torch.Tensor]) -> None:
+        self.closure, self.losses = closure, []
+
+    def __call__(self) -> torch.Tensor:
+        loss = self.closure()
+        self.losses.append(float(loss))
+        return loss
+
+
+def poisoned(closure: Callable[[], torch.Tensor], call: int, value: float) -> Callable[[], torch.Tensor]:
+    """The closure, except that its ``call``-th call (1-based) returns ``value`` times the loss."""
+    calls = []
+
+    def wrapped() -> torch.Tensor:
+        calls.append(1)
+        return closure() * (value if len(calls) == call else 1.0)
+
+    return wrapped
