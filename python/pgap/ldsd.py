@@ -2,8 +2,7 @@
 distribution, with the score-function update of μ paired with the probes' own draws."""
 from __future__ import annotations
 
-import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -92,7 +91,12 @@ class LDSD(SeededZO):
         else:
             self._momentum_update(direction, g)
         self._update_mu(*self._probes)
-        self._diag["mu_norm"] = math.sqrt(sum(float(m.float().norm()) ** 2 for m in self.mu.values()))
+
+    def diagnostics(self) -> Dict[str, Any]:
+        """:meth:`ZOOptimizer.diagnostics` plus ‖μ‖ over all parameters (computed on request,
+        not every step: it reads all of μ)."""
+        norm = torch.linalg.vector_norm(torch.stack([m.float().norm() for m in self.mu.values()]))
+        return dict(super().diagnostics(), mu_norm=float(norm))
 
     def _momentum_update(self, direction: Combination, g: float) -> None:
         self.pass_(direction.scaled(self.eps))  # restore θ
