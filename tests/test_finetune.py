@@ -101,10 +101,51 @@ def test_resume_continues_the_same_trajectory(tiny_model, tmp_path, method, extr
     (["--text-column", "body"], "no column 'body'"),
     (["--label-words", " terrible", " great movie"], "single token"),
     (["--label-words", " terrible", " great", " fun"], "do not match"),
+    (["--lora", "--lora-targets", "query"], "match no module"),
 ])
 def test_clear_errors(tiny_model, tmp_path, extra, message, capsys):
     assert finetune.main(cli(tiny_model, tmp_path / "o", "--steps", "1", *extra)) == 2
     assert message in capsys.readouterr().err
+
+
+def _safetensors(path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("mezo", []), ("pgap", ["--rank", "2", "--window", "2", "--probes", "2", "--mode", "functional"]),
+])
+def test_lora_tunes_only_the_adapters(tiny_model, tmp_path, method, extra, capsys):
+    pytest.importorskip("peft")
+    out = tmp_path / method
+    assert finetune.main(cli(tiny_model, out, "--method", method, "--steps", "3", "--lr", "1e-2",
+                             "--lora", "--lora-r", "2", "--no-plot", *extra)) == 0
+    assert "M LoRA" in capsys.readouterr().out
+    adapters = _safetensors(out / "model" / "adapter_model.safetensors")
+    assert adapters and all("lora_" in k for k in adapters)
+    assert {k.split(".")[-3] for k in adapters} == {"q_proj", "v_proj"}
+    assert any(v.abs().sum() > 0 for k, v in adapters.items() if "lora_B" in k)  # B left zero init
+    summary = json.loads((out / "summary.json").read_text())
+    # 2 layers × (q: 32→32, v: 32→16 with 2 kv heads of 8) × rank 2 × (in + out)
+    assert summary["lora"] and summary["tuned_parameters"] == 2 * 2 * ((32 + 32) + (32 + 16))
+    assert not (out / "model" / "model.safetensors").exists()  # the frozen base is not copied
+
+
+def test_lora_resume_continues_the_same_trajectory(tiny_model, tmp_path):
+    pytest.importorskip("peft")
+    full, part = tmp_path / "full", tmp_path / "part"
+    args = ["--method", "mezo", "--lr", "1e-2", "--no-plot", "--lora", "--lora-r", "2"]
+    assert finetune.main(cli(tiny_model, full, "--steps", "4", *args)) == 0
+    assert finetune.main(cli(tiny_model, part, "--steps", "2", *args)) == 0
+    assert finetune.main(cli(tiny_model, part, "--steps", "4", "--resume", *args)) == 0
+    a = _safetensors(full / "model" / "adapter_model.safetensors")
+    b = _safetensors(part / "model" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    # resuming a LoRA checkpoint without --lora is refused clearly
+    assert finetune.main(cli(tiny_model, part, "--steps", "5", "--resume", "--method", "mezo")) == 2
 
 
 def test_unknown_method_and_inapplicable_option(tiny_model, tmp_path):

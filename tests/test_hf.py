@@ -62,3 +62,35 @@ def test_zotrainer_resume_from_checkpoint_continues_the_trajectory(tmp_path):
         torch.testing.assert_close(v, a[k], rtol=0, atol=0, msg=k)
     state = json.loads((tmp_path / "part" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
+
+
+def test_zotrainer_with_peft_lora_perturbs_only_the_adapters(tmp_path):
+    pytest.importorskip("peft")
+    from pgap.lora import apply_lora
+
+    def trainer(out, max_steps, save_steps=1000):
+        base, _ = tiny_llama()
+        model = apply_lora(base, r=2, targets=("q_proj", "v_proj"))
+        args = TrainingArguments(output_dir=str(out), max_steps=max_steps,
+                                 per_device_train_batch_size=4, learning_rate=1e-2,
+                                 lr_scheduler_type="constant", logging_steps=1,
+                                 save_steps=save_steps, report_to=[], seed=0, use_cpu=True,
+                                 dataloader_num_workers=0, disable_tqdm=True)
+        return ZOTrainer(model=model, args=args, train_dataset=Tokens(), zo_method="mezo"), model
+
+    full, model = trainer(tmp_path / "full", 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    full.train()
+    names = [t.name for t in full.zo_optimizer.trainables]
+    assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("lora_" in k for k in changed)  # the frozen base is never written
+    assert any("lora_B" in k for k in changed)
+
+    part, _ = trainer(tmp_path / "part", 4, save_steps=2)
+    part.train()
+    resumed, model = trainer(tmp_path / "part", 4, save_steps=2)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-2"))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, after[k], rtol=0, atol=0, msg=k)

