@@ -9,6 +9,7 @@ gaussian_sketch(m, n, seeds, coeffs, omega, *, key, offset, transpose)   implici
 gaussian_sketch_batch(problems, seeds, coeffs, omegas, *, transpose)     many sketches
 GaussianSum(m, n, seeds, coeffs, *, key, offset, device)            implicit sum_j c_j Xi_j
 randomized_svd(A, rank, *, oversample=10, n_iter=2, seed=0)        -> (U, S, V)
+randomized_svd_operator(matmul, rmatmul, m, n, rank, *, batch, ...)  same, from products only
 aligned_perturbation(Z0, S, xi, delta)                             P-GAP's aligned projection
 use_backend(name)              context manager forcing a backend
 available_backends(device)     backends that can run on a device
@@ -24,11 +25,12 @@ from .alignment import aligned_perturbation
 from .gaussian_sum import GaussianSum
 from .lowrank import gaussian_sketch, gaussian_sketch_batch, lowrank_perturb_
 from .ops import gaussian, perturb_
-from .rsvd import randomized_svd
+from .rsvd import randomized_svd, randomized_svd_operator
 
 __version__ = "0.1.0"
 
 __all__ = ["GaussianSum", "STREAM_VERSION", "SketchProblem", "aligned_perturbation",
            "available_backends", "backend_status", "gaussian", "gaussian_sketch",
-           "gaussian_sketch_batch", "lowrank_perturb_", "perturb_", "randomized_svd", "use_backend",
+           "gaussian_sketch_batch", "lowrank_perturb_", "perturb_", "randomized_svd", "randomized_svd_operator",
+           "use_backend",
            "__version__"]

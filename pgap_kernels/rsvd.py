@@ -162,3 +162,25 @@ def randomized_svd(A: Union[Operand, Sequence[Operand]], rank: int, *, oversampl
         for i, r in zip(idx, results):
             out[i] = r
     return out
+
+
+def randomized_svd_operator(matmul: Apply, rmatmul: Apply, m: int, n: int, rank: int, *,
+                            batch: int = 1, oversample: int = 10, n_iter: int = 2, seed: int = 0,
+                            device=None) -> Triple:
+    """:func:`randomized_svd` of a batch of m x n linear operators known only by their products,
+    e.g. a matrix whose rows live on several ranks (the caller gathers and reduces).
+
+    ``matmul(X)`` must return A @ X for X (batch, n, q) as (batch, m, q) float32, and
+    ``rmatmul(Y)`` A^T @ Y for Y (batch, m, q) as (batch, n, q). The test matrix, the algorithm,
+    the sign convention and the returned shapes are those of :func:`randomized_svd` (U (batch, m,
+    rank), S (batch, rank), V (batch, n, rank), float32), so for the same operator both return the
+    same factors up to floating-point summation order.
+    """
+    rank, oversample, n_iter, seed = _check_common(rank, oversample, n_iter, seed)
+    m, n = check_int(m, "m", 1, 1 << 62), check_int(n, "n", 1, 1 << 62)
+    batch = check_int(batch, "batch", 1, 1 << 62)
+    _check_rank(rank, m, n, "the operator")
+    if not (callable(matmul) and callable(rmatmul)):
+        raise TypeError("matmul and rmatmul must be callables")
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    return _hmt(matmul, rmatmul, batch, m, n, rank, oversample, n_iter, seed, dev, torch.float32)

@@ -135,6 +135,23 @@ def test_rsvd_bad_operands():
 # ----------------------------------------------------------------------------------------------
 # aligned_perturbation
 # ----------------------------------------------------------------------------------------------
+def test_operator_form_equals_randomized_svd_of_the_matrix():
+    """randomized_svd_operator (products only, as the sharded P-GAP path uses it) returns the
+    factors of randomized_svd on the same matrices, batched."""
+    a = torch.stack([with_spectrum(40, 30, [5.0, 3.0, 1.0, 0.5], seed=s)[0].float() for s in (1, 2)])
+    u, s, v = pk.randomized_svd_operator(lambda x: a @ x, lambda y: a.mT @ y, 40, 30, 3, batch=2,
+                                         oversample=4, n_iter=1, seed=9)
+    for b in range(2):
+        ub, sb, vb = pk.randomized_svd(a[b], 3, oversample=4, n_iter=1, seed=9)
+        torch.testing.assert_close(u[b], ub, rtol=0, atol=1e-6)
+        torch.testing.assert_close(s[b], sb, rtol=0, atol=1e-6)
+        torch.testing.assert_close(v[b], vb, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="rank 31 exceeds"):
+        pk.randomized_svd_operator(lambda x: x, lambda y: y, 40, 30, 31)
+    with pytest.raises(TypeError, match="callables"):
+        pk.randomized_svd_operator(None, None, 40, 30, 3)
+
+
 def test_alignment_condition_and_orthogonal_part():
     g = torch.Generator().manual_seed(0)
     z0, s = torch.randn(5, 8, 8, generator=g), torch.randn(5, 8, 8, generator=g)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -13,10 +13,12 @@ from torch import nn
 import pgap_kernels
 
 from ._checks import check_int, check_real
+from .distributed import LossReducer, ProcessGroup, check_same_on_all_ranks, resolve_group
 from .params import DecayFilter, Trainable, collect_trainable
 from .seeds import PROBE_STREAM, STEP_STREAM, derive_seed
 
-Closure = Callable[[], Union[torch.Tensor, float]]
+LossValue = Union[torch.Tensor, float]
+Closure = Callable[[], Union[LossValue, Tuple[LossValue, float]]]
 STATE_FORMAT = "pgap.optimizer/1"
 
 
@@ -30,10 +32,17 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     ``step(closure)`` calls ``closure()`` under ``torch.no_grad()`` (and, with ``eval_mode``,
     with the model in eval mode, dropout off) in each perturbed state and returns (L+ + L-)/2.
+
+    Distributed (docs/distributed.md): with ``process_group`` (default: the default group when
+    torch.distributed is initialized) every forward's loss is the mean over ranks, weighted by
+    the closure's optional weight (a closure may return ``(loss, local_batch_size)``; a bare loss
+    weighs 1). FSDP2-sharded (DTensor) parameters are perturbed shard by shard with their global
+    element offsets, so the perturbation equals the unsharded one.
     """
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float, weight_decay: float, seed: int,
-                 eval_mode: bool, backend: Optional[str], decay_filter: Optional[DecayFilter]) -> None:
+                 eval_mode: bool, backend: Optional[str], decay_filter: Optional[DecayFilter],
+                 process_group: Optional[ProcessGroup] = None) -> None:
         lr = check_real(lr, "lr", low=0.0)
         self.eps = check_real(eps, "eps", low=0.0, strict=True)
         self.weight_decay = check_real(weight_decay, "weight_decay", low=0.0)
@@ -41,7 +50,10 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.eval_mode = bool(eval_mode)
         self.model = model
         self.trainables: List[Trainable] = collect_trainable(model, decay_filter)
-        self.device = self.trainables[0].param.device
+        self.device = self.trainables[0].local.device
+        group = resolve_group(process_group)
+        self.reducer: Optional[LossReducer] = LossReducer(group) if group is not None else None
+        self._ranks_checked = False
         self.backend = self._check_backend(backend)
         super().__init__([t.param for t in self.trainables], {"lr": lr})
         self.steps_done = 0
@@ -89,6 +101,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         if closure is None or not callable(closure):
             raise TypeError(f"{type(self).__name__}.step needs a closure that runs a forward on "
                             "the current batch and returns the loss")
+        if self.reducer is not None and not self._ranks_checked:
+            check_same_on_all_ranks(self.reducer.group, self._rank_fingerprint())
+            self._ranks_checked = True
         with self._kernels():
             loss = self._step(closure)
         self.steps_done += 1
@@ -96,6 +111,30 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def _step(self, closure: Closure) -> float:
         raise NotImplementedError
+
+    def _rank_fingerprint(self) -> Dict[str, Any]:
+        """What every rank must agree on before the first step."""
+        return {"optimizer": type(self).__name__, "seed": self.seed, "step": self.steps_done,
+                "hyperparameters": self.hyperparameters(), "lr": self.lr,
+                "parameters": [(t.name, list(t.shape)) for t in self.trainables]}
+
+    @property
+    def world_size(self) -> int:
+        """Ranks sharing the losses (1 without a process group)."""
+        import torch.distributed as dist  # noqa: PLC0415
+
+        return dist.get_world_size(self.reducer.group) if self.reducer is not None else 1
+
+    def perturb(self, trainables: Sequence[Trainable], seeds: Sequence[int], coeffs: Sequence[float],
+                *, decay: float = 1.0, means: Optional[List[torch.Tensor]] = None,
+                mean_coeff: float = 0.0) -> None:
+        """θ ← decay·θ + mean_coeff·μ + Σ_j coeffs[j]·z(seeds[j]) over ``trainables`` (local
+        shards, at their global offsets), one ``perturb_`` call."""
+        if trainables:
+            pgap_kernels.perturb_([t.local for t in trainables], list(seeds), list(coeffs),
+                                  keys=[t.key for t in trainables],
+                                  offsets=[t.offset for t in trainables], decay=decay, mean=means,
+                                  mean_coeff=mean_coeff if means is not None else 0.0)
 
     def _kernels(self) -> contextlib.AbstractContextManager:
         return pgap_kernels.use_backend(self.backend) if self.backend else contextlib.nullcontext()
@@ -112,11 +151,15 @@ class ZOOptimizer(torch.optim.Optimizer):
                 module.training = training
 
     def evaluate(self, closure: Closure) -> float:
-        """``closure()`` under no_grad (and eval mode), as a float; counts one forward."""
+        """``closure()`` under no_grad (and eval mode), as a float; counts one forward. With a
+        process group, the mean over ranks weighted by the closure's weight (default 1)."""
         with torch.no_grad(), self._forward_mode():
-            loss = closure()
+            out = closure()
         self.forwards += 1
+        loss, weight = out if isinstance(out, tuple) else (out, 1.0)
         value = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else float(loss)
+        if self.reducer is not None:
+            value = self.reducer.mean(value, float(weight))
         return value
 
     def two_point(self, closure: Closure, apply: Callable[[float], None], eps: float
@@ -172,6 +215,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         Returns ``{"cosine": total, "per_parameter": {name: cosine}}``; for a Gaussian direction
         in d dimensions expect |cosine| ~ 1/sqrt(d).
         """
+        if any(t.sharded for t in self.trainables):
+            raise ValueError("gradient_alignment needs unsharded parameters (it compares whole "
+                             "directions with whole gradients)")
         if self.steps_done == 0:
             raise RuntimeError("gradient_alignment needs at least one step (it compares the last "
                                "step's direction with the gradient)")
@@ -199,6 +245,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         try:
             with torch.enable_grad(), self._forward_mode():
                 loss = closure()
+                loss = loss[0] if isinstance(loss, tuple) else loss
                 if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
                     raise TypeError("gradient_alignment needs a closure returning a loss tensor "
                                     "that requires grad")

@@ -11,6 +11,7 @@ import pgap_kernels
 
 from ._checks import check_choice, check_int, check_real
 from .base import Closure
+from .distributed import ProcessGroup
 from .params import DecayFilter, Trainable
 from .seeded import Combination, SeededZO
 
@@ -48,7 +49,8 @@ class LDSD(SeededZO):
                  sigma: float = 1.0, lr_mu: Optional[float] = None, base: str = "sgd",
                  momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0,
                  eval_mode: bool = True, backend: Optional[str] = None,
-                 decay_filter: Optional[DecayFilter] = None) -> None:
+                 decay_filter: Optional[DecayFilter] = None,
+                 process_group: Optional[ProcessGroup] = None) -> None:
         self.num_probes = check_int(num_probes, "num_probes", low=1)
         self.sigma = check_real(sigma, "sigma", low=0.0, strict=True)
         self.lr_mu = None if lr_mu is None else check_real(lr_mu, "lr_mu", low=0.0)
@@ -57,10 +59,11 @@ class LDSD(SeededZO):
         if self.momentum >= 1.0:
             raise ValueError(f"momentum must be < 1, got {momentum}")
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
-                         eval_mode=eval_mode, backend=backend, decay_filter=decay_filter)
-        self.mu: Dict[str, torch.Tensor] = {t.name: torch.zeros_like(t.param, memory_format=torch.contiguous_format)
+                         eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
+                         process_group=process_group)
+        self.mu: Dict[str, torch.Tensor] = {t.name: torch.zeros_like(t.local, memory_format=torch.contiguous_format)
                                             for t in self.trainables}
-        self.buf: Dict[str, torch.Tensor] = ({t.name: torch.zeros_like(t.param) for t in self.trainables}
+        self.buf: Dict[str, torch.Tensor] = ({t.name: torch.zeros_like(t.local) for t in self.trainables}
                                              if self.base == "momentum" else {})
         self._buf_started = False
 
@@ -104,12 +107,13 @@ class LDSD(SeededZO):
         ghat = direction.scaled(g)
         pgap_kernels.perturb_([self.buf[n] for n in names], list(ghat.seeds), list(ghat.coeffs),
                               keys=[t.key for t in self.trainables],
+                              offsets=[t.offset for t in self.trainables],
                               decay=self.momentum if self._buf_started else 0.0,
                               mean=[self.mu[n] for n in names], mean_coeff=ghat.mean_coeff)
         self._buf_started = True
         with torch.no_grad():
             for decays, group in self.decay_groups():
-                params = [t.param for t in group]
+                params = [t.local for t in group]
                 if decays:
                     torch._foreach_mul_(params, 1.0 - self.lr * self.weight_decay)
                 torch._foreach_add_(params, [self.buf[t.name] for t in group], alpha=-self.lr)
@@ -123,7 +127,8 @@ class LDSD(SeededZO):
         c = [(k * f - total) / (k - 1) for f in losses]
         scale = -self.mu_lr / (k * self.sigma)
         pgap_kernels.perturb_([self.mu[t.name] for t in self.trainables], list(seeds),
-                              [scale * ci for ci in c], keys=[t.key for t in self.trainables])
+                              [scale * ci for ci in c], keys=[t.key for t in self.trainables],
+                              offsets=[t.offset for t in self.trainables])
 
     # -- state -----------------------------------------------------------------------------
     def _state_tensors(self) -> Dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 from torch import nn
 
 from .base import Closure
+from .distributed import ProcessGroup
 from .params import DecayFilter
 from .seeded import Combination, SeededZO
 
@@ -25,13 +26,17 @@ class MeZO(SeededZO):
     lr : float >= 0; eps : float > 0; weight_decay : float >= 0; seed : int in [0, 2**64)
     eval_mode : run the closure with the model in eval mode (dropout off), as MeZO does.
     backend : force a pgap_kernels backend ("reference", "native", "cuda", "triton") or None.
+    process_group : torch.distributed group whose ranks share each loss (default: the default
+        group when initialized; see docs/distributed.md).
     """
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, weight_decay: float = 0.0,
                  seed: int = 0, eval_mode: bool = True, backend: Optional[str] = None,
-                 decay_filter: Optional[DecayFilter] = None) -> None:
+                 decay_filter: Optional[DecayFilter] = None,
+                 process_group: Optional[ProcessGroup] = None) -> None:
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
-                         eval_mode=eval_mode, backend=backend, decay_filter=decay_filter)
+                         eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
+                         process_group=process_group)
 
     def _direction(self, closure: Closure) -> Tuple[Combination, None]:
         self._diag = {}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -16,16 +16,66 @@ DecayFilter = Callable[[str, torch.Tensor], bool]
 
 @dataclass(frozen=True)
 class Trainable:
-    """One trainable parameter: qualified ``name``, the tensor, its stream ``key`` (FNV-1a of the
-    name) and whether weight decay applies to it."""
+    """One trainable parameter: qualified ``name``, the parameter, its stream ``key`` (FNV-1a of
+    the name) and whether weight decay applies to it. For a sharded (FSDP2 DTensor) parameter,
+    ``offset`` is the global element index of this rank's first local element and ``shape`` the
+    global shape; for a plain tensor offset is 0 and shape its own."""
     name: str
     param: torch.Tensor
     key: int
     decays: bool
+    offset: int = 0
+    shape: Tuple[int, ...] = ()
+    sharded: bool = False
+
+    @property
+    def local(self) -> torch.Tensor:
+        """The tensor this rank holds and writes (the DTensor's local shard, or the parameter)."""
+        return local_tensor(self.param)
 
     @property
     def is_matrix(self) -> bool:
-        return self.param.dim() == 2
+        return len(self.shape) == 2
+
+    @property
+    def row_offset(self) -> int:
+        """First global row of the local shard of a matrix (0 when not sharded)."""
+        return self.offset // self.shape[1] if self.shape[1] else 0
+
+
+def local_tensor(p: torch.Tensor) -> torch.Tensor:
+    """``p.to_local()`` for a DTensor (a view: writes reach the parameter), else ``p``."""
+    return p.to_local() if is_dtensor(p) else p
+
+
+def is_dtensor(p: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    return isinstance(p, DTensor)
+
+
+def shard_offset(name: str, p: torch.Tensor) -> int:
+    """Global element offset of the local shard of DTensor ``p``: it must be one contiguous block
+    of rows (placements Shard(0) or Replicate, as FSDP2's ``fully_shard`` makes), so that the
+    local elements carry global indices offset .. offset + local numel − 1."""
+    from torch.distributed.tensor import Replicate, Shard  # noqa: PLC0415
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset  # noqa: PLC0415
+
+    for placement in p.placements:
+        if not (isinstance(placement, Replicate) or (isinstance(placement, Shard) and placement.dim == 0)):
+            raise ValueError(f"parameter {name!r} has placement {placement}; pgap optimizers "
+                             "support DTensors sharded on dim 0 (FSDP2) or replicated")
+    local_shape, global_offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh,
+                                                                        p.placements)
+    row_numel = 1
+    for size in p.shape[1:]:
+        row_numel *= size
+    if tuple(local_shape[1:]) != tuple(p.shape[1:]) or any(global_offset[1:]):
+        raise ValueError(f"parameter {name!r}: local shard {tuple(local_shape)} is not a block of "
+                         f"whole rows of {tuple(p.shape)}")
+    return int(global_offset[0]) * row_numel if p.dim() else 0
 
 
 def default_decay_filter(name: str, param: torch.Tensor) -> bool:
@@ -58,7 +108,8 @@ def collect_trainable(model: nn.Module, decay_filter: Optional[DecayFilter] = No
         if p.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"parameter {name!r} has dtype {p.dtype}; expected float32, bfloat16 "
                             "or float16 (freeze it with requires_grad_(False) to leave it out)")
-        if not p.is_contiguous():
+        local = local_tensor(p)
+        if not local.is_contiguous():
             raise ValueError(f"parameter {name!r} is not contiguous; call .data = p.contiguous() "
                              "before building the optimizer")
         key = fnv1a32(name)
@@ -66,10 +117,13 @@ def collect_trainable(model: nn.Module, decay_filter: Optional[DecayFilter] = No
             raise ValueError(f"parameters {seen_keys[key]!r} and {name!r} hash to the same stream "
                              "key; rename one of them")
         seen_keys[key] = name
-        found.append(Trainable(name, p, key, bool(decay_filter(name, p))))
+        sharded = is_dtensor(p)
+        offset = shard_offset(name, p) if sharded else 0
+        found.append(Trainable(name, p, key, bool(decay_filter(name, p)), offset, tuple(p.shape),
+                               sharded))
     if not found:
         raise ValueError("model has no trainable parameters (none with requires_grad=True)")
-    devices = {t.param.device for t in found}
+    devices = {t.local.device for t in found}
     if len(devices) > 1:
         raise ValueError(f"trainable parameters lie on several devices {sorted(map(str, devices))}; "
                          "pgap optimizers need them on one device")

@@ -13,6 +13,7 @@ import pgap_kernels
 from ._checks import check_choice, check_int, check_real
 from .base import Closure, ZOOptimizer
 from .functional import SidePath, eligible_modules
+from .distributed import ProcessGroup
 from .params import DecayFilter, Trainable
 from .seeds import BASIS_STREAM, RSVD_STREAM, derive_seed, random_sign
 from .subspace import (MatrixState, make_states, probe_operators, project_probe, set_probe_bases,
@@ -67,7 +68,8 @@ class PGAP(ZOOptimizer):
                  mode: str = "inplace", weight_decay: float = 0.0, seed: int = 0,
                  svd_oversample: int = 10, svd_iters: int = 1, vector_lr_scale: float = 1.0,
                  eval_mode: bool = True,
-                 backend: Optional[str] = None, decay_filter: Optional[DecayFilter] = None) -> None:
+                 backend: Optional[str] = None, decay_filter: Optional[DecayFilter] = None,
+                 process_group: Optional[ProcessGroup] = None) -> None:
         self.rank = check_int(rank, "rank", low=1)
         self.window = check_int(window, "window", low=1)
         self.probes = check_int(probes, "probes", low=1)
@@ -86,7 +88,8 @@ class PGAP(ZOOptimizer):
         self.svd_iters = check_int(svd_iters, "svd_iters", low=0)
         self.vector_lr_scale = check_real(vector_lr_scale, "vector_lr_scale", low=0.0)
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
-                         eval_mode=eval_mode, backend=backend, decay_filter=decay_filter)
+                         eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
+                         process_group=process_group)
         self.matrices: List[MatrixState] = make_states(self.trainables, self.rank, self.scale)
         matrix_ids = {id(s.trainable.param) for s in self.matrices}
         self.vectors: List[Trainable] = [t for t in self.trainables if id(t.param) not in matrix_ids]
@@ -130,12 +133,15 @@ class PGAP(ZOOptimizer):
 
     # -- functional mode -------------------------------------------------------------------
     def _setup_functional(self, model: nn.Module) -> None:
+        if any(s.trainable.sharded for s in self.matrices):
+            raise ValueError("mode='functional' does not support sharded (FSDP2) matrices; use "
+                             "mode='inplace'")
         users = eligible_modules(model, self.matrices)
         for s in self.matrices:
             mods = users.get(id(s.trainable.param))
             if mods:
                 s.functional, s.modules = True, mods
-                s.A = torch.zeros(s.rank, s.rank, device=s.trainable.param.device)
+                s.A = torch.zeros(s.rank, s.rank, device=self.device)
         if self.weight_decay > 0 and any(s.functional and s.trainable.decays for s in self.matrices):
             raise ValueError("mode='functional' does not support weight_decay > 0 on the matrices "
                              "it keeps functional; use mode='inplace' or weight_decay=0")
@@ -163,19 +169,16 @@ class PGAP(ZOOptimizer):
 
     def _perturb_all(self, seeds: Sequence[int], coeffs: Sequence[float]) -> None:
         """Full-dimensional Gaussian pass over every trainable parameter (probe phase)."""
-        pgap_kernels.perturb_([t.param for t in self.trainables], list(seeds), list(coeffs),
-                              keys=[t.key for t in self.trainables])
+        self.perturb(self.trainables, seeds, coeffs)
 
     def _perturb_vectors(self, seed: int, coeff: float, decays: Optional[bool] = None,
                          decay: float = 1.0) -> None:
-        group = [t for t in self.vectors if decays is None or t.decays == decays]
-        if group:
-            pgap_kernels.perturb_([t.param for t in group], seed, coeff,
-                                  keys=[t.key for t in group], decay=decay)
+        self.perturb([t for t in self.vectors if decays is None or t.decays == decays], [seed],
+                      [coeff], decay=decay)
 
     def _lowrank(self, states: Sequence[MatrixState], coeff: float, decay: float = 1.0) -> None:
         if states:
-            pgap_kernels.lowrank_perturb_([s.trainable.param for s in states], [s.U for s in states],
+            pgap_kernels.lowrank_perturb_([s.trainable.local for s in states], [s.U for s in states],
                                           [s.Z for s in states], [s.V for s in states],
                                           [coeff] * len(states), decay=decay)
 
@@ -220,11 +223,12 @@ class PGAP(ZOOptimizer):
         operators = probe_operators(self.matrices, seeds, self._rhos) if seeds else []
         if self.subspace == "probe":
             set_probe_bases(self.matrices, operators, oversample=self.svd_oversample,
-                            n_iter=self.svd_iters, seed=derive_seed(self.seed, step, RSVD_STREAM))
+                            n_iter=self.svd_iters, seed=derive_seed(self.seed, step, RSVD_STREAM),
+                            reducer=self.reducer)
         else:
             set_random_bases(self.matrices, derive_seed(self.seed, step, BASIS_STREAM))
             if operators:
-                project_probe(self.matrices, operators)
+                project_probe(self.matrices, operators, self.reducer)
         norms = torch.stack([torch.linalg.matrix_norm(s.S) for s in self.matrices]).tolist()
         self._window_diag["window_start"] = step
         self._s_norms = {s.name: v for s, v in zip(self.matrices, norms)}
@@ -301,8 +305,8 @@ class PGAP(ZOOptimizer):
         out = {s.name: s.U @ s.Z @ s.V.T for s in self.matrices}
         with self._kernels():
             for t in self.vectors:
-                out[t.name] = pgap_kernels.gaussian(tuple(t.param.shape), seed, key=t.key,
-                                                    device=t.param.device)
+                out[t.name] = pgap_kernels.gaussian(tuple(t.local.shape), seed, key=t.key,
+                                                    offset=t.offset, device=self.device)
         return {t.name: out[t.name] for t in self.trainables}
 
     def _alignment_extras(self, grads: Dict[str, torch.Tensor]) -> Dict[str, Any]:
@@ -341,7 +345,7 @@ class PGAP(ZOOptimizer):
             raise ValueError(f"unexpected tensors in state: {unknown[:5]}")
         for key, value in tensors.items():
             s, f = known[key]
-            m, n = s.shape
+            m, n = s.trainable.local.shape
             want = {"U": (m, s.rank), "V": (n, s.rank), "S": (s.rank, s.rank), "Z": (s.rank, s.rank)}[f]
             if tuple(value.shape) != want:
                 raise ValueError(f"state tensor {key!r} has shape {tuple(value.shape)}; expected {want}")
@@ -350,7 +354,7 @@ class PGAP(ZOOptimizer):
             for f in ("U", "V", "S", "Z"):
                 value = tensors.get(f"{s.name}.{f}")
                 setattr(s, f, None if value is None else
-                        value.to(device=s.trainable.param.device, dtype=torch.float32).contiguous())
+                        value.to(device=self.device, dtype=torch.float32).contiguous())
 
     def _extra_state(self) -> Dict[str, Any]:
         return {"rhos": list(self._rhos), "window": dict(self._window_diag),

@@ -59,9 +59,8 @@ class SeededZO(ZOOptimizer):
         if not group:
             return
         means = self._means(group) if combo.mean_coeff != 0.0 else None
-        pgap_kernels.perturb_([t.param for t in group], list(combo.seeds), list(combo.coeffs),
-                              keys=[t.key for t in group], decay=decay, mean=means,
-                              mean_coeff=combo.mean_coeff if means is not None else 0.0)
+        self.perturb(group, combo.seeds, combo.coeffs, decay=decay, means=means,
+                     mean_coeff=combo.mean_coeff)
 
     def decay_groups(self) -> List[Tuple[bool, List[Trainable]]]:
         """[(decays, trainables)]: one group without weight decay, else decayed / not decayed."""
@@ -114,16 +113,18 @@ class SeededZO(ZOOptimizer):
 
     # -- diagnostics -----------------------------------------------------------------------
     def last_direction(self) -> Dict[str, torch.Tensor]:
-        """The last step's direction per parameter (float32; uses μ as it is now)."""
+        """The last step's direction per parameter (float32; uses μ as it is now; the local shard
+        of a sharded parameter)."""
         d = self._last
         if self.steps_done == 0 or d is None:
             raise RuntimeError("no step taken yet")
-        out = [torch.zeros(t.param.shape, dtype=torch.float32, device=t.param.device)
+        out = [torch.zeros(t.local.shape, dtype=torch.float32, device=self.device)
                for t in self.trainables]
         means = self._means(self.trainables) if d.mean_coeff != 0.0 else None
         with self._kernels():
             pgap_kernels.perturb_(out, list(d.seeds), list(d.coeffs),
                                   keys=[t.key for t in self.trainables],
+                                  offsets=[t.offset for t in self.trainables],
                                   mean=None if means is None else [m.float() for m in means],
                                   mean_coeff=d.mean_coeff if means is not None else 0.0)
         return {t.name: v for t, v in zip(self.trainables, out)}
