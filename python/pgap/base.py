@@ -198,6 +198,10 @@ class ZOOptimizer(torch.optim.Optimizer):
         decay = 1.0 - lr * self.weight_decay if decays else 1.0
         return decay, decay * self.eps - lr * projected_grad
 
+    def merge(self) -> None:
+        """Write pending updates kept outside the weights into them (P-GAP's functional mode);
+        a no-op for the other optimizers. Call it on every rank before saving on one."""
+
     # -- diagnostics -----------------------------------------------------------------------
     def diagnostics(self) -> Dict[str, Any]:
         """Scalars of the last step: losses, projected gradient, lr, forwards (a new dict)."""

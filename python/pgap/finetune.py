@@ -12,13 +12,19 @@ loss.png and accuracy.png, summary.json, checkpoint/ (model + optimizer state, r
 ``--resume``) and model/ (the final weights, safetensors). With ``--lora`` only the PEFT adapters
 are tuned and saved (model/ is then a PEFT adapter folder; load it with
 ``peft.PeftModel.from_pretrained(base, "model")``).
+
+Data parallel: ``torchrun --nproc_per_node N -m pgap.finetune ...`` (gloo): every rank takes
+its share of each batch and of each evaluation, the optimizer averages the losses over ranks
+(docs/distributed.md), and rank 0 alone prints and writes.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import inspect
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -26,6 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 
 from .checkpoint import load_optimizer, save_optimizer
 from .data import TaskData, load_rotten_tomatoes, load_text_label_file
@@ -132,22 +139,70 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> List[int]:
     return out
 
 
-class MetricsLog:
-    """Append-only metrics.jsonl (flushed each line); on resume, rows after the step dropped."""
+class Ranks:
+    """This process's place under ``torchrun`` (rank 0 of 1 without it); joins the gloo group
+    (timeout ``PGAP_DIST_TIMEOUT`` seconds, default 600) when WORLD_SIZE > 1."""
 
-    def __init__(self, path: Path, resume_step: Optional[int]) -> None:
-        self.path = path
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.owns_group = False
+        if self.world > 1 and not dist.is_initialized():
+            timeout = datetime.timedelta(seconds=float(os.environ.get("PGAP_DIST_TIMEOUT", "600")))
+            dist.init_process_group("gloo", timeout=timeout)
+            self.owns_group = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, items: Sequence[Any]) -> List[Any]:
+        """This rank's items (every world-th, starting at its rank)."""
+        return list(items[self.rank::self.world])
+
+    def total(self, *values: float) -> List[float]:
+        """Each value summed over ranks."""
+        if self.world == 1:
+            return list(values)
+        buf = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(buf)
+        return buf.tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+def accuracy(clf: PromptClassifier, model, examples: Sequence[Any], ranks: Ranks) -> float:
+    """Accuracy on ``examples``, each rank scoring its share."""
+    mine = ranks.share(examples)
+    correct, total = ranks.total(clf.correct(model, mine) if mine else 0, len(mine))
+    return correct / total if total else float("nan")
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl (flushed each line); on resume, rows after the step dropped.
+    With ``write=False`` (ranks other than 0) rows are only kept in memory."""
+
+    def __init__(self, path: Path, resume_step: Optional[int], write: bool = True) -> None:
+        self.path, self.write = path, write
         rows = []
         if resume_step is not None and path.exists():
             rows = [r for r in map(json.loads, path.read_text().splitlines())
                     if r.get("step", 0) <= resume_step]
         self.rows: List[Dict[str, Any]] = rows
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if write:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def add(self, **row: Any) -> None:
         self.rows.append(row)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        if self.write:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
 
 
 def plot_metrics(rows: List[Dict[str, Any]], out: Path, title: str) -> None:
@@ -189,9 +244,16 @@ def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> N
     plt.close(fig)
 
 
-def save_checkpoint(out: Path, model, tokenizer, opt, step: int, lora: bool) -> None:
+def save_checkpoint(out: Path, model, tokenizer, opt, step: int, lora: bool, ranks: Ranks) -> None:
     """checkpoint/: model/ (the full model, or only the adapters with LoRA), the optimizer state
-    and the step."""
+    and the step; written by rank 0 (every rank merges P-GAP's functional updates first)."""
+    opt.merge()
+    if ranks.main:
+        _write_checkpoint(out, model, tokenizer, opt, step, lora)
+    ranks.barrier()
+
+
+def _write_checkpoint(out: Path, model, tokenizer, opt, step: int, lora: bool) -> None:
     ckpt = out / "checkpoint"
     ckpt.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(ckpt / "model")  # functional P-GAP merges here (state-dict hook)
@@ -202,6 +264,19 @@ def save_checkpoint(out: Path, model, tokenizer, opt, step: int, lora: bool) -> 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    ranks = Ranks()
+    try:
+        return run(args, ranks)
+    finally:
+        ranks.close()
+
+
+def run(args: argparse.Namespace, ranks: Ranks) -> int:
+    say = print if ranks.main else (lambda *a, **k: None)
+    if args.batch_size < ranks.world:
+        say(f"pgap-finetune: error: --batch-size {args.batch_size} is smaller than the "
+            f"{ranks.world} ranks", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     from tqdm import tqdm  # noqa: PLC0415
@@ -234,7 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         clf = PromptClassifier(tokenizer, task.template, args.label_words or task.label_words,
                                args.max_length)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"pgap-finetune: error: {exc}", file=sys.stderr)
+        say(f"pgap-finetune: error: {exc}", file=sys.stderr)
         return 2
     if not args.lora:
         for p in model.parameters():
@@ -248,50 +323,54 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           backend=args.backend, **options)
     if resume_step is not None:
         load_optimizer(opt, out / "checkpoint" / "optimizer.safetensors")
-    log = MetricsLog(out / "metrics.jsonl", resume_step)
+    log = MetricsLog(out / "metrics.jsonl", resume_step, write=ranks.main)
     dev = task.dev[:args.eval_examples] if args.eval_examples else task.dev
     n_params = sum(p.numel() for p in model.parameters())
     n_tuned = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tuned = f" ({n_tuned / 1e6:.2f} M LoRA)" if args.lora else ""
-    print(f"pgap-finetune: {args.method} on {task.name} ({len(task.train)}/{len(task.dev)}/"
-          f"{len(task.test)}), {n_params / 1e6:.1f} M parameters{tuned}, lr {args.lr}, eps {args.eps}, "
-          f"batch {args.batch_size}, {args.steps} steps" +
-          (f", resuming at step {resume_step}" if resume_step is not None else ""))
+    say(f"pgap-finetune: {args.method} on {task.name} ({len(task.train)}/{len(task.dev)}/"
+        f"{len(task.test)}), {n_params / 1e6:.1f} M parameters{tuned}, lr {args.lr}, eps {args.eps}, "
+        f"batch {args.batch_size}, {args.steps} steps" +
+        (f", {ranks.world} ranks" if ranks.world > 1 else "") +
+        (f", resuming at step {resume_step}" if resume_step is not None else ""))
     zero_shot = None
     if resume_step is None:
         t = time.perf_counter()
-        zero_shot = clf.accuracy(model, task.test)
+        zero_shot = accuracy(clf, model, task.test, ranks)
         log.add(kind="eval", split="test", step=0, forwards=0, accuracy=zero_shot)
-        print(f"zero-shot test accuracy {zero_shot:.3f} ({time.perf_counter() - t:.0f} s)")
+        say(f"zero-shot test accuracy {zero_shot:.3f} ({time.perf_counter() - t:.0f} s)")
     start = resume_step or 0
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=args.no_progress,
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=args.no_progress or not ranks.main,
                desc=args.method, dynamic_ncols=True)
     dev_acc, t_train = float("nan"), 0.0
     for step in bar:
-        batch = clf.encode([task.train[i] for i in
-                            batch_indices(step, args.batch_size, len(task.train), args.seed)])
+        mine = ranks.share(batch_indices(step, args.batch_size, len(task.train), args.seed))
+        batch = clf.encode([task.train[i] for i in mine])
         t = time.perf_counter()
-        loss = opt.step(lambda: clf.loss(model, batch))
+        loss = opt.step(lambda: (clf.loss(model, batch), len(mine)))
         dt = time.perf_counter() - t
         t_train += dt
         log.add(kind="step", step=step + 1, loss=loss, forwards=opt.forwards, seconds=dt, lr=opt.lr)
         if not math.isfinite(loss):
             break
         if args.eval_every and (step + 1) % args.eval_every == 0:
-            dev_acc = clf.accuracy(model, dev)
+            dev_acc = accuracy(clf, model, dev, ranks)
             log.add(kind="eval", split="dev", step=step + 1, forwards=opt.forwards, accuracy=dev_acc)
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            save_checkpoint(out, model, tokenizer, opt, step + 1, args.lora)
+            save_checkpoint(out, model, tokenizer, opt, step + 1, args.lora, ranks)
         bar.set_postfix(loss=f"{loss:.4f}", step_s=f"{dt:.2f}", dev_acc=f"{dev_acc:.3f}")
     bar.close()
-    final = clf.accuracy(model, task.test)
+    final = accuracy(clf, model, task.test, ranks)
     log.add(kind="eval", split="test", step=opt.steps_done, forwards=opt.forwards, accuracy=final)
-    save_checkpoint(out, model, tokenizer, opt, opt.steps_done, args.lora)
+    save_checkpoint(out, model, tokenizer, opt, opt.steps_done, args.lora, ranks)
+    if not ranks.main:
+        return 0
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     summary = {"method": args.method, "task": task.name, "steps": opt.steps_done,
                "forwards": opt.forwards, "train_seconds": round(t_train, 2), "lr": args.lr,
                "eps": args.eps, "lora": args.lora, "tuned_parameters": n_tuned,
+               "ranks": ranks.world, "batch_size": args.batch_size,
                "zero_shot_test_accuracy": zero_shot, "test_accuracy": final}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if not args.no_plot:

@@ -66,11 +66,13 @@ class PromptClassifier:
         scores = self.scores(model, batch)
         return F.cross_entropy(scores, batch["labels"].to(scores.device))
 
-    @torch.no_grad()
     def accuracy(self, model, examples: Sequence[Example], batch_size: int = 32) -> float:
         """Fraction of ``examples`` whose highest-scoring label word is the label."""
-        if not examples:
-            return float("nan")
+        return self.correct(model, examples, batch_size) / len(examples) if examples else float("nan")
+
+    @torch.no_grad()
+    def correct(self, model, examples: Sequence[Example], batch_size: int = 32) -> int:
+        """How many of ``examples`` have their label as the highest-scoring label word."""
         was = model.training
         model.eval()
         correct = 0
@@ -79,4 +81,4 @@ class PromptClassifier:
             pred = self.scores(model, batch).argmax(dim=1).cpu()
             correct += int((pred == batch["labels"]).sum())
         model.train(was)
-        return correct / len(examples)
+        return correct
