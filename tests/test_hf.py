@@ -94,3 +94,27 @@ def test_zotrainer_with_peft_lora_perturbs_only_the_adapters(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-2"))
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, after[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("method", ["mezo", "pgap"])
+def test_zotrainer_under_torchrun_two_ranks(tmp_path, method):
+    """2 gloo ranks: no DDP wrapper, both ranks share the losses and end with the same weights,
+    checkpoints are written once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "zotrainer_ranks.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(script), str(tmp_path), method],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for res in ranks:
+        assert res["world"] == 2 and res["wrapped"] == "_Unwrapped" and len(res["losses"]) == 4
+    assert ranks[0]["losses"] == ranks[1]["losses"]
+    for k, v in ranks[0]["weights"].items():
+        assert torch.equal(v, ranks[1]["weights"][k]), k
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]

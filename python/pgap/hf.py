@@ -1,7 +1,9 @@
 """Hugging Face ``transformers`` integration: ``ZOTrainer``, a ``Trainer`` whose training step is
 a pgap zeroth-order step. Logging, evaluation, checkpointing (safetensors), lr schedules and
 callbacks stay Trainer's. With a PEFT model only the adapter parameters (the ones with
-``requires_grad=True``) are perturbed."""
+``requires_grad=True``) are perturbed. Under ``torchrun`` the model is never wrapped in DDP
+(there are no gradients to reduce): each rank runs its own batch and the optimizer averages the
+losses over ranks (docs/distributed.md)."""
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -12,6 +14,18 @@ from transformers import Trainer
 
 from .base import ZOOptimizer
 from .methods import build_optimizer
+
+
+class _Unwrapped(nn.Module):
+    """Hands Trainer a "wrapped" model that is the model itself, so that accelerate does not wrap
+    it in DistributedDataParallel (which would broadcast buffers every forward for nothing)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
 
 
 class ZOTrainer(Trainer):
@@ -56,6 +70,16 @@ class ZOTrainer(Trainer):
             opt.external_loop = True
             self.optimizer = self.zo_optimizer = opt
         return self.optimizer
+
+    def _wrap_model(self, model: nn.Module, training: bool = True, dataloader: Any = None) -> nn.Module:
+        if training and self.args.world_size > 1 and not isinstance(model, _Unwrapped):
+            return _Unwrapped(model)
+        return super()._wrap_model(model, training, dataloader)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        if self.zo_optimizer is not None:
+            self.zo_optimizer.merge()  # on every rank, before rank 0 saves (functional P-GAP)
+        super()._save_checkpoint(model, trial)
 
     def training_step(self, model: nn.Module, inputs: Dict[str, Any],
                       num_items_in_batch: Any = None) -> torch.Tensor:
