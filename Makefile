@@ -54,6 +54,7 @@ bench: setup
 	$(PY) bench/bench_lowrank.py
 	$(PY) bench/bench_zo_step.py --models smollm2-135m --repeats 3
 	$(PY) bench/bench_methods.py
+	$(PY) bench/bench_distributed.py
 
 info: setup
 	$(PY) -m pgap_kernels.info
