@@ -46,14 +46,26 @@ def closure_for(model: nn.Module, rows: List[int], weighted: bool):
     return closure
 
 
+def llama_and_closure(rank: int, world: int):
+    """The tests' tiny Llama (tied embeddings: the root module owns embedding, final norm and
+    head) on this rank's half of its 4 sequences."""
+    from zo_problems import tiny_llama
+
+    model, _ = tiny_llama()
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+    mine = ids if world == 1 else ids[rank * 2:(rank + 1) * 2]
+    return model, lambda: model(input_ids=mine, labels=mine).loss
+
+
 def shard(model: nn.Module) -> nn.Module:
+    """fully_shard every Linear of the MLP (or every decoder layer of the Llama), then the root."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer, mesh=mesh)
+    layers = model.model.layers if hasattr(model, "model") else [m for m in model if isinstance(m, nn.Linear)]
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 
@@ -70,12 +82,15 @@ def full_weights(model: nn.Module) -> Dict[str, torch.Tensor]:
 # -- cases ---------------------------------------------------------------------------------
 def train(rank: int, world: int, method: str, options: Dict[str, Any], steps: int,
           sharded: bool = False, uneven: bool = False, weighted: bool = False, lr: float = 1e-2,
-          seed: int = 0, eps: float = 1e-2) -> Dict[str, Any]:
-    model = net()
+          seed: int = 0, eps: float = 1e-2, llama: bool = False) -> Dict[str, Any]:
+    if llama:
+        model, closure = llama_and_closure(rank, world)
+    else:
+        model = net()
+        closure = closure_for(model, rows_of(rank, world, uneven), weighted)
     if sharded and world > 1:
         model = shard(model)
     opt = build_optimizer(method, model, lr=lr, eps=eps, seed=seed, **options)
-    closure = closure_for(model, rows_of(rank, world, uneven), weighted)
     losses = [opt.step(closure) for _ in range(steps)]
     out = {"losses": losses, "weights": full_weights(model), "forwards": opt.forwards}
     if opt.reducer is not None:

@@ -93,6 +93,15 @@ def test_fsdp2_sharded_training_matches_unsharded(tmp_path, method, options, tol
     assert_same_run(results, reference(**kw), tol)
 
 
+@pytest.mark.parametrize("method, options", [("mezo", {}), ("pgap", PGAP)])
+def test_fsdp2_llama_with_parameters_on_the_root_module(tmp_path, method, options):
+    """The root FSDP module keeps its parameters (embedding, norm, tied head) unsharded after a
+    forward; the optimizer reshards so that its writes reach the next forward."""
+    kw = dict(method=method, options=options, steps=3, llama=True)
+    results = run_ranks(tmp_path, "train", sharded=True, **kw)
+    assert_same_run(results, reference(**kw))
+
+
 def test_different_seeds_fail_clearly_on_every_rank(tmp_path):
     results = run_ranks(tmp_path, "seed_mismatch")
     for res in results:

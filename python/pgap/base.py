@@ -13,7 +13,8 @@ from torch import nn
 import pgap_kernels
 
 from ._checks import check_int, check_real
-from .distributed import LossReducer, ProcessGroup, check_same_on_all_ranks, resolve_group
+from .distributed import (LossReducer, ProcessGroup, check_same_on_all_ranks, fsdp_modules,
+                          reshard, resolve_group)
 from .params import DecayFilter, Trainable, collect_trainable
 from .seeds import PROBE_STREAM, STEP_STREAM, derive_seed
 
@@ -54,6 +55,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         group = resolve_group(process_group)
         self.reducer: Optional[LossReducer] = LossReducer(group) if group is not None else None
         self._ranks_checked = False
+        self._fsdp = fsdp_modules(model) if any(t.sharded for t in self.trainables) else []
         self.backend = self._check_backend(backend)
         super().__init__([t.param for t in self.trainables], {"lr": lr})
         self.steps_done = 0
@@ -155,6 +157,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         process group, the mean over ranks weighted by the closure's weight (default 1)."""
         with torch.no_grad(), self._forward_mode():
             out = closure()
+        reshard(self._fsdp)  # the shards are what the optimizer writes next
         self.forwards += 1
         loss, weight = out if isinstance(out, tuple) else (out, 1.0)
         value = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else float(loss)

@@ -79,6 +79,23 @@ class LossReducer:
         return torch.cat([p[:k] for p, k in zip(parts, sizes)]).to(tensor.device)
 
 
+def fsdp_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """The modules of ``model`` managed by FSDP2 (``fully_shard``)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def reshard(modules: List[torch.nn.Module]) -> None:
+    """Free FSDP2's unsharded parameters so the next forward all-gathers the shards we write.
+    The root module keeps its parameters unsharded after a forward by default; without this a
+    perturbation written into its shards would not reach the next forward."""
+    for module in modules:
+        module.reshard()
+
+
 def fingerprint(values: Dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
