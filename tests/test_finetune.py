@@ -231,3 +231,51 @@ def test_torchrun_two_ranks_data_parallel(tiny_model, tmp_path):
     summary = json.loads((multi / "summary.json").read_text())
     assert summary["ranks"] == 2 and summary["steps"] == 4
     assert (multi / "model" / "model.safetensors").exists()
+
+
+def _torchrun(out, tiny_model, *args):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PGAP_DIST_TIMEOUT="120")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "pgap.finetune", *cli(tiny_model, out, *args)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _step_losses(out):
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "step"]
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("mezo", []), ("pgap", ["--rank", "2", "--window", "2", "--probes", "2", "--delta", "1", "1"]),
+])
+def test_torchrun_fsdp2_matches_one_process_and_resumes(tiny_model, tmp_path, method, extra):
+    """--fsdp: 2 ranks each holding half of every weight give the 1-process trajectory, save the
+    gathered full model, and --resume continues bit for bit (per-rank optimizer shards)."""
+    from safetensors.torch import load_file
+
+    args = ["--method", method, "--lr", "1e-3", "--eps", "1e-2", "--no-plot", *extra]
+    single, full, part = tmp_path / "single", tmp_path / "full", tmp_path / "part"
+    assert finetune.main(cli(tiny_model, single, "--steps", "4", *args)) == 0
+    _torchrun(full, tiny_model, "--steps", "4", "--fsdp", *args)
+    torch.testing.assert_close(torch.tensor(_step_losses(full)), torch.tensor(_step_losses(single)),
+                               rtol=1e-4, atol=1e-5)
+    a, b = (load_file(str(o / "model" / "model.safetensors")) for o in (single, full))
+    assert set(a) <= set(b)  # the gathered state dict also names the tied head
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert {p.name for p in (full / "checkpoint").glob("optimizer-rank*.safetensors")} == {
+        "optimizer-rank0.safetensors", "optimizer-rank1.safetensors"}
+    _torchrun(part, tiny_model, "--steps", "2", "--fsdp", *args)
+    _torchrun(part, tiny_model, "--steps", "4", "--fsdp", "--resume", *args)
+    assert _step_losses(part) == _step_losses(full)
+
+
+def test_fsdp_needs_ranks(tiny_model, tmp_path, capsys):
+    assert finetune.main(cli(tiny_model, tmp_path / "o", "--steps", "1", "--fsdp")) == 2
+    assert "--fsdp needs torchrun" in capsys.readouterr().err

@@ -106,6 +106,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         if self.reducer is not None and not self._ranks_checked:
             check_same_on_all_ranks(self.reducer.group, self._rank_fingerprint())
             self._ranks_checked = True
+        reshard(self._fsdp)  # a forward run outside the optimizer (an evaluation) may have unsharded
         with self._kernels():
             loss = self._step(closure)
         self.steps_done += 1

@@ -39,6 +39,7 @@ from .data import TaskData, load_rotten_tomatoes, load_text_label_file
 from .lora import DEFAULT_TARGETS, apply_lora, load_lora
 from .methods import METHODS, build_optimizer
 from .prompts import PromptClassifier
+from .sharding import full_state_dict, shard_model
 
 DEFAULT_LR = {"mezo": 1e-5, "pgap": 1e-2, "mezo-gv": 1e-5, "mezo-greedy": 1e-5, "ldsd": 1e-5}
 METHOD_OPTIONS = ("rank", "window", "probes", "mode", "delta", "svd_iters", "scale", "subspace",
@@ -86,6 +87,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     lo.add_argument("--lora-alpha", type=float, default=16.0)
     lo.add_argument("--lora-targets", nargs="+", default=list(DEFAULT_TARGETS),
                     help="module names that get adapters (default: q_proj v_proj)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the model with FSDP2 (each rank holds 1/N of it)")
     p.add_argument("--eval-every", type=int, default=50, help="dev accuracy every N steps (0: never)")
     p.add_argument("--eval-examples", type=int, default=None, help="dev examples per evaluation (default all)")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
@@ -178,10 +181,15 @@ class Ranks:
 
 
 def accuracy(clf: PromptClassifier, model, examples: Sequence[Any], ranks: Ranks) -> float:
-    """Accuracy on ``examples``, each rank scoring its share."""
+    """Accuracy on ``examples``, each rank scoring its share (padded so that every rank runs the
+    same forwards, which FSDP's collectives need; the padding is not counted)."""
+    if not examples:
+        return float("nan")
     mine = ranks.share(examples)
-    correct, total = ranks.total(clf.correct(model, mine) if mine else 0, len(mine))
-    return correct / total if total else float("nan")
+    width = -(-len(examples) // ranks.world)
+    padded = mine + [examples[0]] * (width - len(mine))
+    correct, total = ranks.total(clf.correct(model, padded, count=len(mine)), len(mine))
+    return correct / total
 
 
 class MetricsLog:
@@ -244,22 +252,34 @@ def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> N
     plt.close(fig)
 
 
-def save_checkpoint(out: Path, model, tokenizer, opt, step: int, lora: bool, ranks: Ranks) -> None:
-    """checkpoint/: model/ (the full model, or only the adapters with LoRA), the optimizer state
-    and the step; written by rank 0 (every rank merges P-GAP's functional updates first)."""
-    opt.merge()
+def optimizer_file(ckpt: Path, args: argparse.Namespace, ranks: Ranks) -> Path:
+    """optimizer.safetensors, or one file per rank with --fsdp (each holds its shards' state)."""
+    return ckpt / (f"optimizer-rank{ranks.rank}.safetensors" if args.fsdp else "optimizer.safetensors")
+
+
+def save_model(model, tokenizer, path: Path, args: argparse.Namespace, ranks: Ranks) -> None:
+    """The full model (or the LoRA adapters) and tokenizer in ``path``, written by rank 0; with
+    --fsdp every rank takes part in gathering the shards first."""
+    state = full_state_dict(model) if args.fsdp else None
     if ranks.main:
-        _write_checkpoint(out, model, tokenizer, opt, step, lora)
-    ranks.barrier()
+        model.save_pretrained(path, **({"state_dict": state} if args.fsdp else {}))
+        tokenizer.save_pretrained(path)
 
 
-def _write_checkpoint(out: Path, model, tokenizer, opt, step: int, lora: bool) -> None:
+def save_checkpoint(out: Path, model, tokenizer, opt, step: int, args: argparse.Namespace,
+                    ranks: Ranks) -> None:
+    """checkpoint/: model/ (the full model, or only the adapters with LoRA), the optimizer state
+    and the step (every rank merges P-GAP's functional updates first)."""
     ckpt = out / "checkpoint"
     ckpt.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(ckpt / "model")  # functional P-GAP merges here (state-dict hook)
-    tokenizer.save_pretrained(ckpt / "model")
-    save_optimizer(opt, ckpt / "optimizer.safetensors")
-    (ckpt / "state.json").write_text(json.dumps({"step": step, "lora": lora}))
+    opt.merge()
+    save_model(model, tokenizer, ckpt / "model", args, ranks)  # functional P-GAP merges here too
+    if args.fsdp or ranks.main:
+        save_optimizer(opt, optimizer_file(ckpt, args, ranks))
+    if ranks.main:
+        (ckpt / "state.json").write_text(json.dumps({"step": step, "lora": args.lora,
+                                                     "fsdp": args.fsdp, "ranks": ranks.world}))
+    ranks.barrier()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -276,6 +296,10 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
     if args.batch_size < ranks.world:
         say(f"pgap-finetune: error: --batch-size {args.batch_size} is smaller than the "
             f"{ranks.world} ranks", file=sys.stderr)
+        return 2
+    if args.fsdp and (ranks.world < 2 or args.lora):
+        say("pgap-finetune: error: --fsdp needs torchrun with 2 or more ranks and no --lora",
+            file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -295,9 +319,13 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
                 raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoint'}")
             state = json.loads(state_file.read_text())
             resume_step = state["step"]
-            if state.get("lora", False) != args.lora:
-                raise ValueError(f"--resume: the checkpoint in {out / 'checkpoint'} was "
-                                 f"{'' if state.get('lora') else 'not '}trained with --lora")
+            for flag in ("lora", "fsdp"):
+                if state.get(flag, False) != getattr(args, flag):
+                    raise ValueError(f"--resume: the checkpoint in {out / 'checkpoint'} was "
+                                     f"{'' if state.get(flag) else 'not '}trained with --{flag}")
+            if args.fsdp and state.get("ranks") != ranks.world:
+                raise ValueError(f"--resume --fsdp: the checkpoint holds optimizer shards of "
+                                 f"{state.get('ranks')} ranks, not {ranks.world}")
             if not args.lora:  # with LoRA the base comes from --model, the adapters from the checkpoint
                 model_path = str(out / "checkpoint" / "model")
         tokenizer, model = load_causal_lm(model_path, DTYPES[args.dtype])
@@ -314,15 +342,21 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
     if not args.lora:
         for p in model.parameters():
             p.requires_grad_(True)
+    if args.fsdp:
+        shard_model(model)
     options = {name: getattr(args, name) for name in METHOD_OPTIONS}
     if options.get("delta") is not None:
         options["delta"] = tuple(options["delta"])
     if args.method == "pgap":
         options["total_steps"] = args.steps
-    opt = build_optimizer(args.method, model, lr=args.lr, eps=args.eps, seed=args.seed,
-                          backend=args.backend, **options)
+    try:
+        opt = build_optimizer(args.method, model, lr=args.lr, eps=args.eps, seed=args.seed,
+                              backend=args.backend, **options)
+    except ValueError as exc:
+        say(f"pgap-finetune: error: {exc}", file=sys.stderr)
+        return 2
     if resume_step is not None:
-        load_optimizer(opt, out / "checkpoint" / "optimizer.safetensors")
+        load_optimizer(opt, optimizer_file(out / "checkpoint", args, ranks))
     log = MetricsLog(out / "metrics.jsonl", resume_step, write=ranks.main)
     dev = task.dev[:args.eval_examples] if args.eval_examples else task.dev
     n_params = sum(p.numel() for p in model.parameters())
@@ -357,20 +391,19 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
             dev_acc = accuracy(clf, model, dev, ranks)
             log.add(kind="eval", split="dev", step=step + 1, forwards=opt.forwards, accuracy=dev_acc)
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            save_checkpoint(out, model, tokenizer, opt, step + 1, args.lora, ranks)
+            save_checkpoint(out, model, tokenizer, opt, step + 1, args, ranks)
         bar.set_postfix(loss=f"{loss:.4f}", step_s=f"{dt:.2f}", dev_acc=f"{dev_acc:.3f}")
     bar.close()
     final = accuracy(clf, model, task.test, ranks)
     log.add(kind="eval", split="test", step=opt.steps_done, forwards=opt.forwards, accuracy=final)
-    save_checkpoint(out, model, tokenizer, opt, opt.steps_done, args.lora, ranks)
+    save_checkpoint(out, model, tokenizer, opt, opt.steps_done, args, ranks)
+    save_model(model, tokenizer, out / "model", args, ranks)
     if not ranks.main:
         return 0
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
     summary = {"method": args.method, "task": task.name, "steps": opt.steps_done,
                "forwards": opt.forwards, "train_seconds": round(t_train, 2), "lr": args.lr,
                "eps": args.eps, "lora": args.lora, "tuned_parameters": n_tuned,
-               "ranks": ranks.world, "batch_size": args.batch_size,
+               "ranks": ranks.world, "fsdp": args.fsdp, "batch_size": args.batch_size,
                "zero_shot_test_accuracy": zero_shot, "test_accuracy": final}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if not args.no_plot:

@@ -2,7 +2,7 @@
 with the text filled in, and the class scores are the next-token logits of the label words."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,14 +71,20 @@ class PromptClassifier:
         return self.correct(model, examples, batch_size) / len(examples) if examples else float("nan")
 
     @torch.no_grad()
-    def correct(self, model, examples: Sequence[Example], batch_size: int = 32) -> int:
-        """How many of ``examples`` have their label as the highest-scoring label word."""
+    def correct(self, model, examples: Sequence[Example], batch_size: int = 32,
+                count: Optional[int] = None) -> int:
+        """How many of the first ``count`` (default all) of ``examples`` have their label as the
+        highest-scoring label word (the rest are scored but not counted: padding that keeps
+        FSDP ranks at the same number of forwards)."""
         was = model.training
         model.eval()
         correct = 0
         for i in range(0, len(examples), batch_size):
             batch = self.encode(examples[i:i + batch_size])
             pred = self.scores(model, batch).argmax(dim=1).cpu()
-            correct += int((pred == batch["labels"]).sum())
+            hits = pred == batch["labels"]
+            if count is not None:
+                hits = hits[:max(0, count - i)]
+            correct += int(hits.sum())
         model.train(was)
         return correct
