@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 from bench_zo_step import build_model  # noqa: E402
 
+from pgap.sharding import shard_model  # noqa: E402
+
 CONFIGS = (("1 process", 1, False), ("DP x2", 2, False), ("FSDP2 x2", 2, True))
 FIELDS = ["model", "method", "config", "ranks", "sharded", "threads_per_rank", "batch", "seq",
           "params", "step_ms", "step_ms_iqr", "speedup_vs_1", "forwards_per_step",
@@ -56,15 +58,9 @@ def optimizer(method: str, model, window: int):
     return pgap.PGAP(model, lr=1e-3, eps=1e-3, rank=8, window=window, probes=4)
 
 
-def shard(model) -> None:
-    import torch.distributed as dist  # noqa: PLC0415
-    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
-    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
-
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-    for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+def sent(opt) -> int:
+    """Bytes the optimizer has all-reduced so far (0 on one process)."""
+    return opt.reducer.bytes_sent if opt.reducer else 0
 
 
 def worker(rank: int, world: int, init: str, out: str, cfg: Dict[str, Any]) -> None:
@@ -77,7 +73,7 @@ def worker(rank: int, world: int, init: str, out: str, cfg: Dict[str, Any]) -> N
                                 timeout=datetime.timedelta(seconds=120))
     model = build_model(cfg["model"], torch.device("cpu"), torch.float32)
     if cfg["sharded"]:
-        shard(model)
+        shard_model(model)
     for p in model.parameters():
         p.requires_grad_(True)
     ids = torch.randint(0, model.config.vocab_size, (cfg["batch"], cfg["seq"]),
@@ -93,8 +89,7 @@ def worker(rank: int, world: int, init: str, out: str, cfg: Dict[str, Any]) -> N
         if world > 1:
             dist.barrier()
         if step == cfg["warmup"]:
-            forwards0 = opt.forwards
-            bytes0 = opt.reducer.bytes_sent if opt.reducer else 0
+            forwards0, bytes0 = opt.forwards, sent(opt)
         t0 = time.perf_counter()
         opt.step(closure)
         if step >= cfg["warmup"]:
@@ -102,7 +97,7 @@ def worker(rank: int, world: int, init: str, out: str, cfg: Dict[str, Any]) -> N
     local_bytes = sum(t.local.numel() * t.local.element_size() for t in opt.trainables)
     if rank == 0:
         torch.save({"times": times, "forwards": (opt.forwards - forwards0) / cfg["steps"],
-                    "ours": ((opt.reducer.bytes_sent if opt.reducer else 0) - bytes0) / cfg["steps"],
+                    "ours": (sent(opt) - bytes0) / cfg["steps"],
                     "params": sum(p.numel() for p in model.parameters()),
                     "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
                     "local_bytes": local_bytes}, Path(out) / "result.pt")
@@ -140,10 +135,9 @@ def main(argv=None) -> int:
     p.add_argument("--plot", type=Path, default=common.RESULTS_DIR / "distributed.png")
     p.add_argument("--no-csv", action="store_true")
     p.add_argument("--no-plot", action="store_true")
+    p.set_defaults(device="cpu")  # gloo ranks on the CPU
     args = p.parse_args(argv)
-    meta = common.run_metadata()
-    print(f"pgap_kernels {meta['pgap_kernels']} rev {meta['git_rev']} | torch {meta['torch']} | "
-          f"{meta['cpu_model']} x{meta['cpu_count']} | load {meta['load_avg_1m']}")
+    _, meta = common.start_timing_run(args)
     rows = []
     for method in args.methods.split(","):
         print(f"\n== {method}: {args.model}, batch {args.batch}x{args.seq}, median of {args.steps} steps")

@@ -59,15 +59,10 @@ def llama_and_closure(rank: int, world: int):
 
 def shard(model: nn.Module) -> nn.Module:
     """fully_shard every Linear of the MLP (or every decoder layer of the Llama), then the root."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from pgap.sharding import shard_model
 
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-    layers = model.model.layers if hasattr(model, "model") else [m for m in model if isinstance(m, nn.Linear)]
-    for layer in layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model
+    blocks = None if hasattr(model, "model") else [m for m in model if isinstance(m, nn.Linear)]
+    return shard_model(model, blocks)
 
 
 def full_weights(model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -51,6 +51,26 @@ def cli(tiny_model, out, *extra):
             "--no-progress", "--output-dir", str(out), *extra]
 
 
+def _torchrun(out, tiny_model, *args):
+    """`torchrun --standalone --nproc_per_node 2 -m pgap.finetune` with cli()'s arguments."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PGAP_DIST_TIMEOUT="120")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "pgap.finetune", *cli(tiny_model, out, *args)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _step_losses(out):
+    """The step losses of a run's metrics.jsonl."""
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "step"]
+
+
 @pytest.mark.parametrize("method, extra", [
     ("mezo", []), ("pgap", ["--rank", "2", "--window", "2", "--probes", "2"]),
     ("pgap", ["--rank", "2", "--window", "2", "--probes", "2", "--mode", "functional"]),
@@ -82,12 +102,7 @@ def test_resume_continues_the_same_trajectory(tiny_model, tmp_path, method, extr
     assert finetune.main(cli(tiny_model, full, "--steps", "6", *args)) == 0
     assert finetune.main(cli(tiny_model, part, "--steps", "3", *args)) == 0
     assert finetune.main(cli(tiny_model, part, "--steps", "6", "--resume", *args)) == 0
-
-    def losses(out):
-        return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-                if r["kind"] == "step"]
-
-    assert losses(part) == losses(full)
+    assert _step_losses(part) == _step_losses(full)
     from safetensors.torch import load_file
     a, b = load_file(full / "model" / "model.safetensors"), load_file(part / "model" / "model.safetensors")
     for k in a:
@@ -207,48 +222,22 @@ def test_real_smollm2_few_steps(tmp_path):
 def test_torchrun_two_ranks_data_parallel(tiny_model, tmp_path):
     """`torchrun --nproc_per_node 2 -m pgap.finetune` (gloo): one set of outputs, written by rank
     0, and the single-process trajectory (each rank scores half of every batch)."""
-    import os
-    import subprocess
-    import sys
-
     single, multi = tmp_path / "single", tmp_path / "multi"
     args = ["--method", "pgap", "--rank", "2", "--window", "2", "--probes", "2", "--steps", "4",
             "--lr", "1e-3", "--eps", "1e-2", "--no-plot"]
     assert finetune.main(cli(tiny_model, single, *args)) == 0
-    env = dict(os.environ, OMP_NUM_THREADS="1", PGAP_DIST_TIMEOUT="120")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "pgap.finetune", *cli(tiny_model, multi, *args)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun(multi, tiny_model, *args)
     assert proc.stdout.count("test accuracy:") == 1  # only rank 0 prints
     rows = {out: [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             for out in (single, multi)}
     assert [r["kind"] for r in rows[multi]] == [r["kind"] for r in rows[single]]
-    steps = [[r["loss"] for r in rows[out] if r["kind"] == "step"] for out in (single, multi)]
-    torch.testing.assert_close(torch.tensor(steps[1]), torch.tensor(steps[0]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(_step_losses(multi)), torch.tensor(_step_losses(single)),
+                               rtol=1e-4, atol=1e-5)
     zero_shot = [rows[out][0]["accuracy"] for out in (single, multi)]
     assert zero_shot[0] == zero_shot[1]  # the ranks' shares of the test set add up to all of it
     summary = json.loads((multi / "summary.json").read_text())
     assert summary["ranks"] == 2 and summary["steps"] == 4
     assert (multi / "model" / "model.safetensors").exists()
-
-
-def _torchrun(out, tiny_model, *args):
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", PGAP_DIST_TIMEOUT="120")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "pgap.finetune", *cli(tiny_model, out, *args)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def _step_losses(out):
-    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-            if r["kind"] == "step"]
 
 
 @pytest.mark.parametrize("method, extra", [

@@ -124,17 +124,18 @@ class ZOOptimizer(torch.optim.Optimizer):
     @property
     def world_size(self) -> int:
         """Ranks sharing the losses (1 without a process group)."""
-        import torch.distributed as dist  # noqa: PLC0415
-
-        return dist.get_world_size(self.reducer.group) if self.reducer is not None else 1
+        return self.reducer.world_size if self.reducer is not None else 1
 
     def perturb(self, trainables: Sequence[Trainable], seeds: Sequence[int], coeffs: Sequence[float],
                 *, decay: float = 1.0, means: Optional[List[torch.Tensor]] = None,
-                mean_coeff: float = 0.0) -> None:
+                mean_coeff: float = 0.0, into: Optional[List[torch.Tensor]] = None) -> None:
         """θ ← decay·θ + mean_coeff·μ + Σ_j coeffs[j]·z(seeds[j]) over ``trainables`` (local
-        shards, at their global offsets), one ``perturb_`` call."""
+        shards, at their global offsets), one ``perturb_`` call. ``into``: tensors shaped like
+        the local shards (μ, a momentum buffer, a direction) written instead of the parameters,
+        with the parameters' keys and offsets."""
         if trainables:
-            pgap_kernels.perturb_([t.local for t in trainables], list(seeds), list(coeffs),
+            targets = [t.local for t in trainables] if into is None else into
+            pgap_kernels.perturb_(targets, list(seeds), list(coeffs),
                                   keys=[t.key for t in trainables],
                                   offsets=[t.offset for t in trainables], decay=decay, mean=means,
                                   mean_coeff=mean_coeff if means is not None else 0.0)

@@ -42,6 +42,7 @@ class LossReducer:
     def __init__(self, group: ProcessGroup) -> None:
         self.group = group
         self.device = comm_device(group)
+        self.world_size = dist.get_world_size(group)
         self.bytes_sent = 0  # payload all-reduced so far (diagnostics, bench_distributed.py)
 
     def mean(self, loss: float, weight: float) -> float:
@@ -65,7 +66,7 @@ class LossReducer:
 
     def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate every rank's rows of ``tensor`` (k_r × q, k_r may differ) in rank order."""
-        world = dist.get_world_size(self.group)
+        world = self.world_size
         rows = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=self.device)
         counts = [torch.zeros_like(rows) for _ in range(world)]
         dist.all_gather(counts, rows, group=self.group)

@@ -262,7 +262,7 @@ def save_model(model, tokenizer, path: Path, args: argparse.Namespace, ranks: Ra
     --fsdp every rank takes part in gathering the shards first."""
     state = full_state_dict(model) if args.fsdp else None
     if ranks.main:
-        model.save_pretrained(path, **({"state_dict": state} if args.fsdp else {}))
+        model.save_pretrained(path, state_dict=state)
         tokenizer.save_pretrained(path)
 
 

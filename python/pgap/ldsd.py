@@ -7,8 +7,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-import pgap_kernels
-
 from ._checks import check_choice, check_int, check_real
 from .base import Closure
 from .distributed import ProcessGroup
@@ -105,11 +103,10 @@ class LDSD(SeededZO):
         self.pass_(direction.scaled(self.eps))  # restore θ
         names = [t.name for t in self.trainables]
         ghat = direction.scaled(g)
-        pgap_kernels.perturb_([self.buf[n] for n in names], list(ghat.seeds), list(ghat.coeffs),
-                              keys=[t.key for t in self.trainables],
-                              offsets=[t.offset for t in self.trainables],
-                              decay=self.momentum if self._buf_started else 0.0,
-                              mean=[self.mu[n] for n in names], mean_coeff=ghat.mean_coeff)
+        self.perturb(self.trainables, ghat.seeds, ghat.coeffs,
+                     decay=self.momentum if self._buf_started else 0.0,
+                     means=[self.mu[n] for n in names], mean_coeff=ghat.mean_coeff,
+                     into=[self.buf[n] for n in names])
         self._buf_started = True
         with torch.no_grad():
             for decays, group in self.decay_groups():
@@ -126,9 +123,8 @@ class LDSD(SeededZO):
         total = sum(losses)
         c = [(k * f - total) / (k - 1) for f in losses]
         scale = -self.mu_lr / (k * self.sigma)
-        pgap_kernels.perturb_([self.mu[t.name] for t in self.trainables], list(seeds),
-                              [scale * ci for ci in c], keys=[t.key for t in self.trainables],
-                              offsets=[t.offset for t in self.trainables])
+        self.perturb(self.trainables, seeds, [scale * ci for ci in c],
+                     into=[self.mu[t.name] for t in self.trainables])
 
     # -- state -----------------------------------------------------------------------------
     def _state_tensors(self) -> Dict[str, torch.Tensor]:

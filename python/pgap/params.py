@@ -25,13 +25,17 @@ class Trainable:
     key: int
     decays: bool
     offset: int = 0
-    shape: Tuple[int, ...] = ()
     sharded: bool = False
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        """The global shape (a DTensor's ``shape`` is the unsharded one)."""
+        return tuple(self.param.shape)
 
     @property
     def local(self) -> torch.Tensor:
         """The tensor this rank holds and writes (the DTensor's local shard, or the parameter)."""
-        return local_tensor(self.param)
+        return self.param.to_local() if self.sharded else self.param
 
     @property
     def is_matrix(self) -> bool:
@@ -119,8 +123,7 @@ def collect_trainable(model: nn.Module, decay_filter: Optional[DecayFilter] = No
         seen_keys[key] = name
         sharded = is_dtensor(p)
         offset = shard_offset(name, p) if sharded else 0
-        found.append(Trainable(name, p, key, bool(decay_filter(name, p)), offset, tuple(p.shape),
-                               sharded))
+        found.append(Trainable(name, p, key, bool(decay_filter(name, p)), offset, sharded))
     if not found:
         raise ValueError("model has no trainable parameters (none with requires_grad=True)")
     devices = {t.local.device for t in found}

@@ -13,8 +13,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-import pgap_kernels
-
 from .base import Closure, ZOOptimizer
 from .params import Trainable
 
@@ -122,11 +120,9 @@ class SeededZO(ZOOptimizer):
                for t in self.trainables]
         means = self._means(self.trainables) if d.mean_coeff != 0.0 else None
         with self._kernels():
-            pgap_kernels.perturb_(out, list(d.seeds), list(d.coeffs),
-                                  keys=[t.key for t in self.trainables],
-                                  offsets=[t.offset for t in self.trainables],
-                                  mean=None if means is None else [m.float() for m in means],
-                                  mean_coeff=d.mean_coeff if means is not None else 0.0)
+            self.perturb(self.trainables, d.seeds, d.coeffs,
+                         means=None if means is None else [m.float() for m in means],
+                         mean_coeff=d.mean_coeff, into=out)
         return {t.name: v for t, v in zip(self.trainables, out)}
 
     def _extra_state(self):

@@ -2,10 +2,12 @@
 ``fully_shard``, and gather the full state dict back for saving."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+
+from .distributed import comm_device
 
 
 def block_modules(model: nn.Module) -> List[nn.Module]:
@@ -19,16 +21,16 @@ def block_modules(model: nn.Module) -> List[nn.Module]:
     return blocks
 
 
-def shard_model(model: nn.Module) -> nn.Module:
-    """``fully_shard`` each block, then the root, over all ranks of the default group (CPU
-    mesh for gloo, CUDA mesh for NCCL). Parameters become Shard(0) DTensors in place."""
+def shard_model(model: nn.Module, blocks: Optional[Sequence[nn.Module]] = None) -> nn.Module:
+    """``fully_shard`` each of ``blocks`` (default :func:`block_modules`), then the root, over all
+    ranks of the default group (CPU mesh for gloo, CUDA mesh for NCCL). Parameters become
+    Shard(0) DTensors in place."""
     import torch.distributed as dist  # noqa: PLC0415
     from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
     from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
 
-    device = "cuda" if "nccl" in str(dist.get_backend()).lower() else "cpu"
-    mesh = init_device_mesh(device, (dist.get_world_size(),))
-    for block in block_modules(model):
+    mesh = init_device_mesh(comm_device(dist.group.WORLD).type, (dist.get_world_size(),))
+    for block in block_modules(model) if blocks is None else blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
