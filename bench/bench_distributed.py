@@ -102,6 +102,7 @@ def worker(rank: int, world: int, init: str, out: str, cfg: Dict[str, Any]) -> N
                     "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
                     "local_bytes": local_bytes}, Path(out) / "result.pt")
     if world > 1:
+        dist.barrier()  # no rank tears gloo down while another still talks to it
         dist.destroy_process_group()
 
 

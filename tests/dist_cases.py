@@ -149,4 +149,5 @@ def worker(rank: int, world: int, init_file: str, case: str, out_dir: str,
         result = {"error": type(exc).__name__, "message": str(exc),
                   "traceback": traceback.format_exc()}
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()

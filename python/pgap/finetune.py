@@ -177,6 +177,7 @@ class Ranks:
 
     def close(self) -> None:
         if self.owns_group:
+            dist.barrier()  # no rank tears gloo down while another still talks to it
             dist.destroy_process_group()
 
 
