@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 from bench_zo_step import build_model  # noqa: E402
 
+from pgap.distributed import exit_ranks  # noqa: E402
 from pgap.sharding import shard_model  # noqa: E402
 
 CONFIGS = (("1 process", 1, False), ("DP x2", 2, False), ("FSDP2 x2", 2, True))
@@ -102,8 +103,7 @@ def worker(rank: int, world: int, init: str, out: str, cfg: Dict[str, Any]) -> N
                     "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
                     "local_bytes": local_bytes}, Path(out) / "result.pt")
     if world > 1:
-        dist.barrier()  # no rank tears gloo down while another still talks to it
-        dist.destroy_process_group()
+        exit_ranks(0)
 
 
 def run_config(cfg: Dict[str, Any], world: int) -> Dict[str, Any]:

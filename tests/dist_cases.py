@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 import pgap
+from pgap.distributed import exit_ranks
 from pgap.methods import build_optimizer
 
 ROWS = 8  # examples in the full batch
@@ -149,5 +150,4 @@ def worker(rank: int, world: int, init_file: str, case: str, out_dir: str,
         result = {"error": type(exc).__name__, "message": str(exc),
                   "traceback": traceback.format_exc()}
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-    dist.barrier()  # no rank tears gloo down while another still talks to it
-    dist.destroy_process_group()
+    exit_ranks(0)

@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from .checkpoint import load_optimizer, save_optimizer
 from .data import TaskData, load_rotten_tomatoes, load_text_label_file
+from .distributed import exit_ranks
 from .lora import DEFAULT_TARGETS, apply_lora, load_lora
 from .methods import METHODS, build_optimizer
 from .prompts import PromptClassifier
@@ -175,10 +176,11 @@ class Ranks:
         if self.world > 1:
             dist.barrier()
 
-    def close(self) -> None:
+    def finish(self, code: int) -> int:
+        """``code``; a process that joined the group itself ends here (:func:`exit_ranks`)."""
         if self.owns_group:
-            dist.barrier()  # no rank tears gloo down while another still talks to it
-            dist.destroy_process_group()
+            exit_ranks(code)
+        return code
 
 
 def accuracy(clf: PromptClassifier, model, examples: Sequence[Any], ranks: Ranks) -> float:
@@ -286,10 +288,7 @@ def save_checkpoint(out: Path, model, tokenizer, opt, step: int, args: argparse.
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     ranks = Ranks()
-    try:
-        return run(args, ranks)
-    finally:
-        ranks.close()
+    return ranks.finish(run(args, ranks))
 
 
 def run(args: argparse.Namespace, ranks: Ranks) -> int:
