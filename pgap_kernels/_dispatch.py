@@ -3,6 +3,11 @@
 Automatic order per device type: CUDA ``cuda > triton > reference``; CPU ``native > reference``.
 ``PGAP_BACKEND=<name>`` or ``with pgap_kernels.use_backend(name):`` force one backend; a forced
 backend that cannot run raises, an automatic choice falls back with one log line.
+
+Before a backend other than ``reference`` first runs on a device it passes its self-check
+(:mod:`pgap_kernels.selftest`, cached per process): the automatic choice skips a backend that
+fails it with one warning; a forced backend that fails it raises. ``PGAP_SELFTEST=0`` turns the
+check off.
 """
 from __future__ import annotations
 
@@ -11,10 +16,13 @@ import contextvars
 import importlib
 import logging
 import os
+import warnings
 from types import ModuleType
 from typing import Dict, Iterator, List, Optional, Union
 
 import torch
+
+from . import selftest
 
 logger = logging.getLogger("pgap_kernels")
 
@@ -23,6 +31,7 @@ AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("native", "refere
 
 _forced: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("pgap_backend", default=None)
 _fallbacks_logged: set = set()
+_selftest_warned: set = set()
 
 DeviceLike = Union[str, int, torch.device, None]
 
@@ -100,19 +109,42 @@ def run_backend(op: str, func: str, device: torch.device, *args, backend: str = 
     return getattr(backend_op(backend, op), func)(*args)
 
 
+def _self_check(name: str, device: torch.device) -> Optional[selftest.CheckResult]:
+    """The failed self-check of ``name`` on ``device``, or None (passed, disabled, reference,
+    or called from inside a self-check)."""
+    if name == "reference" or not selftest.enabled() or selftest.running():
+        return None
+    result = selftest.check(name, device)
+    return None if result.passed else result
+
+
 def resolve_backend(device: torch.device) -> str:
-    """The backend that will run an op on ``device``; raises if a forced one cannot."""
+    """The backend that will run an op on ``device``; raises if a forced one cannot, or fails
+    its self-check."""
     forced = forced_backend()
     if forced is not None:
         reason = backend_module(forced).unavailable_reason(device)
         if reason is not None:
             raise RuntimeError(f"pgap_kernels backend {forced!r} was requested for {device} "
                                f"but cannot run: {reason}")
+        failed = _self_check(forced, device)
+        if failed is not None:
+            raise RuntimeError(f"{failed.message()} (it was forced by use_backend/PGAP_BACKEND; "
+                               "PGAP_SELFTEST=0 skips the check at your own risk)")
         return forced
     order = AUTO_ORDER.get(device.type, ("reference",))
     reasons = []
     for name in order:
         reason = backend_module(name).unavailable_reason(device)
+        if reason is None:
+            failed = _self_check(name, device)
+            if failed is not None:
+                if (name, failed.device) not in _selftest_warned:
+                    _selftest_warned.add((name, failed.device))
+                    warnings.warn(f"{failed.message()}; the automatic choice skips it. Please "
+                                  "report this with `python -m pgap_kernels.info --selftest`.",
+                                  RuntimeWarning, stacklevel=2)
+                reason = "failed its self-check"
         if reason is None:
             if reasons and (device.type, name) not in _fallbacks_logged:
                 _fallbacks_logged.add((device.type, name))

@@ -1,13 +1,19 @@
-"""``python -m pgap_kernels.info``: versions, build features and backends per device."""
+"""``python -m pgap_kernels.info``: versions, build features and backends per device.
+
+``python -m pgap_kernels.info --selftest`` also runs every backend's self-check
+(:mod:`pgap_kernels.selftest`) on every visible device and prints a table of pass or fail and
+time; it exits 1 if any check failed.
+"""
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from . import STREAM_VERSION, __version__, _native
+from . import STREAM_VERSION, __version__, _native, selftest
 from ._dispatch import AUTO_ORDER, backend_status
 
 
@@ -37,9 +43,8 @@ def report() -> str:
                   f"host ISA     {info['host_isa']} (CPU supports: {', '.join(info['host_isas'])})"]
     else:
         lines.append(f"_C           missing: {reason}")
-    devices = ["cpu"]
+    devices = visible_devices()
     if torch.cuda.is_available():
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         for i in range(torch.cuda.device_count()):
             lines.append(f"GPU {i}        {torch.cuda.get_device_name(i)}")
     else:
@@ -52,5 +57,54 @@ def report() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def visible_devices() -> List[str]:
+    """``cpu`` and every CUDA device torch sees."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["cpu"] + [f"cuda:{i}" for i in range(count)]
+
+
+def selftest_report() -> Tuple[str, bool]:
+    """(the table of every backend's self-check on every visible device, all passed).
+
+    Backends that cannot run on a device are listed with the reason and count as neither; the
+    reference backend is the oracle and is not checked. The checks are run afresh (not cached).
+    """
+    rows = [("device", "backend", "result", "first ms", "again ms", "detail")]
+    ok = True
+    for dev in visible_devices():
+        for name, why in backend_status(dev).items():
+            if why is not None:
+                rows.append((dev, name, "n/a", "", "", why))
+            elif name == "reference":
+                rows.append((dev, name, "oracle", "", "", "the parity reference (not self-checked)"))
+            else:
+                first = selftest.run_checks(name, torch.device(dev))
+                again = selftest.run_checks(name, torch.device(dev)) if first.passed else first
+                ok &= first.passed and again.passed
+                res = again if first.passed else first
+                detail = f"{res.cases} cases" if res.passed else f"{res.op}, {res.case}: {res.error}"
+                rows.append((dev, name, "PASS" if res.passed else "FAIL",
+                             f"{first.seconds * 1e3:.1f}", f"{again.seconds * 1e3:.1f}", detail))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
+    return "\n".join(lines), ok
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pgap_kernels.info", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--selftest", action="store_true",
+                        help="run every backend's self-check on every visible device")
+    args = parser.parse_args(argv)
     print(report())
+    if not args.selftest:
+        return 0
+    table, ok = selftest_report()
+    print("\nself-checks, run twice: the first includes loading and compiling kernels (Triton's "
+          "JIT), which any first use pays; the second is the check itself")
+    print(table)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Self-check of a backend on a device, run before the library trusts it.
+
+The first time a backend is about to run on a device (chosen automatically, or forced by
+:func:`pgap_kernels.use_backend` / ``PGAP_BACKEND``), :func:`check` runs:
+
+* the stream's known-answer vectors (docs/rng.md, "Test vectors"): ξ at nine (seed, key, index)
+  triples, the c0→c1 carry and a 10¹² offset included, within the contract's 1e-5·(1 + |ξ|);
+* a small parity check against ``reference`` of every op the library provides: ``perturb_``
+  (several tensors of odd sizes, two seeds, decay, a mean term), ``lowrank_perturb_`` and the
+  Gaussian sketches (plain and transposed), in float32 and bfloat16, a few hundred elements each.
+
+The result is cached per (backend, device) for the process. ``reference`` is the oracle and is
+not self-checked (the test suite checks it against a float64 NumPy oracle). ``PGAP_SELFTEST=0``
+turns the check off: a backend that computes wrong numbers is then used silently.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from .testing import XI_TOL, assert_lowrank_close, assert_perturb_close, assert_sketch_close
+
+# docs/rng.md "Test vectors": (seed, key, index, xi to nine decimals).
+KNOWN_ANSWERS: Tuple[Tuple[int, int, int, float], ...] = (
+    (1234, 0, 0, 1.229155497),
+    (1234, 0, 1, -1.616490416),
+    (1234, 0, 2, 0.464621076),
+    (1234, 0, 3, -1.560540540),
+    (1234, 0, 4, 0.743367123),
+    (1234, 0, 7, 0.103621948),
+    ((1 << 64) - 1, (1 << 32) - 1, (1 << 34) - 2, 1.335703482),
+    ((1 << 64) - 1, (1 << 32) - 1, 1 << 34, -0.419864520),
+    (0x0123456789ABCDEF, 7, 10 ** 12, -1.571533860),
+)
+
+DTYPES = (torch.float32, torch.bfloat16)
+
+_checking: contextvars.ContextVar[bool] = contextvars.ContextVar("pgap_selftest_running",
+                                                                 default=False)
+_lock = threading.Lock()
+_cache: Dict[Tuple[str, str], "CheckResult"] = {}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of one backend's self-check on one device."""
+
+    backend: str
+    device: str
+    passed: bool
+    seconds: float
+    cases: int
+    op: str = ""       # the first failing op ("" when passed)
+    case: str = ""     # its case
+    error: str = ""    # what went wrong
+
+    def message(self) -> str:
+        """One line naming the backend, device, op, case and error (empty when passed)."""
+        if self.passed:
+            return ""
+        return (f"pgap_kernels backend {self.backend!r} failed its self-check on {self.device}: "
+                f"op {self.op}, case {self.case}: {self.error}")
+
+
+def enabled() -> bool:
+    """False when ``PGAP_SELFTEST=0`` (or ``false``/``off``/``no``)."""
+    return os.environ.get("PGAP_SELFTEST", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def running() -> bool:
+    """True inside a self-check (its own op calls must not check again)."""
+    return _checking.get()
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu`` or ``cuda:<index>`` (the current device when ``device`` has no index)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index}"
+    return device.type if device.index is None else str(device)
+
+
+def check(backend: str, device: torch.device) -> CheckResult:
+    """The (cached) self-check of ``backend`` on ``device``; runs it on first call."""
+    key = (backend, device_name(device))
+    result = _cache.get(key)
+    if result is None:
+        with _lock:
+            result = _cache.get(key)
+            if result is None:
+                result = run_checks(backend, torch.device(key[1]))
+                _cache[key] = result
+    return result
+
+
+def cached_results() -> List[CheckResult]:
+    """Every self-check run so far in this process."""
+    return list(_cache.values())
+
+
+def clear_cache() -> None:
+    """Forget every cached result (the next use checks again)."""
+    with _lock:
+        _cache.clear()
+
+
+@contextlib.contextmanager
+def _inside_check() -> Iterator[None]:
+    token = _checking.set(True)
+    try:
+        yield
+    finally:
+        _checking.reset(token)
+
+
+def run_checks(backend: str, device: torch.device) -> CheckResult:
+    """Run every case for ``backend`` on ``device`` now (uncached); stops at the first failure."""
+    from ._dispatch import use_backend  # noqa: PLC0415  (the dispatcher imports this module)
+
+    start = time.perf_counter()
+    done = 0
+    for case in CASES:
+        try:
+            with _inside_check(), torch.no_grad():
+                expected = None if case.oracle is None else _compute(case.oracle, "reference", device,
+                                                                     use_backend)
+                case.compare(_compute(case.run, backend, device, use_backend), expected)
+        except Exception as exc:  # noqa: BLE001 - any failure of the backend is reported
+            error = " ".join(f"{type(exc).__name__}: {exc}".split())
+            return CheckResult(backend, device_name(device), False, time.perf_counter() - start,
+                               done, case.op, case.name, error[:500])
+        done += 1
+    return CheckResult(backend, device_name(device), True, time.perf_counter() - start, done)
+
+
+def _compute(fn: Callable[[torch.device], object], backend: str, device: torch.device,
+             use_backend) -> object:
+    with use_backend(backend):
+        out = fn(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out
+
+
+# -- the cases: each returns what is compared with the reference's result ----------------------
+
+def _values(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device, salt: int) -> torch.Tensor:
+    """Deterministic, well-spread values in (-1, 1) without touching any RNG."""
+    n = 1
+    for s in shape:
+        n *= s
+    idx = torch.arange(n, dtype=torch.float64)
+    return torch.sin(idx * 0.7373 + salt).reshape(shape).to(device=device, dtype=dtype)
+
+
+def _known_answers(device: torch.device) -> torch.Tensor:
+    from .ops import gaussian  # noqa: PLC0415
+
+    return torch.cat([gaussian(1, seed, key=key, offset=index, device=device).cpu()
+                      for seed, key, index, _ in KNOWN_ANSWERS])
+
+
+def _compare_known(actual: torch.Tensor, _expected: object) -> None:
+    exact = torch.tensor([x for *_, x in KNOWN_ANSWERS], dtype=torch.float64)
+    err = (actual.double() - exact).abs()
+    bound = XI_TOL * (1 + exact.abs()) + 1e-9  # the table is rounded to nine decimals
+    if bool((err > bound).any()):
+        i = int((err > bound).nonzero()[0])
+        seed, key, index, value = KNOWN_ANSWERS[i]
+        raise AssertionError(f"xi(seed={seed:#x}, key={key}, index={index}) = "
+                             f"{float(actual[i]):.9f}, known answer {value:.9f}")
+
+
+PERTURB_SHAPES = ((1,), (3, 5), (257,))
+PERTURB_SEEDS, PERTURB_COEFFS = [7, (1 << 64) - 3], [0.5, -1.25]
+
+
+def _perturb(dtype: torch.dtype) -> Callable[[torch.device], List[torch.Tensor]]:
+    def body(device: torch.device) -> List[torch.Tensor]:
+        from .ops import perturb_  # noqa: PLC0415
+
+        ts = [_values(s, dtype, device, p) for p, s in enumerate(PERTURB_SHAPES)]
+        means = [_values(s, dtype, device, 10 + p) for p, s in enumerate(PERTURB_SHAPES)]
+        perturb_(ts, PERTURB_SEEDS, PERTURB_COEFFS, keys=[3, 0xFFFFFFFF, 11],
+                 offsets=[0, (1 << 32) * 4 - 9, 5], decay=0.75, mean=means, mean_coeff=0.5)
+        return ts
+    return body
+
+
+def _compare_perturb(actual: List[torch.Tensor], expected: List[torch.Tensor]) -> None:
+    for a, e in zip(actual, expected):
+        assert_perturb_close(a, e, PERTURB_COEFFS + [0.5])
+
+
+LOWRANK = (37, 29, 3, 2)  # m, n, r, s
+
+
+def _lowrank(dtype: torch.dtype) -> Callable[[torch.device], Tuple[torch.Tensor, float]]:
+    def body(device: torch.device) -> Tuple[torch.Tensor, float]:
+        from .lowrank import lowrank_perturb_  # noqa: PLC0415
+
+        m, n, r, s = LOWRANK
+        W = _values((m, n), dtype, device, 1)
+        U, Z, V = (_values(shape, torch.float32, device, salt)
+                   for shape, salt in (((m, r), 2), ((r, s), 3), ((n, s), 4)))
+        scale = 0.3
+        magnitude = float(((scale * U @ Z).abs() @ V.abs().T).max())
+        lowrank_perturb_(W, U, Z, V, scale, decay=0.9)
+        return W, magnitude
+    return body
+
+
+def _compare_lowrank(actual: Tuple[torch.Tensor, float], expected: Tuple[torch.Tensor, float]) -> None:
+    assert_lowrank_close(actual[0], expected[0], expected[1])
+
+
+SKETCH = (33, 19, 4)  # m, n, q
+SKETCH_SEEDS, SKETCH_COEFFS, SKETCH_KEY, SKETCH_OFFSET = [5, 99], [1.0, -0.5], 9, 123
+
+
+def _sketch_omegas(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    m, n, q = SKETCH
+    return _values((n, q), torch.float32, device, 6), _values((m, q), torch.float32, device, 7)
+
+
+def _sketch(device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """A @ omega and A.T @ omega' for the implicit Gaussian sum A (both directions)."""
+    from .lowrank import gaussian_sketch  # noqa: PLC0415
+
+    m, n, _ = SKETCH
+    omega, omega_t = _sketch_omegas(device)
+    return tuple(gaussian_sketch(m, n, SKETCH_SEEDS, SKETCH_COEFFS, w, key=SKETCH_KEY,
+                                 offset=SKETCH_OFFSET, transpose=t)
+                 for w, t in ((omega, False), (omega_t, True)))
+
+
+def _sketch_dense(device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """The sketches' definition: A materialized by perturb_ (decay 0), then two matmuls (cheaper
+    than the reference backend's tiled sketch, which is written for large shapes)."""
+    from .ops import perturb_  # noqa: PLC0415
+
+    m, n, _ = SKETCH
+    A = torch.empty(m, n, device=device)
+    perturb_(A, SKETCH_SEEDS, SKETCH_COEFFS, keys=[SKETCH_KEY], offsets=[SKETCH_OFFSET], decay=0.0)
+    omega, omega_t = _sketch_omegas(device)
+    return A @ omega, A.T @ omega_t
+
+
+def _compare_sketch(actual: Tuple[torch.Tensor, ...], expected: Tuple[torch.Tensor, ...]) -> None:
+    for a, e, omega in zip(actual, expected, _sketch_omegas(torch.device("cpu"))):
+        assert_sketch_close(a, e, SKETCH_COEFFS, omega)
+
+
+_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One self-check case: ``run(device)`` under the checked backend is compared by
+    ``compare(actual, expected)`` with ``oracle(device)`` under reference (no oracle: the
+    comparison holds fixed known answers)."""
+
+    op: str
+    name: str
+    run: Callable[[torch.device], object]
+    compare: Callable[[object, object], None]
+    oracle: Optional[Callable[[torch.device], object]] = None
+
+
+CASES: List[Case] = [Case("stream", "known-answer vectors of docs/rng.md", _known_answers, _compare_known)]
+CASES += [Case("perturb_", f"{_NAMES[d]}, sizes {PERTURB_SHAPES}, 2 seeds, decay 0.75, mean term",
+               _perturb(d), _compare_perturb, _perturb(d)) for d in DTYPES]
+CASES += [Case("lowrank_perturb_", f"{_NAMES[d]} W {LOWRANK[0]}x{LOWRANK[1]}, r {LOWRANK[2]}, "
+               f"s {LOWRANK[3]}", _lowrank(d), _compare_lowrank, _lowrank(d)) for d in DTYPES]
+CASES += [Case("gaussian_sketch", f"{SKETCH[0]}x{SKETCH[1]}, q {SKETCH[2]}, plain and transposed",
+               _sketch, _compare_sketch, _sketch_dense)]
