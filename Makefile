@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.pgap-installed
 SOURCES := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: setup test test-gpu demo bench info clean
+.PHONY: setup test test-gpu gpu-check demo bench info clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,14 @@ test: setup
 # On a machine with a GPU: the GPU-marked tests only (TRITON_INTERPRET must be unset).
 test-gpu: setup
 	env -u TRITON_INTERPRET $(PY) -m pytest -q -ra -m gpu tests
+
+# On a CUDA GPU machine, offline: build _C for this GPU only, run the GPU tests, every backend's
+# self-check and quick benchmarks; report in gpu-report/<date>-<device>/ (docs/gpu.md). No setup:
+# it uses the interpreter that already has torch (.venv if there is one, else python3). Without a
+# GPU it says so and exits 0. GPU_CHECK_ARGS=--dry-run exercises every step on the CPU.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 DEMO_STAMP := $(VENV)/.pgap-demo-installed
 DEMO_STEPS ?= 100
@@ -60,4 +68,4 @@ info: setup
 	$(PY) -m pgap_kernels.info
 
 clean:
-	rm -rf build $(VENV) *.egg-info pgap_kernels/_C*.so runs
+	rm -rf build $(VENV) *.egg-info pgap_kernels/_C*.so runs gpu-report

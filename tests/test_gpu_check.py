@@ -1,0 +1,44 @@
+"""`make gpu-check`'s script (bench/gpu_check.py): every step runs, in its dry mode on the CPU, so
+that it cannot rot before a GPU appears; without a GPU the plain command is a one-line no-op."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "gpu_check.py"
+STEPS = ("build", "pytest", "selftest", "perturb", "lowrank", "subspace", "perturbed",
+         "zo_step[native]", "zo_step[triton]")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
+def test_without_a_gpu_it_says_so_and_exits_0(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().count("\n") == 0 and "no CUDA GPU" in proc.stdout
+    assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_executes_every_step(tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    summary = (out / "summary.md").read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| step")
+            and not line.startswith("| ---")}
+    assert set(rows) == set(STEPS), rows
+    for step, status in rows.items():
+        script = {"subspace": "bench_subspace.py", "perturbed": "bench_perturbed.py"}.get(step)
+        expected = "SKIP" if script and not (ROOT / "bench" / script).exists() else "PASS"
+        assert status == expected, (step, status, summary)
+    for field in ("device:", "driver:", "torch", "git revision:"):
+        assert field in summary
+    for csv in ("perturb.csv", "lowrank.csv", "zo_step_native.csv", "zo_step_triton.csv"):
+        assert (out / csv).exists() and (out / csv).read_text().count("\n") >= 2, csv
+    assert "PASS" in (out / "selftest.log").read_text()
+    assert "- " in summary.split("## Targets")[1]  # the benchmarks' target lines are collected
