@@ -7,10 +7,12 @@ MeZOGreedy(model, *, lr, eps=1e-3, num_probes=4, ...)             best of M prob
 LDSD(model, *, lr, eps=1e-3, num_probes=5, sigma=1.0, lr_mu=None, base="sgd")  learned mean
 ZOOptimizer                                                        their base (a torch.optim.Optimizer)
 save_optimizer(opt, path) / load_optimizer(opt, path)              safetensors checkpoints
+MissingDependencyError                                             an optional module is missing
 fnv1a32, derive_seed                                               the key and seed contract
 
 See docs/optimizers.md, docs/pgap.md and docs/guided.md.
 """
+from ._deps import MissingDependencyError
 from .base import NonFiniteLossError, ZOOptimizer
 from .checkpoint import load_optimizer, save_optimizer
 from .guided import MeZOGreedy, MeZOGV
@@ -21,5 +23,6 @@ from .seeds import derive_seed, fnv1a32
 
 __version__ = "0.1.0"
 
-__all__ = ["LDSD", "MeZO", "MeZOGV", "MeZOGreedy", "NonFiniteLossError", "PGAP", "ZOOptimizer", "derive_seed", "fnv1a32",
-           "load_optimizer", "save_optimizer", "__version__"]
+__all__ = ["LDSD", "MeZO", "MeZOGV", "MeZOGreedy", "MissingDependencyError", "NonFiniteLossError",
+           "PGAP", "ZOOptimizer", "derive_seed", "fnv1a32", "load_optimizer", "save_optimizer",
+           "__version__"]
