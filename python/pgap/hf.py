@@ -3,17 +3,26 @@ a pgap zeroth-order step. Logging, evaluation, checkpointing (safetensors), lr s
 callbacks stay Trainer's. With a PEFT model only the adapter parameters (the ones with
 ``requires_grad=True``) are perturbed. Under ``torchrun`` the model is never wrapped in DDP
 (there are no gradients to reduce): each rank runs its own batch and the optimizer averages the
-losses over ranks (docs/distributed.md)."""
+losses over ranks (docs/distributed.md).
+
+Needs transformers and accelerate (``Trainer`` runs on accelerate): importing this module without
+them raises :class:`pgap._deps.MissingDependencyError`, an ImportError whose message names the
+missing modules and ``pip install "pgap-kernels[hf]"``."""
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
-from transformers import Trainer
 
-from .base import ZOOptimizer
-from .methods import build_optimizer
+from ._deps import require
+
+require("by pgap.hf (ZOTrainer)", ("transformers", "accelerate"), "hf")
+
+from transformers import Trainer  # noqa: E402
+
+from .base import ZOOptimizer  # noqa: E402
+from .methods import build_optimizer  # noqa: E402
 
 
 class _Unwrapped(nn.Module):

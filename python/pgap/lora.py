@@ -9,15 +9,17 @@ from typing import Sequence
 import torch
 from torch import nn
 
-PEFT_INSTALL = "pip install peft"
+from ._deps import require
+
 DEFAULT_TARGETS = ("q_proj", "v_proj")  # MeZO's LoRA setting
 
 
 def _peft():
-    try:
-        import peft  # noqa: PLC0415
-    except ImportError as exc:  # pragma: no cover - peft is a test/hf dependency
-        raise ImportError(f"LoRA needs the peft package ({PEFT_INSTALL})") from exc
+    """The peft module; MissingDependencyError (an ImportError) naming ``pip install
+    "pgap-kernels[hf]"`` when it is not installed."""
+    require("for LoRA (pgap.lora)", ("peft",), "hf")
+    import peft  # noqa: PLC0415
+
     return peft
 
 
@@ -28,7 +30,8 @@ def apply_lora(model: nn.Module, *, r: int = 8, alpha: float = 16.0,
     Dropout is 0: a ZO step compares two losses of the same function. The adapters' initial A is
     drawn from ``seed`` (the global torch RNG is left as it was); B starts at zero.
 
-    Raises ValueError if ``r`` < 1 or no module of ``model`` matches ``targets``."""
+    Raises ValueError if ``r`` < 1 or no module of ``model`` matches ``targets``, and
+    :class:`pgap._deps.MissingDependencyError` (an ImportError) if peft is not installed."""
     if r < 1:
         raise ValueError(f"lora r must be >= 1, got {r}")
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}

