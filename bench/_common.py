@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks in bench/: run metadata, timing and CSV output."""
+"""Shared helpers for the benchmarks in bench/: dependency checks, run metadata, timing and CSV
+output."""
 from __future__ import annotations
 
 import csv
@@ -8,14 +9,32 @@ import platform
 import socket
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Sequence
 
 import torch
 
+from pgap._deps import Need, extra_need, plot_or_warn, script_check
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+def require(prog: str, modules: Sequence[str] = (), *, plot: bool = False,
+            needs: Sequence[Need] = ()) -> None:
+    """Call at the start of a benchmark's ``main``, after parsing its arguments and before any
+    work: exit with status 2 and one line naming what is missing and ``pip install
+    "pgap-kernels[bench]"`` (or the wheels' own command for ``needs``) unless ``modules``,
+    matplotlib when ``plot``, and ``needs`` are installed."""
+    wanted = [extra_need(f"by {prog}", modules, "bench")] + list(needs)
+    if plot:
+        wanted.append(extra_need("for the plot", ("matplotlib",), "bench",
+                                 hint="--no-plot skips the plot"))
+    code = script_check(prog, wanted)
+    if code is not None:
+        sys.exit(code)
 
 
 def utc_now_iso() -> str:
@@ -172,13 +191,19 @@ def write_outputs(args, meta: Mapping[str, str], fields: Sequence[str],
                   rows: Sequence[Mapping[str, object]], plot_path: Path,
                   plot: Callable[[Path], None]) -> None:
     """Append ``rows`` (with the run metadata) to ``args.csv`` unless ``args.no_csv``, and call
-    ``plot(plot_path)`` unless ``args.no_plot``; say where each went."""
+    ``plot(plot_path)`` unless ``args.no_plot`` (last; see :func:`draw_plot`); say where each
+    went."""
     if not args.no_csv:
         append_csv(args.csv, list(meta) + list(fields), [{**meta, **r} for r in rows])
         print(f"\nCSV rows appended to {args.csv}")
     if not args.no_plot:
-        plot(plot_path)
-        print(f"plot written to {plot_path}")
+        draw_plot(plot_path, plot)
+
+
+def draw_plot(path: Path, plot: Callable[[Path], None]) -> None:
+    """``plot(path)`` and say so; a failure is a warning line (the results are written by now)."""
+    if plot_or_warn(Path(sys.argv[0]).name, lambda: plot(path)):
+        print(f"plot written to {path}")
 
 
 def print_targets(lines: Sequence[str]) -> None:

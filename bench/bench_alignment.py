@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 import pgap  # noqa: E402
-from pgap.data import load_rotten_tomatoes  # noqa: E402
-from pgap.models import load_causal_lm  # noqa: E402
+from pgap.data import load_rotten_tomatoes, task_needs  # noqa: E402
+from pgap.models import load_causal_lm, model_needs  # noqa: E402
 from pgap.prompts import PromptClassifier  # noqa: E402
 
 FIELDS = ["model", "subspace", "probes", "rank", "batch", "matrices", "captured_median",
@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     p.add_argument("--csv", type=Path, default=common.RESULTS_DIR / "alignment.csv")
     p.add_argument("--no-csv", action="store_true")
     args = p.parse_args(argv)
+    common.require("bench_alignment.py", ("transformers",),
+                   needs=model_needs(None) + task_needs("rotten_tomatoes"))
     meta = common.run_metadata()
     tok, model = load_causal_lm(None)
     for prm in model.parameters():

@@ -138,6 +138,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-plot", action="store_true")
     p.set_defaults(device="cpu")  # gloo ranks on the CPU
     args = p.parse_args(argv)
+    common.require("bench_distributed.py", ("transformers",), plot=not args.no_plot)
     _, meta = common.start_timing_run(args)
     rows = []
     for method in args.methods.split(","):

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
@@ -140,6 +139,8 @@ def usable_backends(device: torch.device, numel: int, requested: Optional[List[s
 
 
 def run(args: argparse.Namespace) -> List[dict]:
+    from tqdm import tqdm  # noqa: PLC0415 - after common.require's check
+
     device = torch.device(args.device)
     shapes = {k: SHAPES[k] for k in (QUICK_SHAPES if args.quick else args.shapes)}
     ranks = (8,) if args.quick else args.ranks
@@ -287,6 +288,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    common.require("bench_lowrank.py", ("tqdm",), plot=not args.no_plot)
     device, meta = common.start_timing_run(args)
     with torch.no_grad():
         rows = run(args)

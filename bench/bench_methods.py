@@ -43,7 +43,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
@@ -217,6 +216,8 @@ def run_one(problem: str, method: str, settings: Dict[str, Any], seed: int, budg
 def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     """Per problem: {"budget", "initial", "methods": {method: {"settings", "tuned", "runs",
     "tune"}}}."""
+    from tqdm import tqdm  # noqa: PLC0415 - after common.require's check
+
     budgets = QUICK_BUDGETS if args.quick else BUDGETS
     jobs = []
     for problem in args.problems:
@@ -442,6 +443,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    common.require("bench_methods.py", ("tqdm", "transformers") if "tiny-lm" in args.problems else ("tqdm",),
+                   plot=not args.no_plot)
     torch.set_num_threads(args.threads)
     meta = common.run_metadata()
     print(f"pgap {pgap.__version__} rev {meta['git_rev']} | torch {meta['torch']} | "

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
@@ -401,6 +400,9 @@ def make_cases(args: argparse.Namespace,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    common.require("bench_perturb.py", ("tqdm",), plot=not args.no_plot)
+    from tqdm import tqdm  # noqa: PLC0415 - after the check
+
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = args.device
@@ -433,9 +435,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_csv:
         print(f"CSV rows appended to {args.csv}")
     if not args.no_plot:
-        out = args.plot or common.RESULTS_DIR / f"perturb_{device.type}.png"
-        plot(out, device, meta, args.dtypes, results, copy_gbps)
-        print(f"plot written to {out}")
+        common.draw_plot(args.plot or common.RESULTS_DIR / f"perturb_{device.type}.png",
+                         lambda out: plot(out, device, meta, args.dtypes, results, copy_gbps))
     return 0
 
 

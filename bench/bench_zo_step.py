@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
@@ -346,6 +345,8 @@ def finish_rows(rows: List[dict]) -> None:
 
 # -- the run -----------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> List[dict]:
+    from tqdm import tqdm  # noqa: PLC0415 - after common.require's check
+
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     methods = [METHOD_KEYS[k] for k in args.methods]
@@ -574,6 +575,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    common.require("bench_zo_step.py", ("tqdm", "transformers"), plot=not args.no_plot)
     device, meta = common.start_timing_run(args)
     window = regular_window(args)
     print(f"models {','.join(args.models)} | {args.dtype} | batch {args.batch} x seq {args.seq} | "

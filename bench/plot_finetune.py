@@ -20,6 +20,7 @@ def main() -> int:
     p.add_argument("runs", nargs="+", type=Path, help="pgap-finetune output directories")
     p.add_argument("-o", "--output", type=Path, default=common.RESULTS_DIR / "finetune_rt.png")
     args = p.parse_args()
+    common.require("plot_finetune.py", ("matplotlib",))
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
