@@ -37,7 +37,8 @@ includes the forward's activations (compare with the ``forward only`` row). The 
 peak is that of the untimed step 0 of the regular timing (a window start, the first of its mode).
 
 Prints a table per model, PASS/FAIL lines for the CPU targets (our MeZO non-forward time <= 1/3
-of the baseline's; P-GAP functional non-forward share <= 10 % of its step), appends CSV rows to
+of the baseline's; P-GAP functional non-forward share <= 10 % of its step) and the GPU target
+(our MeZO's non-forward share <= 10 % of its step; ``PGAP_BACKEND`` picks cuda or triton), appends CSV rows to
 bench/results/zo_step.csv and draws bench/results/zo_step_<device>.png.
 
 Example::
@@ -80,6 +81,7 @@ PGAP_MODES = {PGAP_INPLACE: "inplace", PGAP_FUNCTIONAL: "functional"}
 
 TARGET_MEZO_RATIO = 1.0 / 3.0   # our MeZO non-forward time / the baseline's (CPU)
 TARGET_FUNCTIONAL_SHARE = 0.10  # P-GAP functional non-forward share of its step (CPU)
+TARGET_GPU_SHARE = 0.10         # pgap.MeZO non-forward share of its step (CUDA)
 
 FIELDS = ["section", "device", "model", "params_M", "dtype", "batch", "seq", "attn", "method",
           "rank", "window", "probes", "svd_iters", "warmup", "repeats", "forwards_per_step",
@@ -447,7 +449,9 @@ def _find(rows, model, method, section="step") -> Optional[dict]:
 
 
 def target_lines(rows: Sequence[dict], device: torch.device) -> List[str]:
-    """PASS/FAIL for the CPU targets where both sides were measured (INFO on other devices)."""
+    """PASS/FAIL for the targets where the cases were measured: on the CPU, pgap.MeZO's and
+    functional P-GAP's non-forward time (INFO lines on other devices); on CUDA, pgap.MeZO's
+    non-forward share of its step."""
     lines = []
 
     def verdict(ok: bool) -> str:
@@ -455,6 +459,11 @@ def target_lines(rows: Sequence[dict], device: torch.device) -> List[str]:
 
     for name in dict.fromkeys(r["model"] for r in rows):
         base, ours = _find(rows, name, BASELINE), _find(rows, name, MEZO)
+        if ours and device.type == "cuda":
+            share = float(ours["nonforward_share"])
+            lines.append(f"{'PASS' if share <= TARGET_GPU_SHARE else 'FAIL'}: [{name}] pgap.MeZO "
+                         f"non-forward {float(ours['nonforward_ms']):.2f} ms = {100 * share:.1f} % of "
+                         f"its {float(ours['step_ms']):.2f} ms step ({ours['dtype']}; GPU target <= 10 %)")
         if base and ours and float(base["nonforward_ms"]) > 0:
             b, o = float(base["nonforward_ms"]), float(ours["nonforward_ms"])
             lines.append(f"{verdict(o <= TARGET_MEZO_RATIO * b)}: [{name}] pgap.MeZO non-forward "
