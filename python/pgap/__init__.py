@@ -5,6 +5,7 @@ PGAP(model, *, lr, eps=1e-3, rank=8, window=100, probes=10, ...)  projected grad
 MeZOGV(model, *, lr, eps=1e-3, num_probes=4, top_frac=0.5, ...)   guiding vector of M probes
 MeZOGreedy(model, *, lr, eps=1e-3, num_probes=4, ...)             best of M probes
 LDSD(model, *, lr, eps=1e-3, num_probes=5, sigma=1.0, lr_mu=None, base="sgd")  learned mean
+AGZO(model, *, lr, eps=1e-3, rank=8, refresh=10, others="gaussian", ...)   activation subspaces
 ZOOptimizer                                                        their base (a torch.optim.Optimizer)
 save_optimizer(opt, path) / load_optimizer(opt, path)              safetensors checkpoints
 MissingDependencyError                                             an optional module is missing
@@ -13,6 +14,7 @@ fnv1a32, derive_seed                                               the key and s
 See docs/optimizers.md, docs/pgap.md and docs/guided.md.
 """
 from ._deps import MissingDependencyError
+from .agzo import AGZO
 from .base import NonFiniteLossError, ZOOptimizer
 from .checkpoint import load_optimizer, save_optimizer
 from .guided import MeZOGreedy, MeZOGV
@@ -23,6 +25,6 @@ from .seeds import derive_seed, fnv1a32
 
 __version__ = "0.1.0"
 
-__all__ = ["LDSD", "MeZO", "MeZOGV", "MeZOGreedy", "MissingDependencyError", "NonFiniteLossError",
+__all__ = ["AGZO", "LDSD", "MeZO", "MeZOGV", "MeZOGreedy", "MissingDependencyError", "NonFiniteLossError",
            "PGAP", "ZOOptimizer", "derive_seed", "fnv1a32", "load_optimizer", "save_optimizer",
            "__version__"]

@@ -5,13 +5,15 @@ from typing import Any, Dict, Optional
 
 from torch import nn
 
+from .agzo import AGZO
 from .base import ZOOptimizer
 from .guided import MeZOGreedy, MeZOGV
 from .ldsd import LDSD
 from .mezo import MeZO
 from .pgap_optimizer import PGAP
 
-METHODS = {"mezo": MeZO, "pgap": PGAP, "mezo-gv": MeZOGV, "mezo-greedy": MeZOGreedy, "ldsd": LDSD}
+METHODS = {"mezo": MeZO, "pgap": PGAP, "mezo-gv": MeZOGV, "mezo-greedy": MeZOGreedy, "ldsd": LDSD,
+           "agzo": AGZO}
 
 
 def build_optimizer(method: str, model: nn.Module, *, lr: float, eps: float, seed: int,

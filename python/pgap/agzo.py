@@ -1,0 +1,241 @@
+"""AGZO (Lin et al., "AGZO: Activation-Guided Zeroth-Order Optimization for LLM Fine-Tuning",
+arXiv 2601.17261): two-point ZO steps whose perturbation of each linear layer's weight lives in
+the span of that layer's dominant input activations. Choices the paper leaves open are ours and
+are documented in docs/agzo.md."""
+from __future__ import annotations
+
+import contextlib
+import statistics
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+import pgap_kernels
+
+from ._checks import check_choice, check_int, check_real
+from .activation import ActivationBasis, ActivationSketcher, make_bases, random_start
+from .base import Closure, ZOOptimizer
+from .distributed import ProcessGroup
+from .params import DecayFilter, Trainable
+from .seeds import BASIS_STREAM, derive_seed
+
+OTHERS_CHOICES = ("gaussian", "frozen")
+
+
+class AGZO(ZOOptimizer):
+    """Activation-guided ZO-SGD.
+
+    Every matrix W (m × n) that an ``nn.Linear`` uses as its weight (a tied ``lm_head``
+    included) is perturbed by P = Ξ·Bᵀ: Ξ is an m × r matrix of the random stream (seeded per
+    step, keyed by W's name) and B = V·diag(w), V (n × r) the orthonormal basis of the layer's
+    dominant input directions (:mod:`pgap.activation`), w = 1 unless ``sigma_power`` > 0. The
+    other trainable parameters get MeZO's Gaussians (``others="gaussian"``) or stay fixed
+    (``"frozen"``). A step is MeZO's: three fused passes (``subspace_perturb_`` for the matrices,
+    ``perturb_`` for the rest), g = (L+ − L−)/(2ε), θ ← (1 − lr·wd)·θ − lr·g·P.
+
+    Bases: the first step runs one extra, unperturbed forward to sketch them (counted in
+    ``forwards``); then every ``refresh`` steps the +ε forward is sketched too (no extra
+    forward) and the new bases apply from the next step. ``refresh=0`` keeps the first bases.
+
+    Parameters (beyond :class:`pgap.MeZO`'s lr, eps, weight_decay, seed, eval_mode, backend,
+    decay_filter, process_group)
+    ----------
+    rank : int >= 1, basis size r (per matrix min(rank, n))
+    refresh : int >= 0, steps between basis refreshes (0: never after the first)
+    oversample : int >= 0, extra columns kept in the warm-start block
+    first_iters : int >= 0, power iterations of the first sketch on each call's inputs
+    others : "gaussian" or "frozen", what happens to the parameters without a basis
+    sigma_power : float >= 0, scale basis direction i by σ_i^−α (normalized to mean square 1):
+        a cheap curvature preconditioner (dominant directions are also high-curvature ones)
+    """
+
+    def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, rank: int = 8,
+                 refresh: int = 10, oversample: int = 4, first_iters: int = 2,
+                 others: str = "gaussian", sigma_power: float = 0.0, weight_decay: float = 0.0,
+                 seed: int = 0, eval_mode: bool = True, backend: Optional[str] = None,
+                 decay_filter: Optional[DecayFilter] = None,
+                 process_group: Optional[ProcessGroup] = None) -> None:
+        self.rank = check_int(rank, "rank", low=1)
+        self.refresh = check_int(refresh, "refresh", low=0)
+        self.oversample = check_int(oversample, "oversample", low=0)
+        self.first_iters = check_int(first_iters, "first_iters", low=0)
+        self.others = check_choice(others, "others", OTHERS_CHOICES)
+        self.sigma_power = check_real(sigma_power, "sigma_power", low=0.0)
+        super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
+                         eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
+                         process_group=process_group)
+        self.bases: List[ActivationBasis] = make_bases(model, self.trainables, self.rank,
+                                                       self.oversample)
+        start = derive_seed(self.seed, 0, BASIS_STREAM)
+        for b in self.bases:
+            b.Q = random_start(b, start)
+        in_basis = {id(b.trainable.param) for b in self.bases}
+        self.vectors: List[Trainable] = [t for t in self.trainables if id(t.param) not in in_basis]
+        self.sketcher = ActivationSketcher(self.bases, self.first_iters)
+        self._directions: List[torch.Tensor] = []
+        self._refresh_diag: Dict[str, Any] = {}
+
+    def hyperparameters(self) -> Dict[str, Any]:
+        return dict(super().hyperparameters(), rank=self.rank, refresh=self.refresh,
+                    oversample=self.oversample, first_iters=self.first_iters, others=self.others,
+                    sigma_power=self.sigma_power)
+
+    def set_token_mask(self, mask: Optional[torch.Tensor]) -> None:
+        """The (batch, seq) attention mask of the next step's batch: padded tokens (mask 0) are
+        left out of the activation sketches. None: every token counts."""
+        self.sketcher.set_token_mask(mask)
+
+    def close(self) -> None:
+        """Remove the sketching hooks (the optimizer cannot refresh its bases afterwards)."""
+        self.sketcher.remove()
+
+    # -- bases -----------------------------------------------------------------------------
+    def _scaled(self, b: ActivationBasis) -> torch.Tensor:
+        """B = V·diag(w), w_i ∝ σ_i^−α with mean(w²) = 1 (B = V when α = 0)."""
+        if self.sigma_power == 0.0 or b.sigma is None:
+            return b.V
+        s = b.sigma[:b.rank].clamp_min(torch.finfo(torch.float32).tiny)
+        w = s.pow(-self.sigma_power)
+        w = w / w.square().mean().sqrt()
+        return (b.V * w).contiguous()
+
+    def _finish_refresh(self) -> None:
+        changed = self.sketcher.finish(self.reducer)
+        self._directions = [self._scaled(b) for b in self.bases]
+        tops = [float(b.sigma[0]) for b in self.bases if b.sigma is not None and b.sigma.numel()]
+        self._refresh_diag = {"refresh_step": self.steps_done, "bases_refreshed": changed,
+                              "sigma1_median": statistics.median(tops) if tops else float("nan")}
+
+    @contextlib.contextmanager
+    def _capturing(self, active: bool):
+        if not active:
+            yield
+            return
+        try:
+            with self.sketcher.capture():
+                yield
+        except BaseException:
+            for b in self.bases:
+                b.sketch = None
+            raise
+
+    def _refresh_due(self) -> bool:
+        return bool(self.bases) and self.refresh > 0 and self.steps_done > 0 \
+            and self.steps_done % self.refresh == 0
+
+    # -- passes ----------------------------------------------------------------------------
+    def _subspace(self, indices: Sequence[int], seed: int, coeff: float, decay: float = 1.0) -> None:
+        if not indices:
+            return
+        bases = [self.bases[i] for i in indices]
+        pgap_kernels.subspace_perturb_([b.trainable.local for b in bases],
+                                       [self._directions[i] for i in indices], [seed], [coeff],
+                                       keys=[b.trainable.key for b in bases],
+                                       offsets=[b.trainable.row_offset * b.rank for b in bases],
+                                       decay=decay)
+
+    def _others(self) -> List[Trainable]:
+        return self.vectors if self.others == "gaussian" else []
+
+    def _apply(self, seed: int, coeff: float) -> None:
+        """θ += coeff·P over every perturbed parameter."""
+        self._subspace(range(len(self.bases)), seed, coeff)
+        self.perturb(self._others(), [seed], [coeff])
+
+    def _update(self, seed: int, g: float) -> None:
+        """From θ − ε·P to (1 − lr·wd)·θ − lr·g·P, one pass per weight-decay group."""
+        for decays in ((True, False) if self.weight_decay > 0 else (None,)):
+            decay, coeff = self.restore_update(g, bool(decays))
+            self._subspace([i for i, b in enumerate(self.bases)
+                            if decays is None or b.trainable.decays == decays], seed, coeff, decay)
+            self.perturb([t for t in self._others() if decays is None or t.decays == decays],
+                         [seed], [coeff], decay=decay)
+
+    # -- the step --------------------------------------------------------------------------
+    def _step(self, closure: Closure) -> float:
+        if any(not b.ready for b in self.bases):  # first step: one unperturbed forward
+            with self._capturing(True):
+                self._refresh_diag["refresh_loss"] = self.evaluate_finite(closure, lambda: None,
+                                                                          "of the basis forward")
+            self._finish_refresh()
+        elif not self._directions:
+            self._directions = [self._scaled(b) for b in self.bases]
+        refresh = self._refresh_due()
+        seed = self.step_seed()
+        eps = self.eps
+        self._apply(seed, eps)
+        with self._capturing(refresh):
+            plus = self.evaluate_finite(closure, lambda: self._apply(seed, -eps), "at θ+ε·P")
+        self._apply(seed, -2.0 * eps)
+        minus = self.evaluate_finite(closure, lambda: self._apply(seed, eps), "at θ−ε·P")
+        g = (plus - minus) / (2.0 * eps)
+        self._update(seed, g)
+        if refresh:
+            self._finish_refresh()
+        self._diag = dict(self._refresh_diag, loss_plus=plus, loss_minus=minus, projected_grad=g)
+        return 0.5 * (plus + minus)
+
+    # -- diagnostics -----------------------------------------------------------------------
+    def last_direction(self) -> Dict[str, torch.Tensor]:
+        if self.steps_done == 0 or not self._directions:
+            raise RuntimeError("no step taken yet")
+        seed = self.step_seed(self.steps_done - 1)
+        out: Dict[str, torch.Tensor] = {}
+        with self._kernels():
+            for b, B in zip(self.bases, self._directions):
+                m = b.trainable.local.shape[0]
+                xi = pgap_kernels.gaussian((m, b.rank), seed, key=b.trainable.key,
+                                           offset=b.trainable.row_offset * b.rank, device=self.device)
+                out[b.name] = xi @ B.T
+            for t in self.vectors:
+                out[t.name] = (pgap_kernels.gaussian(tuple(t.local.shape), seed, key=t.key,
+                                                     offset=t.offset, device=self.device)
+                               if self.others == "gaussian" else
+                               torch.zeros(t.local.shape, device=self.device))
+        return {t.name: out[t.name] for t in self.trainables}
+
+    def _alignment_extras(self, grads: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """Per basis matrix, ``captured`` = ‖G·V‖/‖G‖: the fraction of the gradient's norm
+        inside the activation subspace."""
+        captured = {}
+        for b in self.bases:
+            G = grads[b.name]
+            gn = float(G.norm())
+            captured[b.name] = float((G @ b.V).norm()) / gn if gn > 0 and b.V is not None else float("nan")
+        return {"captured": captured}
+
+    # -- state -----------------------------------------------------------------------------
+    def _state_tensors(self) -> Dict[str, torch.Tensor]:
+        out = {}
+        for b in self.bases:
+            for name in ("Q", "V", "sigma"):
+                value = getattr(b, name)
+                if value is not None:
+                    out[f"{b.name}.{name}"] = value
+        return out
+
+    def _load_state_tensors(self, tensors: Dict[str, torch.Tensor]) -> None:
+        known = {f"{b.name}.{f}": (b, f) for b in self.bases for f in ("Q", "V", "sigma")}
+        unknown = sorted(set(tensors) - set(known))
+        if unknown:
+            raise ValueError(f"unexpected tensors in state: {unknown[:5]}")
+        for key, value in tensors.items():
+            b, f = known[key]
+            n = b.shape[1]
+            want = {"Q": (n, b.width), "V": (n, b.rank), "sigma": (b.width,)}[f]
+            if tuple(value.shape) != want:
+                raise ValueError(f"state tensor {key!r} has shape {tuple(value.shape)}; expected {want}")
+        for b in self.bases:
+            for f in ("Q", "V", "sigma"):
+                value = tensors.get(f"{b.name}.{f}")
+                if value is not None:
+                    setattr(b, f, value.to(device=self.device, dtype=torch.float32).contiguous())
+            b.sketch = None
+        self._directions = [self._scaled(b) for b in self.bases] if all(b.ready for b in self.bases) else []
+
+    def _extra_state(self) -> Dict[str, Any]:
+        return {"refresh": dict(self._refresh_diag)}
+
+    def _load_extra_state(self, extra: Dict[str, Any]) -> None:
+        self._refresh_diag = dict(extra.get("refresh", {}))
