@@ -75,6 +75,7 @@ def _step_losses(out):
     ("mezo", []), ("pgap", ["--rank", "2", "--window", "2", "--probes", "2"]),
     ("pgap", ["--rank", "2", "--window", "2", "--probes", "2", "--mode", "functional"]),
     ("mezo-gv", []), ("mezo-greedy", ["--num-probes", "2"]), ("ldsd", ["--lr-mu", "0.1"]),
+    ("agzo", ["--rank", "2", "--refresh", "2", "--others", "frozen", "--sigma-power", "0.5"]),
 ])
 def test_finetune_runs_end_to_end(tiny_model, tmp_path, method, extra, capsys):
     out = tmp_path / method
@@ -95,6 +96,7 @@ def test_finetune_runs_end_to_end(tiny_model, tmp_path, method, extra, capsys):
 
 @pytest.mark.parametrize("method, extra", [
     ("mezo", []), ("pgap", ["--rank", "2", "--window", "2", "--probes", "2", "--delta", "1", "1"]),
+    ("agzo", ["--rank", "2", "--refresh", "2"]),
 ])
 def test_resume_continues_the_same_trajectory(tiny_model, tmp_path, method, extra):
     full, part = tmp_path / "full", tmp_path / "part"

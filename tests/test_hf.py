@@ -36,7 +36,7 @@ def make_trainer(out, method, options, max_steps, **kw):
 
 @pytest.mark.parametrize("method, options, lr", [
     ("mezo", {}, 3e-3), ("pgap", {"rank": 2, "window": 3, "probes": 2, "mode": "functional"}, 0.1),
-    ("ldsd", {"lr_mu": 0.1}, 3e-3),
+    ("ldsd", {"lr_mu": 0.1}, 3e-3), ("agzo", {"rank": 2, "refresh": 2}, 3e-3),
 ])
 def test_zotrainer_trains_and_logs(tmp_path, method, options, lr):
     trainer, model = make_trainer(tmp_path, method, options, 6, lr=lr)

@@ -203,6 +203,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         decay = 1.0 - lr * self.weight_decay if decays else 1.0
         return decay, decay * self.eps - lr * projected_grad
 
+    def set_token_mask(self, mask: Optional[torch.Tensor]) -> None:
+        """The (batch, seq) attention mask of the next step's batch, for optimizers that read
+        activations (:class:`pgap.AGZO` leaves padded tokens out of its bases); a no-op for the
+        others. Training loops may call it before every step."""
+
     def merge(self) -> None:
         """Write pending updates kept outside the weights into them (P-GAP's functional mode);
         a no-op for the other optimizers. Call it on every rank before saving on one."""

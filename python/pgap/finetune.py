@@ -49,10 +49,12 @@ from .models import model_needs
 from .prompts import PromptClassifier
 from .sharding import full_state_dict, shard_model
 
-DEFAULT_LR = {"mezo": 1e-5, "pgap": 1e-2, "mezo-gv": 1e-5, "mezo-greedy": 1e-5, "ldsd": 1e-5}
+DEFAULT_LR = {"mezo": 1e-5, "pgap": 1e-2, "mezo-gv": 1e-5, "mezo-greedy": 1e-5, "ldsd": 1e-5,
+              "agzo": 3e-4}
 METHOD_OPTIONS = ("rank", "window", "probes", "mode", "delta", "svd_iters", "scale", "subspace",
                   "vector_lr_scale",
-                  "num_probes", "top_frac", "sigma", "lr_mu", "weight_decay")
+                  "num_probes", "top_frac", "sigma", "lr_mu", "weight_decay",
+                  "refresh", "oversample", "others", "sigma_power")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -89,6 +91,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--top-frac", type=float)
     g.add_argument("--sigma", type=float)
     g.add_argument("--lr-mu", type=float)
+    g.add_argument("--refresh", type=int, help="AGZO: steps between activation-basis refreshes")
+    g.add_argument("--oversample", type=int, help="AGZO: extra columns of the basis sketch")
+    g.add_argument("--others", choices=["gaussian", "frozen"],
+                   help="AGZO: parameters without an activation basis")
+    g.add_argument("--sigma-power", type=float, help="AGZO: scale basis directions by sigma^-alpha")
     lo = p.add_argument_group("LoRA (PEFT): perturb and train only the adapters")
     lo.add_argument("--lora", action="store_true", help="add LoRA adapters and freeze the base model")
     lo.add_argument("--lora-r", type=int, default=8)
@@ -406,6 +413,7 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
         mine = ranks.share(batch_indices(step, args.batch_size, len(task.train), args.seed))
         batch = clf.encode([task.train[i] for i in mine])
         t = time.perf_counter()
+        opt.set_token_mask(batch["attention_mask"])
         loss = opt.step(lambda: (clf.loss(model, batch), len(mine)))
         dt = time.perf_counter() - t
         t_train += dt

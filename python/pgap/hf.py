@@ -38,7 +38,9 @@ class _Unwrapped(nn.Module):
 
 
 class ZOTrainer(Trainer):
-    """``Trainer`` running ``zo_method`` ("mezo", "pgap", "mezo-gv", "mezo-greedy", "ldsd").
+    """``Trainer`` running ``zo_method`` ("mezo", "pgap", "mezo-gv", "mezo-greedy", "ldsd",
+    "agzo"). A batch's ``attention_mask``, when present, is handed to the optimizer
+    (:meth:`ZOOptimizer.set_token_mask`: AGZO leaves padded tokens out of its bases).
 
     Parameters (beyond ``Trainer``'s)
     ----------
@@ -94,5 +96,6 @@ class ZOTrainer(Trainer):
                       num_items_in_batch: Any = None) -> torch.Tensor:
         inputs = self._prepare_inputs(inputs)
         assert self.zo_optimizer is not None
+        self.zo_optimizer.set_token_mask(inputs.get("attention_mask"))
         loss = self.zo_optimizer.step(lambda: self.compute_loss(model, inputs))
         return torch.tensor(loss, device=self.args.device)
