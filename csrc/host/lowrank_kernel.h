@@ -232,20 +232,56 @@ static inline __attribute__((always_inline)) void store_tile(
   }
 }
 
+// W tile (rows x cols at w, row stride ldw) <- decay*W + L*R^T, one rounding: L is the tile's
+// rows x k block (row-major, row stride k), bpack the tile's columns of R packed by pack_right.
+// apack: kMR*k floats of scratch for the last, partial micro-panel.
+template <class D, bool kOverwrite>
+static void update_tile(typename D::Storage* w, int64_t ldw, int64_t rows, int64_t cols,
+                        const float* left, int64_t k, const float* bpack, float* apack,
+                        float decay) {
+  for (int64_t ir = 0; ir < rows; ir += kMR) {
+    const int64_t mr = std::min<int64_t>(kMR, rows - ir);
+    // Full panels read L in place (kMR row streams); the last, partial one is zero-padded.
+    const float* ap = left + ir * k;
+    int64_t a_rs = k, a_cs = 1;
+    if (mr < kMR) {
+      pack_left(left, k, ir, mr, apack);
+      ap = apack, a_rs = 1, a_cs = kMR;
+    }
+    typename D::Storage* wrow = w + ir * ldw;
+    for (int64_t jr = 0; jr < cols; jr += kNR) {
+      VF acc[kMR][kNV];
+      if (!kOverwrite && jr + kNR < cols)  // the next W tile, read in the next epilogue
+        for (int i = 0; i < kMR; ++i) __builtin_prefetch(wrow + i * ldw + jr + kNR, 1, 3);
+      micro_kernel(k, ap, a_rs, a_cs, bpack + jr * k, acc);
+      store_tile<D, kOverwrite>(wrow + jr, ldw, mr, std::min<int64_t>(kNR, cols - jr), decay, acc);
+    }
+  }
+}
+
+// Columns of a W tile for inner size k: the packed R panel stays in L2.
+static int64_t tile_cols(int64_t k) {
+  const int64_t nb = kPanelBytes / (static_cast<int64_t>(sizeof(float)) * k) / kNR * kNR;
+  return std::min<int64_t>(std::max<int64_t>(nb, kNR), kMaxTileCols);
+}
+
+// A narrower tile width, while there are fewer than 4 tiles per thread (false at kNR).
+static bool narrow_tiles(int64_t& nb) {
+  if (nb <= kNR) return false;
+  nb = std::max<int64_t>(kNR, (nb / 2 + kNR - 1) / kNR * kNR);
+  return true;
+}
+
 template <class D, bool kOverwrite>
 static void lowrank_typed(typename D::Storage* w, int64_t m, int64_t n, const float* left,
                           const float* right, int64_t k, float decay, int num_threads) {
-  int64_t nb = kPanelBytes / (static_cast<int64_t>(sizeof(float)) * k) / kNR * kNR;
-  nb = std::min<int64_t>(std::max<int64_t>(nb, kNR), kMaxTileCols);
+  int64_t nb = tile_cols(k);
   const int64_t tiles_m = (m + kTileRows - 1) / kTileRows;
   int64_t tiles_n = (n + nb - 1) / nb;
   int threads = num_threads < 1 ? 1 : num_threads;
   if (m * n * k < (int64_t{1} << 20)) threads = 1;  // too small to pay for a parallel region
   // Narrower tiles when there are too few to share out (the grid does not change any sum).
-  while (tiles_m * tiles_n < 4 * threads && nb > kNR) {
-    nb = std::max<int64_t>(kNR, (nb / 2 + kNR - 1) / kNR * kNR);
-    tiles_n = (n + nb - 1) / nb;
-  }
+  while (tiles_m * tiles_n < 4 * threads && narrow_tiles(nb)) tiles_n = (n + nb - 1) / nb;
   const int64_t tiles = tiles_m * tiles_n;
   if (threads > tiles) threads = static_cast<int>(tiles);
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -256,25 +292,8 @@ static void lowrank_typed(typename D::Storage* w, int64_t m, int64_t n, const fl
       const int64_t r0 = (t / tiles_n) * kTileRows, c0 = (t % tiles_n) * nb;
       const int64_t rows = std::min(kTileRows, m - r0), cols = std::min(nb, n - c0);
       pack_right(right, k, c0, cols, bpack.p);
-      for (int64_t ir = 0; ir < rows; ir += kMR) {
-        const int64_t mr = std::min<int64_t>(kMR, rows - ir);
-        // Full panels read L in place (kMR row streams); the last, partial one is zero-padded.
-        const float* ap = left + (r0 + ir) * k;
-        int64_t a_rs = k, a_cs = 1;
-        if (mr < kMR) {
-          pack_left(left, k, r0 + ir, mr, apack.p);
-          ap = apack.p, a_rs = 1, a_cs = kMR;
-        }
-        typename D::Storage* wrow = w + (r0 + ir) * n + c0;
-        for (int64_t jr = 0; jr < cols; jr += kNR) {
-          VF acc[kMR][kNV];
-          if (!kOverwrite && jr + kNR < cols)  // the next W tile, read in the next epilogue
-            for (int i = 0; i < kMR; ++i) __builtin_prefetch(wrow + i * n + jr + kNR, 1, 3);
-          micro_kernel(k, ap, a_rs, a_cs, bpack.p + jr * k, acc);
-          store_tile<D, kOverwrite>(wrow + jr, n, mr, std::min<int64_t>(kNR, cols - jr), decay,
-                                    acc);
-        }
-      }
+      update_tile<D, kOverwrite>(w + r0 * n + c0, n, rows, cols, left + r0 * k, k, bpack.p,
+                                 apack.p, decay);
     }
   }
 }
