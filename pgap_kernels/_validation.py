@@ -85,6 +85,33 @@ def check_seeds_coeffs(seeds: IntOrInts, coeffs: FloatOrFloats) -> Tuple[List[in
             [check_finite(c, f"coeffs[{j}]") for j, c in enumerate(coeffs_l)])
 
 
+def check_keys_offsets(keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
+                       spans: Sequence[int]) -> Tuple[List[int], List[int]]:
+    """Per-tensor stream keys and offsets as lists, defaults filled in.
+
+    ``spans[p]`` is how many stream indices tensor p draws (its numel for ``perturb_``): keys
+    lie in [0, 2**32) (default the list positions 0, 1, ...), offsets in [0, 2**63 - spans[p])
+    (default 0).
+    """
+    n = len(spans)
+    if keys is None:
+        keys_l = list(range(n))
+    else:
+        keys_l = _as_list(keys, "keys")
+        if len(keys_l) != n:
+            raise ValueError(f"keys has {len(keys_l)} entries but tensors has {n}")
+    keys_l = [check_int(k, f"keys[{p}]", 0, KEY_LIMIT) for p, k in enumerate(keys_l)]
+    if offsets is None:
+        offsets_l = [0] * n
+    else:
+        offsets_l = _as_list(offsets, "offsets")
+        if len(offsets_l) != n:
+            raise ValueError(f"offsets has {len(offsets_l)} entries but tensors has {n}")
+    offsets_l = [check_int(o, f"offsets[{p}]", 0, INDEX_LIMIT - spans[p])
+                 for p, o in enumerate(offsets_l)]
+    return keys_l, offsets_l
+
+
 def _check_tensors(tensors: TensorList) -> List[torch.Tensor]:
     if isinstance(tensors, torch.Tensor):
         tensors = [tensors]
@@ -132,22 +159,7 @@ def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloat
     """Check every argument of ``perturb_``; raise TypeError/ValueError naming the culprit."""
     tensors = _check_tensors(tensors)
     seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
-    n = len(tensors)
-    if keys is None:
-        keys_l = list(range(n))
-    else:
-        keys_l = _as_list(keys, "keys")
-        if len(keys_l) != n:
-            raise ValueError(f"keys has {len(keys_l)} entries but tensors has {n}")
-    keys_l = [check_int(k, f"keys[{p}]", 0, KEY_LIMIT) for p, k in enumerate(keys_l)]
-    if offsets is None:
-        offsets_l = [0] * n
-    else:
-        offsets_l = _as_list(offsets, "offsets")
-        if len(offsets_l) != n:
-            raise ValueError(f"offsets has {len(offsets_l)} entries but tensors has {n}")
-    offsets_l = [check_int(o, f"offsets[{p}]", 0, INDEX_LIMIT - tensors[p].numel())
-                 for p, o in enumerate(offsets_l)]
+    keys_l, offsets_l = check_keys_offsets(keys, offsets, [t.numel() for t in tensors])
     decay = check_finite(decay, "decay")
     mean_coeff = check_finite(mean_coeff, "mean_coeff")
     means = _check_means(mean, tensors)
