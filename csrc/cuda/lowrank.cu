@@ -304,16 +304,8 @@ sketch_kernel(const int64_t* __restrict__ keys, const int64_t* __restrict__ offs
         const int first = 4 * j - static_cast<int>(start & 3);  // segment position of lane 0
         if (first >= len) continue;
         const uint64_t block = (start >> 2) + static_cast<uint64_t>(j);
-        // Same expression and order as perturb_ (kernel built with --fmad=false): bit-identical.
-        float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int64_t s = 0; s < n_seeds; ++s) {
-          const Normals4 x = stream_block_normals(seeds[s], key, block);
-          const float c = coeffs[s];
-          z[0] += c * x.z0;
-          z[1] += c * x.z1;
-          z[2] += c * x.z2;
-          z[3] += c * x.z3;
-        }
+        float z[4];  // as perturb_ computes it (--fmad=false): bit-identical
+        seeded_block_sum(seeds, coeffs, n_seeds, key, block, z);
 #pragma unroll
         for (int lane = 0; lane < 4; ++lane) {
           const int v = first + lane;

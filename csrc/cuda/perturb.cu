@@ -17,36 +17,21 @@ namespace pgap {
 namespace cuda {
 namespace {
 
-__device__ __forceinline__ int64_t find_tensor(const TensorMeta* meta, int64_t n, int64_t chunk) {
-  int64_t lo = 0, hi = n - 1;  // largest p with meta[p].chunk_begin <= chunk
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) >> 1;
-    if (meta[mid].chunk_begin <= chunk) lo = mid; else hi = mid - 1;
-  }
-  return lo;
-}
-
 template <class T, bool kHasMean, bool kOverwrite>
 __global__ void __launch_bounds__(kThreads)
 perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t total_chunks,
                const uint64_t* __restrict__ seeds, const float* __restrict__ coeffs,
                int64_t n_seeds, float decay, float mean_coeff) {
   for (int64_t chunk = blockIdx.x; chunk < total_chunks; chunk += gridDim.x) {
-    const TensorMeta tm = meta[find_tensor(meta, n_tensors, chunk)];
+    const TensorMeta tm =
+        meta[find_owner<TensorMeta, &TensorMeta::chunk_begin>(meta, n_tensors, chunk)];
     const uint64_t offset = static_cast<uint64_t>(tm.offset);
     const uint64_t block =
         (offset >> 2) + static_cast<uint64_t>(chunk - tm.chunk_begin) * kChunkBlocks + threadIdx.x;
     const int64_t first = static_cast<int64_t>((block << 2) - offset);  // local index of lane 0
     if (first >= tm.numel) continue;
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int64_t j = 0; j < n_seeds; ++j) {
-      const Normals4 z = stream_block_normals(seeds[j], static_cast<uint32_t>(tm.key), block);
-      const float c = coeffs[j];
-      acc[0] += c * z.z0;
-      acc[1] += c * z.z1;
-      acc[2] += c * z.z2;
-      acc[3] += c * z.z3;
-    }
+    float acc[4];
+    seeded_block_sum(seeds, coeffs, n_seeds, static_cast<uint32_t>(tm.key), block, acc);
     T* t = reinterpret_cast<T*>(tm.data);
     const T* m = reinterpret_cast<const T*>(tm.mean);
     // Whole, aligned Philox block: one vector load/store per operand (uniform per tensor).
