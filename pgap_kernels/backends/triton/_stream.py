@@ -1,4 +1,5 @@
-"""Triton pieces of the philox4x32-10/v1 stream (docs/rng.md), shared by the triton kernels.
+"""Triton pieces of the philox4x32-10/v1 stream (docs/rng.md) and of the multi-tensor launch
+tables, shared by the triton kernels.
 
 ``tl.philox(seed, c0, c1, c2, c3)`` is the Random123 block function; the counter is
 (block mod 2^32, block >> 32, key, 0), not ``tl.randn``'s. Uniforms come from the top 23 bits,
@@ -79,3 +80,19 @@ def element_normal(seed, index, key):
     high = lane >= 2
     z_cos, z_sin = box_muller(tl.where(high, w2, w0), tl.where(high, w3, w1))
     return tl.where((lane & 1) == 1, z_sin, z_cos)
+
+
+@triton.jit
+def table_row(meta_ptr, n_rows, item, FIELDS: tl.constexpr, BEGIN: tl.constexpr,
+              SEARCH_STEPS: tl.constexpr):
+    """Pointer to the row of a multi-tensor launch table (n_rows rows of FIELDS int64) that owns
+    work item ``item``: the last row whose column BEGIN (its first item) is <= item, found by a
+    binary search of SEARCH_STEPS >= log2(n_rows + 1) steps."""
+    lo = tl.zeros((), dtype=tl.int64)
+    hi = lo + n_rows - 1
+    for _ in tl.static_range(SEARCH_STEPS):
+        mid = (lo + hi + 1) // 2
+        go = tl.load(meta_ptr + mid * FIELDS + BEGIN) <= item
+        lo = tl.where(go, mid, lo)
+        hi = tl.where(go, hi, mid - 1)
+    return meta_ptr + lo * FIELDS

@@ -31,6 +31,18 @@ def aligned_16(tensors: List[torch.Tensor]) -> bool:
 
 
 @triton.jit
+def update_tile(w, n, rows, cols, row_in, col_in, acc, decay, DTYPE: tl.constexpr,
+                OVERWRITE: tl.constexpr):
+    """W[rows, cols] <- decay*W + acc (float32), one rounding to DTYPE, masked to the matrix
+    (n columns); OVERWRITE (decay == 0) stores acc without reading W (it may hold NaN)."""
+    where = rows[:, None] * n + cols[None, :]
+    mask = row_in[:, None] & col_in[None, :]
+    if not OVERWRITE:
+        acc = acc + decay * tl.load(w + where, mask=mask).to(tl.float32)
+    tl.store(w + where, acc.to(DTYPE), mask=mask)
+
+
+@triton.jit
 def _lowrank_kernel(w_tab, l_tab, r_tab, m, n, k, decay,
                     DTYPE: tl.constexpr, OVERWRITE: tl.constexpr, ALIGNED: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -57,11 +69,7 @@ def _lowrank_kernel(w_tab, l_tab, r_tab, m, n, k, decay,
         lt = tl.load(left + rows[:, None] * k + ks[None, :], mask=row_in[:, None] & k_in, other=0.0)
         rt = tl.load(right + cols[:, None] * k + ks[None, :], mask=col_in[:, None] & k_in, other=0.0)
         acc = tl.dot(lt, tl.trans(rt), acc, input_precision="ieee")
-    where = rows[:, None] * n + cols[None, :]
-    mask = row_in[:, None] & col_in[None, :]
-    if not OVERWRITE:  # decay == 0 never reads W (it may hold NaN)
-        acc = acc + decay * tl.load(w + where, mask=mask).to(tl.float32)
-    tl.store(w + where, acc.to(DTYPE), mask=mask)
+    update_tile(w, n, rows, cols, row_in, col_in, acc, decay, DTYPE, OVERWRITE)
 
 
 def lowrank_update(args: LowrankArgs) -> None:

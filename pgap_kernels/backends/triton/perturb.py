@@ -14,7 +14,7 @@ import triton.language as tl
 from ..._validation import PerturbArgs
 from .._groups import split_by_dtype
 from .._tables import META_FIELDS, chunk_table, stream_tables
-from ._stream import sum_block_normals
+from ._stream import sum_block_normals, table_row
 
 BLOCKS = 256  # Philox blocks per program: 1024 elements
 TL_DTYPES = {0: tl.float32, 1: tl.bfloat16, 2: tl.float16}
@@ -26,15 +26,7 @@ def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, 
                     DTYPE: tl.constexpr, HAS_MEAN: tl.constexpr, OVERWRITE: tl.constexpr,
                     BLOCKS: tl.constexpr, SEARCH_STEPS: tl.constexpr, ALIGNED: tl.constexpr):
     chunk = tl.program_id(0).to(tl.int64)
-    # Largest tensor p whose first chunk is <= this chunk (binary search over the table).
-    lo = tl.zeros((), dtype=tl.int64)
-    hi = lo + n_tensors - 1
-    for _ in tl.static_range(SEARCH_STEPS):
-        mid = (lo + hi + 1) // 2
-        go = tl.load(meta_ptr + mid * _META + 5) <= chunk
-        lo = tl.where(go, mid, lo)
-        hi = tl.where(go, hi, mid - 1)
-    row = meta_ptr + lo * _META
+    row = table_row(meta_ptr, n_tensors, chunk, _META, 5, SEARCH_STEPS)  # the chunk's tensor
     data = tl.load(row).to(tl.pointer_type(DTYPE))
     numel = tl.load(row + 2)
     offset = tl.load(row + 3)
