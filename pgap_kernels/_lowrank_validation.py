@@ -77,12 +77,54 @@ def _check_matrix(t, name: str, device: Optional[torch.device]) -> torch.Tensor:
     return t
 
 
+def check_weight(t, name: str, device: Optional[torch.device]) -> torch.Tensor:
+    """A matrix that an op writes in place: :func:`_check_matrix` and contiguous."""
+    _check_matrix(t, name, device)
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous() on a copy)")
+    return t
+
+
+def _span(t: torch.Tensor) -> Tuple[int, int]:
+    """[first, last) byte addresses a (possibly strided, non-empty) tensor can touch."""
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+
+def check_disjoint(written: Sequence[Tuple[str, torch.Tensor]],
+                   read: Sequence[Tuple[str, torch.Tensor]] = ()) -> None:
+    """Raise ValueError if two written tensors, or a read and a written one, share memory.
+
+    Run on real tensors (it reads data pointers) before anything is modified: a tensor written
+    twice, or read while it is written, would race inside one kernel launch. Read-only tensors
+    may share memory with each other. Empty tensors are ignored.
+    """
+    spans = sorted([(_span(t), name, True) for name, t in written if t.numel()]
+                   + [(_span(t), name, False) for name, t in read if t.numel()])
+    # The span reaching furthest so far among the written ones, and among the read ones: a span
+    # overlaps an earlier one of a kind iff it starts before that furthest end.
+    furthest = {True: None, False: None}
+    for (lo, hi), name, writes in spans:
+        for kind in (True, False) if writes else (True,):
+            rival = furthest[kind]
+            if rival is not None and lo < rival[0][1]:
+                if kind and writes and rival[0] == (lo, hi):
+                    raise ValueError(f"{name} and {rival[1]} are the same tensor, which appears "
+                                     "twice; each tensor may be updated once per call")
+                raise ValueError(f"{name} overlaps {rival[1]} in memory, and the call writes "
+                                 "one of them; pass tensors that do not share storage")
+        if furthest[writes] is None or hi > furthest[writes][0][1]:
+            furthest[writes] = ((lo, hi), name)
+
+
 def validate_lowrank(W, U, Z, V, scale: FloatOrFloats, decay: float
                      ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor],
                                 List[torch.Tensor], List[float], float]:
     """Check the arguments of ``lowrank_perturb_``; return them as lists (scale per matrix).
 
     W: (m, n) contiguous, U: (m, r), Z: (r, s), V: (n, s), r, s >= 1, float dtypes, one device.
+    Memory overlaps (a W listed twice) need data pointers: :func:`check_disjoint`, run by the op
+    on the real tensors.
     """
     single = isinstance(W, torch.Tensor)
     Ws = _matrix_list(W, "W")
@@ -102,10 +144,7 @@ def validate_lowrank(W, U, Z, V, scale: FloatOrFloats, decay: float
     device = None
     for p, (w, u, z, v) in enumerate(zip(Ws, Us, Zs, Vs)):
         tag = "" if single else f"[{p}]"
-        _check_matrix(w, f"W{tag}", device)
-        device = w.device
-        if not w.is_contiguous():
-            raise ValueError(f"W{tag} must be contiguous (call .contiguous() on a copy)")
+        device = check_weight(w, f"W{tag}", device).device
         for x, name in ((u, "U"), (z, "Z"), (v, "V")):
             _check_matrix(x, f"{name}{tag}", device)
         (m, n), (mu, r), (rz, s), (nv, sv) = w.shape, u.shape, z.shape, v.shape
@@ -115,12 +154,6 @@ def validate_lowrank(W, U, Z, V, scale: FloatOrFloats, decay: float
                              "Z (r, s), V (n, s)")
         if r < 1 or s < 1:
             raise ValueError(f"Z{tag} has shape {(r, s)}; the ranks r and s must be at least 1")
-    seen = set()
-    for p, w in enumerate(Ws):
-        key = (w.data_ptr(), w.numel())
-        if w.numel() and key in seen:
-            raise ValueError(f"W[{p}] appears twice in the list; each matrix may be updated once per call")
-        seen.add(key)
     return Ws, Us, Zs, Vs, scales, decay
 
 
@@ -172,5 +205,6 @@ def validate_sketch(problems, seeds: IntOrInts, coeffs: FloatOrFloats, omegas,
     return SketchArgs(problems, seeds_l, coeffs_l, out, transpose)
 
 
-__all__ = ["LowrankArgs", "SketchArgs", "SketchProblem", "check_problem", "lowrank_factors",
+__all__ = ["LowrankArgs", "SketchArgs", "SketchProblem", "check_disjoint", "check_problem",
+           "check_weight", "lowrank_factors",
            "validate_lowrank", "validate_sketch"]

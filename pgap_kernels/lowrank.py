@@ -1,7 +1,9 @@
 """Public low-rank ops: in-place U·Z·Vᵀ perturbation and implicit Gaussian-sum sketches.
 
 Validation runs here, before anything is modified; the backend chosen for the device then runs
-(see :mod:`pgap_kernels._dispatch`). Neither op ever allocates an m x n temporary.
+(see :mod:`pgap_kernels._dispatch`). Neither op ever allocates an m x n temporary. Both are
+``torch.library`` custom ops (``pgap::lowrank_perturb_``, ``pgap::gaussian_sketch_batch``), so
+torch.compile traces them without a graph break; plain eager calls skip the op's dispatch.
 """
 from __future__ import annotations
 
@@ -10,12 +12,40 @@ from typing import List, Sequence, Tuple, Union
 import torch
 
 from ._dispatch import run_backend
-from ._lowrank_validation import (LowrankArgs, SketchProblem, lowrank_factors, validate_lowrank,
-                                  validate_sketch)
+from ._library import define_op, plain_eager_call
+from ._lowrank_validation import (LowrankArgs, SketchArgs, SketchProblem, check_disjoint,
+                                  lowrank_factors, validate_lowrank, validate_sketch)
+from ._stream import seed_from_int64, seed_to_int64
 from ._validation import FloatOrFloats, IntOrInts
 
 MatrixOrMatrices = Union[torch.Tensor, Sequence[torch.Tensor]]
 ProblemLike = Union[SketchProblem, Tuple[int, int], Tuple[int, int, int], Tuple[int, int, int, int]]
+
+
+def _lowrank_impl(weights: List[torch.Tensor], us: List[torch.Tensor], zs: List[torch.Tensor],
+                  vs: List[torch.Tensor], scales: List[float], decay: float, backend: str) -> None:
+    """Body of ``pgap::lowrank_perturb_`` on CPU and CUDA (``backend`` "" = chosen now).
+
+    Forms the float32 factors L, R of every non-empty W, checks on the real tensors that no W is
+    listed twice and no R (V itself, when it is float32 and contiguous) shares memory with a W,
+    then runs the backend.
+    """
+    keep = [p for p, w in enumerate(weights) if w.numel() > 0]
+    if not keep:
+        return
+    factors = [lowrank_factors(us[p], zs[p], vs[p], scales[p]) for p in keep]
+    check_disjoint([(f"W[{p}]", weights[p]) for p in keep],
+                   [(f"V[{p}]", right) for p, (_, right) in zip(keep, factors)])
+    run_backend("lowrank", "lowrank_update", weights[keep[0]].device,
+                LowrankArgs([weights[p] for p in keep], [f[0] for f in factors],
+                            [f[1] for f in factors], decay), backend=backend)
+
+
+def _lowrank_fake(weights, us, zs, vs, scales, decay, backend) -> None:
+    return None
+
+
+define_op("lowrank_perturb_", _lowrank_impl, _lowrank_fake, mutates_args=("weights",))
 
 
 @torch.no_grad()
@@ -46,20 +76,35 @@ def lowrank_perturb_(W: MatrixOrMatrices, U: MatrixOrMatrices, Z: MatrixOrMatric
         twice), before any tensor is modified.
     """
     Ws, Us, Zs, Vs, scales, decay = validate_lowrank(W, U, Z, V, scale, decay)
-    keep = [p for p, w in enumerate(Ws) if w.numel() > 0]
-    if not keep:
+    if not any(w.numel() for w in Ws):
         return
-    lefts, rights = [], []
-    for p in keep:
-        left, right = lowrank_factors(Us[p], Zs[p], Vs[p], scales[p])
-        lefts.append(left)
-        rights.append(right)
-    weights = [Ws[p] for p in keep]
-    run_backend("lowrank", "lowrank_update", weights[0].device,
-                LowrankArgs(weights, lefts, rights, decay))
-    torch.autograd.graph.increment_version(weights)
+    if plain_eager_call(Ws + Us + Zs + Vs):
+        _lowrank_impl(Ws, Us, Zs, Vs, scales, decay, "")
+        torch.autograd.graph.increment_version(Ws)  # as the op's ADInplaceOrView does
+        return
+    torch.ops.pgap.lowrank_perturb_(Ws, Us, Zs, Vs, scales, decay, "")
 
 
+def _sketch_impl(ms: List[int], ns: List[int], keys: List[int], offsets: List[int],
+                 seeds: List[int], coeffs: List[float], omegas: List[torch.Tensor], transpose: bool,
+                 backend: str) -> List[torch.Tensor]:
+    """Body of ``pgap::gaussian_sketch_batch`` on CPU and CUDA (seeds as int64 bit patterns,
+    omegas contiguous float32 on one device, at least one problem)."""
+    problems = [SketchProblem(*p) for p in zip(ms, ns, keys, offsets)]
+    args = SketchArgs(problems, [seed_from_int64(s) for s in seeds], list(coeffs), list(omegas),
+                      transpose)
+    return run_backend("sketch", "gaussian_sketch", omegas[0].device, args, backend=backend)
+
+
+def _sketch_fake(ms, ns, keys, offsets, seeds, coeffs, omegas, transpose, backend) -> List[torch.Tensor]:
+    return [om.new_empty((n if transpose else m, om.shape[1]), dtype=torch.float32)
+            for m, n, om in zip(ms, ns, omegas)]
+
+
+define_op("gaussian_sketch_batch", _sketch_impl, _sketch_fake)
+
+
+@torch.no_grad()
 def gaussian_sketch_batch(problems: Sequence[ProblemLike], seeds: IntOrInts, coeffs: FloatOrFloats,
                           omegas: Sequence[torch.Tensor], *, transpose: bool = False
                           ) -> List[torch.Tensor]:
@@ -79,8 +124,11 @@ def gaussian_sketch_batch(problems: Sequence[ProblemLike], seeds: IntOrInts, coe
     args = validate_sketch(problems, seeds, coeffs, omegas, transpose)
     if not args.problems:
         return []
-    with torch.no_grad():
-        return run_backend("sketch", "gaussian_sketch", args.omegas[0].device, args)
+    columns = [list(c) for c in zip(*args.problems)]  # ms, ns, keys, offsets
+    if plain_eager_call(args.omegas):
+        return _sketch_impl(*columns, args.seeds, args.coeffs, args.omegas, transpose, "")
+    return torch.ops.pgap.gaussian_sketch_batch(*columns, [seed_to_int64(s) for s in args.seeds],
+                                                args.coeffs, args.omegas, transpose, "")
 
 
 def gaussian_sketch(m: int, n: int, seeds: IntOrInts, coeffs: FloatOrFloats, omega: torch.Tensor, *,

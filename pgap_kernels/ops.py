@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from ._dispatch import DeviceLike, as_device, run_backend
+from ._library import define_op, plain_eager_call
 from ._stream import INDEX_LIMIT, KEY_LIMIT, seed_from_int64, seed_to_int64
 from ._validation import (FloatOrFloats, IntOrInts, PerturbArgs, TensorList, check_float_dtype,
                           check_int, validate_perturb)
@@ -36,33 +37,11 @@ def _perturb_impl(tensors: List[torch.Tensor], means: List[torch.Tensor],
                               list(offsets), decay, mean_coeff))
 
 
-_perturb_op = torch.library.custom_op("pgap::perturb_", mutates_args=("tensors",),
-                                      device_types="cpu")(_perturb_impl)
-_perturb_op.register_kernel("cuda")(_perturb_impl)
-
-
-@_perturb_op.register_fake
 def _perturb_fake(tensors, means, seeds, coeffs, keys, offsets, decay, mean_coeff, backend) -> None:
     return None
 
 
-_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
-
-
-def _eager_fast_path(args: PerturbArgs) -> bool:
-    """True when calling the backend directly is indistinguishable from calling the op.
-
-    The registered op costs ~85 us of Python dispatch per call on CPU (measured), more than the
-    kernels themselves for small tensors, so plain eager calls skip it. Anything that must see
-    the op (torch.compile tracing, torch-function or dispatch modes such as FakeTensorMode,
-    tensor subclasses) goes through ``torch.ops.pgap.perturb_``.
-    """
-    if torch.compiler.is_compiling():
-        return False
-    if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack() > 0:
-        return False
-    tensors = args.tensors + (args.means or [])
-    return all(type(t) in _PLAIN_TENSOR_TYPES for t in tensors)
+define_op("perturb_", _perturb_impl, _perturb_fake, mutates_args=("tensors",))
 
 
 def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
@@ -110,7 +89,7 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
                             mean=mean, mean_coeff=mean_coeff)
     if not any(t.numel() for t in args.tensors):
         return
-    if _eager_fast_path(args):
+    if plain_eager_call(args.tensors + (args.means or [])):
         _run("", args)
         torch.autograd.graph.increment_version(args.tensors)  # as the op's ADInplaceOrView does
         return
