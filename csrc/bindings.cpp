@@ -15,6 +15,7 @@
 
 #include "cuda/lowrank.h"
 #include "cuda/perturb.h"
+#include "cuda/subspace.h"
 #endif
 
 namespace py = pybind11;
@@ -67,6 +68,30 @@ void host_gaussian_sketch(int64_t m, int64_t n, uint64_t offset, uint32_t key,
                         transpose, reinterpret_cast<float*>(out), num_threads);
 }
 
+void host_subspace_perturb(const std::vector<int>& dtype, const std::vector<uintptr_t>& w,
+                           const std::vector<uintptr_t>& basis, const std::vector<int64_t>& m,
+                           const std::vector<int64_t>& n, const std::vector<int64_t>& r,
+                           const std::vector<uint64_t>& offset, const std::vector<uint32_t>& key,
+                           const std::vector<uint64_t>& seeds, const std::vector<float>& coeffs,
+                           float decay, int num_threads) {
+  const size_t count = w.size();
+  if (dtype.size() != count || basis.size() != count || m.size() != count || n.size() != count ||
+      r.size() != count || offset.size() != count || key.size() != count)
+    throw std::invalid_argument("per-matrix argument lists must have equal lengths");
+  if (seeds.size() != coeffs.size()) throw std::invalid_argument("seeds and coeffs differ in length");
+  std::vector<host::SubspaceMatrix> mats(count);
+  for (size_t p = 0; p < count; ++p) {
+    if (m[p] < 0 || n[p] < 0 || r[p] < 1) throw std::invalid_argument("need m, n >= 0 and r >= 1");
+    mats[p] = host::SubspaceMatrix{to_dtype(dtype[p]), reinterpret_cast<void*>(w[p]),
+                                   reinterpret_cast<const float*>(basis[p]), m[p], n[p], r[p],
+                                   offset[p], key[p]};
+  }
+  const StreamArgs stream{seeds.data(), coeffs.data(), static_cast<int64_t>(seeds.size()), decay,
+                          0.0f};
+  py::gil_scoped_release release;
+  host::subspace_perturb(mats, stream, num_threads);
+}
+
 py::tuple philox(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
   const Words4 w = philox4x32_10(c0, c1, c2, c3, k0, k1);
   return py::make_tuple(w.w0, w.w1, w.w2, w.w3);
@@ -104,6 +129,11 @@ PYBIND11_MODULE(_C, m) {
         "A*omega or A^T*omega for an implicit seeded Gaussian sum A on the CPU (float32)",
         py::arg("m"), py::arg("n"), py::arg("offset"), py::arg("key"), py::arg("seeds"),
         py::arg("coeffs"), py::arg("omega"), py::arg("q"), py::arg("transpose"), py::arg("out"),
+        py::arg("num_threads"));
+  m.def("host_subspace_perturb", &host_subspace_perturb,
+        "In-place W <- decay*W + Xi*V^T for many matrices on the CPU (Xi drawn from the stream)",
+        py::arg("dtype"), py::arg("w"), py::arg("basis"), py::arg("m"), py::arg("n"), py::arg("r"),
+        py::arg("offset"), py::arg("key"), py::arg("seeds"), py::arg("coeffs"), py::arg("decay"),
         py::arg("num_threads"));
   m.def("philox4x32_10", &philox, "Raw Philox4x32-10 words for one counter and key");
   m.def("build_info", &build_info);
@@ -152,5 +182,19 @@ PYBIND11_MODULE(_C, m) {
                               reinterpret_cast<void*>(stream));
       },
       "Batched implicit Gaussian-sum sketches for same-shape problems (device pointer arrays)");
+  m.def(
+      "cuda_subspace_perturb",
+      [](int dtype, uintptr_t meta, int64_t count, int64_t total_tiles, int64_t span, uintptr_t seeds,
+         uintptr_t coeffs, int64_t n_seeds, float decay, int device, uintptr_t stream) {
+        const DType dt = to_dtype(dtype);
+        if (count < 0 || total_tiles < 0 || span < 1) throw std::invalid_argument("need count, total_tiles >= 0 and span >= 1");
+        py::gil_scoped_release release;
+        cuda::subspace_perturb(dt, reinterpret_cast<const cuda::SubspaceMeta*>(meta), count,
+                               total_tiles, span, reinterpret_cast<const uint64_t*>(seeds),
+                               reinterpret_cast<const float*>(coeffs), n_seeds, decay, device,
+                               reinterpret_cast<void*>(stream));
+      },
+      "In-place W <- decay*W + Xi*V^T for one dtype group of matrices on a CUDA device (device table)");
+  m.attr("CUDA_SUBSPACE_TILE") = py::make_tuple(cuda::kSubspaceRows, cuda::kSubspaceCols);
 #endif
 }

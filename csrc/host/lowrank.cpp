@@ -1,5 +1,6 @@
-// Host low-rank entry points: run the kernels of the instruction set selected for perturb
-// (host::current_isa(), PGAP_HOST_ISA, set_isa); the bodies are in lowrank_kernel.h.
+// Host low-rank and subspace entry points: run the kernels of the instruction set selected for
+// perturb (host::current_isa(), PGAP_HOST_ISA, set_isa); the bodies are in lowrank_kernel.h and
+// subspace_kernel.h.
 #include "host/lowrank.h"
 
 #include <string>
@@ -15,6 +16,7 @@ namespace host {
                       float, int);                                                             \
   void gaussian_sketch(int64_t, int64_t, uint64_t, uint32_t, const uint64_t*, const float*,    \
                        int64_t, const float*, int64_t, bool, float*, int);                     \
+  void subspace_perturb(const std::vector<SubspaceMatrix>&, const StreamArgs&, int);           \
   }
 PGAP_DECLARE_LOWRANK(generic)
 PGAP_DECLARE_LOWRANK(avx2)
@@ -42,6 +44,14 @@ void gaussian_sketch(int64_t m, int64_t n, uint64_t offset, uint32_t key, const 
   else
     generic::gaussian_sketch(m, n, offset, key, seeds, coeffs, n_seeds, omega, q, transpose, out,
                              num_threads);
+}
+
+void subspace_perturb(const std::vector<SubspaceMatrix>& mats, const StreamArgs& stream,
+                      int num_threads) {
+  const std::string isa = current_isa();
+  if (isa == "avx512") avx512::subspace_perturb(mats, stream, num_threads);
+  else if (isa == "avx2") avx2::subspace_perturb(mats, stream, num_threads);
+  else generic::subspace_perturb(mats, stream, num_threads);
 }
 
 }  // namespace host

@@ -1,6 +1,7 @@
 // Host (CPU) low-rank ops: in-place W <- decay*W + L*R^T and implicit Gaussian-sum sketches.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "pgap/perturb_args.h"
 
@@ -20,6 +21,25 @@ void lowrank_update(DType dtype, void* w, int64_t m, int64_t n, const float* lef
 void gaussian_sketch(int64_t m, int64_t n, uint64_t offset, uint32_t key, const uint64_t* seeds,
                      const float* coeffs, int64_t n_seeds, const float* omega, int64_t q,
                      bool transpose, float* out, int num_threads);
+
+// One matrix of a subspace perturbation: W (m x n, row-major, `dtype`, mutated) and its basis V
+// (n x r, row-major float32, r >= 1); Xi[i, k] = sum_j coeffs[j] * xi(seeds[j], key,
+// offset + i*r + k).
+struct SubspaceMatrix {
+  DType dtype;
+  void* w;
+  const float* basis;
+  int64_t m, n, r;
+  uint64_t offset;
+  uint32_t key;
+};
+
+// W <- decay*W + Xi*V^T for every matrix, float32 accumulation and one rounding to W's dtype
+// (stream.decay; stream.mean_coeff is unused). decay == 0 overwrites W without reading it. One
+// parallel region for all matrices; Xi is drawn in row blocks, never stored whole, and nothing
+// m x n is allocated.
+void subspace_perturb(const std::vector<SubspaceMatrix>& mats, const StreamArgs& stream,
+                      int num_threads);
 
 }  // namespace host
 }  // namespace pgap

@@ -7,9 +7,13 @@ import torch
 
 from .._stream import seed_to_int64
 from .._lowrank_validation import SketchArgs
+from .._subspace_validation import SubspaceArgs
 from .._validation import PerturbArgs
 
 META_FIELDS = 6  # data, mean, numel, offset, key, chunk_begin (see csrc/cuda/perturb.h)
+# w, basis, m, n, r, offset, key, tile_begin, col_spans (see csrc/cuda/subspace.h)
+SUBSPACE_META_FIELDS = 9
+MAX_SUBSPACE_SPAN = 16  # column chunks per subspace tile: Xi drawn once per 16 chunks at most
 
 
 def chunk_table(args: PerturbArgs, blocks_per_chunk: int) -> Tuple[torch.Tensor, int]:
@@ -29,7 +33,40 @@ def chunk_table(args: PerturbArgs, blocks_per_chunk: int) -> Tuple[torch.Tensor,
     return torch.tensor(rows, dtype=torch.int64).reshape(-1, META_FIELDS), begin
 
 
-def stream_tables(args: Union[PerturbArgs, SketchArgs], device: torch.device
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def subspace_tiles(args: SubspaceArgs, rows: int, cols: int, span: int) -> int:
+    """Tiles of ``rows`` rows x ``span`` chunks of ``cols`` columns over all matrices."""
+    return sum(_cdiv(t.shape[0], rows) * _cdiv(_cdiv(t.shape[1], cols), span) for t in args.tensors)
+
+
+def subspace_span(args: SubspaceArgs, rows: int, cols: int, target: int) -> int:
+    """Column chunks per tile: the largest power of two up to MAX_SUBSPACE_SPAN that still
+    leaves ``target`` tiles (a tile draws its rows of Xi once, so wider tiles draw less)."""
+    span = MAX_SUBSPACE_SPAN
+    while span > 1 and subspace_tiles(args, rows, cols, span) < target:
+        span //= 2
+    return span
+
+
+def subspace_table(args: SubspaceArgs, rows: int, cols: int, span: int) -> Tuple[torch.Tensor, int]:
+    """Per-matrix int64 rows (SUBSPACE_META_FIELDS columns, on the CPU) and the tile count.
+
+    The tiles of matrix p are numbered from tile_begin[p], row block by row block, each row block
+    cut into col_spans[p] tiles of ``span`` column chunks of ``cols`` columns. No empty matrix.
+    """
+    table, begin = [], 0
+    for t, v, offset, key in zip(args.tensors, args.bases, args.offsets, args.keys):
+        (m, n), r = t.shape, v.shape[1]
+        col_spans = _cdiv(_cdiv(n, cols), span)
+        table.append([t.data_ptr(), v.data_ptr(), m, n, r, offset, key, begin, col_spans])
+        begin += _cdiv(m, rows) * col_spans
+    return torch.tensor(table, dtype=torch.int64).reshape(-1, SUBSPACE_META_FIELDS), begin
+
+
+def stream_tables(args: Union[PerturbArgs, SketchArgs, SubspaceArgs], device: torch.device
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Seeds (as int64 bit patterns) and float32 coefficients of ``args``, on ``device``."""
     seeds = torch.tensor([seed_to_int64(s) for s in args.seeds] or [0], dtype=torch.int64)

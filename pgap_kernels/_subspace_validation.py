@@ -1,0 +1,90 @@
+"""Argument checks and normalized arguments of ``subspace_perturb_``, run before anything is touched.
+
+Every backend receives a :class:`SubspaceArgs`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+from ._lowrank_validation import _check_matrix, _matrix_list, check_disjoint, check_weight
+from ._stream import INDEX_LIMIT
+from ._validation import FloatOrFloats, IntOrInts, check_finite, check_keys_offsets, check_seeds_coeffs
+
+
+@dataclass
+class SubspaceArgs:
+    """``tensors[p] <- decay*tensors[p] + (sum_j coeffs[j] Xi_j,p) @ bases[p].T`` for every p.
+
+    ``Xi_j,p[i, k] = xi(seeds[j], keys[p], offsets[p] + i*r_p + k)`` (an m_p x r_p matrix of the
+    stream, row-major). tensors[p]: (m_p, n_p) contiguous float32/bfloat16/float16 (mutated);
+    bases[p]: (n_p, r_p) contiguous float32, r_p >= 1; all on one device. Backends receive no
+    empty matrix. Accumulation in float32, one rounding to the tensor's dtype; ``decay == 0``
+    overwrites the tensor without reading it.
+    """
+
+    tensors: List[torch.Tensor]
+    bases: List[torch.Tensor]
+    seeds: List[int]
+    coeffs: List[float]
+    keys: List[int]
+    offsets: List[int]
+    decay: float
+
+    def subset(self, ps: Sequence[int]) -> "SubspaceArgs":
+        """The arguments of the matrices at positions ``ps`` (same seeds, coefficients, decay)."""
+        return SubspaceArgs([self.tensors[p] for p in ps], [self.bases[p] for p in ps], self.seeds,
+                            self.coeffs, [self.keys[p] for p in ps], [self.offsets[p] for p in ps],
+                            self.decay)
+
+    def nonempty(self) -> "SubspaceArgs":
+        return self.subset([p for p, t in enumerate(self.tensors) if t.numel() > 0])
+
+
+def validate_subspace(tensors, bases, seeds: IntOrInts, coeffs: FloatOrFloats, *,
+                      keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
+                      decay: float) -> SubspaceArgs:
+    """Check every argument of ``subspace_perturb_``; raise TypeError/ValueError naming it.
+
+    Shapes, dtypes, devices and ranges only: memory overlaps need data pointers and are checked
+    by :func:`check_subspace_memory` on the real tensors, still before anything is modified.
+    Bases become contiguous (a copy only where they are not).
+    """
+    single = isinstance(tensors, torch.Tensor)
+    ts = _matrix_list(tensors, "tensors")
+    if single and not isinstance(bases, torch.Tensor):
+        raise TypeError("tensors is a single tensor, so bases must be a single tensor too")
+    bs = _matrix_list(bases, "bases")
+    if len(bs) != len(ts):
+        raise ValueError(f"bases has {len(bs)} matrices but tensors has {len(ts)}")
+    device = None
+    spans = []
+    for p, (t, v) in enumerate(zip(ts, bs)):
+        device = check_weight(t, f"tensors[{p}]", device).device
+        _check_matrix(v, f"bases[{p}]", device)
+        if v.dtype != torch.float32:
+            raise TypeError(f"bases[{p}] has dtype {v.dtype}; expected float32")
+        (m, n), (nv, r) = t.shape, v.shape
+        if nv != n:
+            raise ValueError(f"bases[{p}] has shape {tuple(v.shape)} but tensors[{p}] has shape "
+                             f"{tuple(t.shape)}; expected a basis (n, r) = ({n}, r) for an (m, n) tensor")
+        if r < 1:
+            raise ValueError(f"bases[{p}] has shape {tuple(v.shape)}; its rank r (columns) must be at least 1")
+        if m * r >= INDEX_LIMIT:
+            raise ValueError(f"tensors[{p}]: m*r = {m * r} stream indices must stay below 2**63")
+        spans.append(m * r)
+    seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
+    keys_l, offsets_l = check_keys_offsets(keys, offsets, spans)
+    decay = check_finite(decay, "decay")
+    return SubspaceArgs(ts, [v.contiguous() for v in bs], seeds_l, coeffs_l, keys_l, offsets_l, decay)
+
+
+def check_subspace_memory(args: SubspaceArgs) -> None:
+    """No tensor listed twice or overlapping another, and no basis overlapping a tensor."""
+    check_disjoint([(f"tensors[{p}]", t) for p, t in enumerate(args.tensors)],
+                   [(f"bases[{p}]", v) for p, v in enumerate(args.bases)])
+
+
+__all__ = ["SubspaceArgs", "check_subspace_memory", "validate_subspace"]

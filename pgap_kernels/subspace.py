@@ -1,0 +1,92 @@
+"""Public op ``subspace_perturb_``: seeded perturbations that live in a column subspace.
+
+``W_p <- decay*W_p + (sum_j c_j Xi(s_j, key_p)) @ V_p.T`` with Xi an m x r matrix of the random
+stream and V_p an n x r float32 basis: the perturbation of a matrix restricted to the span of
+V's columns, generated inside the kernel, never stored m x n (docs/subspace.md).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from ._dispatch import run_backend
+from ._library import define_op, plain_eager_call
+from ._stream import seed_from_int64, seed_to_int64
+from ._subspace_validation import SubspaceArgs, check_subspace_memory, validate_subspace
+from ._validation import FloatOrFloats, IntOrInts
+
+MatrixOrMatrices = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def _run(backend: str, args: SubspaceArgs) -> None:
+    """Check memory overlaps on the real tensors, then run ``backend`` ("" = chosen now)."""
+    check_subspace_memory(args)
+    args = args.nonempty()
+    if args.tensors:
+        run_backend("subspace", "subspace_update", args.tensors[0].device, args, backend=backend)
+
+
+def _subspace_impl(tensors: List[torch.Tensor], bases: List[torch.Tensor], seeds: List[int],
+                   coeffs: List[float], keys: List[int], offsets: List[int], decay: float,
+                   backend: str) -> None:
+    """Body of ``pgap::subspace_perturb_`` on CPU and CUDA (seeds as int64 bit patterns;
+    ``backend`` "" for the automatic/forced choice)."""
+    _run(backend, SubspaceArgs(list(tensors), list(bases), [seed_from_int64(s) for s in seeds],
+                               list(coeffs), list(keys), list(offsets), decay))
+
+
+def _subspace_fake(tensors, bases, seeds, coeffs, keys, offsets, decay, backend) -> None:
+    return None
+
+
+define_op("subspace_perturb_", _subspace_impl, _subspace_fake, mutates_args=("tensors",))
+
+
+@torch.no_grad()
+def subspace_perturb_(tensors: MatrixOrMatrices, bases: MatrixOrMatrices, seeds: IntOrInts,
+                      coeffs: FloatOrFloats, *, keys: Optional[Sequence[int]] = None,
+                      offsets: Optional[Sequence[int]] = None, decay: float = 1.0) -> None:
+    """In place, for every matrix ``W_p`` (m_p x n_p) with basis ``V_p`` (n_p x r_p)::
+
+        W_p <- decay*W_p + sum_j coeffs[j] * Xi(seeds[j], keys[p]) @ V_p.T
+        Xi(s, key)[i, k] = xi(s, key, offsets[p] + i*r_p + k)        (m_p x r_p, row-major)
+
+    with ``xi`` the philox4x32-10/v1 stream (docs/rng.md). A row shard of a matrix that starts
+    at row i0 passes ``offsets[p] = i0*r_p`` and gets exactly its rows of the unsharded result.
+    Accumulation is float32 with one rounding to W's dtype; one launch for all matrices of a
+    dtype and all seeds; no m x n temporary (on a GPU, Xi never leaves the chip).
+
+    Parameters
+    ----------
+    tensors : Tensor (m, n) or sequence of them
+        Contiguous float32/bfloat16/float16 matrices on one device. **Mutated.** Matrices with
+        m or n = 0 are left as they are.
+    bases : Tensor (n, r) or sequence of them, one per matrix
+        float32, r >= 1, on the matrices' device, any strides (read only; made contiguous, a
+        copy of n x r floats, where they are not). Must not share memory with a matrix.
+    seeds : int or sequence of int in [0, 2**64)
+    coeffs : float or sequence of float, one finite coefficient per seed
+    keys : sequence of int in [0, 2**32), optional
+        Stream key per matrix; default the list positions 0, 1, ..., as for ``perturb_``.
+    offsets : sequence of int >= 0, optional
+        Stream index of Xi[0, 0] per matrix (default 0); ``offsets[p] + m_p*r_p < 2**63``.
+    decay : float
+        Multiplies the old W; ``decay == 0`` overwrites W without reading it.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad argument (shape, dtype, device, non-contiguous matrix, a matrix listed twice
+        or overlapping another or a basis, ranges of seeds/keys/offsets, non-finite numbers),
+        before any matrix is modified.
+    """
+    args = validate_subspace(tensors, bases, seeds, coeffs, keys=keys, offsets=offsets, decay=decay)
+    if not any(t.numel() for t in args.tensors):
+        return
+    if plain_eager_call(args.tensors + args.bases):
+        _run("", args)
+        torch.autograd.graph.increment_version(args.tensors)  # as the op's ADInplaceOrView does
+        return
+    torch.ops.pgap.subspace_perturb_(args.tensors, args.bases, [seed_to_int64(s) for s in args.seeds],
+                                     args.coeffs, args.keys, args.offsets, args.decay, "")
