@@ -1,0 +1,21 @@
+"""bench/bench_subspace.py runs end to end (quick mode, CPU); no timing is asserted."""
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_subspace.py"
+
+
+def test_bench_subspace_quick_smoke(tmp_path):
+    csv = tmp_path / "subspace.csv"
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--device", "cpu", "--backends", "native",
+         "--ranks", "4", "--repeats", "1", "--warmup", "0", "--csv", str(csv),
+         "--plot", str(tmp_path / "p.png"), "--no-progress"],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "W <- W + Xi @ V.T" in out.stdout and "native" in out.stdout
+    rows = csv.read_text().splitlines()
+    assert rows[0].startswith("timestamp,git_rev,") and "GB_per_s" in rows[0]
+    assert len(rows) == 1 + 3 * 3  # 3 SmolLM2 matrices x (eager, copy, native)
+    assert (tmp_path / "p.png").stat().st_size > 0
