@@ -9,6 +9,11 @@ batch. Per matrix W (m×n) with gradient G:
   random r-dimensional pair of subspaces holds about r/√(m·n) of it;
 * ``cosine`` = cos(U·S_r·Vᵀ, G), the window's gradient estimate against the gradient.
 
+``--subspaces activation`` measures AGZO's one-sided activation subspace instead: the basis V
+(n×r) is sketched by ``pgap.AGZO`` from the layer inputs of the *next* batch (padding masked),
+and ``captured`` = ‖G·V‖ / ‖G‖ for the gradient of this batch; a random r-dimensional subspace
+holds about √(r/n). Only ``nn.Linear`` weights (the tied lm_head included) have such a basis.
+
 Prints the median, 10th and 90th percentile over the 211 matrices and writes
 bench/results/alignment.csv. Needs the embedded model (``make demo`` installs it).
 
@@ -48,7 +53,8 @@ def quantiles(values, qs=(0.1, 0.5, 0.9)):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--probes", type=int, nargs="+", default=[10, 50])
-    p.add_argument("--subspaces", nargs="+", default=["probe", "random"])
+    p.add_argument("--subspaces", nargs="+", default=["probe", "random", "activation"],
+                   choices=["probe", "random", "activation"])
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--eps", type=float, default=1e-3)
@@ -65,6 +71,7 @@ def main(argv=None) -> int:
     task = load_rotten_tomatoes(seed=args.seed)
     clf = PromptClassifier(tok, task.template, task.label_words)
     batch = clf.encode(task.train[:args.batch])
+    other = clf.encode(task.train[args.batch:2 * args.batch])  # the activation bases' batch
 
     def closure():
         return clf.loss(model, batch)
@@ -74,6 +81,25 @@ def main(argv=None) -> int:
     print(f"{'subspace':<8} {'probes':>6} {'captured p10/med/p90':>24} {'cosine p10/med/p90':>24} "
           f"{'random r/sqrt(mn)':>18} {'s':>6}")
     for subspace in args.subspaces:
+        if subspace == "activation":
+            t0 = time.perf_counter()
+            opt = pgap.AGZO(model, lr=0.0, eps=args.eps, rank=args.rank, refresh=0, seed=args.seed)
+            opt.set_token_mask(other["attention_mask"])
+            opt.step(lambda: clf.loss(model, other))
+            res = opt.gradient_alignment(closure)
+            opt.close()
+            seconds = time.perf_counter() - t0
+            cap = quantiles(res["captured"].values())
+            rand = statistics.median(math.sqrt(b.rank / b.shape[1]) for b in opt.bases)
+            rows.append(dict(model="smollm2-135m", subspace=subspace, probes=0, rank=args.rank,
+                             batch=args.batch, matrices=len(res["captured"]),
+                             captured_median=cap[1], captured_p10=cap[0], captured_p90=cap[2],
+                             cosine_median="", cosine_p10="", cosine_p90="",
+                             random_expectation_median=rand, seconds=round(seconds, 1)))
+            head = {k: round(v, 4) for k, v in res["captured"].items() if "embed" in k or "lm_head" in k}
+            print(f"{subspace:<8} {0:>6} {cap[0]:>8.4f}/{cap[1]:.4f}/{cap[2]:.4f} {'-':>24} "
+                  f"{rand:>18.4f} {seconds:>6.0f}   lm_head (tied) {head}")
+            continue
         for h in args.probes:
             t0 = time.perf_counter()
             opt = pgap.PGAP(model, lr=0.0, eps=args.eps, rank=args.rank, window=1000, probes=h,

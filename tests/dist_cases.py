@@ -89,6 +89,8 @@ def train(rank: int, world: int, method: str, options: Dict[str, Any], steps: in
     opt = build_optimizer(method, model, lr=lr, eps=eps, seed=seed, **options)
     losses = [opt.step(closure) for _ in range(steps)]
     out = {"losses": losses, "weights": full_weights(model), "forwards": opt.forwards}
+    if hasattr(opt, "bases"):  # AGZO's activation bases
+        out["bases"] = {b.name: b.V.clone() for b in opt.bases}
     if opt.reducer is not None:
         out["bytes"] = opt.reducer.bytes_sent
     return out

@@ -42,18 +42,34 @@ def test_refresh_sketches_the_plus_forward_and_counts_no_extra_forward():
     X2, B2 = low_rank_inputs(seed=2)
     model = nn.Linear(16, 4)
     data = {"x": X}
-    opt = pgap.AGZO(model, lr=0.0, rank=3, refresh=2, first_iters=2)
+    opt = pgap.AGZO(model, lr=0.0, rank=3, refresh=3, first_iters=0)
     closure = lambda: model(data["x"]).pow(2).mean()  # noqa: E731
     opt.step(closure)                       # step 0: basis forward + 2
     assert opt.forwards == 3 and outside(opt.bases[0].V, B) < 1e-3
     data["x"] = X2
-    opt.step(closure)                       # step 1: no refresh, old basis kept
-    assert opt.forwards == 5 and outside(opt.bases[0].V, B) < 1e-3
-    for _ in range(3):                      # step 2 refreshes from its +eps forward (warm start
-        opt.step(closure)                   # from B: several refreshes to rotate onto B2)
-    assert opt.forwards == 11
+    opt.step(closure)                       # steps 1, 2: no refresh, old basis kept
+    opt.step(closure)
+    assert opt.forwards == 7 and outside(opt.bases[0].V, B) < 1e-3
+    for _ in range(4):                      # steps 3 and 6 refresh from their +eps forwards
+        opt.step(closure)                   # (warm start from B: two refreshes to reach B2)
+    assert opt.forwards == 15
     assert outside(opt.bases[0].V, B2) < 0.05
-    assert opt.diagnostics()["refresh_step"] == 4
+    assert opt.diagnostics()["refresh_step"] == 6
+
+
+def test_first_iters_refine_the_first_basis_in_the_next_steps():
+    X, B = low_rank_inputs(n_rows=256, n=16, true_rank=3, noise=0.3, seed=4)
+    model = nn.Linear(16, 2)
+    closure = lambda: model(X).pow(2).mean()  # noqa: E731
+    refined = pgap.AGZO(model, lr=0.0, rank=3, oversample=0, refresh=0, first_iters=3)
+    steps = []
+    for _ in range(5):
+        refined.step(closure)
+        steps.append(refined.diagnostics()["refresh_step"])
+    assert steps == [0, 1, 2, 3, 3] and refined.forwards == 11
+    once = pgap.AGZO(model, lr=0.0, rank=3, oversample=0, refresh=0, first_iters=0)
+    once.step(closure)
+    assert outside(refined.bases[0].V, B) < outside(once.bases[0].V, B)
 
 
 def test_update_equals_the_formula_from_materialized_xi():

@@ -62,6 +62,26 @@ def test_data_parallel_matches_one_process(tmp_path, method, options):
     assert results[0]["bytes"] == 16 * results[0]["forwards"]
 
 
+AGZO = {"rank": 2, "refresh": 2, "first_iters": 1}
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["data-parallel", "fsdp2"])
+def test_agzo_ranks_share_the_one_process_bases(tmp_path, sharded):
+    """Each rank sketches its half of the batch; the summed sketches give every rank the bases
+    (and so the trajectory) of one process holding the whole batch."""
+    kw = dict(method="agzo", options=AGZO, steps=5)
+    results = run_ranks(tmp_path, "train", sharded=sharded, **kw)
+    ref = reference(**kw)
+    assert_same_run(results, ref)
+    for name, V in ref["bases"].items():
+        assert torch.equal(results[0]["bases"][name], results[1]["bases"][name]), name
+        torch.testing.assert_close(results[0]["bases"][name], V, rtol=1e-4, atol=1e-5, msg=name)
+    # the losses (16 B per forward) and, at steps 0, 1, 2 and 4, the n x k sketches + token counts
+    sketch = sum(4 * (V.shape[0] * min(2 + 4, V.shape[0]) + 1) for V in ref["bases"].values())
+    if not sharded:
+        assert results[0]["bytes"] == 16 * results[0]["forwards"] + 4 * sketch
+
+
 def test_uneven_shards_weighted_by_local_batch_size(tmp_path):
     kw = dict(method="mezo", options={}, steps=3, weighted=True)
     results = run_ranks(tmp_path, "train", uneven=True, **kw)

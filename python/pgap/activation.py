@@ -9,13 +9,14 @@ gradient (AGZO, arXiv 2601.17261; measured on SmolLM2 in docs/agzo.md).
 How a basis is kept: a warm-start block Q (n × k, k = r + oversample, orthonormal). While a forward
 is captured, a forward pre-hook on each user module adds Xᵀ·(X·Q) to a sketch Y (n × k), X being
 that call's inputs (tokens × n, padded tokens dropped when a token mask is set); nothing of size
-tokens × n outlives the hook call. At the end of the capture, Y = Ũ·Σ·Wᵀ (thin SVD): Q ← Ũ,
-V ← Q[:, :r], and the singular values estimate the eigenvalues of Σ_t x_t x_tᵀ (``sigma`` holds
+tokens × n outlives the hook call. At the end of the capture, Y = Ũ·Σ·Wᵀ (thin SVD, each column's sign fixed so
+that its largest entry is positive): Q ← Ũ, V ← Q[:, :r], and the singular values estimate the eigenvalues of Σ_t x_t x_tᵀ (``sigma`` holds
 their square roots, the activations' singular values). That is one step of orthogonal iteration
-warm-started from the previous basis. The first capture starts from a seeded random Q and runs
-``first_iters`` power iterations on each call's own X (QR between them).
+warm-started from the previous basis; the first capture starts from a seeded random Q (a
+randomized range finder with oversampling).
 
-Data parallel: the sketches are summed over ranks before the SVD, so every rank gets the same V.
+The sketch is a sum over the hook calls, so it is additive over tokens: data-parallel ranks sum
+their sketches before the SVD and get the same V as one process holding the whole batch.
 """
 from __future__ import annotations
 
@@ -98,6 +99,14 @@ def random_start(basis: ActivationBasis, seed: int) -> torch.Tensor:
     return torch.linalg.qr(g).Q.contiguous()
 
 
+def canonical_signs(u: torch.Tensor) -> torch.Tensor:
+    """``u`` with each column's sign fixed so that its largest-magnitude entry is positive: the
+    SVD's sign is arbitrary (it differs between LAPACK builds and devices), the basis must not be."""
+    idx = u.abs().argmax(dim=0, keepdim=True)
+    signs = torch.sign(torch.gather(u, 0, idx))
+    return u * torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
 class ActivationSketcher:
     """Forward pre-hooks that feed the bases' sketches while :meth:`capture` is active.
 
@@ -105,9 +114,8 @@ class ActivationSketcher:
     (batch, seq, n) keeps only the rows where it is non-zero. Other input shapes use every row.
     """
 
-    def __init__(self, bases: Sequence[ActivationBasis], first_iters: int = 2) -> None:
+    def __init__(self, bases: Sequence[ActivationBasis]) -> None:
         self.bases = list(bases)
-        self.first_iters = int(first_iters)
         self.active = False
         self.token_mask: Optional[torch.Tensor] = None
         self._handles = [m.register_forward_pre_hook(self._hook(b))
@@ -133,11 +141,7 @@ class ActivationSketcher:
             X = self._rows(inputs[0], basis.shape[1])
             if X.shape[0] == 0:
                 return None
-            Q = basis.Q
-            if basis.V is None:  # first capture: power iterations on this call's inputs
-                for _ in range(self.first_iters):
-                    Q = torch.linalg.qr(X.T @ (X @ Q)).Q
-            basis.sketch.add_(X.T @ (X @ Q))
+            basis.sketch.add_(X.T @ (X @ basis.Q))
             basis.tokens += X.shape[0]
             return None
         return hook
@@ -174,6 +178,7 @@ class ActivationSketcher:
         for b in todo:
             if b.tokens > 0 and bool(torch.isfinite(b.sketch).all()):
                 u, s, _ = torch.linalg.svd(b.sketch, full_matrices=False)
+                u = canonical_signs(u)
                 b.Q = u.contiguous()
                 b.V = u[:, :b.rank].contiguous()
                 b.sigma = s.clamp_min(0).sqrt()

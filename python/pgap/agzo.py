@@ -34,9 +34,11 @@ class AGZO(ZOOptimizer):
     (``"frozen"``). A step is MeZO's: three fused passes (``subspace_perturb_`` for the matrices,
     ``perturb_`` for the rest), g = (L+ − L−)/(2ε), θ ← (1 − lr·wd)·θ − lr·g·P.
 
-    Bases: the first step runs one extra, unperturbed forward to sketch them (counted in
-    ``forwards``); then every ``refresh`` steps the +ε forward is sketched too (no extra
-    forward) and the new bases apply from the next step. ``refresh=0`` keeps the first bases.
+    Bases: the first step runs one extra, unperturbed forward to sketch them from a seeded
+    random start (counted in ``forwards``). The +ε forwards of the next ``first_iters`` steps
+    and then of every ``refresh``-th step are sketched too (no extra forward): each is one
+    orthogonal-iteration step from the current basis, applied from the following step.
+    ``refresh=0`` stops after the first ``first_iters`` refinements.
 
     Parameters (beyond :class:`pgap.MeZO`'s lr, eps, weight_decay, seed, eval_mode, backend,
     decay_filter, process_group)
@@ -44,7 +46,7 @@ class AGZO(ZOOptimizer):
     rank : int >= 1, basis size r (per matrix min(rank, n))
     refresh : int >= 0, steps between basis refreshes (0: never after the first)
     oversample : int >= 0, extra columns kept in the warm-start block
-    first_iters : int >= 0, power iterations of the first sketch on each call's inputs
+    first_iters : int >= 0, refinements of the first basis in the steps right after it
     others : "gaussian" or "frozen", what happens to the parameters without a basis
     sigma_power : float >= 0, scale basis direction i by σ_i^−α (normalized to mean square 1):
         a cheap curvature preconditioner (dominant directions are also high-curvature ones)
@@ -72,7 +74,7 @@ class AGZO(ZOOptimizer):
             b.Q = random_start(b, start)
         in_basis = {id(b.trainable.param) for b in self.bases}
         self.vectors: List[Trainable] = [t for t in self.trainables if id(t.param) not in in_basis]
-        self.sketcher = ActivationSketcher(self.bases, self.first_iters)
+        self.sketcher = ActivationSketcher(self.bases)
         self._directions: List[torch.Tensor] = []
         self._refresh_diag: Dict[str, Any] = {}
 
@@ -121,8 +123,10 @@ class AGZO(ZOOptimizer):
             raise
 
     def _refresh_due(self) -> bool:
-        return bool(self.bases) and self.refresh > 0 and self.steps_done > 0 \
-            and self.steps_done % self.refresh == 0
+        step = self.steps_done
+        if not self.bases or step == 0:
+            return False
+        return step <= self.first_iters or (self.refresh > 0 and step % self.refresh == 0)
 
     # -- passes ----------------------------------------------------------------------------
     def _subspace(self, indices: Sequence[int], seed: int, coeff: float, decay: float = 1.0) -> None:
