@@ -6,8 +6,9 @@ The first time a backend is about to run on a device (chosen automatically, or f
 * the stream's known-answer vectors (docs/rng.md, "Test vectors"): ξ at nine (seed, key, index)
   triples, the c0→c1 carry and a 10¹² offset included, within the contract's 1e-5·(1 + |ξ|);
 * a small parity check against ``reference`` of every op the library provides: ``perturb_``
-  (several tensors of odd sizes, two seeds, decay, a mean term), ``lowrank_perturb_`` and the
-  Gaussian sketches (plain and transposed), in float32 and bfloat16, a few hundred elements each.
+  (several tensors of odd sizes, two seeds, decay, a mean term), ``lowrank_perturb_``, the
+  Gaussian sketches (plain and transposed) and ``subspace_perturb_`` (two matrices, one a row
+  shard), in float32 and bfloat16, a few hundred elements each.
 
 The result is cached per (backend, device) for the process. ``reference`` is the oracle and is
 not self-checked (the test suite checks it against a float64 NumPy oracle). ``PGAP_SELFTEST=0``
@@ -160,6 +161,12 @@ def _values(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device, sa
     return torch.sin(idx * 0.7373 + salt).reshape(shape).to(device=device, dtype=dtype)
 
 
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for the checks' tiny matrices, as a broadcast sum: one thread, no BLAS thread pool
+    (whose barriers cost milliseconds when other processes load the cores)."""
+    return (a.unsqueeze(2) * b.unsqueeze(0)).sum(1)
+
+
 def _known_answers(device: torch.device) -> torch.Tensor:
     from .ops import gaussian  # noqa: PLC0415
 
@@ -178,20 +185,20 @@ def _compare_known(actual: torch.Tensor, _expected: object) -> None:
                              f"{float(actual[i]):.9f}, known answer {value:.9f}")
 
 
-PERTURB_SHAPES = ((1,), (3, 5), (257,))
+PERTURB_CASES = (((1,), torch.float32), ((3, 5), torch.bfloat16), ((257,), torch.float32),
+                 ((129,), torch.bfloat16))
 PERTURB_SEEDS, PERTURB_COEFFS = [7, (1 << 64) - 3], [0.5, -1.25]
 
 
-def _perturb(dtype: torch.dtype) -> Callable[[torch.device], List[torch.Tensor]]:
-    def body(device: torch.device) -> List[torch.Tensor]:
-        from .ops import perturb_  # noqa: PLC0415
+def _perturb(device: torch.device) -> List[torch.Tensor]:
+    """One call over fp32 and bf16 tensors of odd sizes (two dtype groups)."""
+    from .ops import perturb_  # noqa: PLC0415
 
-        ts = [_values(s, dtype, device, p) for p, s in enumerate(PERTURB_SHAPES)]
-        means = [_values(s, dtype, device, 10 + p) for p, s in enumerate(PERTURB_SHAPES)]
-        perturb_(ts, PERTURB_SEEDS, PERTURB_COEFFS, keys=[3, 0xFFFFFFFF, 11],
-                 offsets=[0, (1 << 32) * 4 - 9, 5], decay=0.75, mean=means, mean_coeff=0.5)
-        return ts
-    return body
+    ts = [_values(s, d, device, p) for p, (s, d) in enumerate(PERTURB_CASES)]
+    means = [_values(s, d, device, 10 + p) for p, (s, d) in enumerate(PERTURB_CASES)]
+    perturb_(ts, PERTURB_SEEDS, PERTURB_COEFFS, keys=[3, 0xFFFFFFFF, 11, 12],
+             offsets=[0, (1 << 32) * 4 - 9, 5, 1 << 40], decay=0.75, mean=means, mean_coeff=0.5)
+    return ts
 
 
 def _compare_perturb(actual: List[torch.Tensor], expected: List[torch.Tensor]) -> None:
@@ -211,7 +218,7 @@ def _lowrank(dtype: torch.dtype) -> Callable[[torch.device], Tuple[torch.Tensor,
         U, Z, V = (_values(shape, torch.float32, device, salt)
                    for shape, salt in (((m, r), 2), ((r, s), 3), ((n, s), 4)))
         scale = 0.3
-        magnitude = float(((scale * U @ Z).abs() @ V.abs().T).max())
+        magnitude = float(_product(_product(scale * U, Z).abs(), V.abs().T).max())
         lowrank_perturb_(W, U, Z, V, scale, decay=0.9)
         return W, magnitude
     return body
@@ -250,12 +257,32 @@ def _sketch_dense(device: torch.device) -> Tuple[torch.Tensor, ...]:
     A = torch.empty(m, n, device=device)
     perturb_(A, SKETCH_SEEDS, SKETCH_COEFFS, keys=[SKETCH_KEY], offsets=[SKETCH_OFFSET], decay=0.0)
     omega, omega_t = _sketch_omegas(device)
-    return A @ omega, A.T @ omega_t
+    return _product(A, omega), _product(A.T, omega_t)
 
 
 def _compare_sketch(actual: Tuple[torch.Tensor, ...], expected: Tuple[torch.Tensor, ...]) -> None:
     for a, e, omega in zip(actual, expected, _sketch_omegas(torch.device("cpu"))):
         assert_sketch_close(a, e, SKETCH_COEFFS, omega)
+
+
+SUBSPACE = ((23, 17, 3, torch.float32), (5, 9, 1, torch.bfloat16))  # (m, n, r, dtype); 2nd: a row shard
+SUBSPACE_SEEDS, SUBSPACE_COEFFS = [3, (1 << 63) + 1], [0.75, -0.5]
+
+
+def _subspace(device: torch.device) -> Tuple[torch.Tensor, ...]:
+    from .subspace import subspace_perturb_  # noqa: PLC0415
+
+    Ws = [_values((m, n), d, device, 20 + p) for p, (m, n, _, d) in enumerate(SUBSPACE)]
+    Vs = [_values((n, r), torch.float32, device, 30 + p) for p, (_, n, r, _) in enumerate(SUBSPACE)]
+    subspace_perturb_(Ws, Vs, SUBSPACE_SEEDS, SUBSPACE_COEFFS, keys=[4, 0xFFFFFFFE],
+                      offsets=[0, 7 * SUBSPACE[1][2]], decay=0.5)
+    return tuple(Ws)
+
+
+def _compare_subspace(actual: Tuple[torch.Tensor, ...], expected: Tuple[torch.Tensor, ...]) -> None:
+    for a, e, (_, n, r, _) in zip(actual, expected, SUBSPACE):
+        # |Σ c_j ξ| · Σ_k |V[j, k]| < (Σ|c|)·6·r for the sin-valued V: the scale of the update
+        assert_lowrank_close(a, e, sum(abs(c) for c in SUBSPACE_COEFFS) * 6.0 * r)
 
 
 _NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
@@ -275,9 +302,11 @@ class Case:
 
 
 CASES: List[Case] = [Case("stream", "known-answer vectors of docs/rng.md", _known_answers, _compare_known)]
-CASES += [Case("perturb_", f"{_NAMES[d]}, sizes {PERTURB_SHAPES}, 2 seeds, decay 0.75, mean term",
-               _perturb(d), _compare_perturb, _perturb(d)) for d in DTYPES]
+CASES += [Case("perturb_", "fp32 and bf16 in one call, sizes 1, 3x5, 257, 129, 2 seeds, decay 0.75, "
+               "mean term", _perturb, _compare_perturb, _perturb)]
 CASES += [Case("lowrank_perturb_", f"{_NAMES[d]} W {LOWRANK[0]}x{LOWRANK[1]}, r {LOWRANK[2]}, "
                f"s {LOWRANK[3]}", _lowrank(d), _compare_lowrank, _lowrank(d)) for d in DTYPES]
 CASES += [Case("gaussian_sketch", f"{SKETCH[0]}x{SKETCH[1]}, q {SKETCH[2]}, plain and transposed",
                _sketch, _compare_sketch, _sketch_dense)]
+CASES += [Case("subspace_perturb_", "fp32 W 23x17 r 3 and a bf16 row shard 5x9 r 1 in one call, 2 seeds, "
+               "decay 0.5", _subspace, _compare_subspace, _subspace)]

@@ -2,6 +2,7 @@
 ones, run once per process, cheap."""
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -54,7 +55,8 @@ def test_working_backends_pass(device, backend, fresh):
     result = selftest.run_checks(backend, torch.device(device))
     assert result.passed, result.message()
     assert result.cases == len(selftest.CASES)
-    assert {c.op for c in selftest.CASES} >= {"stream", "perturb_", "lowrank_perturb_", "gaussian_sketch"}
+    assert {c.op for c in selftest.CASES} >= {"stream", "perturb_", "lowrank_perturb_", "gaussian_sketch",
+                                              "subspace_perturb_"}
 
 
 @pytest.mark.gpu
@@ -88,6 +90,19 @@ def test_broken_op_is_named(monkeypatch, fresh):
     assert not result.passed
     assert result.op == "lowrank_perturb_" and "fp32" in result.case
     assert "lowrank_perturb_" in result.message() and "Mismatched elements" in result.error
+
+
+def test_broken_subspace_kernel_is_named(monkeypatch, fresh):
+    require("cpu", "native")
+    from pgap_kernels.backends.native import subspace as native_subspace
+    real = native_subspace.subspace_update
+
+    def wrong(args):
+        real(args)
+        args.tensors[-1].view(-1)[-1] += 0.5
+    monkeypatch.setattr(native_subspace, "subspace_update", wrong)
+    result = selftest.check("native", CPU)
+    assert not result.passed and result.op == "subspace_perturb_" and "row shard" in result.case
 
 
 def test_broken_forced_backend_raises(monkeypatch, fresh):
@@ -132,12 +147,16 @@ def test_runs_once_per_process(monkeypatch, fresh):
 
 
 def test_check_costs_under_50_ms_on_cpu(fresh):
-    """The check itself, warm (first-call library loading excluded); the best of five runs, so
-    that a loaded machine does not fail it."""
+    """The check itself, warm (first-call library loading excluded), in CPU time of this process
+    (the best of five runs), so that other processes loading the machine do not fail it."""
     require("cpu", "native")
     selftest.run_checks("native", CPU)
-    best = min(selftest.run_checks("native", CPU).seconds for _ in range(5))
-    assert best < 0.050, f"self-check took {best * 1e3:.1f} ms"
+    costs = []
+    for _ in range(5):
+        start = time.process_time()
+        selftest.run_checks("native", CPU)
+        costs.append(time.process_time() - start)
+    assert min(costs) < 0.050, f"self-check took {min(costs) * 1e3:.1f} ms of CPU time"
 
 
 def test_info_selftest_prints_a_table():
