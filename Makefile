@@ -60,6 +60,7 @@ demo: setup $(DEMO_STAMP)
 bench: setup
 	$(PY) bench/bench_perturb.py
 	$(PY) bench/bench_lowrank.py
+	$(PY) bench/bench_subspace.py
 	$(PY) bench/bench_zo_step.py --models smollm2-135m --repeats 3
 	$(PY) bench/bench_methods.py
 	$(PY) bench/bench_distributed.py

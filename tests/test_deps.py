@@ -152,6 +152,8 @@ def test_finetune_lora_without_peft(tmp_path):
     ("bench_methods", ["tqdm", "transformers"], ["--quick", "--no-plot"], ["missing tqdm, transformers"]),
     ("bench_distributed", ["tqdm", "transformers"], ["--no-plot"], ["missing transformers"]),
     ("bench_alignment", ["transformers"], ["--no-csv"], ["missing transformers"]),
+    ("bench_subspace", ["matplotlib"], ["--quick"], ["missing matplotlib", "--no-plot"]),
+    ("bench_compare", ["transformers"], ["--grid", "mezo=1e-4"], ["missing transformers"]),
     ("plot_finetune", ["matplotlib"], ["runs/x"], ["missing matplotlib"]),
 ])
 def test_benchmarks_without_their_modules_exit_2(script, hidden, args, needles):
