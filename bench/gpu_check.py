@@ -8,7 +8,8 @@ time limit, all inside one overall budget (default 480 s):
 3. ``selftest``  -- ``python -m pgap_kernels.info --selftest``;
 4. the quick benchmarks, each for the cuda and triton backends: ``bench_perturb`` (>= 256 MiB
    tensors: GB/s, % of the measured copy bandwidth, ratio to eager ``randn`` + ``add_``),
-   ``bench_lowrank``, ``bench_subspace`` and ``bench_perturbed`` (when those scripts exist), and
+   ``bench_lowrank``, ``bench_subspace`` (OPT-1.3B and LLaMA-7B MLP shapes), ``bench_perturbed``
+   (when that script exists, issue 14), and
    ``bench_zo_step`` on the OPT-1.3B shape in bf16.
 
 Everything goes to ``gpu-report/<date>-<device>/`` (``--out``): one log per step, the benchmarks'
@@ -155,7 +156,9 @@ def plan(args: argparse.Namespace, env: Dict[str, str], out: Path, scratch: Path
                ["--min-log2", "27", "--max-log2", "27", "--repeats", "10", "--warmup", "3"])
     lowrank = (["--quick", "--no-memory", "--repeats", "2"] if dry else
                ["--shapes", "OPT-1.3B mlp", "--ranks", "8", "128", "--repeats", "10"])
-    subspace = ["--quick"] + (["--repeats", "2"] if dry else [])
+    subspace = (["--shapes", "SmolLM2-135M attn", "--ranks", "4", "--dtypes", "fp32", "--repeats", "2"]
+                if dry else ["--shapes", "OPT-1.3B mlp", "LLaMA-7B mlp", "--ranks", "4", "8", "32",
+                             "--repeats", "10"])
     zo_model = (["--quick", "--repeats", "1", "--warmup", "0"] if dry else
                 ["--models", "opt-1.3b", "--dtype", "bf16", "--repeats", "5", "--warmup", "2"])
     steps = [
@@ -172,7 +175,7 @@ def plan(args: argparse.Namespace, env: Dict[str, str], out: Path, scratch: Path
                          "lowrank", "--backends", *backends, "--no-progress"] + lowrank
              + csv("lowrank") + plot("lowrank"), 90, what="lowrank_perturb_ vs eager"),
         Step("subspace", [py, str(BENCH / "bench_subspace.py"), "--device", device, "--backends",
-                          *backends] + subspace + csv("subspace") + plot("subspace"), 90,
+                          *backends, "--no-progress"] + subspace + csv("subspace") + plot("subspace"), 90,
              script=BENCH / "bench_subspace.py", what="subspace_perturb_ GB/s vs eager"),
         Step("perturbed", [py, str(BENCH / "bench_perturbed.py"), "--device", device,
                            "--backends", *backends, "--quick"] + csv("perturbed") + plot("perturbed"),
