@@ -10,7 +10,8 @@ batch. Per matrix W (m×n) with gradient G:
 * ``cosine`` = cos(U·S_r·Vᵀ, G), the window's gradient estimate against the gradient.
 
 ``--subspaces activation`` measures AGZO's one-sided activation subspace instead: the basis V
-(n×r) is sketched by ``pgap.AGZO`` from the layer inputs of the *next* batch (padding masked),
+(n×r) is sketched by ``pgap.AGZO`` from the layer inputs of the *next* batch (padding masked;
+its first basis and ``first_iters`` refinements, as in training, at lr = 0),
 and ``captured`` = ‖G·V‖ / ‖G‖ for the gradient of this batch; a random r-dimensional subspace
 holds about √(r/n). Only ``nn.Linear`` weights (the tied lm_head included) have such a basis.
 
@@ -85,7 +86,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             opt = pgap.AGZO(model, lr=0.0, eps=args.eps, rank=args.rank, refresh=0, seed=args.seed)
             opt.set_token_mask(other["attention_mask"])
-            opt.step(lambda: clf.loss(model, other))
+            for _ in range(1 + opt.first_iters):  # the first basis and its refinements
+                opt.step(lambda: clf.loss(model, other))
             res = opt.gradient_alignment(closure)
             opt.close()
             seconds = time.perf_counter() - t0
