@@ -230,3 +230,77 @@ def test_bad_arguments(kwargs, err, match):
     args = dict({"lr": 1e-3}, **kwargs)
     with pytest.raises(err, match=match):
         pgap.AGZO(model, **args)
+
+
+# inplace vs functional: W + (A + cΞ)Bᵀ evaluated in another order; the losses agree to float32
+# rounding amplified by 1/(2ε) in g (as in tests/test_pgap.py)
+MODE_TOL = {"rtol": 1e-4, "atol": 5e-5}
+
+
+@pytest.mark.parametrize("factory", [mlp_problem, tiny_llama], ids=["mlp", "tied-llama"])
+def test_inplace_and_functional_modes_agree(factory):
+    if factory is tiny_llama:
+        pytest.importorskip("transformers")
+    runs = []
+    for mode in ("inplace", "functional"):
+        model, closure = factory(seed=2)
+        opt = pgap.AGZO(model, lr=1e-2, eps=1e-2, rank=3, refresh=3, mode=mode, seed=4)
+        losses = [opt.step(closure) for _ in range(7)]
+        opt.merge()
+        runs.append((losses, weights(model)))
+    torch.testing.assert_close(torch.tensor(runs[1][0]), torch.tensor(runs[0][0]), **MODE_TOL)
+    for k in runs[0][1]:
+        torch.testing.assert_close(runs[1][1][k], runs[0][1][k], **MODE_TOL, msg=k)
+
+
+def test_functional_mode_writes_matrices_only_at_refreshes():
+    model, closure = mlp_problem(seed=5)
+    opt = pgap.AGZO(model, lr=1e-2, rank=3, refresh=4, first_iters=0, mode="functional")
+    opt.step(closure)
+    w0 = model.fc1.weight.detach().clone()
+    for _ in range(3):                       # steps 1-3: no refresh, fc1 untouched
+        opt.step(closure)
+        assert torch.equal(model.fc1.weight, w0)
+    opt.step(closure)                        # step 4 merges before it refreshes
+    assert not torch.equal(model.fc1.weight, w0)
+    sd = model.state_dict()                  # the model's state_dict merges pending updates too
+    assert all(not side.accumulated for side in opt._sides.values()) and "fc1.weight" in sd
+
+
+def test_functional_close_merges_and_removes_hooks():
+    model, closure = mlp_problem(seed=6)
+    opt = pgap.AGZO(model, lr=1e-2, rank=2, refresh=0, mode="functional")
+    for _ in range(3):
+        opt.step(closure)
+    loss_with_side = float(closure().detach())
+    opt.close()
+    assert float(closure().detach()) == pytest.approx(loss_with_side, rel=1e-5)
+    assert not model.fc1._forward_hooks and not model.fc1._forward_pre_hooks
+
+
+def test_functional_exact_resume(tmp_path):
+    make = lambda m: pgap.AGZO(m, lr=1e-2, rank=3, refresh=3, seed=5, mode="functional")  # noqa: E731
+    model, closure = mlp_problem(seed=7)
+    opt = make(model)
+    losses = [opt.step(closure) for _ in range(4)]
+    pgap.save_optimizer(opt, tmp_path / "opt.safetensors")  # merges
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    losses += [opt.step(closure) for _ in range(5)]
+    opt.merge()
+    model2, closure2 = mlp_problem(seed=7)
+    model2.load_state_dict(torch.load(tmp_path / "model.pt"))
+    opt2 = make(model2)
+    pgap.load_optimizer(opt2, tmp_path / "opt.safetensors")
+    rest = [opt2.step(closure2) for _ in range(5)]
+    opt2.merge()
+    assert rest == losses[4:]
+    for (k, a), b in zip(weights(model).items(), weights(model2).values()):
+        assert torch.equal(a, b), k
+
+
+def test_functional_mode_rejects_weight_decay_on_its_matrices():
+    model, _ = mlp_problem()
+    with pytest.raises(ValueError, match="functional"):
+        pgap.AGZO(model, lr=1e-3, mode="functional", weight_decay=0.1)
+    with pytest.raises(ValueError, match="mode"):
+        pgap.AGZO(model, lr=1e-3, mode="lazy")

@@ -17,10 +17,12 @@ from ._checks import check_choice, check_int, check_real
 from .activation import ActivationBasis, ActivationSketcher, make_bases, random_start
 from .base import Closure, ZOOptimizer
 from .distributed import ProcessGroup
+from .functional import SidePath, SideState, eligible_modules
 from .params import DecayFilter, Trainable
 from .seeds import BASIS_STREAM, derive_seed
 
 OTHERS_CHOICES = ("gaussian", "frozen")
+MODE_CHOICES = ("inplace", "functional")
 
 
 class AGZO(ZOOptimizer):
@@ -50,11 +52,17 @@ class AGZO(ZOOptimizer):
     others : "gaussian" or "frozen", what happens to the parameters without a basis
     sigma_power : float >= 0, scale basis direction i by σ_i^−α (normalized to mean square 1):
         a cheap curvature preconditioner (dominant directions are also high-curvature ones)
+    mode : "inplace" (the basis matrices are written 3 times per step) or "functional" (a basis
+        matrix used only by nn.Linear / nn.Embedding forwards is never written between
+        refreshes: the forward adds (A + c·Ξ)·Bᵀ through a side path, the updates accumulate in
+        A (m × r), and A·Bᵀ is merged into W before each refresh, on :meth:`merge` and before
+        ``state_dict()`` of the optimizer or the model). The other parameters stay in place.
     """
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, rank: int = 8,
                  refresh: int = 10, oversample: int = 4, first_iters: int = 2,
-                 others: str = "gaussian", sigma_power: float = 0.0, weight_decay: float = 0.0,
+                 others: str = "gaussian", sigma_power: float = 0.0, mode: str = "inplace",
+                 weight_decay: float = 0.0,
                  seed: int = 0, eval_mode: bool = True, backend: Optional[str] = None,
                  decay_filter: Optional[DecayFilter] = None,
                  process_group: Optional[ProcessGroup] = None) -> None:
@@ -64,6 +72,7 @@ class AGZO(ZOOptimizer):
         self.first_iters = check_int(first_iters, "first_iters", low=0)
         self.others = check_choice(others, "others", OTHERS_CHOICES)
         self.sigma_power = check_real(sigma_power, "sigma_power", low=0.0)
+        self.mode = check_choice(mode, "mode", MODE_CHOICES)
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
                          process_group=process_group)
@@ -77,11 +86,15 @@ class AGZO(ZOOptimizer):
         self.sketcher = ActivationSketcher(self.bases)
         self._directions: List[torch.Tensor] = []
         self._refresh_diag: Dict[str, Any] = {}
+        self._side: Optional[SidePath] = None
+        self._sides: Dict[int, SideState] = {}  # basis index -> its side-path state
+        if self.mode == "functional":
+            self._setup_functional(model)
 
     def hyperparameters(self) -> Dict[str, Any]:
         return dict(super().hyperparameters(), rank=self.rank, refresh=self.refresh,
                     oversample=self.oversample, first_iters=self.first_iters, others=self.others,
-                    sigma_power=self.sigma_power)
+                    sigma_power=self.sigma_power, mode=self.mode)
 
     def set_token_mask(self, mask: Optional[torch.Tensor]) -> None:
         """The (batch, seq) attention mask of the next step's batch: padded tokens (mask 0) are
@@ -89,8 +102,52 @@ class AGZO(ZOOptimizer):
         self.sketcher.set_token_mask(mask)
 
     def close(self) -> None:
-        """Remove the sketching hooks (the optimizer cannot refresh its bases afterwards)."""
+        """Merge (functional mode) and remove every hook: the sketches (the optimizer cannot
+        refresh its bases afterwards) and the side paths (the model then runs without them)."""
         self.sketcher.remove()
+        if self._side is not None:
+            self.merge()
+            self._side.remove()
+            self._model_hook.remove()
+            self._side = None
+            self._sides = {}
+
+    # -- functional mode -------------------------------------------------------------------
+    def _setup_functional(self, model: nn.Module) -> None:
+        if any(b.trainable.sharded for b in self.bases):
+            raise ValueError("mode='functional' does not support sharded (FSDP2) matrices; use "
+                             "mode='inplace'")
+        users = eligible_modules(model, self.bases)
+        for i, b in enumerate(self.bases):
+            mods = users.get(id(b.trainable.param))
+            if mods:
+                m = b.shape[0]
+                self._sides[i] = SideState(b.trainable, None, torch.zeros(m, b.rank, device=self.device),
+                                           modules=mods)
+        if self.weight_decay > 0 and any(self.bases[i].trainable.decays for i in self._sides):
+            raise ValueError("mode='functional' does not support weight_decay > 0 on the matrices "
+                             "it keeps functional; use mode='inplace' or weight_decay=0")
+        self._side = SidePath(list(self._sides.values()))
+        self._model_hook = model.register_state_dict_pre_hook(lambda *args, **kw: self.merge())
+
+    def merge(self) -> None:
+        """Functional mode: write the accumulated A·Bᵀ into the weights (no-op in place)."""
+        if self._side is not None:
+            with self._kernels():
+                self._side.merge()
+
+    def _set_directions(self) -> None:
+        """B of every basis, also as the side paths' right factor (merge before calling)."""
+        self._directions = [self._scaled(b) for b in self.bases]
+        for i, side in self._sides.items():
+            side.V = self._directions[i]
+
+    def _set_xi(self, seed: int) -> None:
+        """The functional matrices' Ξ of this step (m × r each, materialized)."""
+        for i, side in self._sides.items():
+            b = self.bases[i]
+            side.Z = pgap_kernels.gaussian((b.shape[0], b.rank), seed, key=b.trainable.key,
+                                           device=self.device)
 
     # -- bases -----------------------------------------------------------------------------
     def _scaled(self, b: ActivationBasis) -> torch.Tensor:
@@ -103,8 +160,9 @@ class AGZO(ZOOptimizer):
         return (b.V * w).contiguous()
 
     def _finish_refresh(self) -> None:
+        self.merge()  # the accumulated updates belong to the old bases
         changed = self.sketcher.finish(self.reducer)
-        self._directions = [self._scaled(b) for b in self.bases]
+        self._set_directions()
         tops = [float(b.sigma[0]) for b in self.bases if b.sigma is not None and b.sigma.numel()]
         self._refresh_diag = {"refresh_step": self.steps_done, "bases_refreshed": changed,
                               "sigma1_median": statistics.median(tops) if tops else float("nan")}
@@ -130,6 +188,8 @@ class AGZO(ZOOptimizer):
 
     # -- passes ----------------------------------------------------------------------------
     def _subspace(self, indices: Sequence[int], seed: int, coeff: float, decay: float = 1.0) -> None:
+        """θ ← decay·θ + coeff·Ξ·Bᵀ on the in-place basis matrices among ``indices``."""
+        indices = [i for i in indices if i not in self._sides]
         if not indices:
             return
         bases = [self.bases[i] for i in indices]
@@ -143,8 +203,10 @@ class AGZO(ZOOptimizer):
         return self.vectors if self.others == "gaussian" else []
 
     def _apply(self, seed: int, coeff: float) -> None:
-        """θ += coeff·P over every perturbed parameter."""
+        """θ += coeff·P over every perturbed parameter (functional matrices: the side path)."""
         self._subspace(range(len(self.bases)), seed, coeff)
+        if self._side is not None:
+            self._side.coeff += coeff
         self.perturb(self._others(), [seed], [coeff])
 
     def _update(self, seed: int, g: float) -> None:
@@ -155,6 +217,11 @@ class AGZO(ZOOptimizer):
                             if decays is None or b.trainable.decays == decays], seed, coeff, decay)
             self.perturb([t for t in self._others() if decays is None or t.decays == decays],
                          [seed], [coeff], decay=decay)
+        if self._side is not None:
+            self._side.coeff = 0.0
+            for side in self._sides.values():
+                side.A.add_(side.Z, alpha=-self.lr * g)
+                side.accumulated = True
 
     # -- the step --------------------------------------------------------------------------
     def _step(self, closure: Closure) -> float:
@@ -164,9 +231,10 @@ class AGZO(ZOOptimizer):
                                                                           "of the basis forward")
             self._finish_refresh()
         elif not self._directions:
-            self._directions = [self._scaled(b) for b in self.bases]
+            self._set_directions()
         refresh = self._refresh_due()
         seed = self.step_seed()
+        self._set_xi(seed)
         eps = self.eps
         self._apply(seed, eps)
         with self._capturing(refresh):
@@ -210,6 +278,12 @@ class AGZO(ZOOptimizer):
         return {"captured": captured}
 
     # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:  # type: ignore[override]
+        """As :meth:`ZOOptimizer.state_dict`; functional mode merges first (so the live run and
+        a resumed one continue from the same weights)."""
+        self.merge()
+        return super().state_dict()
+
     def _state_tensors(self) -> Dict[str, torch.Tensor]:
         out = {}
         for b in self.bases:
@@ -236,7 +310,11 @@ class AGZO(ZOOptimizer):
                 if value is not None:
                     setattr(b, f, value.to(device=self.device, dtype=torch.float32).contiguous())
             b.sketch = None
-        self._directions = [self._scaled(b) for b in self.bases] if all(b.ready for b in self.bases) else []
+        self.merge()
+        if all(b.ready for b in self.bases):
+            self._set_directions()
+        else:
+            self._directions = []
 
     def _extra_state(self) -> Dict[str, Any]:
         return {"refresh": dict(self._refresh_diag)}

@@ -1,7 +1,9 @@
-"""P-GAP's functional mode: W_eff = W + U (A + c Z) V^T applied as a rank-r side path of the
-forward (hooks on nn.Linear / nn.Embedding), so W is written only when a window is merged."""
+"""Functional modes: W_eff = W + U (A + c Z) V^T applied as a rank-r side path of the forward
+(hooks on nn.Linear / nn.Embedding), so W is written only when the accumulated update is merged.
+P-GAP uses U (m x r), A and Z (r x r); AGZO uses no U (the identity: A and Z are m x r)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -9,10 +11,25 @@ from torch import nn
 
 import pgap_kernels
 
+from .params import Trainable
 from .subspace import MatrixState
 
 
-def eligible_modules(model: nn.Module, states: Sequence[MatrixState]) -> Dict[int, List[nn.Module]]:
+@dataclass
+class SideState:
+    """A functional matrix without a left factor (AGZO): W_eff = W + (A + c·Z)·Vᵀ with A and Z
+    m × r and V n × r (float32); ``modules`` run W's forward through the side path."""
+    trainable: Trainable
+    V: Optional[torch.Tensor]
+    A: torch.Tensor
+    Z: Optional[torch.Tensor] = None
+    U: None = None
+    accumulated: bool = False
+    functional: bool = True
+    modules: list = field(default_factory=list)
+
+
+def eligible_modules(model: nn.Module, states: Sequence) -> Dict[int, List[nn.Module]]:
     """For each matrix (by ``id`` of the parameter), the modules that use it as ``.weight``, when
     all of them run nn.Linear's or nn.Embedding's own forward (no ``max_norm``); otherwise the
     matrix is absent and stays in place."""
@@ -37,10 +54,11 @@ def eligible_modules(model: nn.Module, states: Sequence[MatrixState]) -> Dict[in
 
 class SidePath:
     """Forward hooks adding x V M^T U^T (Linear) or U[idx] M V^T (Embedding) to the output, with
-    M = A + coeff * Z for each functional matrix (computed in float32, cast to the output dtype).
-    ``coeff`` is the current perturbation coefficient (±ε inside a step, 0 otherwise)."""
+    M = A + coeff * Z for each functional matrix (computed in float32, cast to the output dtype;
+    a state whose U is None has no left factor). ``coeff`` is the current perturbation
+    coefficient (±ε inside a step, 0 otherwise)."""
 
-    def __init__(self, states: Sequence[MatrixState]) -> None:
+    def __init__(self, states: Sequence) -> None:
         self.states = [s for s in states if s.functional]
         self.coeff = 0.0
         self._handles = []
@@ -48,34 +66,38 @@ class SidePath:
             for module in s.modules:
                 self._handles.append(module.register_forward_hook(self._hook(s)))
 
-    def _matrix(self, s: MatrixState) -> Optional[torch.Tensor]:
+    def _matrix(self, s) -> Optional[torch.Tensor]:
         if self.coeff != 0.0 and s.Z is not None:
             return s.A + self.coeff * s.Z
         return s.A if s.accumulated else None
 
-    def _hook(self, s: MatrixState):
+    def _hook(self, s):
         def hook(module: nn.Module, inputs, output):
-            if s.U is None:
+            if s.V is None:
                 return None
             M = self._matrix(s)
             if M is None:
                 return None
             if isinstance(module, nn.Embedding):
-                side = (s.U[inputs[0]] @ M) @ s.V.T
+                rows = M[inputs[0]] if s.U is None else s.U[inputs[0]] @ M
+                side = rows @ s.V.T
             else:
-                side = ((inputs[0].to(torch.float32) @ s.V) @ M.T) @ s.U.T
+                side = (inputs[0].to(torch.float32) @ s.V) @ M.T
+                if s.U is not None:
+                    side = side @ s.U.T
             return output + side.to(output.dtype)
         return hook
 
     def merge(self) -> None:
-        """W += U A V^T for every matrix with a non-zero A (one batched ``lowrank_perturb_``);
-        A is zeroed."""
-        todo = [s for s in self.states if s.U is not None and s.accumulated]
+        """W += U A V^T (A V^T without U) for every matrix with a non-zero A (one batched
+        ``lowrank_perturb_``); A is zeroed."""
+        todo = [s for s in self.states if s.V is not None and s.accumulated]
         if todo:
+            lefts = [s.A if s.U is None else s.U for s in todo]
+            mids = [torch.eye(s.A.shape[1], device=s.A.device) if s.U is None else s.A for s in todo]
             with torch.no_grad():
-                pgap_kernels.lowrank_perturb_([s.trainable.param for s in todo], [s.U for s in todo],
-                                              [s.A for s in todo], [s.V for s in todo],
-                                              [1.0] * len(todo))
+                pgap_kernels.lowrank_perturb_([s.trainable.param for s in todo], lefts, mids,
+                                              [s.V for s in todo], [1.0] * len(todo))
         for s in todo:
             s.A.zero_()
             s.accumulated = False
