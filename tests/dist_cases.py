@@ -135,8 +135,32 @@ def nonfinite(rank: int, world: int) -> Dict[str, Any]:
     return {"raised": raised, "drift": drift}
 
 
+def interrupted(rank: int, world: int, method: str, options: Dict[str, Any]) -> Dict[str, Any]:
+    """Every rank's closure raises at the second forward of step 1; each rank restores itself."""
+    model = net()
+    opt = build_optimizer(method, model, lr=1e-2, eps=1e-2, seed=0, **options)
+    inner = closure_for(model, rows_of(rank, world, False), False)
+    opt.step(inner)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = [0]
+
+    def closure():
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("data error on this rank")
+        return inner()
+    try:
+        opt.step(closure)
+        raised = None
+    except RuntimeError as exc:
+        raised = str(exc)
+    drift = max(float((before[k] - v).abs().max()) for k, v in model.state_dict().items())
+    loss = opt.step(inner)  # the group still works: the next step's all-reduces match
+    return {"raised": raised, "drift": drift, "steps": opt.steps_done, "loss": loss}
+
+
 CASES = {"train": train, "perturb_once": perturb_once, "seed_mismatch": seed_mismatch,
-         "nonfinite": nonfinite}
+         "nonfinite": nonfinite, "interrupted": interrupted}
 
 
 def worker(rank: int, world: int, init_file: str, case: str, out_dir: str,

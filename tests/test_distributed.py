@@ -82,6 +82,16 @@ def test_agzo_ranks_share_the_one_process_bases(tmp_path, sharded):
         assert results[0]["bytes"] == 16 * results[0]["forwards"] + 4 * sketch
 
 
+@pytest.mark.parametrize("method, options", [("mezo", {}), ("agzo", AGZO)])
+def test_ranks_that_raise_in_a_step_restore_themselves(tmp_path, method, options):
+    results = run_ranks(tmp_path, "interrupted", method=method, options=options)
+    for res in results:
+        assert "error" not in res, res.get("traceback")
+        assert res["raised"] == "data error on this rank" and res["drift"] < 1e-6
+        assert res["steps"] == 2
+    assert results[0]["loss"] == results[1]["loss"]
+
+
 def test_uneven_shards_weighted_by_local_batch_size(tmp_path):
     kw = dict(method="mezo", options={}, steps=3, weighted=True)
     results = run_ranks(tmp_path, "train", uneven=True, **kw)

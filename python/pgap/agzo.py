@@ -227,26 +227,42 @@ class AGZO(ZOOptimizer):
     def _step(self, closure: Closure) -> float:
         if any(not b.ready for b in self.bases):  # first step: one unperturbed forward
             with self._capturing(True):
-                self._refresh_diag["refresh_loss"] = self.evaluate_finite(closure, lambda: None,
-                                                                          "of the basis forward")
-            self._finish_refresh()
+                self._refresh_diag["refresh_loss"] = self.evaluate_finite(closure, "of the basis forward")
+            with self.committing():
+                self._finish_refresh()
         elif not self._directions:
             self._set_directions()
         refresh = self._refresh_due()
         seed = self.step_seed()
         self._set_xi(seed)
-        eps = self.eps
-        self._apply(seed, eps)
-        with self._capturing(refresh):
-            plus = self.evaluate_finite(closure, lambda: self._apply(seed, -eps), "at θ+ε·P")
-        self._apply(seed, -2.0 * eps)
-        minus = self.evaluate_finite(closure, lambda: self._apply(seed, eps), "at θ−ε·P")
-        g = (plus - minus) / (2.0 * eps)
-        self._update(seed, g)
-        if refresh:
-            self._finish_refresh()
+        plus, minus = self.two_point(closure, lambda c: self._apply(seed, c), self.eps,
+                                     capture=lambda: self._capturing(refresh))
+        g = (plus - minus) / (2.0 * self.eps)
+        with self.committing():
+            self._update(seed, g)
+            if refresh:
+                self._finish_refresh()
         self._diag = dict(self._refresh_diag, loss_plus=plus, loss_minus=minus, projected_grad=g)
         return 0.5 * (plus + minus)
+
+    # -- atomic steps ----------------------------------------------------------------------
+    def _step_state(self) -> Dict[str, Any]:
+        """Bases and directions (replaced, never mutated, before the update passes), the
+        refresh statistics, the side paths' Ξ."""
+        return dict(super()._step_state(), bases=[(b.Q, b.V, b.sigma) for b in self.bases],
+                    directions=list(self._directions), refresh=dict(self._refresh_diag),
+                    xi={i: side.Z for i, side in self._sides.items()})
+
+    def _restore_step_state(self, saved: Dict[str, Any]) -> None:
+        super()._restore_step_state(saved)
+        for b, (Q, V, sigma) in zip(self.bases, saved["bases"]):
+            b.Q, b.V, b.sigma, b.sketch = Q, V, sigma, None
+        self._directions = saved["directions"]
+        self._refresh_diag = saved["refresh"]
+        for i, side in self._sides.items():
+            side.Z, side.V = saved["xi"][i], (self._directions[i] if self._directions else None)
+        if self._side is not None:
+            self._side.coeff = 0.0
 
     # -- diagnostics -----------------------------------------------------------------------
     def last_direction(self) -> Dict[str, torch.Tensor]:

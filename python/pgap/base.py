@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import warnings
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -27,12 +29,48 @@ class NonFiniteLossError(FloatingPointError):
     """A closure returned NaN or inf; the weights were restored before this was raised."""
 
 
+@contextlib.contextmanager
+def held_interrupts(held: List[Callable[[], None]]) -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C) inside the block (main thread only; elsewhere a no-op): a signal
+    that arrives appends to ``held`` a callable that delivers it (the previous handler's
+    action, normally ``KeyboardInterrupt``), for the caller to run when it is safe."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: List[Tuple[int, Any]] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    except ValueError:  # not in the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            held.append(lambda: _deliver(previous, received[0]))
+
+
+def _deliver(handler: Any, args: Tuple[int, Any]) -> None:
+    if callable(handler):
+        handler(*args)
+    elif handler == signal.SIG_DFL:
+        raise KeyboardInterrupt
+
+
 class ZOOptimizer(torch.optim.Optimizer):
     """Base class of the pgap zeroth-order optimizers (a ``torch.optim.Optimizer``, so
     ``torch.optim.lr_scheduler`` schedules work on ``param_groups[0]["lr"]``).
 
     ``step(closure)`` calls ``closure()`` under ``torch.no_grad()`` (and, with ``eval_mode``,
     with the model in eval mode, dropout off) in each perturbed state and returns (L+ + L-)/2.
+
+    Steps are atomic: an exception raised before the update passes start (by the closure, at any
+    forward of the step, probes included; by a kernel; by the loss all-reduce; a
+    ``KeyboardInterrupt``) takes the weights back to θ (undoing the pending perturbation: exact
+    up to one float rounding per element) and the optimizer's state to where it was before the
+    step, then propagates. Ctrl-C during the update passes is delivered when they end, after the
+    step has completed (docs/optimizers.md, "Interrupted steps").
 
     Distributed (docs/distributed.md): with ``process_group`` (default: the default group when
     torch.distributed is initialized) every forward's loss is the mean over ranks, weighted by
@@ -107,10 +145,57 @@ class ZOOptimizer(torch.optim.Optimizer):
             check_same_on_all_ranks(self.reducer.group, self._rank_fingerprint())
             self._ranks_checked = True
         reshard(self._fsdp)  # a forward run outside the optimizer (an evaluation) may have unsharded
-        with self._kernels():
-            loss = self._step(closure)
+        saved = self._step_state()
+        self._undo = None
+        self._held: List[Callable[[], None]] = []
+        try:
+            with self._kernels():
+                loss = self._step(closure)
+        except BaseException:
+            self._abort(saved)
+            raise
         self.steps_done += 1
+        for deliver in self._held:  # a Ctrl-C held during the update passes, now the step is done
+            deliver()
         return loss
+
+    # -- atomic steps ----------------------------------------------------------------------
+    _undo: Optional[Callable[[], None]] = None  # what takes the weights back to θ now
+    _held: List[Callable[[], None]] = []         # Ctrl-C held by committing(), delivered by step
+
+    def pending(self, undo: Optional[Callable[[], None]]) -> None:
+        """Record what takes the weights back to θ after the pass just done (None: they are at
+        θ). Subclasses call it after every pass that perturbs the weights."""
+        self._undo = undo
+
+    @contextlib.contextmanager
+    def committing(self) -> Iterator[None]:
+        """The update passes of a step: from here the step is not rolled back (no undo), and
+        Ctrl-C waits until the block ends."""
+        self._undo = None
+        with held_interrupts(self._held):
+            yield
+
+    def _step_state(self) -> Dict[str, Any]:
+        """What a failed step restores (besides the weights): counters and diagnostics here;
+        subclasses add their own (references: their state is replaced, not mutated, before the
+        update passes)."""
+        return {"forwards": self.forwards, "diag": self._diag}
+
+    def _restore_step_state(self, saved: Dict[str, Any]) -> None:
+        self.forwards = saved["forwards"]
+        self._diag = saved["diag"]
+
+    def _abort(self, saved: Dict[str, Any]) -> None:
+        """Undo the pending perturbation and restore the state of ``saved``."""
+        undo, self._undo = self._undo, None
+        try:
+            if undo is not None:
+                reshard(self._fsdp)  # an interrupted forward may have left modules unsharded
+                with torch.no_grad(), self._kernels():
+                    undo()
+        finally:
+            self._restore_step_state(saved)
 
     def _step(self, closure: Closure) -> float:
         raise NotImplementedError
@@ -167,25 +252,29 @@ class ZOOptimizer(torch.optim.Optimizer):
             value = self.reducer.mean(value, float(weight))
         return value
 
-    def two_point(self, closure: Closure, apply: Callable[[float], None], eps: float
+    def two_point(self, closure: Closure, apply: Callable[[float], None], eps: float,
+                  capture: Optional[Callable[[], contextlib.AbstractContextManager]] = None
                   ) -> Tuple[float, float]:
         """L(θ + eps·P) and L(θ − eps·P), leaving the weights at θ − eps·P.
 
-        ``apply(c)`` adds c·P in place. On a non-finite loss the weights are restored to θ and
-        :class:`NonFiniteLossError` is raised.
+        ``apply(c)`` adds c·P in place; ``capture()``, if given, is a context around the first
+        forward. On any exception (a non-finite loss: :class:`NonFiniteLossError`) the step
+        takes the weights back to θ.
         """
         apply(eps)
-        plus = self.evaluate_finite(closure, lambda: apply(-eps), "at θ+ε·P")
+        self.pending(lambda: apply(-eps))
+        with capture() if capture is not None else contextlib.nullcontext():
+            plus = self.evaluate_finite(closure, "at θ+ε·P")
         apply(-2.0 * eps)
-        minus = self.evaluate_finite(closure, lambda: apply(eps), "at θ−ε·P")
+        self.pending(lambda: apply(eps))
+        minus = self.evaluate_finite(closure, "at θ−ε·P")
         return plus, minus
 
-    def evaluate_finite(self, closure: Closure, restore: Callable[[], None], where: str) -> float:
-        """:meth:`evaluate`; on a NaN or infinite loss, ``restore()`` (back to θ) and raise
-        :class:`NonFiniteLossError` saying ``where`` the loss was taken."""
+    def evaluate_finite(self, closure: Closure, where: str) -> float:
+        """:meth:`evaluate`; raises :class:`NonFiniteLossError` saying ``where`` the loss was
+        taken on a NaN or infinite loss (the step then restores the weights)."""
         loss = self.evaluate(closure)
         if not math.isfinite(loss):
-            restore()
             raise NonFiniteLossError(f"step {self.steps_done}: the loss {where} is {loss}; "
                                      "weights restored")
         return loss

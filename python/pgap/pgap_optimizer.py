@@ -198,15 +198,16 @@ class PGAP(ZOOptimizer):
         for j, s in enumerate(seeds):
             self._perturb_all(([prev] if prev is not None else []) + [s],
                               ([eps] if prev is not None else []) + [eps])
-            plus = self.evaluate_finite(closure, lambda s=s: self._perturb_all([s], [-eps]),
-                                        f"of probe {j} at θ+ε·Q")
+            self.pending(lambda s=s: self._perturb_all([s], [-eps]))
+            plus = self.evaluate_finite(closure, f"of probe {j} at θ+ε·Q")
             self._perturb_all([s], [-2.0 * eps])
-            minus = self.evaluate_finite(closure, lambda s=s: self._perturb_all([s], [eps]),
-                                         f"of probe {j} at θ−ε·Q")
+            self.pending(lambda s=s: self._perturb_all([s], [eps]))
+            minus = self.evaluate_finite(closure, f"of probe {j} at θ−ε·Q")
             rhos.append((plus - minus) / (2.0 * eps))
             losses.append(0.5 * (plus + minus))
             prev = s
         self._perturb_all([prev], [eps])
+        self.pending(None)
         self._rhos = rhos
         self._window_diag = {"probe_loss": statistics.fmean(losses), "rho_mean": statistics.fmean(rhos),
                              "rho_std": statistics.pstdev(rhos), "rho_min": min(rhos),
@@ -264,7 +265,8 @@ class PGAP(ZOOptimizer):
         self._directions(seed, delta)
         plus, minus = self.two_point(closure, lambda c: self._apply(seed, c), self.eps)
         g = (plus - minus) / (2.0 * self.eps)
-        self._update(seed, g)
+        with self.committing():
+            self._update(seed, g)
         self._diag = dict(self._window_diag, loss_plus=plus, loss_minus=minus, projected_grad=g,
                           delta=delta)
         return 0.5 * (plus + minus)
@@ -283,6 +285,22 @@ class PGAP(ZOOptimizer):
             for s in self._side.states:
                 s.A.add_(s.Z, alpha=-self.lr * g)
                 s.accumulated = True
+
+    # -- atomic steps ----------------------------------------------------------------------
+    def _step_state(self) -> Dict[str, Any]:
+        """Bases, S_r, Z (replaced, never mutated, before the update passes) and the window's
+        statistics; the side path's coefficient."""
+        return dict(super()._step_state(),
+                    matrices=[(s.U, s.V, s.S, s.Z) for s in self.matrices],
+                    window=(self._rhos, self._window_diag, self._s_norms))
+
+    def _restore_step_state(self, saved: Dict[str, Any]) -> None:
+        super()._restore_step_state(saved)
+        for s, (U, V, S, Z) in zip(self.matrices, saved["matrices"]):
+            s.U, s.V, s.S, s.Z = U, V, S, Z
+        self._rhos, self._window_diag, self._s_norms = saved["window"]
+        if self._side is not None:
+            self._side.coeff = 0.0
 
     # -- diagnostics -----------------------------------------------------------------------
     def diagnostics(self, per_matrix: bool = False) -> Dict[str, Any]:

@@ -77,8 +77,8 @@ class SeededZO(ZOOptimizer):
             step = d.scaled(self.eps)
             self.pass_(step if pending is None else pending + step)
             pending = d.scaled(-self.eps)
-            losses.append(self.evaluate_finite(closure, lambda p=pending: self.pass_(p),
-                                               f"of probe {len(losses)} at θ+ε·d"))
+            self.pending(lambda p=pending: self.pass_(p))
+            losses.append(self.evaluate_finite(closure, f"of probe {len(losses)} at θ+ε·d"))
         assert pending is not None
         return losses, pending
 
@@ -92,13 +92,15 @@ class SeededZO(ZOOptimizer):
 
         def apply(c: float) -> None:
             combo = direction.scaled(c)
-            if first[0] is not None:
-                combo, first[0] = first[0] + combo, None
+            if first[0] is not None:  # fuse the probes' pending restore into the first pass
+                combo = first[0] + combo
             self.pass_(combo)
+            first[0] = None
 
         plus, minus = self.two_point(closure, apply, self.eps)
         g = (plus - minus) / (2.0 * self.eps)
-        self._update(direction, g)
+        with self.committing():
+            self._update(direction, g)
         self._diag.update(loss_plus=plus, loss_minus=minus, projected_grad=g)
         self._last = direction
         return 0.5 * (plus + minus)
