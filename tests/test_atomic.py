@@ -18,9 +18,10 @@ CONFIGS = [
     ("mezo", {}), ("mezo-gv", {"num_probes": 2}), ("mezo-greedy", {"num_probes": 2}),
     ("ldsd", {"num_probes": 2, "lr_mu": 0.1}), ("ldsd", {"num_probes": 2, "base": "momentum"}),
     ("pgap", PGAP), ("pgap", dict(PGAP, mode="functional")),
+    ("pgap", dict(PGAP, subspace="activation", mode="functional")),
     ("agzo", AGZO), ("agzo", dict(AGZO, mode="functional")),
 ]
-IDS = [f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items() if k in ('mode', 'base'))}".rstrip("-")
+IDS = [f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items() if k in ('mode', 'base', 'subspace'))}".rstrip("-")
        for m, o in CONFIGS]
 TARGET = 2  # P-GAP's window starts and AGZO refreshes at step 2
 # the undo pass adds −c·P to θ + c·P: one float32 rounding per element

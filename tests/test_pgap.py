@@ -330,3 +330,70 @@ def test_embedding_subclass_with_its_own_forward_stays_in_place():
     assert state == {"pos.weight": False, "head.weight": True}
     for _ in range(3):
         opt.step(closure)
+
+
+# -- subspace="activation": V from the layer inputs, U = identity ---------------------------------
+def test_activation_subspace_probe_matrix_and_alignment():
+    X = torch.randn(128, 16, generator=torch.Generator().manual_seed(0)) @ torch.diag(
+        torch.tensor([8.0, 4.0] + [0.05] * 14))
+    model = torch.nn.Linear(16, 6)
+    y = torch.randn(128, 6, generator=torch.Generator().manual_seed(1))
+    closure = lambda: ((model(X) - y) ** 2).mean()  # noqa: E731
+    h, eps, seed, delta = 4, 1e-3, 5, 1.0
+    rec = Recorder(closure)
+    opt = pgap.PGAP(model, lr=1e-3, eps=eps, rank=2, probes=h, window=10, seed=seed,
+                    subspace="activation", delta=delta)
+    opt.step(rec)
+    assert opt.forwards == 2 * h + 2
+    st = opt.matrices[0]
+    assert st.U is None and st.V.shape == (16, 2) and st.S.shape == (6, 2) and st.Z.shape == (6, 2)
+    # the basis found the two dominant input directions (coordinates 0 and 1)
+    assert float(st.V[2:].norm()) < 0.05
+    # S = (1/h) sum_j rho_j Xi_j V with the probes' full Gaussians Xi_j
+    seeds = [derive_seed(seed, 0, PROBE_STREAM + j) for j in range(h)]
+    rhos = [(rec.losses[2 * j] - rec.losses[2 * j + 1]) / (2 * eps) for j in range(h)]
+    S = sum(r / h * pk.gaussian((6, 16), s, key=fnv1a32("weight")) for r, s in zip(rhos, seeds))
+    torch.testing.assert_close(st.S, S @ st.V, rtol=1e-4, atol=1e-5)
+    # the written direction is Z V^T with <S, Z> = xi sqrt(delta) ||S||
+    P = opt.last_direction()["weight"]
+    torch.testing.assert_close(P, st.Z @ st.V.T, **FP32_TOL)
+    sign = random_sign(opt.step_seed(0), fnv1a32("weight"))
+    inner = float((st.Z * st.S).sum())
+    assert inner == pytest.approx(sign * math.sqrt(delta) * float(st.S.norm()), rel=1e-4)
+
+
+@pytest.mark.parametrize("factory", [mlp_problem, tiny_llama], ids=["mlp", "tied-llama"])
+def test_activation_subspace_inplace_and_functional_agree(factory):
+    runs = []
+    for mode in ("inplace", "functional"):
+        model, closure = factory(seed=1)
+        opt = pgap.PGAP(model, lr=1e-2, rank=2, window=3, probes=2, subspace="activation",
+                        mode=mode, seed=2)
+        losses = [opt.step(closure) for _ in range(7)]
+        opt.merge()
+        runs.append((losses, weights(model)))
+    torch.testing.assert_close(torch.tensor(runs[1][0]), torch.tensor(runs[0][0]), **MODE_TOL)
+    for k in runs[0][1]:
+        torch.testing.assert_close(runs[1][1][k], runs[0][1][k], **MODE_TOL, msg=k)
+
+
+def test_activation_subspace_exact_resume(tmp_path):
+    make = lambda m: pgap.PGAP(m, lr=1e-2, rank=2, probes=2, window=3, seed=6,  # noqa: E731
+                               subspace="activation")
+    model, closure = mlp_problem()
+    opt = make(model)
+    losses = [opt.step(closure) for _ in range(4)]
+    pgap.save_optimizer(opt, tmp_path / "opt.safetensors")
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    losses += [opt.step(closure) for _ in range(4)]
+    model2, closure2 = mlp_problem()
+    model2.load_state_dict(torch.load(tmp_path / "model.pt"))
+    opt2 = make(model2)
+    pgap.load_optimizer(opt2, tmp_path / "opt.safetensors")
+    assert [opt2.step(closure2) for _ in range(4)] == losses[4:]
+
+
+def test_activation_subspace_needs_scale_none():
+    model, _ = mlp_problem()
+    with pytest.raises(ValueError, match="scale"):
+        pgap.PGAP(model, lr=1e-3, subspace="activation", scale="subzero")

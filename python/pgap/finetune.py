@@ -85,7 +85,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--delta", type=float, nargs=2, metavar=("DELTA0", "DELTA_END"))
     g.add_argument("--svd-iters", type=int)
     g.add_argument("--scale", choices=["none", "subzero"])
-    g.add_argument("--subspace", choices=["probe", "random"])
+    g.add_argument("--subspace", choices=["probe", "random", "activation"])
     g.add_argument("--vector-lr-scale", type=float, help="P-GAP: lr of non-matrix parameters / lr")
     g.add_argument("--num-probes", type=int)
     g.add_argument("--top-frac", type=float)

@@ -2,6 +2,7 @@
 probed low-rank subspace. Every choice the paper leaves open is documented in docs/pgap.md."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -11,16 +12,17 @@ from torch import nn
 import pgap_kernels
 
 from ._checks import check_choice, check_int, check_real
+from .activation import ActivationBasis, ActivationSketcher, make_bases, random_start
 from .base import Closure, ZOOptimizer
 from .functional import SidePath, eligible_modules
 from .distributed import ProcessGroup
 from .params import DecayFilter, Trainable
-from .seeds import BASIS_STREAM, RSVD_STREAM, derive_seed, random_sign
+from .seeds import BASIS_STREAM, RSVD_STREAM, derive_seed, fnv1a32, random_sign
 from .subspace import (MatrixState, make_states, probe_operators, project_probe, set_probe_bases,
                        set_random_bases)
 
 XI_CHOICES = ("per_matrix", "shared")
-SUBSPACE_CHOICES = ("probe", "random")
+SUBSPACE_CHOICES = ("probe", "random", "activation")
 SCALE_CHOICES = ("none", "subzero")
 MODE_CHOICES = ("inplace", "functional")
 
@@ -45,8 +47,13 @@ class PGAP(ZOOptimizer):
         over ``total_steps`` (held at delta0 when total_steps is None)
     total_steps : int >= 1 or None
     xi : "per_matrix" (one ±1 per matrix per step) or "shared" (one per step)
-    subspace : "probe" (bases from the probes' SVD) or "random" (Q factors of Gaussians, SubZero;
-        with align=True the probes still give S_r = U^T S V; with align=False no probe runs)
+    subspace : "probe" (bases from the probes' SVD), "random" (Q factors of Gaussians, SubZero;
+        with align=True the probes still give S_r = U^T S V; with align=False no probe runs) or
+        "activation" (one-sided: V from the layer's input activations as in :class:`pgap.AGZO`,
+        sketched during the probe forwards of each window, one orthogonal-iteration step per
+        probe; U is the identity, so S = (1/h)·Σ rho_j·Xi_j·V and Z are m × r and P = Z·V^T.
+        Only matrices that an nn.Linear uses get a basis; the others are perturbed like the
+        vectors. scale must be "none")
     align : bool, apply the alignment (False: Z = Z0)
     scale : "none" or "subzero" (P multiplied by sqrt(m·n)/r)
     mode : "inplace" (W written 3 times per step by lowrank_perturb_) or "functional" (matrices
@@ -90,7 +97,12 @@ class PGAP(ZOOptimizer):
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
                          process_group=process_group)
-        self.matrices: List[MatrixState] = make_states(self.trainables, self.rank, self.scale)
+        self.activation: List[ActivationBasis] = []
+        self._sketcher: Optional[ActivationSketcher] = None
+        if self.subspace == "activation":
+            self._setup_activation(model)
+        else:
+            self.matrices: List[MatrixState] = make_states(self.trainables, self.rank, self.scale)
         matrix_ids = {id(s.trainable.param) for s in self.matrices}
         self.vectors: List[Trainable] = [t for t in self.trainables if id(t.param) not in matrix_ids]
         self._side: Optional[SidePath] = None
@@ -129,7 +141,37 @@ class PGAP(ZOOptimizer):
 
     @property
     def uses_probes(self) -> bool:
-        return self.subspace == "probe" or self.align
+        return self.subspace in ("probe", "activation") or self.align
+
+    # -- activation subspace ---------------------------------------------------------------
+    @property
+    def one_sided(self) -> bool:
+        """True when U is the identity (subspace="activation"): S, Z and A are m × r."""
+        return self.subspace == "activation"
+
+    def _setup_activation(self, model: nn.Module) -> None:
+        if self.scale != "none":
+            raise ValueError('subspace="activation" needs scale="none"')
+        if any(t.sharded for t in self.trainables):
+            raise ValueError('subspace="activation" does not support sharded (FSDP2) parameters yet')
+        self.activation = make_bases(model, self.trainables, self.rank, oversample=0)
+        start = derive_seed(self.seed, 0, BASIS_STREAM)
+        for b in self.activation:
+            b.Q = random_start(b, start)
+        self.matrices = [MatrixState(b.trainable, b.rank, 1.0, fnv1a32(b.name + "#Z"))
+                         for b in self.activation]
+        self._sketcher = ActivationSketcher(self.activation)
+
+    def set_token_mask(self, mask: Optional[torch.Tensor]) -> None:
+        """subspace="activation": padded tokens (mask 0) stay out of the activation bases."""
+        if self._sketcher is not None:
+            self._sketcher.set_token_mask(mask)
+
+    def _factors(self, s: MatrixState) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(left, middle) of P = left·middle·V^T: (U, Z), or (Z, I) when one-sided."""
+        if self.one_sided:
+            return s.Z, torch.eye(s.rank, device=self.device)
+        return s.U, s.Z
 
     # -- functional mode -------------------------------------------------------------------
     def _setup_functional(self, model: nn.Module) -> None:
@@ -141,7 +183,8 @@ class PGAP(ZOOptimizer):
             mods = users.get(id(s.trainable.param))
             if mods:
                 s.functional, s.modules = True, mods
-                s.A = torch.zeros(s.rank, s.rank, device=self.device)
+                rows = s.shape[0] if self.one_sided else s.rank
+                s.A = torch.zeros(rows, s.rank, device=self.device)
         if self.weight_decay > 0 and any(s.functional and s.trainable.decays for s in self.matrices):
             raise ValueError("mode='functional' does not support weight_decay > 0 on the matrices "
                              "it keeps functional; use mode='inplace' or weight_decay=0")
@@ -156,7 +199,10 @@ class PGAP(ZOOptimizer):
                 self._side.merge()
 
     def close(self) -> None:
-        """Merge and remove the functional-mode hooks (the model then runs without them)."""
+        """Merge and remove the functional-mode hooks (the model then runs without them) and the
+        activation sketches' hooks."""
+        if self._sketcher is not None:
+            self._sketcher.remove()
         if self._side is not None:
             self.merge()
             self._side.remove()
@@ -178,8 +224,9 @@ class PGAP(ZOOptimizer):
 
     def _lowrank(self, states: Sequence[MatrixState], coeff: float, decay: float = 1.0) -> None:
         if states:
-            pgap_kernels.lowrank_perturb_([s.trainable.local for s in states], [s.U for s in states],
-                                          [s.Z for s in states], [s.V for s in states],
+            factors = [self._factors(s) for s in states]
+            pgap_kernels.lowrank_perturb_([s.trainable.local for s in states], [f[0] for f in factors],
+                                          [f[1] for f in factors], [s.V for s in states],
                                           [coeff] * len(states), decay=decay)
 
     def _apply(self, seed: int, coeff: float) -> None:
@@ -199,10 +246,11 @@ class PGAP(ZOOptimizer):
             self._perturb_all(([prev] if prev is not None else []) + [s],
                               ([eps] if prev is not None else []) + [eps])
             self.pending(lambda s=s: self._perturb_all([s], [-eps]))
-            plus = self.evaluate_finite(closure, f"of probe {j} at θ+ε·Q")
-            self._perturb_all([s], [-2.0 * eps])
-            self.pending(lambda s=s: self._perturb_all([s], [eps]))
-            minus = self.evaluate_finite(closure, f"of probe {j} at θ−ε·Q")
+            with self._sketching():  # activation subspace: one orthogonal iteration per probe
+                plus = self.evaluate_finite(closure, f"of probe {j} at θ+ε·Q")
+                self._perturb_all([s], [-2.0 * eps])
+                self.pending(lambda s=s: self._perturb_all([s], [eps]))
+                minus = self.evaluate_finite(closure, f"of probe {j} at θ−ε·Q")
             rhos.append((plus - minus) / (2.0 * eps))
             losses.append(0.5 * (plus + minus))
             prev = s
@@ -214,6 +262,22 @@ class PGAP(ZOOptimizer):
                              "rho_max": max(rhos)}
         return seeds
 
+    @contextlib.contextmanager
+    def _sketching(self):
+        """Capture the activation sketches during the block and turn them into bases after it
+        (subspace="activation"; otherwise nothing). On an exception the sketches are dropped."""
+        if self._sketcher is None:
+            yield
+            return
+        try:
+            with self._sketcher.capture():
+                yield
+        except BaseException:
+            for b in self.activation:
+                b.sketch = None
+            raise
+        self._sketcher.finish(self.reducer)
+
     def _refresh(self, closure: Closure) -> None:
         """Start a window: merge (functional), probe, and set U, V, S_r of every matrix."""
         self.merge()
@@ -222,7 +286,11 @@ class PGAP(ZOOptimizer):
         step = self.steps_done
         seeds = self._probe(closure) if self.uses_probes else []
         operators = probe_operators(self.matrices, seeds, self._rhos) if seeds else []
-        if self.subspace == "probe":
+        if self.subspace == "activation":
+            for s, b, op in zip(self.matrices, self.activation, operators):
+                s.V = b.V
+                s.S = (op @ b.V).contiguous()  # (1/h)·Σ rho_j·Xi_j·V, m × r, never m × n
+        elif self.subspace == "probe":
             set_probe_bases(self.matrices, operators, oversample=self.svd_oversample,
                             n_iter=self.svd_iters, seed=derive_seed(self.seed, step, RSVD_STREAM),
                             reducer=self.reducer)
@@ -240,11 +308,12 @@ class PGAP(ZOOptimizer):
         if not self.matrices:
             return
         dev = self.device
-        Z0 = [torch.empty(s.rank, s.rank, device=dev) for s in self.matrices]
+        Z0 = [torch.empty(s.shape[0] if self.one_sided else s.rank, s.rank, device=dev)
+              for s in self.matrices]
         pgap_kernels.perturb_(Z0, seed, 1.0, keys=[s.z_key for s in self.matrices], decay=0.0)
-        by_rank: Dict[int, List[int]] = {}
+        by_rank: Dict[tuple, List[int]] = {}
         for i, s in enumerate(self.matrices):
-            by_rank.setdefault(s.rank, []).append(i)
+            by_rank.setdefault(tuple(Z0[i].shape), []).append(i)
         for idx in by_rank.values():
             z0 = torch.stack([Z0[i] for i in idx])
             if self.align:
@@ -292,12 +361,15 @@ class PGAP(ZOOptimizer):
         statistics; the side path's coefficient."""
         return dict(super()._step_state(),
                     matrices=[(s.U, s.V, s.S, s.Z) for s in self.matrices],
+                    activation=[(b.Q, b.V, b.sigma) for b in self.activation],
                     window=(self._rhos, self._window_diag, self._s_norms))
 
     def _restore_step_state(self, saved: Dict[str, Any]) -> None:
         super()._restore_step_state(saved)
         for s, (U, V, S, Z) in zip(self.matrices, saved["matrices"]):
             s.U, s.V, s.S, s.Z = U, V, S, Z
+        for b, (Q, V, sigma) in zip(self.activation, saved["activation"]):
+            b.Q, b.V, b.sigma, b.sketch = Q, V, sigma, None
         self._rhos, self._window_diag, self._s_norms = saved["window"]
         if self._side is not None:
             self._side.coeff = 0.0
@@ -320,7 +392,10 @@ class PGAP(ZOOptimizer):
         if self.steps_done == 0 or any(s.Z is None for s in self.matrices):
             raise RuntimeError("no step taken yet")
         seed = self.step_seed(self.steps_done - 1)
-        out = {s.name: s.U @ s.Z @ s.V.T for s in self.matrices}
+        out = {}
+        for s in self.matrices:
+            left, mid = self._factors(s)
+            out[s.name] = left @ mid @ s.V.T
         with self._kernels():
             for t in self.vectors:
                 out[t.name] = pgap_kernels.gaussian(tuple(t.local.shape), seed, key=t.key,
@@ -334,10 +409,11 @@ class PGAP(ZOOptimizer):
         cos, captured = {}, {}
         for s in self.matrices:
             G = grads[s.name]
-            est = s.U @ s.S @ s.V.T
+            est = (s.S if self.one_sided else s.U @ s.S) @ s.V.T
+            inside = G @ s.V if self.one_sided else s.U.T @ G @ s.V
             gn, en = float(G.norm()), float(est.norm())
             cos[s.name] = float((est * G).sum()) / (gn * en) if gn > 0 and en > 0 else float("nan")
-            captured[s.name] = float((s.U.T @ G @ s.V).norm()) / gn if gn > 0 else float("nan")
+            captured[s.name] = float(inside.norm()) / gn if gn > 0 else float("nan")
         return {"subspace_cosine": cos, "captured": captured}
 
     # -- state -----------------------------------------------------------------------------
@@ -354,17 +430,25 @@ class PGAP(ZOOptimizer):
                 value = getattr(s, field)
                 if value is not None:
                     out[f"{s.name}.{field}"] = value
+        for b in self.activation:
+            for field in ("Q", "sigma"):
+                value = getattr(b, field)
+                if value is not None:
+                    out[f"{b.name}.activation.{field}"] = value
         return out
 
     def _load_state_tensors(self, tensors: Dict[str, torch.Tensor]) -> None:
         known = {f"{s.name}.{f}": (s, f) for s in self.matrices for f in ("U", "V", "S", "Z")}
+        known.update({f"{b.name}.activation.{f}": (b, f) for b in self.activation for f in ("Q", "sigma")})
         unknown = sorted(set(tensors) - set(known))
         if unknown:
             raise ValueError(f"unexpected tensors in state: {unknown[:5]}")
         for key, value in tensors.items():
             s, f = known[key]
             m, n = s.trainable.local.shape
-            want = {"U": (m, s.rank), "V": (n, s.rank), "S": (s.rank, s.rank), "Z": (s.rank, s.rank)}[f]
+            left = m if self.one_sided else s.rank
+            want = {"U": (m, s.rank), "V": (n, s.rank), "S": (left, s.rank), "Z": (left, s.rank),
+                    "Q": (n, s.rank), "sigma": (s.rank,)}[f]
             if tuple(value.shape) != want:
                 raise ValueError(f"state tensor {key!r} has shape {tuple(value.shape)}; expected {want}")
         self.merge()
@@ -373,6 +457,12 @@ class PGAP(ZOOptimizer):
                 value = tensors.get(f"{s.name}.{f}")
                 setattr(s, f, None if value is None else
                         value.to(device=self.device, dtype=torch.float32).contiguous())
+        for b, s in zip(self.activation, self.matrices):
+            for f in ("Q", "sigma"):
+                value = tensors.get(f"{b.name}.activation.{f}")
+                if value is not None:
+                    setattr(b, f, value.to(device=self.device, dtype=torch.float32).contiguous())
+            b.V = s.V
 
     def _extra_state(self) -> Dict[str, Any]:
         return {"rhos": list(self._rhos), "window": dict(self._window_diag),
