@@ -107,7 +107,7 @@ def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task
         # two-point methods; measured as the last step's cost for the others)
         if opt.forwards + per_step > todo[0]:
             evaluate("test", task.test)
-            if len(todo) == 1:
+            if len(todo) == 1 and not args.no_dev:
                 evaluate("dev", task.dev)
             todo.pop(0)
             continue
@@ -245,8 +245,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--test", type=int, default=500)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/dev/test split")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-dev", action="store_true",
+                   help="no dev evaluation (runs at an lr already chosen: the seeds after the sweep)")
     p.add_argument("--skip-done", action="store_true",
-                   help="skip (method, options, lr, seed) runs whose dev row is already in the CSV")
+                   help="skip (method, options, lr, seed) runs that already reached the budget in the CSV")
     p.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     p.add_argument("--plot", type=Path, default=common.RESULTS_DIR / "compare.png")
     p.add_argument("--no-plot", action="store_true")
@@ -264,7 +266,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     done = {(r["method"], r["options"], float(r["lr"]), int(r["seed"]))
-            for r in load_rows(args.csv) if r["split"] == "dev"} if args.skip_done else set()
+            for r in load_rows(args.csv)
+            if int(r["forwards"]) > args.checkpoints[-1] - 3} if args.skip_done else set()
     tok, model = load_causal_lm(None)
     for prm in model.parameters():
         prm.requires_grad_(True)
