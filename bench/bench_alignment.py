@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-token-mask", action="store_true",
+                   help="activation rows: let padded tokens into the bases (to measure the mask)")
     p.add_argument("--csv", type=Path, default=common.RESULTS_DIR / "alignment.csv")
     p.add_argument("--no-csv", action="store_true")
     args = p.parse_args(argv)
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
         if subspace == "activation":
             t0 = time.perf_counter()
             opt = pgap.AGZO(model, lr=0.0, eps=args.eps, rank=args.rank, refresh=0, seed=args.seed)
-            opt.set_token_mask(other["attention_mask"])
+            opt.set_token_mask(None if args.no_token_mask else other["attention_mask"])
             for _ in range(1 + opt.first_iters):  # the first basis and its refinements
                 opt.step(lambda: clf.loss(model, other))
             res = opt.gradient_alignment(closure)
@@ -93,13 +95,14 @@ def main(argv=None) -> int:
             seconds = time.perf_counter() - t0
             cap = quantiles(res["captured"].values())
             rand = statistics.median(math.sqrt(b.rank / b.shape[1]) for b in opt.bases)
-            rows.append(dict(model="smollm2-135m", subspace=subspace, probes=0, rank=args.rank,
+            rows.append(dict(model="smollm2-135m", probes=0, rank=args.rank,
+                             subspace=subspace + ("-unmasked" if args.no_token_mask else ""),
                              batch=args.batch, matrices=len(res["captured"]),
                              captured_median=cap[1], captured_p10=cap[0], captured_p90=cap[2],
                              cosine_median="", cosine_p10="", cosine_p90="",
                              random_expectation_median=rand, seconds=round(seconds, 1)))
             head = {k: round(v, 4) for k, v in res["captured"].items() if "embed" in k or "lm_head" in k}
-            print(f"{subspace:<8} {0:>6} {cap[0]:>8.4f}/{cap[1]:.4f}/{cap[2]:.4f} {'-':>24} "
+            print(f"{rows[-1]['subspace']:<8} {0:>6} {cap[0]:>8.4f}/{cap[1]:.4f}/{cap[2]:.4f} {'-':>24} "
                   f"{rand:>18.4f} {seconds:>6.0f}   lm_head (tied) {head}")
             continue
         for h in args.probes:
