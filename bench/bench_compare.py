@@ -165,6 +165,15 @@ def report(args) -> int:
         mark = " <- chosen" if chosen.get((method, options)) == lr else ""
         print(f"  {method:<6} {options:<24} lr {lr:<8g} dev {statistics.fmean(accs):.3f} "
               f"({len(accs)} seed{'s' if len(accs) > 1 else ''}){mark}")
+    last: Dict[Tuple[str, str, float, int], dict] = {}
+    for r in rows:  # runs stopped before the budget (no dev row): their last evaluation
+        key = (r["method"], r["options"], float(r["lr"]), int(r["seed"]))
+        if r["method"] != "zero-shot" and r["split"] == "test":
+            last[key] = r
+    for (method, options, lr, seed), r in sorted(last.items()):
+        if (method, options, lr) not in grid:
+            print(f"  {method:<6} {options:<24} lr {lr:<8g} stopped at {r['forwards']} forwards "
+                  f"(seed {seed}): test {float(r['accuracy']):.3f}, train loss {r['train_loss']}")
     table = summarize(rows, chosen)
     if table["zero_shot"] is not None:
         print(f"\nzero-shot test accuracy: {table['zero_shot']:.3f}")
