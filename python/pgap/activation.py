@@ -147,15 +147,19 @@ class ActivationSketcher:
         return hook
 
     @contextlib.contextmanager
-    def capture(self, bases: Optional[Sequence[ActivationBasis]] = None) -> Iterator[None]:
-        """Sketch ``bases`` (default all) during the forwards inside the block; the sketches are
-        zeroed first and kept afterwards for :meth:`finish`."""
-        for b in (self.bases if bases is None else bases):
+    def capture(self) -> Iterator[None]:
+        """Sketch every basis during the forwards inside the block; the sketches are zeroed
+        first and kept afterwards for :meth:`finish`, or dropped if the block raises."""
+        for b in self.bases:
             b.sketch = torch.zeros_like(b.Q)
             b.tokens = 0
         self.active = True
         try:
             yield
+        except BaseException:
+            for b in self.bases:
+                b.sketch = None
+            raise
         finally:
             self.active = False
 

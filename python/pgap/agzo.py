@@ -17,7 +17,7 @@ from ._checks import check_choice, check_int, check_real
 from .activation import ActivationBasis, ActivationSketcher, make_bases, random_start
 from .base import Closure, ZOOptimizer
 from .distributed import ProcessGroup
-from .functional import SidePath, SideState, eligible_modules
+from .functional import SideState, eligible_modules
 from .params import DecayFilter, Trainable
 from .seeds import BASIS_STREAM, derive_seed
 
@@ -86,7 +86,6 @@ class AGZO(ZOOptimizer):
         self.sketcher = ActivationSketcher(self.bases)
         self._directions: List[torch.Tensor] = []
         self._refresh_diag: Dict[str, Any] = {}
-        self._side: Optional[SidePath] = None
         self._sides: Dict[int, SideState] = {}  # basis index -> its side-path state
         if self.mode == "functional":
             self._setup_functional(model)
@@ -105,18 +104,11 @@ class AGZO(ZOOptimizer):
         """Merge (functional mode) and remove every hook: the sketches (the optimizer cannot
         refresh its bases afterwards) and the side paths (the model then runs without them)."""
         self.sketcher.remove()
-        if self._side is not None:
-            self.merge()
-            self._side.remove()
-            self._model_hook.remove()
-            self._side = None
-            self._sides = {}
+        self._detach_side_path()
+        self._sides = {}
 
     # -- functional mode -------------------------------------------------------------------
     def _setup_functional(self, model: nn.Module) -> None:
-        if any(b.trainable.sharded for b in self.bases):
-            raise ValueError("mode='functional' does not support sharded (FSDP2) matrices; use "
-                             "mode='inplace'")
         users = eligible_modules(model, self.bases)
         for i, b in enumerate(self.bases):
             mods = users.get(id(b.trainable.param))
@@ -124,17 +116,7 @@ class AGZO(ZOOptimizer):
                 m = b.shape[0]
                 self._sides[i] = SideState(b.trainable, None, torch.zeros(m, b.rank, device=self.device),
                                            modules=mods)
-        if self.weight_decay > 0 and any(self.bases[i].trainable.decays for i in self._sides):
-            raise ValueError("mode='functional' does not support weight_decay > 0 on the matrices "
-                             "it keeps functional; use mode='inplace' or weight_decay=0")
-        self._side = SidePath(list(self._sides.values()))
-        self._model_hook = model.register_state_dict_pre_hook(lambda *args, **kw: self.merge())
-
-    def merge(self) -> None:
-        """Functional mode: write the accumulated A·Bᵀ into the weights (no-op in place)."""
-        if self._side is not None:
-            with self._kernels():
-                self._side.merge()
+        self._attach_side_path(model, list(self._sides.values()))
 
     def _set_directions(self) -> None:
         """B of every basis, also as the side paths' right factor (merge before calling)."""
@@ -167,18 +149,8 @@ class AGZO(ZOOptimizer):
         self._refresh_diag = {"refresh_step": self.steps_done, "bases_refreshed": changed,
                               "sigma1_median": statistics.median(tops) if tops else float("nan")}
 
-    @contextlib.contextmanager
-    def _capturing(self, active: bool):
-        if not active:
-            yield
-            return
-        try:
-            with self.sketcher.capture():
-                yield
-        except BaseException:
-            for b in self.bases:
-                b.sketch = None
-            raise
+    def _capturing(self, active: bool) -> contextlib.AbstractContextManager:
+        return self.sketcher.capture() if active else contextlib.nullcontext()
 
     def _refresh_due(self) -> bool:
         step = self.steps_done
@@ -261,8 +233,6 @@ class AGZO(ZOOptimizer):
         self._refresh_diag = saved["refresh"]
         for i, side in self._sides.items():
             side.Z, side.V = saved["xi"][i], (self._directions[i] if self._directions else None)
-        if self._side is not None:
-            self._side.coeff = 0.0
 
     # -- diagnostics -----------------------------------------------------------------------
     def last_direction(self) -> Dict[str, torch.Tensor]:
@@ -294,37 +264,20 @@ class AGZO(ZOOptimizer):
         return {"captured": captured}
 
     # -- state -----------------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:  # type: ignore[override]
-        """As :meth:`ZOOptimizer.state_dict`; functional mode merges first (so the live run and
-        a resumed one continue from the same weights)."""
-        self.merge()
-        return super().state_dict()
-
     def _state_tensors(self) -> Dict[str, torch.Tensor]:
-        out = {}
-        for b in self.bases:
-            for name in ("Q", "V", "sigma"):
-                value = getattr(b, name)
-                if value is not None:
-                    out[f"{b.name}.{name}"] = value
-        return out
+        return self.field_tensors(((b.name, b) for b in self.bases), ("Q", "V", "sigma"))
 
     def _load_state_tensors(self, tensors: Dict[str, torch.Tensor]) -> None:
-        known = {f"{b.name}.{f}": (b, f) for b in self.bases for f in ("Q", "V", "sigma")}
-        unknown = sorted(set(tensors) - set(known))
-        if unknown:
-            raise ValueError(f"unexpected tensors in state: {unknown[:5]}")
-        for key, value in tensors.items():
-            b, f = known[key]
+        shapes = {}
+        for b in self.bases:
             n = b.shape[1]
-            want = {"Q": (n, b.width), "V": (n, b.rank), "sigma": (b.width,)}[f]
-            if tuple(value.shape) != want:
-                raise ValueError(f"state tensor {key!r} has shape {tuple(value.shape)}; expected {want}")
+            shapes.update({f"{b.name}.Q": (n, b.width), f"{b.name}.V": (n, b.rank),
+                           f"{b.name}.sigma": (b.width,)})
+        loaded = self.checked_state_tensors(tensors, shapes)
         for b in self.bases:
             for f in ("Q", "V", "sigma"):
-                value = tensors.get(f"{b.name}.{f}")
-                if value is not None:
-                    setattr(b, f, value.to(device=self.device, dtype=torch.float32).contiguous())
+                if f"{b.name}.{f}" in loaded:
+                    setattr(b, f, loaded[f"{b.name}.{f}"])
             b.sketch = None
         self.merge()
         if all(b.ready for b in self.bases):

@@ -7,7 +7,7 @@ import math
 import signal
 import threading
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from torch import nn
 import pgap_kernels
 
 from ._checks import check_int, check_real
+from .functional import SidePath
 from .distributed import (LossReducer, ProcessGroup, check_same_on_all_ranks, fsdp_modules,
                           reshard, resolve_group)
 from .params import DecayFilter, Trainable, collect_trainable
@@ -185,6 +186,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _restore_step_state(self, saved: Dict[str, Any]) -> None:
         self.forwards = saved["forwards"]
         self._diag = saved["diag"]
+        if self._side is not None:
+            self._side.coeff = 0.0
 
     def _abort(self, saved: Dict[str, Any]) -> None:
         """Undo the pending perturbation and restore the state of ``saved``."""
@@ -297,9 +300,36 @@ class ZOOptimizer(torch.optim.Optimizer):
         activations (:class:`pgap.AGZO` leaves padded tokens out of its bases); a no-op for the
         others. Training loops may call it before every step."""
 
+    # -- functional modes (P-GAP, AGZO): updates kept outside the weights ------------------
+    _side: Optional[SidePath] = None
+
+    def _attach_side_path(self, model: nn.Module, states: Sequence[Any]) -> None:
+        """Route the forwards of ``states`` (those with ``functional`` set) through a
+        :class:`SidePath` and merge before ``model.state_dict()``. Raises ValueError for sharded
+        matrices or weight decay on a functional matrix."""
+        if any(s.trainable.sharded for s in states):
+            raise ValueError("mode='functional' does not support sharded (FSDP2) matrices; use "
+                             "mode='inplace'")
+        if self.weight_decay > 0 and any(s.functional and s.trainable.decays for s in states):
+            raise ValueError("mode='functional' does not support weight_decay > 0 on the matrices "
+                             "it keeps functional; use mode='inplace' or weight_decay=0")
+        self._side = SidePath(states)
+        self._model_hook = model.register_state_dict_pre_hook(lambda *args, **kw: self.merge())
+
+    def _detach_side_path(self) -> None:
+        """Merge and remove the side path's hooks (the model then runs without them)."""
+        if self._side is not None:
+            self.merge()
+            self._side.remove()
+            self._model_hook.remove()
+            self._side = None
+
     def merge(self) -> None:
-        """Write pending updates kept outside the weights into them (P-GAP's functional mode);
-        a no-op for the other optimizers. Call it on every rank before saving on one."""
+        """Write pending updates kept outside the weights into them (the functional modes of
+        P-GAP and AGZO); a no-op otherwise. Call it on every rank before saving on one."""
+        if self._side is not None:
+            with self._kernels():
+                self._side.merge()
 
     # -- diagnostics -----------------------------------------------------------------------
     def diagnostics(self) -> Dict[str, Any]:
@@ -364,6 +394,26 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _state_tensors(self) -> Dict[str, torch.Tensor]:
         return {}
 
+    @staticmethod
+    def field_tensors(items: Iterable[Tuple[str, Any]], fields: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """``{f"{prefix}.{field}": item.<field>}`` over (prefix, item) pairs, None fields left
+        out: the tensors of per-matrix state objects, for :meth:`_state_tensors`."""
+        return {f"{prefix}.{f}": getattr(item, f) for prefix, item in items for f in fields
+                if getattr(item, f) is not None}
+
+    def checked_state_tensors(self, tensors: Dict[str, torch.Tensor],
+                              shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, torch.Tensor]:
+        """``tensors`` as contiguous float32 on this optimizer's device, after checking that
+        every key is one of ``shapes`` and has that shape (ValueError otherwise)."""
+        unknown = sorted(set(tensors) - set(shapes))
+        if unknown:
+            raise ValueError(f"unexpected tensors in state: {unknown[:5]}")
+        for key, value in tensors.items():
+            if tuple(value.shape) != shapes[key]:
+                raise ValueError(f"state tensor {key!r} has shape {tuple(value.shape)}; "
+                                 f"expected {shapes[key]}")
+        return {k: v.to(device=self.device, dtype=torch.float32).contiguous() for k, v in tensors.items()}
+
     def _load_state_tensors(self, tensors: Dict[str, torch.Tensor]) -> None:
         if tensors:
             raise ValueError(f"unexpected tensors in state: {sorted(tensors)[:5]}")
@@ -377,7 +427,10 @@ class ZOOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> Dict[str, Any]:  # type: ignore[override]
         """Everything needed to resume exactly: step, forwards, lr group, hyperparameters, the
         parameter names and the optimizer's tensors (contiguous, unshared: safetensors-ready;
-        see :func:`pgap.save_optimizer`). Seeds are derived from (seed, step), never stored."""
+        see :func:`pgap.save_optimizer`). Seeds are derived from (seed, step), never stored.
+        Pending functional-mode updates are merged first, so the live run and a resumed one
+        continue from the same weights."""
+        self.merge()
         groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
         return {"format": STATE_FORMAT, "optimizer": type(self).__name__,
                 "step": self.steps_done, "forwards": self.forwards, "param_groups": groups,

@@ -14,7 +14,7 @@ import pgap_kernels
 from ._checks import check_choice, check_int, check_real
 from .activation import ActivationBasis, ActivationSketcher, make_bases, random_start
 from .base import Closure, ZOOptimizer
-from .functional import SidePath, eligible_modules
+from .functional import eligible_modules
 from .distributed import ProcessGroup
 from .params import DecayFilter, Trainable
 from .seeds import BASIS_STREAM, RSVD_STREAM, derive_seed, fnv1a32, random_sign
@@ -97,6 +97,7 @@ class PGAP(ZOOptimizer):
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
                          process_group=process_group)
+        self._eyes: Dict[int, torch.Tensor] = {}
         self.activation: List[ActivationBasis] = []
         self._sketcher: Optional[ActivationSketcher] = None
         if self.subspace == "activation":
@@ -105,7 +106,6 @@ class PGAP(ZOOptimizer):
             self.matrices: List[MatrixState] = make_states(self.trainables, self.rank, self.scale)
         matrix_ids = {id(s.trainable.param) for s in self.matrices}
         self.vectors: List[Trainable] = [t for t in self.trainables if id(t.param) not in matrix_ids]
-        self._side: Optional[SidePath] = None
         if self.mode == "functional":
             self._setup_functional(model)
         self._rhos: List[float] = []
@@ -170,14 +170,17 @@ class PGAP(ZOOptimizer):
     def _factors(self, s: MatrixState) -> Tuple[torch.Tensor, torch.Tensor]:
         """(left, middle) of P = left·middle·V^T: (U, Z), or (Z, I) when one-sided."""
         if self.one_sided:
-            return s.Z, torch.eye(s.rank, device=self.device)
+            return s.Z, self._eye(s.rank)
         return s.U, s.Z
+
+    def _eye(self, r: int) -> torch.Tensor:
+        """The r × r identity on the device, made once per r."""
+        if r not in self._eyes:
+            self._eyes[r] = torch.eye(r, device=self.device)
+        return self._eyes[r]
 
     # -- functional mode -------------------------------------------------------------------
     def _setup_functional(self, model: nn.Module) -> None:
-        if any(s.trainable.sharded for s in self.matrices):
-            raise ValueError("mode='functional' does not support sharded (FSDP2) matrices; use "
-                             "mode='inplace'")
         users = eligible_modules(model, self.matrices)
         for s in self.matrices:
             mods = users.get(id(s.trainable.param))
@@ -185,29 +188,14 @@ class PGAP(ZOOptimizer):
                 s.functional, s.modules = True, mods
                 rows = s.shape[0] if self.one_sided else s.rank
                 s.A = torch.zeros(rows, s.rank, device=self.device)
-        if self.weight_decay > 0 and any(s.functional and s.trainable.decays for s in self.matrices):
-            raise ValueError("mode='functional' does not support weight_decay > 0 on the matrices "
-                             "it keeps functional; use mode='inplace' or weight_decay=0")
-        self._side = SidePath(self.matrices)
-        self._model_hook = model.register_state_dict_pre_hook(lambda *args, **kw: self.merge())
-
-    def merge(self) -> None:
-        """Functional mode: write the window's accumulated U·A·V^T into the weights (no-op in
-        place)."""
-        if self._side is not None:
-            with self._kernels():
-                self._side.merge()
+        self._attach_side_path(model, self.matrices)
 
     def close(self) -> None:
         """Merge and remove the functional-mode hooks (the model then runs without them) and the
         activation sketches' hooks."""
         if self._sketcher is not None:
             self._sketcher.remove()
-        if self._side is not None:
-            self.merge()
-            self._side.remove()
-            self._model_hook.remove()
-            self._side = None
+        self._detach_side_path()
 
     # -- passes ----------------------------------------------------------------------------
     def _inplace_matrices(self) -> List[MatrixState]:
@@ -269,13 +257,8 @@ class PGAP(ZOOptimizer):
         if self._sketcher is None:
             yield
             return
-        try:
-            with self._sketcher.capture():
-                yield
-        except BaseException:
-            for b in self.activation:
-                b.sketch = None
-            raise
+        with self._sketcher.capture():
+            yield
         self._sketcher.finish(self.reducer)
 
     def _refresh(self, closure: Closure) -> None:
@@ -371,8 +354,6 @@ class PGAP(ZOOptimizer):
         for b, (Q, V, sigma) in zip(self.activation, saved["activation"]):
             b.Q, b.V, b.sigma, b.sketch = Q, V, sigma, None
         self._rhos, self._window_diag, self._s_norms = saved["window"]
-        if self._side is not None:
-            self._side.coeff = 0.0
 
     # -- diagnostics -----------------------------------------------------------------------
     def diagnostics(self, per_matrix: bool = False) -> Dict[str, Any]:
@@ -417,51 +398,30 @@ class PGAP(ZOOptimizer):
         return {"subspace_cosine": cos, "captured": captured}
 
     # -- state -----------------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:  # type: ignore[override]
-        """As :meth:`ZOOptimizer.state_dict`; functional mode merges first (so the live run and
-        a resumed one continue from the same weights)."""
-        self.merge()
-        return super().state_dict()
-
     def _state_tensors(self) -> Dict[str, torch.Tensor]:
-        out = {}
-        for s in self.matrices:
-            for field in ("U", "V", "S", "Z"):
-                value = getattr(s, field)
-                if value is not None:
-                    out[f"{s.name}.{field}"] = value
-        for b in self.activation:
-            for field in ("Q", "sigma"):
-                value = getattr(b, field)
-                if value is not None:
-                    out[f"{b.name}.activation.{field}"] = value
-        return out
+        return dict(self.field_tensors(((s.name, s) for s in self.matrices), ("U", "V", "S", "Z")),
+                    **self.field_tensors(((f"{b.name}.activation", b) for b in self.activation),
+                                         ("Q", "sigma")))
 
     def _load_state_tensors(self, tensors: Dict[str, torch.Tensor]) -> None:
-        known = {f"{s.name}.{f}": (s, f) for s in self.matrices for f in ("U", "V", "S", "Z")}
-        known.update({f"{b.name}.activation.{f}": (b, f) for b in self.activation for f in ("Q", "sigma")})
-        unknown = sorted(set(tensors) - set(known))
-        if unknown:
-            raise ValueError(f"unexpected tensors in state: {unknown[:5]}")
-        for key, value in tensors.items():
-            s, f = known[key]
+        shapes = {}
+        for s in self.matrices:
             m, n = s.trainable.local.shape
             left = m if self.one_sided else s.rank
-            want = {"U": (m, s.rank), "V": (n, s.rank), "S": (left, s.rank), "Z": (left, s.rank),
-                    "Q": (n, s.rank), "sigma": (s.rank,)}[f]
-            if tuple(value.shape) != want:
-                raise ValueError(f"state tensor {key!r} has shape {tuple(value.shape)}; expected {want}")
+            shapes.update({f"{s.name}.U": (m, s.rank), f"{s.name}.V": (n, s.rank),
+                           f"{s.name}.S": (left, s.rank), f"{s.name}.Z": (left, s.rank)})
+        for b in self.activation:
+            shapes.update({f"{b.name}.activation.Q": (b.shape[1], b.rank),
+                           f"{b.name}.activation.sigma": (b.rank,)})
+        loaded = self.checked_state_tensors(tensors, shapes)
         self.merge()
         for s in self.matrices:
             for f in ("U", "V", "S", "Z"):
-                value = tensors.get(f"{s.name}.{f}")
-                setattr(s, f, None if value is None else
-                        value.to(device=self.device, dtype=torch.float32).contiguous())
+                setattr(s, f, loaded.get(f"{s.name}.{f}"))
         for b, s in zip(self.activation, self.matrices):
             for f in ("Q", "sigma"):
-                value = tensors.get(f"{b.name}.activation.{f}")
-                if value is not None:
-                    setattr(b, f, value.to(device=self.device, dtype=torch.float32).contiguous())
+                if f"{b.name}.activation.{f}" in loaded:
+                    setattr(b, f, loaded[f"{b.name}.activation.{f}"])
             b.V = s.V
 
     def _extra_state(self) -> Dict[str, Any]:
