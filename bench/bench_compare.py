@@ -17,6 +17,7 @@ mean ± std at every checkpoint and draws accuracy against forwards, one line an
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import os
 import statistics
@@ -75,7 +76,7 @@ def accuracy(clf: PromptClassifier, model, examples) -> float:
 
 
 def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task, method: str,
-            options: str, lr: float, seed: int, args, done: set) -> List[dict]:
+            options: str, lr: float, seed: int, args) -> List[dict]:
     """Train one (method, lr, seed) from ``initial`` and return its evaluation rows (also
     appended to the CSV as they come)."""
     with torch.no_grad():
@@ -128,8 +129,6 @@ def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task
 
 
 def load_rows(path: Path) -> List[dict]:
-    import csv  # noqa: PLC0415
-
     if not path.exists():
         return []
     with path.open() as fh:
@@ -300,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for lr in lrs:
                 if (method, options, lr, seed) in done:
                     continue
-                run_one(model, initial, clf, task, method, options, lr, seed, args, done)
+                run_one(model, initial, clf, task, method, options, lr, seed, args)
     return 0
 
 

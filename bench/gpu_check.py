@@ -39,6 +39,9 @@ from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
+# the checkout's packages, also where they are not installed (an offline GPU machine); nothing is
+# imported before the GPU check, so that a machine without torch gets its one line
+sys.path[:0] = [str(ROOT), str(ROOT / "python"), str(BENCH)]
 TARGET_LINE = re.compile(r"^\s*(PASS|FAIL)\b")
 
 
@@ -94,6 +97,12 @@ def cuda_device() -> Optional[Dict[str, str]]:
             "torch": torch.__version__, "triton": _triton_version()}
 
 
+def _triton_version() -> str:
+    from pgap_kernels.info import triton_version  # noqa: PLC0415
+
+    return triton_version() or "not installed"
+
+
 def nvidia_smi(field_name: str) -> str:
     try:
         out = subprocess.run(["nvidia-smi", f"--query-gpu={field_name}", "--format=csv,noheader"],
@@ -103,31 +112,12 @@ def nvidia_smi(field_name: str) -> str:
         return "unknown"
 
 
-def _triton_version() -> str:
-    try:
-        import triton  # noqa: PLC0415
-    except ImportError:
-        return "not installed"
-    return str(triton.__version__)
-
-
 def cpu_environment() -> Dict[str, str]:
     import torch  # noqa: PLC0415
 
     return {"name": "cpu (dry run)", "arch": "none", "driver": "none",
             "cuda": str(torch.version.cuda or "none"), "torch": torch.__version__,
             "triton": _triton_version()}
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (rev or "unknown") + ("+uncommitted" if dirty else "")
 
 
 def slug(text: str) -> str:
@@ -217,6 +207,12 @@ def run_step(step: Step, env: Dict[str, str], out: Path, remaining: float) -> Ou
     detail = tail[0].strip()[:160] if step.name == "pytest" or rc else step.what
     return Outcome(step.name, "PASS" if rc == 0 else "FAIL", seconds,
                    detail if rc == 0 else f"exit {rc}: {detail}", log.name, targets)
+
+
+def git_revision() -> str:
+    import _common  # noqa: PLC0415  (imports torch: only once the GPU check has passed)
+
+    return _common.git_revision()
 
 
 def summary(env: Dict[str, str], outcomes: Sequence[Outcome], dry: bool, total: float) -> str:

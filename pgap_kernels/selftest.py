@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
 import threading
 import time
@@ -154,10 +155,7 @@ def _compute(fn: Callable[[torch.device], object], backend: str, device: torch.d
 
 def _values(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device, salt: int) -> torch.Tensor:
     """Deterministic, well-spread values in (-1, 1) without touching any RNG."""
-    n = 1
-    for s in shape:
-        n *= s
-    idx = torch.arange(n, dtype=torch.float64)
+    idx = torch.arange(math.prod(shape), dtype=torch.float64)
     return torch.sin(idx * 0.7373 + salt).reshape(shape).to(device=device, dtype=dtype)
 
 
