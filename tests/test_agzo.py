@@ -6,7 +6,7 @@ from torch import nn
 import pgap
 import pgap_kernels as pk
 from pgap.seeds import derive_seed, fnv1a32
-from zo_problems import mlp_problem, teacher_problem, tiny_llama, weights
+from zo_problems import mlp_problem, resumed_run, teacher_problem, tiny_llama, weights
 
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-6}
 
@@ -170,20 +170,10 @@ def test_reduces_loss_when_inputs_are_low_rank():
 
 def test_exact_resume_across_a_refresh(tmp_path):
     make = lambda m: pgap.AGZO(m, lr=1e-2, rank=3, refresh=3, seed=5, sigma_power=0.25)  # noqa: E731
-    model, closure = mlp_problem(seed=7)
-    opt = make(model)
-    losses = [opt.step(closure) for _ in range(4)]
-    pgap.save_optimizer(opt, tmp_path / "opt.safetensors")
-    torch.save(model.state_dict(), tmp_path / "model.pt")
-    losses += [opt.step(closure) for _ in range(5)]
-    model2, closure2 = mlp_problem(seed=7)
-    model2.load_state_dict(torch.load(tmp_path / "model.pt"))
-    opt2 = make(model2)
-    pgap.load_optimizer(opt2, tmp_path / "opt.safetensors")
-    assert opt2.forwards == 9
-    rest = [opt2.step(closure2) for _ in range(5)]
-    assert rest == losses[4:]
-    for (k, a), b in zip(weights(model).items(), weights(model2).values()):
+    run = resumed_run(make, lambda: mlp_problem(seed=7), tmp_path, 4, 5)
+    assert run["loaded_forwards"] == 9
+    assert run["resumed"] == run["live"]
+    for (k, a), b in zip(run["live_weights"].items(), run["resumed_weights"].values()):
         assert torch.equal(a, b), k
 
 
@@ -280,21 +270,9 @@ def test_functional_close_merges_and_removes_hooks():
 
 def test_functional_exact_resume(tmp_path):
     make = lambda m: pgap.AGZO(m, lr=1e-2, rank=3, refresh=3, seed=5, mode="functional")  # noqa: E731
-    model, closure = mlp_problem(seed=7)
-    opt = make(model)
-    losses = [opt.step(closure) for _ in range(4)]
-    pgap.save_optimizer(opt, tmp_path / "opt.safetensors")  # merges
-    torch.save(model.state_dict(), tmp_path / "model.pt")
-    losses += [opt.step(closure) for _ in range(5)]
-    opt.merge()
-    model2, closure2 = mlp_problem(seed=7)
-    model2.load_state_dict(torch.load(tmp_path / "model.pt"))
-    opt2 = make(model2)
-    pgap.load_optimizer(opt2, tmp_path / "opt.safetensors")
-    rest = [opt2.step(closure2) for _ in range(5)]
-    opt2.merge()
-    assert rest == losses[4:]
-    for (k, a), b in zip(weights(model).items(), weights(model2).values()):
+    run = resumed_run(make, lambda: mlp_problem(seed=7), tmp_path, 4, 5)
+    assert run["resumed"] == run["live"]
+    for (k, a), b in zip(run["live_weights"].items(), run["resumed_weights"].values()):
         assert torch.equal(a, b), k
 
 

@@ -7,7 +7,8 @@ import torch
 import pgap
 import pgap_kernels as pk
 from pgap.seeds import PROBE_STREAM, derive_seed, fnv1a32, random_sign
-from zo_problems import Recorder, loss_of, mlp_problem, poisoned, teacher_problem, tiny_llama, weights
+from zo_problems import (Recorder, loss_of, mlp_problem, poisoned, resumed_run, teacher_problem,
+                         tiny_llama, weights)
 
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-6}
 # inplace vs functional: W + U(A + cZ)V^T computed in a different order; losses agree to float32
@@ -198,21 +199,9 @@ def test_close_merges_and_removes_hooks():
 def test_exact_resume_mid_window(tmp_path, mode):
     make = lambda m: pgap.PGAP(m, lr=1e-2, rank=3, probes=3, window=4, mode=mode, seed=6,  # noqa: E731
                                total_steps=10)
-    model, closure = mlp_problem()
-    opt = make(model)
-    losses = [opt.step(closure) for _ in range(5)]
-    pgap.save_optimizer(opt, tmp_path / "opt.safetensors")  # functional: merges here
-    torch.save(model.state_dict(), tmp_path / "model.pt")
-    losses += [opt.step(closure) for _ in range(5)]
-    opt.merge()
-    model2, closure2 = mlp_problem()
-    model2.load_state_dict(torch.load(tmp_path / "model.pt"))
-    opt2 = make(model2)
-    pgap.load_optimizer(opt2, tmp_path / "opt.safetensors")
-    rest = [opt2.step(closure2) for _ in range(5)]
-    opt2.merge()
-    assert rest == losses[5:]
-    for (k, a), b in zip(weights(model).items(), weights(model2).values()):
+    run = resumed_run(make, mlp_problem, tmp_path, 5, 5)
+    assert run["resumed"] == run["live"]
+    for (k, a), b in zip(run["live_weights"].items(), run["resumed_weights"].values()):
         assert torch.equal(a, b), k
 
 
@@ -380,17 +369,8 @@ def test_activation_subspace_inplace_and_functional_agree(factory):
 def test_activation_subspace_exact_resume(tmp_path):
     make = lambda m: pgap.PGAP(m, lr=1e-2, rank=2, probes=2, window=3, seed=6,  # noqa: E731
                                subspace="activation")
-    model, closure = mlp_problem()
-    opt = make(model)
-    losses = [opt.step(closure) for _ in range(4)]
-    pgap.save_optimizer(opt, tmp_path / "opt.safetensors")
-    torch.save(model.state_dict(), tmp_path / "model.pt")
-    losses += [opt.step(closure) for _ in range(4)]
-    model2, closure2 = mlp_problem()
-    model2.load_state_dict(torch.load(tmp_path / "model.pt"))
-    opt2 = make(model2)
-    pgap.load_optimizer(opt2, tmp_path / "opt.safetensors")
-    assert [opt2.step(closure2) for _ in range(4)] == losses[4:]
+    run = resumed_run(make, mlp_problem, tmp_path, 4, 4)
+    assert run["resumed"] == run["live"]
 
 
 def test_activation_subspace_needs_scale_none():

@@ -109,3 +109,33 @@ def poisoned(closure: Callable[[], torch.Tensor], call: int, value: float) -> Ca
         return closure() * (value if len(calls) == call else 1.0)
 
     return wrapped
+
+
+def resumed_run(make: Callable[[nn.Module], object], problem: Callable[[], Tuple[nn.Module, Callable]],
+                path, before: int, after: int) -> dict:
+    """Run ``before`` steps, save the optimizer (pgap.save_optimizer) and the model under ``path``,
+    run ``after`` more; then rebuild both from the files and run ``after`` steps there. Pending
+    functional updates are merged at the end of both runs (a no-op in place).
+
+    Returns the live run's losses after the save ("live"), the resumed run's ("resumed"), the
+    resumed optimizer's forward count right after loading ("loaded_forwards") and both models'
+    weights ("live_weights", "resumed_weights")."""
+    import pgap
+
+    model, closure = problem()
+    opt = make(model)
+    for _ in range(before):
+        opt.step(closure)
+    pgap.save_optimizer(opt, path / "opt.safetensors")  # functional modes merge here
+    torch.save(model.state_dict(), path / "model.pt")
+    live = [opt.step(closure) for _ in range(after)]
+    opt.merge()
+    model2, closure2 = problem()
+    model2.load_state_dict(torch.load(path / "model.pt"))
+    opt2 = make(model2)
+    pgap.load_optimizer(opt2, path / "opt.safetensors")
+    loaded_forwards = opt2.forwards
+    resumed = [opt2.step(closure2) for _ in range(after)]
+    opt2.merge()
+    return {"live": live, "resumed": resumed, "loaded_forwards": loaded_forwards,
+            "live_weights": weights(model), "resumed_weights": weights(model2)}
