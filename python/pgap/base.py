@@ -99,6 +99,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         super().__init__([t.param for t in self.trainables], {"lr": lr})
         self.steps_done = 0
         self.forwards = 0
+        self._held: List[Callable[[], None]] = []  # Ctrl-C held by committing(), delivered by step
         self._diag: Dict[str, Any] = {}
         # set by a training loop (pgap.hf.ZOTrainer) that runs step(closure) itself and then
         # calls step() without a closure, which must do nothing
@@ -148,7 +149,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         reshard(self._fsdp)  # a forward run outside the optimizer (an evaluation) may have unsharded
         saved = self._step_state()
         self._undo = None
-        self._held: List[Callable[[], None]] = []
+        self._held = []
         try:
             with self._kernels():
                 loss = self._step(closure)
@@ -162,7 +163,6 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     # -- atomic steps ----------------------------------------------------------------------
     _undo: Optional[Callable[[], None]] = None  # what takes the weights back to θ now
-    _held: List[Callable[[], None]] = []         # Ctrl-C held by committing(), delivered by step
 
     def pending(self, undo: Optional[Callable[[], None]]) -> None:
         """Record what takes the weights back to θ after the pass just done (None: they are at
