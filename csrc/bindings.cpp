@@ -28,19 +28,21 @@ DType to_dtype(int code) {
   return static_cast<DType>(code);
 }
 
-void host_perturb(int dtype, const std::vector<uintptr_t>& data, const std::vector<uintptr_t>& mean,
-                  const std::vector<int64_t>& numel, const std::vector<uint64_t>& offset,
-                  const std::vector<uint32_t>& key, const std::vector<uint64_t>& seeds,
-                  const std::vector<float>& coeffs, float decay, float mean_coeff, int num_threads) {
+void host_perturb(int dtype, const std::vector<uintptr_t>& data, const std::vector<uintptr_t>& src,
+                  const std::vector<uintptr_t>& mean, const std::vector<int64_t>& numel,
+                  const std::vector<uint64_t>& offset, const std::vector<uint32_t>& key,
+                  const std::vector<uint64_t>& seeds, const std::vector<float>& coeffs, float decay,
+                  float mean_coeff, int num_threads) {
   const size_t n = data.size();
-  if (mean.size() != n || numel.size() != n || offset.size() != n || key.size() != n)
+  if (src.size() != n || mean.size() != n || numel.size() != n || offset.size() != n ||
+      key.size() != n)
     throw std::invalid_argument("per-tensor argument lists must have equal lengths");
   if (seeds.size() != coeffs.size()) throw std::invalid_argument("seeds and coeffs differ in length");
   const DType dt = to_dtype(dtype);
   std::vector<TensorArgs> tensors(n);
   for (size_t p = 0; p < n; ++p)
-    tensors[p] = TensorArgs{reinterpret_cast<void*>(data[p]), reinterpret_cast<const void*>(mean[p]),
-                            numel[p], offset[p], key[p]};
+    tensors[p] = TensorArgs{reinterpret_cast<void*>(data[p]), reinterpret_cast<const void*>(src[p]),
+                            reinterpret_cast<const void*>(mean[p]), numel[p], offset[p], key[p]};
   const StreamArgs stream{seeds.data(), coeffs.data(), static_cast<int64_t>(seeds.size()), decay,
                           mean_coeff};
   py::gil_scoped_release release;
@@ -117,8 +119,9 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pgap-kernels native kernels (host always, CUDA when built with nvcc)";
-  m.def("host_perturb", &host_perturb, "Fused seeded perturbation of one dtype group on the CPU",
-        py::arg("dtype"), py::arg("data"), py::arg("mean"), py::arg("numel"), py::arg("offset"),
+  m.def("host_perturb", &host_perturb,
+        "Fused seeded perturbation of one dtype group on the CPU (data <- f(src); src == data in place)",
+        py::arg("dtype"), py::arg("data"), py::arg("src"), py::arg("mean"), py::arg("numel"), py::arg("offset"),
         py::arg("key"), py::arg("seeds"), py::arg("coeffs"), py::arg("decay"), py::arg("mean_coeff"),
         py::arg("num_threads"));
   m.def("host_lowrank_update", &host_lowrank_update,

@@ -4,6 +4,8 @@ Public API
 ----------
 gaussian(shape, seed, *, key=0, offset=0, device=None, dtype=torch.float32) -> Tensor
 perturb_(tensors, seeds, coeffs, *, keys=None, offsets=None, decay=1.0, mean=None, mean_coeff=0.0)
+perturbed(tensor, seeds, coeffs, *, key=0, offset=0, mean=None, mean_coeff=0.0, out=None) -> Tensor
+                               out-of-place perturb_ (decay 1): tensor is read, never written
 lowrank_perturb_(W, U, Z, V, scale, *, decay=1.0)                 W <- decay*W + scale*U@Z@V.T
 subspace_perturb_(tensors, bases, seeds, coeffs, *, keys=None, offsets=None, decay=1.0)
                                W_p <- decay*W_p + sum_j c_j Xi(s_j, key_p) @ V_p.T (docs/subspace.md)
@@ -17,8 +19,8 @@ use_backend(name)              context manager forcing a backend
 available_backends(device)     backends that can run on a device
 STREAM_VERSION                 the random-stream contract, "philox4x32-10/v1" (docs/rng.md)
 
-All in-place ops and the sketches are ``torch.library`` custom ops (namespace ``pgap``), so
-torch.compile traces them without graph breaks.
+All in-place ops, ``perturbed`` and the sketches are ``torch.library`` custom ops (namespace
+``pgap``), so torch.compile traces them without graph breaks.
 
 Importing needs neither a GPU, nor the compiled ``_C`` module, nor triton: a missing backend
 fails when it is used, with the reason.
@@ -29,7 +31,7 @@ from ._lowrank_validation import SketchProblem
 from .alignment import aligned_perturbation
 from .gaussian_sum import GaussianSum
 from .lowrank import gaussian_sketch, gaussian_sketch_batch, lowrank_perturb_
-from .ops import gaussian, perturb_
+from .ops import gaussian, perturb_, perturbed
 from .rsvd import randomized_svd, randomized_svd_operator
 from .subspace import subspace_perturb_
 
@@ -37,6 +39,6 @@ __version__ = "0.1.0"
 
 __all__ = ["GaussianSum", "STREAM_VERSION", "SketchProblem", "aligned_perturbation",
            "available_backends", "backend_status", "gaussian", "gaussian_sketch",
-           "gaussian_sketch_batch", "lowrank_perturb_", "perturb_", "randomized_svd", "randomized_svd_operator",
+           "gaussian_sketch_batch", "lowrank_perturb_", "perturb_", "perturbed", "randomized_svd", "randomized_svd_operator",
            "subspace_perturb_", "use_backend",
            "__version__"]

@@ -19,7 +19,12 @@ FloatOrFloats = Union[float, Sequence[float]]
 
 @dataclass
 class PerturbArgs:
-    """Normalized, validated arguments of :func:`pgap_kernels.perturb_`."""
+    """Normalized, validated arguments of :func:`pgap_kernels.perturb_` and
+    :func:`pgap_kernels.perturbed`.
+
+    ``tensors`` are written; the decay term reads ``sources[p]`` (same shape, dtype and device,
+    disjoint from every written tensor) or, when ``sources`` is None, ``tensors[p]`` itself.
+    """
 
     tensors: List[torch.Tensor]
     means: Optional[List[torch.Tensor]]
@@ -29,6 +34,11 @@ class PerturbArgs:
     offsets: List[int]
     decay: float
     mean_coeff: float
+    sources: Optional[List[torch.Tensor]] = None
+
+    def source(self, p: int) -> torch.Tensor:
+        """The tensor the decay term of tensor p reads."""
+        return self.tensors[p] if self.sources is None else self.sources[p]
 
 
 def _is_int(x: object) -> bool:
@@ -112,17 +122,38 @@ def check_keys_offsets(keys: Optional[Sequence[int]], offsets: Optional[Sequence
     return keys_l, offsets_l
 
 
+def _check_tensor(t, name: str) -> torch.Tensor:
+    """A contiguous float32/bfloat16/float16 tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_float_dtype(t.dtype, name)
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous() on a copy)")
+    return t
+
+
+def _check_like(x, t: torch.Tensor, name: str, like: str) -> torch.Tensor:
+    """A contiguous tensor ``x`` shaped, typed and placed like ``t`` (called ``like``)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.shape != t.shape:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(t.shape)}")
+    if x.dtype != t.dtype:
+        raise TypeError(f"{name} has dtype {x.dtype}, expected {t.dtype} like {like}")
+    if x.device != t.device:
+        raise ValueError(f"{name} is on {x.device}, expected {t.device} like {like}")
+    if not x.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+    return x
+
+
 def _check_tensors(tensors: TensorList) -> List[torch.Tensor]:
     if isinstance(tensors, torch.Tensor):
         tensors = [tensors]
     tensors = _as_list(tensors, "tensors")
     device = None
     for p, t in enumerate(tensors):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"tensors[{p}] must be a torch.Tensor, got {type(t).__name__}")
-        check_float_dtype(t.dtype, f"tensors[{p}]")
-        if not t.is_contiguous():
-            raise ValueError(f"tensors[{p}] must be contiguous (call .contiguous() on a copy)")
+        _check_tensor(t, f"tensors[{p}]")
         if device is None:
             device = t.device
         elif t.device != device:
@@ -140,17 +171,15 @@ def _check_means(mean, tensors: List[torch.Tensor]) -> Optional[List[torch.Tenso
     if len(mean) != len(tensors):
         raise ValueError(f"mean has {len(mean)} tensors but tensors has {len(tensors)}")
     for p, (m, t) in enumerate(zip(mean, tensors)):
-        if not isinstance(m, torch.Tensor):
-            raise TypeError(f"mean[{p}] must be a torch.Tensor, got {type(m).__name__}")
-        if m.shape != t.shape:
-            raise ValueError(f"mean[{p}] has shape {tuple(m.shape)}, expected {tuple(t.shape)}")
-        if m.dtype != t.dtype:
-            raise TypeError(f"mean[{p}] has dtype {m.dtype}, expected {t.dtype} like tensors[{p}]")
-        if m.device != t.device:
-            raise ValueError(f"mean[{p}] is on {m.device}, expected {t.device} like tensors[{p}]")
-        if not m.is_contiguous():
-            raise ValueError(f"mean[{p}] must be contiguous")
+        _check_like(m, t, f"mean[{p}]", f"tensors[{p}]")
     return mean
+
+
+def _check_mean_coeff(mean_coeff: float, has_mean: bool) -> float:
+    mean_coeff = check_finite(mean_coeff, "mean_coeff")
+    if not has_mean and mean_coeff != 0.0:
+        raise ValueError("mean_coeff is nonzero but mean is None; pass mean=... or mean_coeff=0")
+    return mean_coeff
 
 
 def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
@@ -161,8 +190,31 @@ def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloat
     seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
     keys_l, offsets_l = check_keys_offsets(keys, offsets, [t.numel() for t in tensors])
     decay = check_finite(decay, "decay")
-    mean_coeff = check_finite(mean_coeff, "mean_coeff")
     means = _check_means(mean, tensors)
-    if means is None and mean_coeff != 0.0:
-        raise ValueError("mean_coeff is nonzero but mean is None; pass mean=[...] or mean_coeff=0")
+    mean_coeff = _check_mean_coeff(mean_coeff, means is not None)
     return PerturbArgs(tensors, means, seeds_l, coeffs_l, keys_l, offsets_l, decay, mean_coeff)
+
+
+def validate_perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *,
+                       key: int, offset: int, mean: Optional[torch.Tensor], mean_coeff: float,
+                       out: Optional[torch.Tensor]) -> PerturbArgs:
+    """Check every argument of ``perturbed``; raise TypeError/ValueError naming the culprit.
+
+    Returns the arguments of one out-of-place pass (decay 1) from ``tensor`` into ``out``, a new
+    tensor like ``tensor`` when None. Memory overlaps need data pointers: the op checks them on
+    the real tensors (:func:`pgap_kernels._lowrank_validation.check_disjoint`), still before
+    anything is written.
+    """
+    tensor = _check_tensor(tensor, "tensor")
+    seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
+    key = check_int(key, "key", 0, KEY_LIMIT)
+    offset = check_int(offset, "offset", 0, INDEX_LIMIT - tensor.numel())
+    if mean is not None:
+        _check_like(mean, tensor, "mean", "tensor")
+    mean_coeff = _check_mean_coeff(mean_coeff, mean is not None)
+    if out is None:
+        out = torch.empty_like(tensor, memory_format=torch.contiguous_format)
+    else:
+        _check_like(out, tensor, "out", "tensor")
+    return PerturbArgs([out], None if mean is None else [mean], seeds_l, coeffs_l, [key], [offset],
+                       1.0, mean_coeff, sources=[tensor])

@@ -11,9 +11,10 @@ import torch
 
 from ._dispatch import DeviceLike, as_device, run_backend
 from ._library import define_op, plain_eager_call
+from ._lowrank_validation import check_disjoint
 from ._stream import INDEX_LIMIT, KEY_LIMIT, seed_from_int64, seed_to_int64
 from ._validation import (FloatOrFloats, IntOrInts, PerturbArgs, TensorList, check_float_dtype,
-                          check_int, validate_perturb)
+                          check_int, validate_perturb, validate_perturbed)
 
 ShapeLike = Union[int, Sequence[int], torch.Size]
 
@@ -95,6 +96,93 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
         return
     torch.ops.pgap.perturb_(args.tensors, args.means or [], [seed_to_int64(s) for s in args.seeds],
                             args.coeffs, args.keys, args.offsets, args.decay, args.mean_coeff, "")
+
+
+def _run_perturbed(backend: str, args: PerturbArgs) -> None:
+    """Check on the real tensors that ``out`` shares no memory with ``tensor`` or ``mean``, then
+    run ``backend`` ("" = chosen now) on the one out-of-place pass of ``args``."""
+    read = [("tensor", args.sources[0])] + [("mean", m) for m in args.means or []]
+    check_disjoint([("out", args.tensors[0])], read)
+    if args.tensors[0].numel():
+        _run(backend, args)
+
+
+def _perturbed_impl(tensor: torch.Tensor, mean: Optional[torch.Tensor], seeds: List[int],
+                    coeffs: List[float], key: int, offset: int, mean_coeff: float,
+                    out: torch.Tensor, backend: str) -> None:
+    """Body of ``pgap::perturbed_into`` on CPU and CUDA: ``out`` <- ``tensor`` + the stream terms
+    (seeds as int64 bit patterns; ``backend`` "" for the automatic/forced choice)."""
+    _run_perturbed(backend, PerturbArgs([out], None if mean is None else [mean],
+                                        [seed_from_int64(s) for s in seeds], list(coeffs), [key],
+                                        [offset], 1.0, mean_coeff, sources=[tensor]))
+
+
+def _perturbed_fake(tensor, mean, seeds, coeffs, key, offset, mean_coeff, out, backend) -> None:
+    return None
+
+
+define_op("perturbed_into", _perturbed_impl, _perturbed_fake, mutates_args=("out",))
+
+
+@torch.no_grad()
+def perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *, key: int = 0,
+              offset: int = 0, mean: Optional[torch.Tensor] = None, mean_coeff: float = 0.0,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Out-of-place seeded perturbation: a perturbed copy of ``tensor``, which is not written.
+
+    Element ``i`` (row-major) of the result is::
+
+        tensor[i] + mean_coeff*mean[i] + sum_j coeffs[j] * xi(seeds[j], key, offset + i)
+
+    in float32 with one rounding to ``tensor.dtype``: bit for bit what
+    ``t = tensor.clone(); perturb_(t, seeds, coeffs, keys=[key], offsets=[offset], mean=...,
+    mean_coeff=...)`` leaves in ``t`` (decay 1), on every backend, in one pass that reads
+    ``tensor`` and writes the result. For forwards that must see W + c·z without the weights
+    ever holding it.
+
+    Parameters
+    ----------
+    tensor : Tensor
+        Contiguous float32/bfloat16/float16 tensor, any shape (read only).
+    seeds : int or sequence of int
+        Stream seeds in [0, 2**64).
+    coeffs : float or sequence of float
+        Finite coefficients, one per seed.
+    key : int
+        Stream key in [0, 2**32) (``perturb_``'s ``keys[p]`` for this tensor).
+    offset : int
+        Stream index of element 0 (for a shard of a larger tensor); ``offset + tensor.numel()``
+        must stay below 2**63.
+    mean : Tensor, optional
+        Shaped, typed and placed like ``tensor``, contiguous (read only).
+    mean_coeff : float
+        Coefficient of ``mean``; must be 0 when ``mean`` is None.
+    out : Tensor, optional
+        Where to write the result: shaped, typed and placed like ``tensor``, contiguous, sharing
+        no memory with ``tensor`` or ``mean``. **Mutated.** Default: a new tensor.
+
+    Returns
+    -------
+    Tensor
+        ``out``, or the new tensor (same shape, dtype and device as ``tensor``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad argument, before anything is written.
+    RuntimeError
+        If a backend forced by ``PGAP_BACKEND``/:func:`use_backend` cannot run.
+    """
+    args = validate_perturbed(tensor, seeds, coeffs, key=key, offset=offset, mean=mean,
+                              mean_coeff=mean_coeff, out=out)
+    result = args.tensors[0]
+    if plain_eager_call([tensor, result] + (args.means or [])):
+        _run_perturbed("", args)
+        torch.autograd.graph.increment_version([result])  # as the op's ADInplaceOrView does
+        return result
+    torch.ops.pgap.perturbed_into(tensor, mean, [seed_to_int64(s) for s in args.seeds], args.coeffs,
+                                  args.keys[0], args.offsets[0], args.mean_coeff, result, "")
+    return result
 
 
 def gaussian(shape: ShapeLike, seed: int, *, key: int = 0, offset: int = 0,

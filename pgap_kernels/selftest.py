@@ -6,7 +6,8 @@ The first time a backend is about to run on a device (chosen automatically, or f
 * the stream's known-answer vectors (docs/rng.md, "Test vectors"): ξ at nine (seed, key, index)
   triples, the c0→c1 carry and a 10¹² offset included, within the contract's 1e-5·(1 + |ξ|);
 * a small parity check against ``reference`` of every op the library provides: ``perturb_``
-  (several tensors of odd sizes, two seeds, decay, a mean term), ``lowrank_perturb_``, the
+  (several tensors of odd sizes, two seeds, decay, a mean term), ``perturbed`` (its source
+  unchanged), ``lowrank_perturb_``, the
   Gaussian sketches (plain and transposed) and ``subspace_perturb_`` (two matrices, one a row
   shard), in float32 and bfloat16, a few hundred elements each.
 
@@ -204,6 +205,27 @@ def _compare_perturb(actual: List[torch.Tensor], expected: List[torch.Tensor]) -
         assert_perturb_close(a, e, PERTURB_COEFFS + [0.5])
 
 
+PERTURBED = ((5, 27), torch.bfloat16, 0xFFFFFFFF, (1 << 32) * 4 - 60)  # shape, dtype, key, offset
+
+
+def _perturbed(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The out-of-place pass (2 seeds, a mean term, across the c0 -> c1 carry); returns the
+    result and the source, which must be left as it was."""
+    from .ops import perturbed  # noqa: PLC0415
+
+    shape, dtype, key, offset = PERTURBED
+    x, mean = _values(shape, dtype, device, 40), _values(shape, dtype, device, 41)
+    return perturbed(x, PERTURB_SEEDS, PERTURB_COEFFS, key=key, offset=offset, mean=mean,
+                     mean_coeff=0.5), x
+
+
+def _compare_perturbed(actual: Tuple[torch.Tensor, torch.Tensor],
+                       expected: Tuple[torch.Tensor, torch.Tensor]) -> None:
+    if not torch.equal(actual[1].cpu(), expected[1].cpu()):
+        raise AssertionError("perturbed wrote its source tensor")
+    assert_perturb_close(actual[0], expected[0], PERTURB_COEFFS + [0.5])
+
+
 LOWRANK = (37, 29, 3, 2)  # m, n, r, s
 
 
@@ -302,6 +324,8 @@ class Case:
 CASES: List[Case] = [Case("stream", "known-answer vectors of docs/rng.md", _known_answers, _compare_known)]
 CASES += [Case("perturb_", "fp32 and bf16 in one call, sizes 1, 3x5, 257, 129, 2 seeds, decay 0.75, "
                "mean term", _perturb, _compare_perturb, _perturb)]
+CASES += [Case("perturbed", "bf16 5x27 from a source that stays unchanged, 2 seeds, mean term, "
+               "across the 2^32-block carry", _perturbed, _compare_perturbed, _perturbed)]
 CASES += [Case("lowrank_perturb_", f"{_NAMES[d]} W {LOWRANK[0]}x{LOWRANK[1]}, r {LOWRANK[2]}, "
                f"s {LOWRANK[3]}", _lowrank(d), _compare_lowrank, _lowrank(d)) for d in DTYPES]
 CASES += [Case("gaussian_sketch", f"{SKETCH[0]}x{SKETCH[1]}, q {SKETCH[2]}, plain and transposed",

@@ -55,8 +55,8 @@ def test_working_backends_pass(device, backend, fresh):
     result = selftest.run_checks(backend, torch.device(device))
     assert result.passed, result.message()
     assert result.cases == len(selftest.CASES)
-    assert {c.op for c in selftest.CASES} >= {"stream", "perturb_", "lowrank_perturb_", "gaussian_sketch",
-                                              "subspace_perturb_"}
+    assert {c.op for c in selftest.CASES} >= {"stream", "perturb_", "perturbed", "lowrank_perturb_",
+                                              "gaussian_sketch", "subspace_perturb_"}
 
 
 @pytest.mark.gpu

@@ -1,7 +1,8 @@
 // CUDA fused perturbation over the shared philox4x32-10/v1 device math (pgap/normal.h).
 //
 // A CUDA block handles one chunk of kChunkBlocks Philox blocks of one tensor; each thread
-// draws the four normals of one Philox block (all seeds) and updates its four elements.
+// draws the four normals of one Philox block (all seeds) and updates its four elements, reading
+// the decay term from the tensor's source (the tensor itself for perturb_, another for perturbed).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -33,14 +34,16 @@ perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t t
     float acc[4];
     seeded_block_sum(seeds, coeffs, n_seeds, static_cast<uint32_t>(tm.key), block, acc);
     T* t = reinterpret_cast<T*>(tm.data);
+    const T* s = reinterpret_cast<const T*>(tm.src);  // == t in place
     const T* m = reinterpret_cast<const T*>(tm.mean);
     // Whole, aligned Philox block: one vector load/store per operand (uniform per tensor).
     constexpr int64_t kVecBytes = 4 * sizeof(T);
     const bool aligned = (tm.offset & 3) == 0 && (tm.data & (kVecBytes - 1)) == 0 &&
+                         (kOverwrite || (tm.src & (kVecBytes - 1)) == 0) &&
                          (!kHasMean || (tm.mean & (kVecBytes - 1)) == 0);
     if (aligned && first + 3 < tm.numel) {
       Vec4<T> out;
-      if (!kOverwrite) out = *reinterpret_cast<const Vec4<T>*>(t + first);
+      if (!kOverwrite) out = *reinterpret_cast<const Vec4<T>*>(s + first);
       Vec4<T> mv;
       if (kHasMean) mv = *reinterpret_cast<const Vec4<T>*>(m + first);
 #pragma unroll
@@ -56,7 +59,7 @@ perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t t
     for (int lane = 0; lane < 4; ++lane) {
       const int64_t l = first + lane;
       if (l < 0 || l >= tm.numel) continue;
-      float base = kOverwrite ? 0.0f : decay * Conv<T>::load(t[l]);
+      float base = kOverwrite ? 0.0f : decay * Conv<T>::load(s[l]);
       if (kHasMean) base = base + mean_coeff * Conv<T>::load(m[l]);
       t[l] = Conv<T>::store(base + acc[lane]);
     }

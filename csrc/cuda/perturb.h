@@ -9,12 +9,13 @@ namespace cuda {
 
 // Per-tensor metadata as laid out in the int64 device table built by the Python layer.
 struct TensorMeta {
-  int64_t data;         // device pointer
+  int64_t data;         // device pointer (written)
   int64_t mean;         // device pointer or 0
   int64_t numel;
   int64_t offset;       // stream index of element 0 (< 2^63)
   int64_t key;          // < 2^32
   int64_t chunk_begin;  // first chunk id of this tensor (prefix sum of chunk counts)
+  int64_t src;          // device pointer read for the decay term: data (in place) or disjoint
 };
 
 constexpr int kThreads = 256;                 // Philox blocks per chunk: 1024 elements

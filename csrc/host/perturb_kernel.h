@@ -18,12 +18,15 @@ namespace host {
 
 namespace PGAP_ISA_NS {
 
+// t[l] <- decay*s[l] + mean_coeff*m[l] + acc[l]; s may be t itself (perturb_), so neither is
+// __restrict (each element is read before it is written, the same index: omp simd is safe).
 template <class D, bool kHasMean, bool kOverwrite>
-static void apply_chunk(typename D::Storage* __restrict t, const typename D::Storage* __restrict m,
-                        const float* __restrict acc, int64_t n, float decay, float mean_coeff) {
+static void apply_chunk(typename D::Storage* t, const typename D::Storage* s,
+                        const typename D::Storage* __restrict m, const float* __restrict acc,
+                        int64_t n, float decay, float mean_coeff) {
 #pragma omp simd
   for (int64_t l = 0; l < n; ++l) {
-    float base = kOverwrite ? 0.0f : decay * D::load(t[l]);
+    float base = kOverwrite ? 0.0f : decay * D::load(s[l]);
     if (kHasMean) base = base + mean_coeff * D::load(m[l]);
     t[l] = D::store(base + acc[l]);
   }
@@ -36,16 +39,17 @@ static void perturb_chunk_typed(const TensorArgs& ta, const StreamArgs& sa, int6
   const int64_t shift = stream_sum(sa, ta.key, ta.offset + static_cast<uint64_t>(lo), hi - lo, acc);
   using S = typename D::Storage;
   S* t = static_cast<S*>(ta.data) + lo;
+  const S* s = static_cast<const S*>(ta.src) + lo;
   const S* m = ta.mean ? static_cast<const S*>(ta.mean) + lo : nullptr;
   const int64_t n = hi - lo;
   const float* a = acc + shift;
   const bool overwrite = sa.decay == 0.0f;
   if (m) {
-    if (overwrite) apply_chunk<D, true, true>(t, m, a, n, sa.decay, sa.mean_coeff);
-    else apply_chunk<D, true, false>(t, m, a, n, sa.decay, sa.mean_coeff);
+    if (overwrite) apply_chunk<D, true, true>(t, s, m, a, n, sa.decay, sa.mean_coeff);
+    else apply_chunk<D, true, false>(t, s, m, a, n, sa.decay, sa.mean_coeff);
   } else {
-    if (overwrite) apply_chunk<D, false, true>(t, m, a, n, sa.decay, sa.mean_coeff);
-    else apply_chunk<D, false, false>(t, m, a, n, sa.decay, sa.mean_coeff);
+    if (overwrite) apply_chunk<D, false, true>(t, s, m, a, n, sa.decay, sa.mean_coeff);
+    else apply_chunk<D, false, false>(t, s, m, a, n, sa.decay, sa.mean_coeff);
   }
 }
 

@@ -20,6 +20,7 @@ def split_by_dtype(args: PerturbArgs) -> Iterator[Tuple[int, PerturbArgs]]:
         yield DTYPE_CODES[dtype], PerturbArgs(
             tensors=[args.tensors[p] for p in ps],
             means=[args.means[p] for p in ps] if args.means is not None else None,
+            sources=[args.sources[p] for p in ps] if args.sources is not None else None,
             seeds=args.seeds, coeffs=args.coeffs,
             keys=[args.keys[p] for p in ps], offsets=[args.offsets[p] for p in ps],
             decay=args.decay, mean_coeff=args.mean_coeff)

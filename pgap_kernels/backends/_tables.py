@@ -10,7 +10,7 @@ from .._lowrank_validation import SketchArgs
 from .._subspace_validation import SubspaceArgs
 from .._validation import PerturbArgs
 
-META_FIELDS = 6  # data, mean, numel, offset, key, chunk_begin (see csrc/cuda/perturb.h)
+META_FIELDS = 7  # data, mean, numel, offset, key, chunk_begin, src (see csrc/cuda/perturb.h)
 # w, basis, m, n, r, offset, key, tile_begin, col_spans (see csrc/cuda/subspace.h)
 SUBSPACE_META_FIELDS = 9
 MAX_SUBSPACE_SPAN = 16  # column chunks per subspace tile: Xi drawn once per 16 chunks at most
@@ -28,7 +28,8 @@ def chunk_table(args: PerturbArgs, blocks_per_chunk: int) -> Tuple[torch.Tensor,
         offset, numel = args.offsets[p], t.numel()
         span = (offset + numel - 1) // 4 - offset // 4 + 1
         mean_ptr = args.means[p].data_ptr() if args.means is not None else 0
-        rows.append([t.data_ptr(), mean_ptr, numel, offset, args.keys[p], begin])
+        rows.append([t.data_ptr(), mean_ptr, numel, offset, args.keys[p], begin,
+                     args.source(p).data_ptr()])
         begin += -(-span // blocks_per_chunk)
     return torch.tensor(rows, dtype=torch.int64).reshape(-1, META_FIELDS), begin
 

@@ -1,8 +1,10 @@
 // Plain-old-data arguments of the fused perturbation, shared by the host and CUDA builds.
 //
-// For every tensor t and element index l in [0, numel), in float32 with one rounding:
-//   t[l] <- decay*t[l] + mean_coeff*mean[l] + sum_j coeffs[j] * xi(seeds[j], key, offset + l)
-// decay == 0 overwrites t without reading it; a null mean drops the mean term.
+// For every tensor t with source s and element index l in [0, numel), in float32 with one
+// rounding:
+//   t[l] <- decay*s[l] + mean_coeff*mean[l] + sum_j coeffs[j] * xi(seeds[j], key, offset + l)
+// s == t for perturb_ (in place); s is another tensor for the out-of-place perturbed. decay == 0
+// writes t without reading s; a null mean drops the mean term.
 #pragma once
 #include <cstdint>
 
@@ -11,7 +13,8 @@ namespace pgap {
 enum class DType : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
 struct TensorArgs {
-  void* data;          // contiguous, numel elements of the group's dtype (mutated)
+  void* data;          // contiguous, numel elements of the group's dtype (written)
+  const void* src;     // read for the decay term: data itself, or a tensor disjoint from it
   const void* mean;    // null, or contiguous numel elements of the same dtype
   int64_t numel;
   uint64_t offset;     // stream index of element 0

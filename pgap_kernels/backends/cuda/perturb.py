@@ -10,7 +10,7 @@ from .._tables import chunk_table, stream_tables
 
 
 def perturb_group(args: PerturbArgs) -> None:
-    """In place on CUDA tensors of one device; see :func:`pgap_kernels.perturb_`.
+    """On CUDA tensors of one device, in place or from ``args.sources``; see :class:`PerturbArgs`.
 
     The launch tables are allocated on the current stream, so the caching allocator keeps
     them alive until the kernel that reads them has run.

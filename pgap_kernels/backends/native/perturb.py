@@ -9,12 +9,13 @@ from .._groups import split_by_dtype
 
 
 def perturb_group(args: PerturbArgs) -> None:
-    """In place on CPU tensors; see :func:`pgap_kernels.perturb_`."""
+    """On CPU tensors, in place or from ``args.sources``; see :class:`PerturbArgs`."""
     lib, _ = _native.load()
     for code, group in split_by_dtype(args):
         lib.host_perturb(
             code,
             [t.data_ptr() for t in group.tensors],
+            [group.source(p).data_ptr() for p in range(len(group.tensors))],
             [m.data_ptr() for m in group.means] if group.means is not None else [0] * len(group.tensors),
             [t.numel() for t in group.tensors],
             group.offsets,

@@ -11,13 +11,15 @@ CHUNK = 1 << 20  # elements drawn at a time, to bound the int64 working set
 
 @torch.no_grad()
 def perturb_group(args: PerturbArgs) -> None:
-    """In place, for every tensor t (position p), in float32 with one rounding to t.dtype:
+    """For every tensor t (position p) with source s (t itself unless ``args.sources``), in
+    float32 with one rounding to t.dtype:
 
-    t <- decay*t + mean_coeff*mean[p] + sum_j coeffs[j] * xi(seeds[j], keys[p], offsets[p] + i).
-    ``decay == 0`` overwrites t without reading it. Tensors may have mixed dtypes here.
+    t <- decay*s + mean_coeff*mean[p] + sum_j coeffs[j] * xi(seeds[j], keys[p], offsets[p] + i).
+    ``decay == 0`` overwrites t without reading s. Tensors may have mixed dtypes here.
     """
     for p, t in enumerate(args.tensors):
         flat = t.view(-1)
+        src = args.source(p).view(-1)
         mean = args.means[p].view(-1) if args.means is not None else None
         for lo in range(0, flat.numel(), CHUNK):
             hi = min(lo + CHUNK, flat.numel())
@@ -28,7 +30,7 @@ def perturb_group(args: PerturbArgs) -> None:
             if args.decay == 0.0:
                 out = torch.zeros_like(acc)
             else:
-                out = torch.tensor(args.decay, dtype=torch.float32) * flat[lo:hi].float()
+                out = torch.tensor(args.decay, dtype=torch.float32) * src[lo:hi].float()
             if mean is not None:
                 out = out + torch.tensor(args.mean_coeff, dtype=torch.float32) * mean[lo:hi].float()
             flat[lo:hi].copy_(out + acc)

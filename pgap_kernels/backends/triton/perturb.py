@@ -40,6 +40,7 @@ def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, 
     acc = tl.where(lane == 0, acc0[:, None],
                    tl.where(lane == 1, acc1[:, None], tl.where(lane == 2, acc2[:, None], acc3[:, None])))
     mean = tl.load(row + 1).to(tl.pointer_type(DTYPE))
+    src = tl.load(row + 6).to(tl.pointer_type(DTYPE))  # the decay term's source (data in place)
     if ALIGNED:
         # offset % 4 == 0, numel % 4 == 0 and 16-byte aligned pointers (checked on the host):
         # each tile row is one whole, aligned Philox block, masked as a unit, so the loads and
@@ -49,13 +50,14 @@ def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, 
         mask = tl.broadcast_to((first < numel)[:, None], (BLOCKS, 4))
         data = tl.multiple_of(data, 16)
         mean = tl.multiple_of(mean, 16)
+        src = tl.multiple_of(src, 16)
     else:
         local = block[:, None] * 4 + lane - offset
         mask = (local >= 0) & (local < numel)
     if OVERWRITE:
         out = tl.zeros((BLOCKS, 4), dtype=tl.float32)
     else:
-        out = decay * tl.load(data + local, mask=mask).to(tl.float32)
+        out = decay * tl.load(src + local, mask=mask).to(tl.float32)
     if HAS_MEAN:
         out = out + mean_coeff * tl.load(mean + local, mask=mask).to(tl.float32)
     tl.store(data + local, (out + acc).to(DTYPE), mask=mask)
@@ -65,12 +67,13 @@ def _aligned(group: PerturbArgs) -> bool:
     """Tile rows are whole Philox blocks on 16-byte boundaries: offsets and numels divisible
     by 4, every pointer 16-byte aligned."""
     ptrs = [t.data_ptr() for t in group.tensors] + [m.data_ptr() for m in group.means or []]
+    ptrs += [s.data_ptr() for s in group.sources or []]
     return (all(o % 4 == 0 for o in group.offsets) and all(p % 16 == 0 for p in ptrs)
             and all(t.numel() % 4 == 0 for t in group.tensors))
 
 
 def perturb_group(args: PerturbArgs) -> None:
-    """In place on tensors of one device; see :func:`pgap_kernels.perturb_`."""
+    """On tensors of one device, in place or from ``args.sources``; see :class:`PerturbArgs`."""
     device = args.tensors[0].device
     seeds, coeffs = stream_tables(args, device)
     for code, group in split_by_dtype(args):
