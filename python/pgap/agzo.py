@@ -15,14 +15,13 @@ import pgap_kernels
 
 from ._checks import check_choice, check_int, check_real
 from .activation import ActivationBasis, ActivationSketcher, make_bases, random_start
-from .base import Closure, ZOOptimizer
+from .base import MODE_CHOICES, Closure, ZOOptimizer, resolve_mode
 from .distributed import ProcessGroup
 from .functional import SideState, eligible_modules
 from .params import DecayFilter, Trainable
 from .seeds import BASIS_STREAM, derive_seed
 
 OTHERS_CHOICES = ("gaussian", "frozen")
-MODE_CHOICES = ("inplace", "functional")
 
 
 class AGZO(ZOOptimizer):
@@ -52,30 +51,35 @@ class AGZO(ZOOptimizer):
     others : "gaussian" or "frozen", what happens to the parameters without a basis
     sigma_power : float >= 0, scale basis direction i by σ_i^−α (normalized to mean square 1):
         a cheap curvature preconditioner (dominant directions are also high-curvature ones)
-    mode : "inplace" (the basis matrices are written 3 times per step) or "functional" (a basis
+    mode : "auto", "inplace" (the basis matrices are written 3 times per step) or "functional" (a basis
         matrix used only by nn.Linear / nn.Embedding forwards is never written between
         refreshes: the forward adds (A + c·Ξ)·Bᵀ through a side path, the updates accumulate in
         A (m × r), and A·Bᵀ is merged into W before each refresh, on :meth:`merge` and before
-        ``state_dict()`` of the optimizer or the model). The other parameters stay in place.
+        ``state_dict()`` of the optimizer or the model). The other parameters are never
+        written with ±ε·z either: their forwards see ``pgap_kernels.perturbed`` copies
+        (:class:`pgap.views.PerturbedViews`); they receive only the update. "auto" (default):
+        functional for bf16/fp16 weights without weight decay, else in place.
+    rounding : "stochastic" (default) or "nearest": how updates round into bf16/fp16 weights.
     """
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, rank: int = 8,
                  refresh: int = 10, oversample: int = 4, first_iters: int = 2,
-                 others: str = "gaussian", sigma_power: float = 0.0, mode: str = "inplace",
+                 others: str = "gaussian", sigma_power: float = 0.0, mode: str = "auto",
                  weight_decay: float = 0.0,
                  seed: int = 0, eval_mode: bool = True, backend: Optional[str] = None,
                  decay_filter: Optional[DecayFilter] = None,
-                 process_group: Optional[ProcessGroup] = None) -> None:
+                 process_group: Optional[ProcessGroup] = None, rounding: str = "stochastic") -> None:
         self.rank = check_int(rank, "rank", low=1)
         self.refresh = check_int(refresh, "refresh", low=0)
         self.oversample = check_int(oversample, "oversample", low=0)
         self.first_iters = check_int(first_iters, "first_iters", low=0)
         self.others = check_choice(others, "others", OTHERS_CHOICES)
         self.sigma_power = check_real(sigma_power, "sigma_power", low=0.0)
-        self.mode = check_choice(mode, "mode", MODE_CHOICES)
+        check_choice(mode, "mode", MODE_CHOICES)
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
-                         process_group=process_group)
+                         process_group=process_group, rounding=rounding)
+        self.mode = resolve_mode(mode, self.trainables, side_paths=True, weight_decay=self.weight_decay)
         self.bases: List[ActivationBasis] = make_bases(model, self.trainables, self.rank,
                                                        self.oversample)
         start = derive_seed(self.seed, 0, BASIS_STREAM)
@@ -117,6 +121,8 @@ class AGZO(ZOOptimizer):
                 self._sides[i] = SideState(b.trainable, None, torch.zeros(m, b.rank, device=self.device),
                                            modules=mods)
         self._attach_side_path(model, list(self._sides.values()))
+        if self._others():
+            self.attach_views(model, self._others())
 
     def _set_directions(self) -> None:
         """B of every basis, also as the side paths' right factor (merge before calling)."""
@@ -159,7 +165,8 @@ class AGZO(ZOOptimizer):
         return step <= self.first_iters or (self.refresh > 0 and step % self.refresh == 0)
 
     # -- passes ----------------------------------------------------------------------------
-    def _subspace(self, indices: Sequence[int], seed: int, coeff: float, decay: float = 1.0) -> None:
+    def _subspace(self, indices: Sequence[int], seed: int, coeff: float, decay: float = 1.0,
+                  rounding: Optional[Dict[str, Any]] = None) -> None:
         """θ ← decay·θ + coeff·Ξ·Bᵀ on the in-place basis matrices among ``indices``."""
         indices = [i for i in indices if i not in self._sides]
         if not indices:
@@ -169,7 +176,7 @@ class AGZO(ZOOptimizer):
                                        [self._directions[i] for i in indices], [seed], [coeff],
                                        keys=[b.trainable.key for b in bases],
                                        offsets=[b.trainable.row_offset * b.rank for b in bases],
-                                       decay=decay)
+                                       decay=decay, **(rounding or {}))
 
     def _others(self) -> List[Trainable]:
         return self.vectors if self.others == "gaussian" else []
@@ -179,16 +186,21 @@ class AGZO(ZOOptimizer):
         self._subspace(range(len(self.bases)), seed, coeff)
         if self._side is not None:
             self._side.coeff += coeff
-        self.perturb(self._others(), [seed], [coeff])
+        self.move(self._others(), [seed], [coeff])
 
     def _update(self, seed: int, g: float) -> None:
-        """From θ − ε·P to (1 − lr·wd)·θ − lr·g·P, one pass per weight-decay group."""
-        for decays in ((True, False) if self.weight_decay > 0 else (None,)):
+        """From θ − ε·P to (1 − lr·wd)·θ − lr·g·P, one pass per weight-decay group (the other
+        parameters hold no ε·P when they have views)."""
+        self.hide_views()
+        for i, decays in enumerate((True, False) if self.weight_decay > 0 else (None,)):
             decay, coeff = self.restore_update(g, bool(decays))
             self._subspace([i for i, b in enumerate(self.bases)
-                            if decays is None or b.trainable.decays == decays], seed, coeff, decay)
-            self.perturb([t for t in self._others() if decays is None or t.decays == decays],
-                         [seed], [coeff], decay=decay)
+                            if decays is None or b.trainable.decays == decays], seed, coeff, decay,
+                           rounding=self.update_rounding(2 * i))
+            decay, coeff = self.restore_update(g, bool(decays), carried=self.carried)
+            if coeff != 0.0 or decay != 1.0:
+                self.perturb([t for t in self._others() if decays is None or t.decays == decays],
+                             [seed], [coeff], decay=decay, rounding=self.update_rounding(2 * i + 1))
         if self._side is not None:
             self._side.coeff = 0.0
             for side in self._sides.values():

@@ -14,16 +14,33 @@ from torch import nn
 
 import pgap_kernels
 
-from ._checks import check_int, check_real
+from ._checks import check_choice, check_int, check_real
 from .functional import SidePath
 from .distributed import (LossReducer, ProcessGroup, check_same_on_all_ranks, fsdp_modules,
                           reshard, resolve_group)
 from .params import DecayFilter, Trainable, collect_trainable
-from .seeds import PROBE_STREAM, STEP_STREAM, derive_seed
+from .views import PerturbedViews
+from .seeds import PROBE_STREAM, ROUNDING_STREAM, STEP_STREAM, derive_seed
 
 LossValue = Union[torch.Tensor, float]
 Closure = Callable[[], Union[LossValue, Tuple[LossValue, float]]]
 STATE_FORMAT = "pgap.optimizer/1"
+ROUNDING_CHOICES = ("stochastic", "nearest")
+MODE_CHOICES = ("auto", "inplace", "functional")
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def resolve_mode(mode: str, trainables: Sequence[Trainable], side_paths: bool = False,
+                 weight_decay: float = 0.0) -> str:
+    """"inplace" or "functional" for ``mode`` ("auto": functional when a trainable parameter is
+    bf16/fp16 and none is FSDP2-sharded, nor, for optimizers with low-rank ``side_paths``, is
+    there weight decay; else in place)."""
+    mode = check_choice(mode, "mode", MODE_CHOICES)
+    if mode != "auto":
+        return mode
+    low = any(t.param.dtype in LOW_PRECISION for t in trainables)
+    blocked = any(t.sharded for t in trainables) or (side_paths and weight_decay > 0)
+    return "functional" if low and not blocked else "inplace"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -82,8 +99,9 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float, weight_decay: float, seed: int,
                  eval_mode: bool, backend: Optional[str], decay_filter: Optional[DecayFilter],
-                 process_group: Optional[ProcessGroup] = None) -> None:
+                 process_group: Optional[ProcessGroup] = None, rounding: str = "stochastic") -> None:
         lr = check_real(lr, "lr", low=0.0)
+        self.rounding = check_choice(rounding, "rounding", ROUNDING_CHOICES)
         self.eps = check_real(eps, "eps", low=0.0, strict=True)
         self.weight_decay = check_real(weight_decay, "weight_decay", low=0.0)
         self.seed = check_int(seed, "seed", low=0, high=1 << 64)
@@ -124,7 +142,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     def hyperparameters(self) -> Dict[str, Any]:
         """The options that shape the trajectory (saved with the state, checked on load)."""
         return {"eps": self.eps, "weight_decay": self.weight_decay, "seed": self.seed,
-                "eval_mode": self.eval_mode}
+                "eval_mode": self.eval_mode, "rounding": self.rounding}
 
     def forwards_per_step(self) -> float:
         """Average forward passes per step so far (2 for MeZO; more with probes)."""
@@ -188,6 +206,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         self._diag = saved["diag"]
         if self._side is not None:
             self._side.coeff = 0.0
+        if self.views is not None:
+            self.views.restore_all()
+            self.hide_views()
 
     def _abort(self, saved: Dict[str, Any]) -> None:
         """Undo the pending perturbation and restore the state of ``saved``."""
@@ -216,17 +237,66 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def perturb(self, trainables: Sequence[Trainable], seeds: Sequence[int], coeffs: Sequence[float],
                 *, decay: float = 1.0, means: Optional[List[torch.Tensor]] = None,
-                mean_coeff: float = 0.0, into: Optional[List[torch.Tensor]] = None) -> None:
+                mean_coeff: float = 0.0, into: Optional[List[torch.Tensor]] = None,
+                rounding: Optional[Dict[str, Any]] = None) -> None:
         """θ ← decay·θ + mean_coeff·μ + Σ_j coeffs[j]·z(seeds[j]) over ``trainables`` (local
         shards, at their global offsets), one ``perturb_`` call. ``into``: tensors shaped like
         the local shards (μ, a momentum buffer, a direction) written instead of the parameters,
-        with the parameters' keys and offsets."""
+        with the parameters' keys and offsets. ``rounding``: from :meth:`update_rounding`."""
         if trainables:
             targets = [t.local for t in trainables] if into is None else into
             pgap_kernels.perturb_(targets, list(seeds), list(coeffs),
                                   keys=[t.key for t in trainables],
                                   offsets=[t.offset for t in trainables], decay=decay, mean=means,
-                                  mean_coeff=mean_coeff if means is not None else 0.0)
+                                  mean_coeff=mean_coeff if means is not None else 0.0,
+                                  **(rounding or {}))
+
+    def update_rounding(self, index: int = 0) -> Dict[str, Any]:
+        """Keyword arguments of the kernels for update pass ``index`` of this step: stochastic
+        rounding into bf16/fp16 weights (``rounding="stochastic"``, the default) with its own
+        seed ``derive_seed(seed, step, ROUNDING_STREAM + index)``, or {} (round to nearest)."""
+        if self.rounding != "stochastic" or not any(t.param.dtype in LOW_PRECISION
+                                                    for t in self.trainables):
+            return {}
+        return {"rounding": "stochastic",
+                "rounding_seed": derive_seed(self.seed, self.steps_done, ROUNDING_STREAM + index)}
+
+    # -- perturbed views (functional modes): the weights never hold a perturbation ----------
+    views: Optional[PerturbedViews] = None
+    _shown: Dict[int, float]
+
+    def attach_views(self, model: nn.Module, trainables: Sequence[Trainable], **kwargs: Any) -> None:
+        """Show the perturbations of ``trainables`` to the forwards through
+        :class:`PerturbedViews` instead of writing them (kwargs: ``means``)."""
+        self.views = PerturbedViews(model, trainables, **kwargs)
+        self._shown = {}
+
+    def move(self, trainables: Sequence[Trainable], seeds: Sequence[int], coeffs: Sequence[float]) -> None:
+        """θ += Σ_j coeffs[j]·z(seeds[j]) over ``trainables``: in place, or (with views) added to
+        what the next forwards see there, the weights untouched. Calls add up per seed; the
+        ``trainables`` of the last call are the ones shown."""
+        if self.views is None:
+            self.perturb(trainables, seeds, coeffs)
+            return
+        for seed, coeff in zip(seeds, coeffs):
+            total = self._shown.get(seed, 0.0) + coeff
+            if total == 0.0:
+                self._shown.pop(seed, None)
+            else:
+                self._shown[seed] = total
+        self.views.show(list(self._shown), list(self._shown.values()), only=trainables)
+
+    def hide_views(self) -> None:
+        """The next forwards see the stored weights (no-op without views)."""
+        if self.views is not None:
+            self._shown = {}
+            self.views.hide()
+
+    @property
+    def carried(self) -> float:
+        """How much of −P the view-covered (or in-place) weights hold after the two-point pair
+        for the stream-Gaussian part: ε in place, 0 with views."""
+        return 0.0 if self.views is not None else self.eps
 
     def _kernels(self) -> contextlib.AbstractContextManager:
         return pgap_kernels.use_backend(self.backend) if self.backend else contextlib.nullcontext()
@@ -286,14 +356,16 @@ class ZOOptimizer(torch.optim.Optimizer):
         """Seeds of this step's probes: ``derive_seed(seed, step, 1 + i)``, i < count."""
         return [derive_seed(self.seed, self.steps_done, PROBE_STREAM + i) for i in range(count)]
 
-    def restore_update(self, projected_grad: float, decays: bool, lr_scale: float = 1.0
-                       ) -> Tuple[float, float]:
-        """(decay, coeff) of the pass that takes θ − ε·P to decay·θ − lr·g·P (lr = the current
-        lr times ``lr_scale``): decay = 1 − lr·wd (1 where weight decay does not apply),
-        coeff = decay·ε − lr·g."""
+    def restore_update(self, projected_grad: float, decays: bool, lr_scale: float = 1.0,
+                       carried: Optional[float] = None) -> Tuple[float, float]:
+        """(decay, coeff) of the pass that takes θ − carried·P (default carried = ε: the weights
+        after the two-point pair in place; 0 when they never held it) to decay·θ − lr·g·P
+        (lr = the current lr times ``lr_scale``): decay = 1 − lr·wd (1 where weight decay does
+        not apply), coeff = decay·carried − lr·g."""
         lr = self.lr * lr_scale
         decay = 1.0 - lr * self.weight_decay if decays else 1.0
-        return decay, decay * self.eps - lr * projected_grad
+        carried = self.eps if carried is None else carried
+        return decay, decay * carried - lr * projected_grad
 
     def set_token_mask(self, mask: Optional[torch.Tensor]) -> None:
         """The (batch, seq) attention mask of the next step's batch, for optimizers that read

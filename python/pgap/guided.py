@@ -20,11 +20,11 @@ class _Probing(SeededZO):
     def __init__(self, model: nn.Module, *, lr: float, eps: float, num_probes: int,
                  min_probes: int, weight_decay: float, seed: int, eval_mode: bool,
                  backend: Optional[str], decay_filter: Optional[DecayFilter],
-                 process_group: Optional[ProcessGroup]) -> None:
+                 process_group: Optional[ProcessGroup], mode: str, rounding: str) -> None:
         self.num_probes = check_int(num_probes, "num_probes", low=min_probes)
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
-                         process_group=process_group)
+                         process_group=process_group, mode=mode, rounding=rounding)
 
     def hyperparameters(self):
         return dict(super().hyperparameters(), num_probes=self.num_probes)
@@ -57,7 +57,8 @@ class MeZOGV(_Probing):
                  top_frac: float = 0.5, normalize: bool = False, weight_decay: float = 0.0,
                  seed: int = 0, eval_mode: bool = True, backend: Optional[str] = None,
                  decay_filter: Optional[DecayFilter] = None,
-                 process_group: Optional[ProcessGroup] = None) -> None:
+                 process_group: Optional[ProcessGroup] = None, mode: str = "auto",
+                 rounding: str = "stochastic") -> None:
         self.top_frac = check_real(top_frac, "top_frac", low=0.0, strict=True)
         if self.top_frac >= 1.0:
             raise ValueError(f"top_frac must be < 1, got {top_frac}")
@@ -67,7 +68,7 @@ class MeZOGV(_Probing):
         super().__init__(model, lr=lr, eps=eps, num_probes=num_probes, min_probes=2,
                          weight_decay=weight_decay, seed=seed, eval_mode=eval_mode,
                          backend=backend, decay_filter=decay_filter,
-                         process_group=process_group)
+                         process_group=process_group, mode=mode, rounding=rounding)
         top = math.floor(self.top_frac * self.num_probes)
         if not 1 <= top <= self.num_probes - 1:
             raise ValueError(f"floor(top_frac * num_probes) = {top} must be in [1, num_probes - 1]; "
@@ -107,11 +108,12 @@ class MeZOGreedy(_Probing):
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, num_probes: int = 4,
                  weight_decay: float = 0.0, seed: int = 0, eval_mode: bool = True,
                  backend: Optional[str] = None, decay_filter: Optional[DecayFilter] = None,
-                 process_group: Optional[ProcessGroup] = None) -> None:
+                 process_group: Optional[ProcessGroup] = None, mode: str = "auto",
+                 rounding: str = "stochastic") -> None:
         super().__init__(model, lr=lr, eps=eps, num_probes=num_probes, min_probes=1,
                          weight_decay=weight_decay, seed=seed, eval_mode=eval_mode,
                          backend=backend, decay_filter=decay_filter,
-                         process_group=process_group)
+                         process_group=process_group, mode=mode, rounding=rounding)
 
     def _direction(self, closure: Closure) -> Tuple[Combination, Combination]:
         seeds, losses, pending = self._probe(closure)

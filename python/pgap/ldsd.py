@@ -26,14 +26,15 @@ class LDSD(SeededZO):
     2. z* = the lowest-loss probe; two-sided estimate along z*, g = (L(θ+εz*) − L(θ−εz*))/(2ε)
        (2 forwards);
     3. θ update with ĝ = g·z*: ``base="sgd"``: θ ← θ − lr·ĝ (fused with the restore);
-       ``base="momentum"``: buf ← m·buf + ĝ (buf starts at the first ĝ), θ ← θ − lr·buf;
+       ``base="momentum"``: buf ← m·buf + ĝ (buf starts at the first ĝ), θ ← θ − lr·buf (a
+       ``perturb_`` with buf as its mean term and no seed);
     4. μ ← μ − lr_mu·(1/(k·σ²))·Σ_i c_i·(z_i − μ) = μ − (lr_mu/(k·σ))·Σ_i c_i·ξ_i with the
        leave-one-out baselines c_i = (k·f_i − Σ_j f_j)/(k − 1), where ξ_i is **exactly** probe i's
        draw, regenerated from its own seed and the parameter's key (the published code's μ update
        uses other draws, which turns it into a random walk). One ``perturb_`` with k seeds.
 
     Every pass over θ and μ is one ``perturb_`` call with ``mean=μ`` (momentum adds one
-    ``perturb_`` into buf and one foreach add). Forwards per step: k + 2.
+    ``perturb_`` into buf). Forwards per step: k + 2.
 
     Parameters
     ----------
@@ -48,7 +49,8 @@ class LDSD(SeededZO):
                  momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0,
                  eval_mode: bool = True, backend: Optional[str] = None,
                  decay_filter: Optional[DecayFilter] = None,
-                 process_group: Optional[ProcessGroup] = None) -> None:
+                 process_group: Optional[ProcessGroup] = None, mode: str = "auto",
+                 rounding: str = "stochastic") -> None:
         self.num_probes = check_int(num_probes, "num_probes", low=1)
         self.sigma = check_real(sigma, "sigma", low=0.0, strict=True)
         self.lr_mu = None if lr_mu is None else check_real(lr_mu, "lr_mu", low=0.0)
@@ -58,7 +60,7 @@ class LDSD(SeededZO):
             raise ValueError(f"momentum must be < 1, got {momentum}")
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
-                         process_group=process_group)
+                         process_group=process_group, mode=mode, rounding=rounding)
         self.mu: Dict[str, torch.Tensor] = {t.name: torch.zeros_like(t.local, memory_format=torch.contiguous_format)
                                             for t in self.trainables}
         self.buf: Dict[str, torch.Tensor] = ({t.name: torch.zeros_like(t.local) for t in self.trainables}
@@ -100,7 +102,8 @@ class LDSD(SeededZO):
         return dict(super().diagnostics(), mu_norm=float(norm))
 
     def _momentum_update(self, direction: Combination, g: float) -> None:
-        self.pass_(direction.scaled(self.eps))  # restore θ
+        if self.views is None:
+            self.pass_(direction.scaled(self.eps))  # restore θ
         names = [t.name for t in self.trainables]
         ghat = direction.scaled(g)
         self.perturb(self.trainables, ghat.seeds, ghat.coeffs,
@@ -108,12 +111,12 @@ class LDSD(SeededZO):
                      means=[self.mu[n] for n in names], mean_coeff=ghat.mean_coeff,
                      into=[self.buf[n] for n in names])
         self._buf_started = True
-        with torch.no_grad():
-            for decays, group in self.decay_groups():
-                params = [t.local for t in group]
-                if decays:
-                    torch._foreach_mul_(params, 1.0 - self.lr * self.weight_decay)
-                torch._foreach_add_(params, [self.buf[t.name] for t in group], alpha=-self.lr)
+        for i, (decays, group) in enumerate(self.decay_groups()):  # θ ← decay·θ − lr·buf
+            decay = 1.0 - self.lr * self.weight_decay if decays else 1.0
+            if self.lr == 0.0 and decay == 1.0:
+                continue
+            self.perturb(group, [], [], decay=decay, means=[self.buf[t.name] for t in group],
+                         mean_coeff=-self.lr, rounding=self.update_rounding(i))
 
     def _update_mu(self, seeds: List[int], losses: List[float]) -> None:
         """μ ← μ − (lr_mu/(k·σ))·Σ_i c_i·ξ_i with leave-one-out c_i, ξ_i = probe i's draws."""

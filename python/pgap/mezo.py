@@ -28,15 +28,22 @@ class MeZO(SeededZO):
     backend : force a pgap_kernels backend ("reference", "native", "cuda", "triton") or None.
     process_group : torch.distributed group whose ranks share each loss (default: the default
         group when initialized; see docs/distributed.md).
+    mode : "auto" (default: "functional" for bf16/fp16 weights, else "inplace"), "inplace" (the
+        three passes above) or "functional" (the forwards see ``pgap_kernels.perturbed`` copies
+        of θ ± ε·z, module by module; the weights receive only the update, in one pass, and never
+        hold a perturbation; not for FSDP2-sharded parameters).
+    rounding : "stochastic" (default: updates round into bf16/fp16 weights stochastically,
+        unbiased, with a seed derived from (seed, step); docs/rng.md) or "nearest".
     """
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, weight_decay: float = 0.0,
                  seed: int = 0, eval_mode: bool = True, backend: Optional[str] = None,
                  decay_filter: Optional[DecayFilter] = None,
-                 process_group: Optional[ProcessGroup] = None) -> None:
+                 process_group: Optional[ProcessGroup] = None, mode: str = "auto",
+                 rounding: str = "stochastic") -> None:
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
-                         process_group=process_group)
+                         process_group=process_group, mode=mode, rounding=rounding)
 
     def _direction(self, closure: Closure) -> Tuple[Combination, None]:
         self._diag = {}

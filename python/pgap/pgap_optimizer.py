@@ -13,7 +13,7 @@ import pgap_kernels
 
 from ._checks import check_choice, check_int, check_real
 from .activation import ActivationBasis, ActivationSketcher, make_bases, random_start
-from .base import Closure, ZOOptimizer
+from .base import MODE_CHOICES, Closure, ZOOptimizer, resolve_mode
 from .functional import eligible_modules
 from .distributed import ProcessGroup
 from .params import DecayFilter, Trainable
@@ -24,7 +24,6 @@ from .subspace import (MatrixState, make_states, probe_operators, project_probe,
 XI_CHOICES = ("per_matrix", "shared")
 SUBSPACE_CHOICES = ("probe", "random", "activation")
 SCALE_CHOICES = ("none", "subzero")
-MODE_CHOICES = ("inplace", "functional")
 
 
 class PGAP(ZOOptimizer):
@@ -56,10 +55,14 @@ class PGAP(ZOOptimizer):
         vectors. scale must be "none")
     align : bool, apply the alignment (False: Z = Z0)
     scale : "none" or "subzero" (P multiplied by sqrt(m·n)/r)
-    mode : "inplace" (W written 3 times per step by lowrank_perturb_) or "functional" (matrices
-        used only as nn.Linear/nn.Embedding weights are never written inside a window: a rank-r
-        side path in the forward, merged into W at the end of a window, on :meth:`merge`, and
-        before ``state_dict()`` of the optimizer or the model)
+    mode : "auto", "inplace" (W written 3 times per step by lowrank_perturb_) or "functional"
+        (matrices used only as nn.Linear/nn.Embedding weights are never written inside a window:
+        a rank-r side path in the forward, merged into W at the end of a window, on
+        :meth:`merge`, and before ``state_dict()`` of the optimizer or the model; the probes'
+        and the other parameters' ±ε·z are never written either: the forwards see
+        ``pgap_kernels.perturbed`` copies). "auto" (default): functional for bf16/fp16 weights
+        without weight decay, else in place.
+    rounding : "stochastic" (default) or "nearest": how updates round into bf16/fp16 weights.
     svd_oversample, svd_iters : randomized SVD oversampling and power iterations
     vector_lr_scale : float >= 0, the lr of the parameters that are not matrices (biases, norm
         weights: full Gaussian directions) relative to ``lr``. With scale="none" P-GAP's lr is
@@ -72,11 +75,11 @@ class PGAP(ZOOptimizer):
                  delta: Union[float, Tuple[float, float]] = (2.0, 0.0),
                  total_steps: Optional[int] = None, xi: str = "per_matrix",
                  subspace: str = "probe", align: bool = True, scale: str = "none",
-                 mode: str = "inplace", weight_decay: float = 0.0, seed: int = 0,
+                 mode: str = "auto", weight_decay: float = 0.0, seed: int = 0,
                  svd_oversample: int = 10, svd_iters: int = 1, vector_lr_scale: float = 1.0,
                  eval_mode: bool = True,
                  backend: Optional[str] = None, decay_filter: Optional[DecayFilter] = None,
-                 process_group: Optional[ProcessGroup] = None) -> None:
+                 process_group: Optional[ProcessGroup] = None, rounding: str = "stochastic") -> None:
         self.rank = check_int(rank, "rank", low=1)
         self.window = check_int(window, "window", low=1)
         self.probes = check_int(probes, "probes", low=1)
@@ -90,13 +93,14 @@ class PGAP(ZOOptimizer):
             raise TypeError(f"align must be a bool, got {type(align).__name__}")
         self.align = align
         self.scale = check_choice(scale, "scale", SCALE_CHOICES)
-        self.mode = check_choice(mode, "mode", MODE_CHOICES)
+        check_choice(mode, "mode", MODE_CHOICES)
         self.svd_oversample = check_int(svd_oversample, "svd_oversample", low=0)
         self.svd_iters = check_int(svd_iters, "svd_iters", low=0)
         self.vector_lr_scale = check_real(vector_lr_scale, "vector_lr_scale", low=0.0)
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
-                         process_group=process_group)
+                         process_group=process_group, rounding=rounding)
+        self.mode = resolve_mode(mode, self.trainables, side_paths=True, weight_decay=self.weight_decay)
         self._eyes: Dict[int, torch.Tensor] = {}
         self.activation: List[ActivationBasis] = []
         self._sketcher: Optional[ActivationSketcher] = None
@@ -189,6 +193,7 @@ class PGAP(ZOOptimizer):
                 rows = s.shape[0] if self.one_sided else s.rank
                 s.A = torch.zeros(rows, s.rank, device=self.device)
         self._attach_side_path(model, self.matrices)
+        self.attach_views(model, self.trainables)  # probes: all; the two-point pair: the vectors
 
     def close(self) -> None:
         """Merge and remove the functional-mode hooks (the model then runs without them) and the
@@ -202,27 +207,32 @@ class PGAP(ZOOptimizer):
         return [s for s in self.matrices if not s.functional]
 
     def _perturb_all(self, seeds: Sequence[int], coeffs: Sequence[float]) -> None:
-        """Full-dimensional Gaussian pass over every trainable parameter (probe phase)."""
-        self.perturb(self.trainables, seeds, coeffs)
+        """Full-dimensional Gaussian pass over every trainable parameter (probe phase; shown
+        through the views in functional mode)."""
+        self.move(self.trainables, seeds, coeffs)
 
-    def _perturb_vectors(self, seed: int, coeff: float, decays: Optional[bool] = None,
-                         decay: float = 1.0) -> None:
-        self.perturb([t for t in self.vectors if decays is None or t.decays == decays], [seed],
-                      [coeff], decay=decay)
+    def _update_vectors(self, seed: int, coeff: float, decays: Optional[bool], decay: float,
+                        rounding: Dict[str, Any]) -> None:
+        if coeff != 0.0 or decay != 1.0:
+            self.perturb([t for t in self.vectors if decays is None or t.decays == decays], [seed],
+                         [coeff], decay=decay, rounding=rounding)
 
-    def _lowrank(self, states: Sequence[MatrixState], coeff: float, decay: float = 1.0) -> None:
+    def _lowrank(self, states: Sequence[MatrixState], coeff: float, decay: float = 1.0,
+                 rounding: Optional[Dict[str, Any]] = None) -> None:
         if states:
             factors = [self._factors(s) for s in states]
+            extra = dict(rounding, keys=[s.trainable.key for s in states],
+                         offsets=[s.trainable.offset for s in states]) if rounding else {}
             pgap_kernels.lowrank_perturb_([s.trainable.local for s in states], [f[0] for f in factors],
                                           [f[1] for f in factors], [s.V for s in states],
-                                          [coeff] * len(states), decay=decay)
+                                          [coeff] * len(states), decay=decay, **extra)
 
     def _apply(self, seed: int, coeff: float) -> None:
         """θ += coeff·P: matrices in place or through the side path, the rest by perturb_."""
         self._lowrank(self._inplace_matrices(), coeff)
         if self._side is not None:
             self._side.coeff += coeff
-        self._perturb_vectors(seed, coeff)
+        self.move(self.vectors, [seed], [coeff])
 
     # -- probe phase -----------------------------------------------------------------------
     def _probe(self, closure: Closure) -> List[int]:
@@ -326,12 +336,14 @@ class PGAP(ZOOptimizer):
     def _update(self, seed: int, g: float) -> None:
         """From θ − ε·P to (1 − lr·wd)·θ − lr·g·P (functional matrices: A −= lr·g·Z)."""
         inplace = self._inplace_matrices()
-        for decays in ((True, False) if self.weight_decay > 0 else (None,)):
+        self.hide_views()
+        for i, decays in enumerate((True, False) if self.weight_decay > 0 else (None,)):
             decay, coeff = self.restore_update(g, bool(decays))
             self._lowrank([s for s in inplace if decays is None or s.trainable.decays == decays],
-                          coeff, decay)
-            decay, coeff = self.restore_update(g, bool(decays), self.vector_lr_scale)
-            self._perturb_vectors(seed, coeff, decays, decay)
+                          coeff, decay, rounding=self.update_rounding(2 * i))
+            decay, coeff = self.restore_update(g, bool(decays), self.vector_lr_scale,
+                                               carried=self.carried)
+            self._update_vectors(seed, coeff, decays, decay, self.update_rounding(2 * i + 1))
         if self._side is not None:
             self._side.coeff = 0.0
             for s in self._side.states:

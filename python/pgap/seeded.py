@@ -13,7 +13,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .base import Closure, ZOOptimizer
+from torch import nn
+
+from .base import Closure, ZOOptimizer, resolve_mode
 from .params import Trainable
 
 
@@ -41,9 +43,41 @@ class Combination:
 class SeededZO(ZOOptimizer):
     """Two-point ZO along a :class:`Combination`, with fused passes. Subclasses choose the
     direction in ``_direction(closure)``, which may run probes and return a pending
-    combination (what the weights still carry from the probes) to fuse into the first pass."""
+    combination (what the weights still carry from the probes) to fuse into the first pass.
+
+    ``mode="inplace"`` writes θ ± ε·d into the weights for the forwards (three passes per step);
+    ``mode="functional"`` never does: the forwards see ``pgap_kernels.perturbed`` copies, module by
+    module (:class:`pgap.views.PerturbedViews`), and the weights receive only the update (one
+    pass). ``"auto"`` (default) is functional for bf16/fp16 weights, in place for float32.
+    """
 
     _last: Optional[Combination] = None  # the last step's direction (diagnostics, state)
+
+    def __init__(self, model: nn.Module, *, mode: str = "auto", **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        self.mode = resolve_mode(mode, self.trainables)
+        if self.mode == "functional":
+            self.attach_views(model, self.trainables, means=self._mean_of)
+
+    def hyperparameters(self):
+        return dict(super().hyperparameters(), mode=self.mode)
+
+    def _mean_of(self, t: Trainable) -> Optional[torch.Tensor]:
+        means = self._means([t])
+        return None if means is None else means[0]
+
+    def show(self, combo: Optional[Combination]) -> None:
+        """Functional mode: the next forwards see θ + combo (θ when None)."""
+        if combo is None:
+            self.hide_views()
+        else:
+            self.views.show(combo.seeds, combo.coeffs, combo.mean_coeff)
+
+    def remove_hooks(self) -> None:
+        """Remove the functional mode's hooks (the model then runs without them; this optimizer
+        cannot step afterwards)."""
+        if self.views is not None:
+            self.views.remove()
 
     # -- passes ----------------------------------------------------------------------------
     def _means(self, trainables: Sequence[Trainable]) -> Optional[List[torch.Tensor]]:
@@ -51,14 +85,14 @@ class SeededZO(ZOOptimizer):
         return None
 
     def pass_(self, combo: Combination, decay: float = 1.0,
-              trainables: Optional[Sequence[Trainable]] = None) -> None:
+              trainables: Optional[Sequence[Trainable]] = None, rounding=None) -> None:
         """θ ← decay·θ + combo, one ``perturb_`` over ``trainables`` (default: all)."""
         group = list(self.trainables if trainables is None else trainables)
         if not group:
             return
         means = self._means(group) if combo.mean_coeff != 0.0 else None
         self.perturb(group, combo.seeds, combo.coeffs, decay=decay, means=means,
-                     mean_coeff=combo.mean_coeff)
+                     mean_coeff=combo.mean_coeff, rounding=rounding)
 
     def decay_groups(self) -> List[Tuple[bool, List[Trainable]]]:
         """[(decays, trainables)]: one group without weight decay, else decayed / not decayed."""
@@ -68,11 +102,18 @@ class SeededZO(ZOOptimizer):
 
     # -- probes ----------------------------------------------------------------------------
     def one_sided_probes(self, closure: Closure, directions: Sequence[Combination]
-                         ) -> Tuple[List[float], Combination]:
+                         ) -> Tuple[List[float], Optional[Combination]]:
         """L(θ + ε·d_i) for each direction, one fused pass per forward. Returns the losses and
-        the pending combination −ε·d_last that restores θ (to fuse into the next pass)."""
+        the pending combination −ε·d_last that restores θ (to fuse into the next pass; None in
+        functional mode, where the weights stay at θ)."""
         losses: List[float] = []
         pending: Optional[Combination] = None
+        if self.views is not None:  # the weights stay at θ: nothing pending
+            for d in directions:
+                self.show(d.scaled(self.eps))
+                losses.append(self.evaluate_finite(closure, f"of probe {len(losses)} at θ+ε·d"))
+            self.show(None)
+            return losses, None
         for d in directions:
             step = d.scaled(self.eps)
             self.pass_(step if pending is None else pending + step)
@@ -89,8 +130,13 @@ class SeededZO(ZOOptimizer):
     def _step(self, closure: Closure) -> float:
         direction, pending = self._direction(closure)
         first = [pending]
+        shown = [0.0]
 
         def apply(c: float) -> None:
+            if self.views is not None:  # functional: move what the forwards see, not the weights
+                shown[0] += c
+                self.show(direction.scaled(shown[0]) if shown[0] != 0.0 else None)
+                return
             combo = direction.scaled(c)
             if first[0] is not None:  # fuse the probes' pending restore into the first pass
                 combo = first[0] + combo
@@ -98,6 +144,9 @@ class SeededZO(ZOOptimizer):
             first[0] = None
 
         plus, minus = self.two_point(closure, apply, self.eps)
+        if self.views is not None:
+            self.show(None)
+            self.pending(None)
         g = (plus - minus) / (2.0 * self.eps)
         with self.committing():
             self._update(direction, g)
@@ -106,10 +155,12 @@ class SeededZO(ZOOptimizer):
         return 0.5 * (plus + minus)
 
     def _update(self, direction: Combination, g: float) -> None:
-        """From θ − ε·d to (1 − lr·wd)·θ − lr·g·d: one pass per weight-decay group."""
-        for decays, group in self.decay_groups():
-            decay, coeff = self.restore_update(g, decays)
-            self.pass_(direction.scaled(coeff), decay, group)
+        """From θ − carried·d to (1 − lr·wd)·θ − lr·g·d: one pass per weight-decay group
+        (skipped when it would change nothing), rounded as :meth:`update_rounding` says."""
+        for i, (decays, group) in enumerate(self.decay_groups()):
+            decay, coeff = self.restore_update(g, decays, carried=self.carried)
+            if coeff != 0.0 or decay != 1.0:
+                self.pass_(direction.scaled(coeff), decay, group, rounding=self.update_rounding(i))
 
     # -- diagnostics -----------------------------------------------------------------------
     def last_direction(self) -> Dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ STEP_STREAM = 0
 PROBE_STREAM = 1              # probe j (0-based) uses PROBE_STREAM + j
 RSVD_STREAM = 1 << 32         # the randomized SVD's test matrix
 BASIS_STREAM = (1 << 32) + 1  # random orthonormal bases (subspace="random")
+ROUNDING_STREAM = (1 << 32) + 16  # stochastic rounding of update pass i uses ROUNDING_STREAM + i
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193

@@ -1,0 +1,139 @@
+"""Perturbed views: forwards that see θ + d while the stored weights stay θ.
+
+:class:`PerturbedViews` hooks every module that owns trainable parameters. While a combination
+``d = mean_coeff·μ + Σ_j c_j·z(s_j)`` is shown, each such module's forward runs on
+``pgap_kernels.perturbed(θ_p, ...)`` copies of its own parameters (one fused pass per parameter,
+the same numbers ``perturb_`` would have written), swapped in by a forward pre-hook and swapped
+out by a forward hook that also runs when the forward raises. The stored tensors are never
+written, so an interrupted forward cannot leave the model perturbed, and bf16/fp16 weights do
+not pick up the rounding noise of ±ε·z. Only the copies of the module running now are alive:
+the extra memory is the parameters of one module (the largest is the embedding / ``lm_head``).
+
+Requirement: a parameter must be read inside the forward of a module that owns it (true for
+``nn.Linear``, ``nn.Embedding``, the norms and every Hugging Face decoder we know of). A
+parameter read elsewhere would see θ, not θ + d. FSDP2-sharded (DTensor) parameters are not
+supported: use the in-place mode for them.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+import pgap_kernels
+
+from .params import Trainable
+
+MeansFor = Callable[[Trainable], Optional[torch.Tensor]]
+
+
+class PerturbedViews:
+    """Hooks that show ``combo`` (seeds, coeffs, mean_coeff) to the forwards of ``model``.
+
+    ``show(seeds, coeffs, mean_coeff)`` sets what the next forwards see; ``hide()`` shows θ
+    again (the state outside a step). ``means(t)`` gives μ of trainable ``t`` when the shown
+    combination has a mean term (LDSD). ``skip`` names trainables whose perturbation reaches the
+    forward another way (P-GAP's and AGZO's side paths) and that these hooks leave alone.
+    """
+
+    def __init__(self, model: nn.Module, trainables: Sequence[Trainable],
+                 means: Optional[MeansFor] = None, skip: Sequence[Trainable] = ()) -> None:
+        if any(t.sharded for t in trainables):
+            raise ValueError("perturbed views (mode='functional') do not support FSDP2-sharded "
+                             "parameters; use mode='inplace'")
+        skipped = {id(t.param) for t in skip}
+        by_param = {id(t.param): t for t in trainables if id(t.param) not in skipped}
+        self.means = means
+        self.seeds: Tuple[int, ...] = ()
+        self.coeffs: Tuple[float, ...] = ()
+        self.mean_coeff = 0.0
+        self.only: Optional[set] = None
+        self.shown = False
+        self.live_bytes = 0  # bytes of the copies alive now, and the most ever alive at once
+        self.peak_bytes = 0
+        self._swapped: Dict[int, torch.Tensor] = {}  # id(param) -> its stored data while swapped
+        self._handles = []
+        self._stacks: List[List[List[torch.Tensor]]] = []
+        self.covered: List[Trainable] = []
+        seen = set()
+        for module in model.modules():
+            owned = [(p, by_param[id(p)]) for p in module.parameters(recurse=False) if id(p) in by_param]
+            if not owned:
+                continue
+            for p, t in owned:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    self.covered.append(t)
+            stack: List[List[torch.Tensor]] = []  # per call of this module: what its pre-hook swapped
+            self._stacks.append(stack)
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(owned, stack)))
+            self._handles.append(module.register_forward_hook(self._post_hook(stack), always_call=True))
+
+    # -- what the forwards see -------------------------------------------------------------
+    def show(self, seeds: Sequence[int], coeffs: Sequence[float], mean_coeff: float = 0.0,
+             only: Optional[Sequence[Trainable]] = None) -> None:
+        """The next forwards see θ + mean_coeff·μ + Σ_j coeffs[j]·z(seeds[j]) on the covered
+        parameters (on those among ``only`` when given; the others then see θ)."""
+        self.seeds, self.coeffs, self.mean_coeff = tuple(seeds), tuple(coeffs), float(mean_coeff)
+        self.only = None if only is None else {id(t.param) for t in only}
+        self.shown = bool(self.seeds) or self.mean_coeff != 0.0
+
+    def hide(self) -> None:
+        """The next forwards see the stored weights θ."""
+        self.show((), (), 0.0)
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _copy(self, p: torch.Tensor, t: Trainable) -> torch.Tensor:
+        mean = self.means(t) if self.mean_coeff != 0.0 and self.means is not None else None
+        return pgap_kernels.perturbed(p.data, list(self.seeds), list(self.coeffs), key=t.key,
+                                      offset=t.offset, mean=mean,
+                                      mean_coeff=self.mean_coeff if mean is not None else 0.0)
+
+    def _pre_hook(self, owned: List[Tuple[torch.Tensor, Trainable]], stack: List[List[torch.Tensor]]):
+        def hook(module: nn.Module, inputs) -> None:
+            swapped: List[torch.Tensor] = []
+            stack.append(swapped)  # even when empty: the post-hook pops one entry per call
+            if not self.shown:
+                return
+            with torch.no_grad():
+                for p, t in owned:
+                    if id(p) in self._swapped:  # a tied parameter already shown by an outer module
+                        continue
+                    if self.only is not None and id(p) not in self.only:
+                        continue
+                    copy = self._copy(p, t)
+                    self._swapped[id(p)] = p.data
+                    p.data = copy
+                    swapped.append(p)
+                    self.live_bytes += copy.numel() * copy.element_size()
+                    self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        return hook
+
+    def _post_hook(self, stack: List[List[torch.Tensor]]):
+        def hook(module: nn.Module, inputs, output) -> None:
+            for p in stack.pop() if stack else ():
+                stored = self._swapped.pop(id(p), None)
+                if stored is not None:
+                    self.live_bytes -= p.data.numel() * p.data.element_size()
+                    p.data = stored
+        return hook
+
+    def restore_all(self) -> None:
+        """Put every stored tensor back. Forward hooks with ``always_call`` do this when a forward
+        raises an ``Exception``, not on ``KeyboardInterrupt``: the optimizers call this on every
+        failed step."""
+        for stack in self._stacks:
+            stack.clear()
+        for t in self.covered:
+            stored = self._swapped.pop(id(t.param), None)
+            if stored is not None:
+                t.param.data = stored
+        self.live_bytes = 0
+
+    def remove(self) -> None:
+        self.restore_all()
+        self.hide()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
