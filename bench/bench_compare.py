@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 from pgap.data import load_rotten_tomatoes, task_needs  # noqa: E402
-from pgap.finetune import batch_indices  # noqa: E402
+from pgap.finetune import DTYPES, batch_indices  # noqa: E402
 from pgap.methods import METHODS, build_optimizer  # noqa: E402
 from pgap.models import load_causal_lm, model_needs  # noqa: E402
 from pgap.prompts import PromptClassifier  # noqa: E402
@@ -85,6 +85,8 @@ def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task
     opt = build_optimizer(method, model, lr=lr, eps=args.eps, seed=seed, **parse_options(options))
     base = dict(git_rev=args.rev, method=method, options=options, lr=lr, eps=args.eps, seed=seed,
                 batch=args.batch_size, budget=args.checkpoints[-1])
+    if args.dtype != "fp32":
+        base["dtype"] = args.dtype
     rows: List[dict] = []
     losses: List[float] = []
     todo = list(args.checkpoints)
@@ -97,7 +99,7 @@ def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task
                    train_loss=round(statistics.fmean(losses[-20:]), 4) if losses else "",
                    seconds=round(time.perf_counter() - t0, 1))
         rows.append(row)
-        common.append_csv(args.csv, FIELDS, [row])
+        common.append_csv(args.csv, args.fields, [row])
         print(f"  {method:<6} {options:<22} lr {lr:<8g} seed {seed}  {split:<4} @ {opt.forwards:>4} "
               f"forwards (step {opt.steps_done}): {row['accuracy']:.3f}  loss {row['train_loss']}"
               f"  {row['seconds']:.0f} s", flush=True)
@@ -123,8 +125,7 @@ def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task
         if not math.isfinite(loss):
             print(f"  {method} lr {lr:g} seed {seed}: non-finite loss at step {step}; stopping")
             break
-    if hasattr(opt, "close"):  # AGZO's and P-GAP's hooks
-        opt.close()
+    opt.close()  # the optimizer's hooks (side paths, views, sketches) leave the shared model
     return rows
 
 
@@ -257,12 +258,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="no dev evaluation (runs at an lr already chosen: the seeds after the sweep)")
     p.add_argument("--skip-done", action="store_true",
                    help="skip (method, options, lr, seed) runs that already reached the budget in the CSV")
-    p.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                   help="weights' dtype; other than fp32 adds a dtype column (default CSV "
+                        "bench/results/compare_<dtype>.csv)")
+    p.add_argument("--csv", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=common.RESULTS_DIR / "compare.png")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--report", action="store_true", help="only summarize the CSV")
     args = p.parse_args(argv)
     args.checkpoints = sorted(args.checkpoints)
+    if args.csv is None:
+        args.csv = DEFAULT_CSV if args.dtype == "fp32" else DEFAULT_CSV.with_name(f"compare_{args.dtype}.csv")
+    args.fields = FIELDS if args.dtype == "fp32" else FIELDS + ["dtype"]
     if args.report:
         common.require("bench_compare.py", plot=not args.no_plot)
         return report(args)
@@ -276,7 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done = {(r["method"], r["options"], float(r["lr"]), int(r["seed"]))
             for r in load_rows(args.csv)
             if int(r["forwards"]) > args.checkpoints[-1] - 3} if args.skip_done else set()
-    tok, model = load_causal_lm(None)
+    tok, model = load_causal_lm(None, DTYPES[args.dtype])
     for prm in model.parameters():
         prm.requires_grad_(True)
     initial = {n: prm.detach().clone() for n, prm in model.named_parameters()}
@@ -292,7 +299,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    lr=0.0, eps=0.0, seed=0, batch=0, budget=0, split="test", examples=args.test,
                    step=0, forwards=0, accuracy=round(accuracy(clf, model, task.test), 4),
                    train_loss="", seconds=0)
-        common.append_csv(args.csv, FIELDS, [row])
+        if args.dtype != "fp32":
+            row["dtype"] = args.dtype
+        common.append_csv(args.csv, args.fields, [row])
         print(f"  zero-shot test accuracy {row['accuracy']:.3f}")
     for seed in args.seeds:
         for method, options, lrs in grid:

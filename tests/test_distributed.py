@@ -65,6 +65,16 @@ def test_data_parallel_matches_one_process(tmp_path, method, options):
 AGZO = {"rank": 2, "refresh": 2, "first_iters": 1}
 
 
+@pytest.mark.parametrize("method, options", [("mezo", {}), ("ldsd", {"lr_mu": 0.1}), ("agzo", AGZO)])
+def test_data_parallel_functional_mode_follows_the_inplace_run(tmp_path, method, options):
+    """No-write (functional) mode on 2 ranks: the one-process in-place trajectory, within the
+    float tolerance of in place's extra roundings of θ ± ε·P (float32)."""
+    results = run_ranks(tmp_path, "train", method=method, options=dict(options, mode="functional"),
+                        steps=4)
+    ref = reference(method=method, options=dict(options, mode="inplace"), steps=4)
+    assert_same_run(results, ref)
+
+
 @pytest.mark.parametrize("sharded", [False, True], ids=["data-parallel", "fsdp2"])
 def test_agzo_ranks_share_the_one_process_bases(tmp_path, sharded):
     """Each rank sketches its half of the batch; the summed sketches give every rank the bases

@@ -108,7 +108,7 @@ class AGZO(ZOOptimizer):
         """Merge (functional mode) and remove every hook: the sketches (the optimizer cannot
         refresh its bases afterwards) and the side paths (the model then runs without them)."""
         self.sketcher.remove()
-        self._detach_side_path()
+        super().close()
         self._sides = {}
 
     # -- functional mode -------------------------------------------------------------------

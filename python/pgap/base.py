@@ -396,6 +396,14 @@ class ZOOptimizer(torch.optim.Optimizer):
             self._model_hook.remove()
             self._side = None
 
+    def close(self) -> None:
+        """Merge pending updates and remove this optimizer's hooks from the model (side paths,
+        views; subclasses add theirs). The model then runs without them; do not step after."""
+        self._detach_side_path()
+        if self.views is not None:
+            self.views.remove()
+            self.views = None
+
     def merge(self) -> None:
         """Write pending updates kept outside the weights into them (the functional modes of
         P-GAP and AGZO); a no-op otherwise. Call it on every rank before saving on one."""

@@ -57,7 +57,7 @@ DEFAULT_LR = {"mezo": 3e-5, "pgap": 1e-2, "mezo-gv": 1e-5, "mezo-greedy": 1e-5, 
 METHOD_OPTIONS = ("rank", "window", "probes", "mode", "delta", "svd_iters", "scale", "subspace",
                   "vector_lr_scale",
                   "num_probes", "top_frac", "sigma", "lr_mu", "weight_decay",
-                  "refresh", "oversample", "others", "sigma_power")
+                  "refresh", "oversample", "others", "sigma_power", "rounding")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -84,7 +84,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--rank", type=int)
     g.add_argument("--window", type=int)
     g.add_argument("--probes", type=int)
-    g.add_argument("--mode", choices=["inplace", "functional"])
+    g.add_argument("--mode", choices=["auto", "inplace", "functional"],
+                   help="functional: the weights never hold ±eps*z (default auto: functional for "
+                        "bf16/fp16 weights)")
+    g.add_argument("--rounding", choices=["stochastic", "nearest"],
+                   help="how updates round into bf16/fp16 weights (default stochastic)")
     g.add_argument("--delta", type=float, nargs=2, metavar=("DELTA0", "DELTA_END"))
     g.add_argument("--svd-iters", type=int)
     g.add_argument("--scale", choices=["none", "subzero"])

@@ -200,7 +200,7 @@ class PGAP(ZOOptimizer):
         activation sketches' hooks."""
         if self._sketcher is not None:
             self._sketcher.remove()
-        self._detach_side_path()
+        super().close()
 
     # -- passes ----------------------------------------------------------------------------
     def _inplace_matrices(self) -> List[MatrixState]:

@@ -73,12 +73,6 @@ class SeededZO(ZOOptimizer):
         else:
             self.views.show(combo.seeds, combo.coeffs, combo.mean_coeff)
 
-    def remove_hooks(self) -> None:
-        """Remove the functional mode's hooks (the model then runs without them; this optimizer
-        cannot step afterwards)."""
-        if self.views is not None:
-            self.views.remove()
-
     # -- passes ----------------------------------------------------------------------------
     def _means(self, trainables: Sequence[Trainable]) -> Optional[List[torch.Tensor]]:
         """The mean tensors μ of ``trainables`` (None: this optimizer has no mean)."""
