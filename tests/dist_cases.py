@@ -88,6 +88,7 @@ def train(rank: int, world: int, method: str, options: Dict[str, Any], steps: in
         model = shard(model)
     opt = build_optimizer(method, model, lr=lr, eps=eps, seed=seed, **options)
     losses = [opt.step(closure) for _ in range(steps)]
+    opt.merge()  # functional modes: the updates kept in the side paths
     out = {"losses": losses, "weights": full_weights(model), "forwards": opt.forwards}
     if hasattr(opt, "bases"):  # AGZO's activation bases
         out["bases"] = {b.name: b.V.clone() for b in opt.bases}
