@@ -36,6 +36,13 @@ def require(device: str, backend: str) -> None:
         pytest.skip(f"{backend} on {device}: {reason}")
 
 
+# (device, backend) for the custom-op checks (opcheck): native and reference on the CPU, cuda and
+# triton on a GPU.
+OP_CASES = [("cpu", "native"), ("cpu", "reference"),
+            pytest.param("cuda", "cuda", marks=pytest.mark.gpu),
+            pytest.param("cuda", "triton", marks=pytest.mark.gpu)]
+
+
 @pytest.fixture(params=backend_cases())
 def device_backend(request):
     device, backend = request.param

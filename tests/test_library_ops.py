@@ -7,11 +7,9 @@ import torch
 import pgap_kernels as pk
 from pgap_kernels._stream import seed_to_int64
 
-from conftest import HAS_CUDA
+from conftest import HAS_CUDA, OP_CASES
 
-CASES = [("cpu", "native"), ("cpu", "reference"),
-         pytest.param("cuda", "cuda", marks=pytest.mark.gpu),
-         pytest.param("cuda", "triton", marks=pytest.mark.gpu)]
+CASES = OP_CASES
 
 
 def _need(device):

@@ -7,7 +7,7 @@ import torch
 import pgap_kernels as pk
 from pgap_kernels._stream import seed_to_int64
 
-from conftest import backend_cases, require
+from conftest import OP_CASES, backend_cases, require
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 CARRY = (1 << 32) * 4 - 6  # element 0 six indices before the carry from c0 into c1
@@ -163,11 +163,7 @@ def test_op_path_checks_overlap_before_writing():
     assert torch.equal(x, before)
 
 
-@pytest.mark.parametrize("device,backend", [
-    ("cpu", "native"), ("cpu", "reference"),
-    pytest.param("cuda", "cuda", marks=pytest.mark.gpu),
-    pytest.param("cuda", "triton", marks=pytest.mark.gpu),
-])
+@pytest.mark.parametrize("device,backend", OP_CASES)
 def test_opcheck(device, backend):
     require(device, backend)
     x = values(17, torch.float32, device)

@@ -5,7 +5,7 @@ import torch
 import pgap_kernels as pk
 from pgap_kernels._stream import seed_to_int64
 
-from conftest import HAS_CUDA
+from conftest import HAS_CUDA, OP_CASES
 
 
 def sample_args(device, backend):
@@ -19,11 +19,7 @@ def sample_args(device, backend):
     ]
 
 
-@pytest.mark.parametrize("device,backend", [
-    ("cpu", "native"), ("cpu", "reference"),
-    pytest.param("cuda", "cuda", marks=pytest.mark.gpu),
-    pytest.param("cuda", "triton", marks=pytest.mark.gpu),
-])
+@pytest.mark.parametrize("device,backend", OP_CASES)
 def test_opcheck(device, backend):
     if device == "cuda" and not HAS_CUDA:
         pytest.skip("needs a CUDA device")
