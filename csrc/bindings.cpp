@@ -32,7 +32,7 @@ void host_perturb(int dtype, const std::vector<uintptr_t>& data, const std::vect
                   const std::vector<uintptr_t>& mean, const std::vector<int64_t>& numel,
                   const std::vector<uint64_t>& offset, const std::vector<uint32_t>& key,
                   const std::vector<uint64_t>& seeds, const std::vector<float>& coeffs, float decay,
-                  float mean_coeff, int num_threads) {
+                  float mean_coeff, bool stochastic, uint64_t rounding_seed, int num_threads) {
   const size_t n = data.size();
   if (src.size() != n || mean.size() != n || numel.size() != n || offset.size() != n ||
       key.size() != n)
@@ -44,18 +44,20 @@ void host_perturb(int dtype, const std::vector<uintptr_t>& data, const std::vect
     tensors[p] = TensorArgs{reinterpret_cast<void*>(data[p]), reinterpret_cast<const void*>(src[p]),
                             reinterpret_cast<const void*>(mean[p]), numel[p], offset[p], key[p]};
   const StreamArgs stream{seeds.data(), coeffs.data(), static_cast<int64_t>(seeds.size()), decay,
-                          mean_coeff};
+                          mean_coeff, RoundingArgs{stochastic, rounding_seed}};
   py::gil_scoped_release release;
   host::perturb(dt, tensors, stream, num_threads);
 }
 
 void host_lowrank_update(int dtype, uintptr_t w, int64_t m, int64_t n, uintptr_t left,
-                         uintptr_t right, int64_t k, float decay, int num_threads) {
+                         uintptr_t right, int64_t k, float decay, bool stochastic,
+                         uint64_t rounding_seed, uint32_t key, uint64_t index, int num_threads) {
   const DType dt = to_dtype(dtype);
   if (m < 0 || n < 0 || k < 1) throw std::invalid_argument("need m, n >= 0 and k >= 1");
   py::gil_scoped_release release;
   host::lowrank_update(dt, reinterpret_cast<void*>(w), m, n, reinterpret_cast<const float*>(left),
-                       reinterpret_cast<const float*>(right), k, decay, num_threads);
+                       reinterpret_cast<const float*>(right), k, decay,
+                       RoundingArgs{stochastic, rounding_seed}, key, index, num_threads);
 }
 
 void host_gaussian_sketch(int64_t m, int64_t n, uint64_t offset, uint32_t key,
@@ -74,11 +76,13 @@ void host_subspace_perturb(const std::vector<int>& dtype, const std::vector<uint
                            const std::vector<uintptr_t>& basis, const std::vector<int64_t>& m,
                            const std::vector<int64_t>& n, const std::vector<int64_t>& r,
                            const std::vector<uint64_t>& offset, const std::vector<uint32_t>& key,
+                           const std::vector<uint64_t>& rounding_index,
                            const std::vector<uint64_t>& seeds, const std::vector<float>& coeffs,
-                           float decay, int num_threads) {
+                           float decay, bool stochastic, uint64_t rounding_seed, int num_threads) {
   const size_t count = w.size();
   if (dtype.size() != count || basis.size() != count || m.size() != count || n.size() != count ||
-      r.size() != count || offset.size() != count || key.size() != count)
+      r.size() != count || offset.size() != count || key.size() != count ||
+      rounding_index.size() != count)
     throw std::invalid_argument("per-matrix argument lists must have equal lengths");
   if (seeds.size() != coeffs.size()) throw std::invalid_argument("seeds and coeffs differ in length");
   std::vector<host::SubspaceMatrix> mats(count);
@@ -86,10 +90,10 @@ void host_subspace_perturb(const std::vector<int>& dtype, const std::vector<uint
     if (m[p] < 0 || n[p] < 0 || r[p] < 1) throw std::invalid_argument("need m, n >= 0 and r >= 1");
     mats[p] = host::SubspaceMatrix{to_dtype(dtype[p]), reinterpret_cast<void*>(w[p]),
                                    reinterpret_cast<const float*>(basis[p]), m[p], n[p], r[p],
-                                   offset[p], key[p]};
+                                   offset[p], key[p], rounding_index[p]};
   }
   const StreamArgs stream{seeds.data(), coeffs.data(), static_cast<int64_t>(seeds.size()), decay,
-                          0.0f};
+                          0.0f, RoundingArgs{stochastic, rounding_seed}};
   py::gil_scoped_release release;
   host::subspace_perturb(mats, stream, num_threads);
 }
@@ -121,13 +125,15 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "pgap-kernels native kernels (host always, CUDA when built with nvcc)";
   m.def("host_perturb", &host_perturb,
         "Fused seeded perturbation of one dtype group on the CPU (data <- f(src); src == data in place)",
-        py::arg("dtype"), py::arg("data"), py::arg("src"), py::arg("mean"), py::arg("numel"), py::arg("offset"),
+        py::arg("dtype"), py::arg("data"), py::arg("src"), py::arg("mean"), py::arg("numel"),
+        py::arg("offset"),
         py::arg("key"), py::arg("seeds"), py::arg("coeffs"), py::arg("decay"), py::arg("mean_coeff"),
-        py::arg("num_threads"));
+        py::arg("stochastic"), py::arg("rounding_seed"), py::arg("num_threads"));
   m.def("host_lowrank_update", &host_lowrank_update,
         "In-place W <- decay*W + L*R^T on the CPU (L, R float32 row-major)", py::arg("dtype"),
         py::arg("w"), py::arg("m"), py::arg("n"), py::arg("left"), py::arg("right"), py::arg("k"),
-        py::arg("decay"), py::arg("num_threads"));
+        py::arg("decay"), py::arg("stochastic"), py::arg("rounding_seed"), py::arg("key"),
+        py::arg("index"), py::arg("num_threads"));
   m.def("host_gaussian_sketch", &host_gaussian_sketch,
         "A*omega or A^T*omega for an implicit seeded Gaussian sum A on the CPU (float32)",
         py::arg("m"), py::arg("n"), py::arg("offset"), py::arg("key"), py::arg("seeds"),
@@ -136,7 +142,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("host_subspace_perturb", &host_subspace_perturb,
         "In-place W <- decay*W + Xi*V^T for many matrices on the CPU (Xi drawn from the stream)",
         py::arg("dtype"), py::arg("w"), py::arg("basis"), py::arg("m"), py::arg("n"), py::arg("r"),
-        py::arg("offset"), py::arg("key"), py::arg("seeds"), py::arg("coeffs"), py::arg("decay"),
+        py::arg("offset"), py::arg("key"), py::arg("rounding_index"), py::arg("seeds"),
+        py::arg("coeffs"), py::arg("decay"), py::arg("stochastic"), py::arg("rounding_seed"),
         py::arg("num_threads"));
   m.def("philox4x32_10", &philox, "Raw Philox4x32-10 words for one counter and key");
   m.def("build_info", &build_info);
@@ -146,12 +153,12 @@ PYBIND11_MODULE(_C, m) {
       "cuda_perturb",
       [](int dtype, uintptr_t meta, int64_t n_tensors, int64_t total_chunks, uintptr_t seeds,
          uintptr_t coeffs, int64_t n_seeds, float decay, float mean_coeff, bool has_mean,
-         int device, uintptr_t stream) {
+         bool stochastic, uint64_t rounding_seed, int device, uintptr_t stream) {
         const DType dt = to_dtype(dtype);
         py::gil_scoped_release release;
         cuda::perturb(dt, reinterpret_cast<const cuda::TensorMeta*>(meta), n_tensors, total_chunks,
                       reinterpret_cast<const uint64_t*>(seeds), reinterpret_cast<const float*>(coeffs),
-                      n_seeds, decay, mean_coeff, has_mean, device,
+                      n_seeds, decay, mean_coeff, has_mean, stochastic, rounding_seed, device,
                       reinterpret_cast<void*>(stream));
       },
       "Fused seeded perturbation of one dtype group on a CUDA device (device pointers)");
@@ -159,13 +166,16 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "cuda_lowrank_update",
       [](int dtype, uintptr_t w_ptrs, uintptr_t left_ptrs, uintptr_t right_ptrs, int64_t count,
-         int64_t m, int64_t n, int64_t k, float decay, int device, uintptr_t stream) {
+         int64_t m, int64_t n, int64_t k, float decay, uintptr_t keys, uintptr_t indices,
+         bool stochastic, uint64_t rounding_seed, int device, uintptr_t stream) {
         const DType dt = to_dtype(dtype);
         if (m < 0 || n < 0 || k < 1 || count < 0) throw std::invalid_argument("need m, n, count >= 0, k >= 1");
         py::gil_scoped_release release;
         cuda::lowrank_update(dt, reinterpret_cast<const int64_t*>(w_ptrs),
                              reinterpret_cast<const int64_t*>(left_ptrs),
                              reinterpret_cast<const int64_t*>(right_ptrs), count, m, n, k, decay,
+                             reinterpret_cast<const int64_t*>(keys),
+                             reinterpret_cast<const int64_t*>(indices), stochastic, rounding_seed,
                              device, reinterpret_cast<void*>(stream));
       },
       "Batched in-place W <- decay*W + L*R^T for same-shape matrices (device pointer arrays)");
@@ -188,14 +198,15 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "cuda_subspace_perturb",
       [](int dtype, uintptr_t meta, int64_t count, int64_t total_tiles, int64_t span, uintptr_t seeds,
-         uintptr_t coeffs, int64_t n_seeds, float decay, int device, uintptr_t stream) {
+         uintptr_t coeffs, int64_t n_seeds, float decay, bool stochastic, uint64_t rounding_seed,
+         int device, uintptr_t stream) {
         const DType dt = to_dtype(dtype);
         if (count < 0 || total_tiles < 0 || span < 1) throw std::invalid_argument("need count, total_tiles >= 0 and span >= 1");
         py::gil_scoped_release release;
         cuda::subspace_perturb(dt, reinterpret_cast<const cuda::SubspaceMeta*>(meta), count,
                                total_tiles, span, reinterpret_cast<const uint64_t*>(seeds),
-                               reinterpret_cast<const float*>(coeffs), n_seeds, decay, device,
-                               reinterpret_cast<void*>(stream));
+                               reinterpret_cast<const float*>(coeffs), n_seeds, decay, stochastic,
+                               rounding_seed, device, reinterpret_cast<void*>(stream));
       },
       "In-place W <- decay*W + Xi*V^T for one dtype group of matrices on a CUDA device (device table)");
   m.attr("CUDA_SUBSPACE_TILE") = py::make_tuple(cuda::kSubspaceRows, cuda::kSubspaceCols);

@@ -3,12 +3,17 @@
 Public API
 ----------
 gaussian(shape, seed, *, key=0, offset=0, device=None, dtype=torch.float32) -> Tensor
-perturb_(tensors, seeds, coeffs, *, keys=None, offsets=None, decay=1.0, mean=None, mean_coeff=0.0)
+perturb_(tensors, seeds, coeffs, *, keys=None, offsets=None, decay=1.0, mean=None, mean_coeff=0.0,
+         rounding="nearest", rounding_seed=None)
 perturbed(tensor, seeds, coeffs, *, key=0, offset=0, mean=None, mean_coeff=0.0, out=None) -> Tensor
                                out-of-place perturb_ (decay 1): tensor is read, never written
-lowrank_perturb_(W, U, Z, V, scale, *, decay=1.0)                 W <- decay*W + scale*U@Z@V.T
-subspace_perturb_(tensors, bases, seeds, coeffs, *, keys=None, offsets=None, decay=1.0)
+lowrank_perturb_(W, U, Z, V, scale, *, decay=1.0, rounding="nearest", rounding_seed=None,
+                 keys=None, offsets=None)                           W <- decay*W + scale*U@Z@V.T
+subspace_perturb_(tensors, bases, seeds, coeffs, *, keys=None, offsets=None, decay=1.0,
+                  rounding="nearest", rounding_seed=None)
                                W_p <- decay*W_p + sum_j c_j Xi(s_j, key_p) @ V_p.T (docs/subspace.md)
+                               rounding="stochastic": unbiased, reproducible rounding of 16-bit
+                               results (docs/rng.md, "Stochastic rounding")
 gaussian_sketch(m, n, seeds, coeffs, omega, *, key, offset, transpose)   implicit A@omega
 gaussian_sketch_batch(problems, seeds, coeffs, omegas, *, transpose)     many sketches
 GaussianSum(m, n, seeds, coeffs, *, key, offset, device)            implicit sum_j c_j Xi_j

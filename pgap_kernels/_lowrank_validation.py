@@ -15,7 +15,8 @@ import torch
 
 from ._stream import INDEX_LIMIT, KEY_LIMIT
 from ._validation import (FloatOrFloats, IntOrInts, _as_list, _is_real, check_finite,
-                          check_float_dtype, check_int, check_seeds_coeffs)
+                          check_float_dtype, check_int, check_keys_offsets, check_rounding,
+                          check_seeds_coeffs)
 
 
 @dataclass
@@ -24,14 +25,19 @@ class LowrankArgs:
 
     weights[p]: (m, n) contiguous float32/bfloat16/float16 (mutated); lefts[p]: (m, k) and
     rights[p]: (n, k) contiguous float32, k >= 1; all on one device; no empty matrix.
-    Accumulation in float32, one rounding to the weight's dtype; ``decay == 0`` overwrites the
-    weight without reading it.
+    Accumulation in float32, one rounding to the weight's dtype: to nearest, or, with a
+    ``rounding_seed``, stochastically (16-bit weights): element (i, j) of weights[p] with the
+    rounding word of element ``offsets[p] + i*n + j`` under (rounding_seed, ``keys[p]``).
+    ``decay == 0`` overwrites the weight without reading it.
     """
 
     weights: List[torch.Tensor]
     lefts: List[torch.Tensor]
     rights: List[torch.Tensor]
     decay: float
+    keys: List[int]
+    offsets: List[int]
+    rounding_seed: Optional[int] = None
 
 
 class SketchProblem(NamedTuple):
@@ -117,12 +123,28 @@ def check_disjoint(written: Sequence[Tuple[str, torch.Tensor]],
             furthest[writes] = ((lo, hi), name)
 
 
-def validate_lowrank(W, U, Z, V, scale: FloatOrFloats, decay: float
-                     ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor],
-                                List[torch.Tensor], List[float], float]:
+class LowrankCall(NamedTuple):
+    """The checked arguments of ``lowrank_perturb_``, as lists (one entry per W)."""
+
+    Ws: List[torch.Tensor]
+    Us: List[torch.Tensor]
+    Zs: List[torch.Tensor]
+    Vs: List[torch.Tensor]
+    scales: List[float]
+    decay: float
+    keys: List[int]
+    offsets: List[int]
+    rounding_seed: Optional[int]
+
+
+def validate_lowrank(W, U, Z, V, scale: FloatOrFloats, decay: float, *,
+                     keys: Optional[Sequence[int]] = None, offsets: Optional[Sequence[int]] = None,
+                     rounding: str = "nearest", rounding_seed: Optional[int] = None) -> LowrankCall:
     """Check the arguments of ``lowrank_perturb_``; return them as lists (scale per matrix).
 
-    W: (m, n) contiguous, U: (m, r), Z: (r, s), V: (n, s), r, s >= 1, float dtypes, one device.
+    W: (m, n) contiguous, U: (m, r), Z: (r, s), V: (n, s), r, s >= 1, float dtypes, one device;
+    keys in [0, 2**32) (default the positions), offsets (rounding index of W's element 0) in
+    [0, 2**63 - m*n) (default 0); rounding_seed required for stochastic rounding.
     Memory overlaps (a W listed twice) need data pointers: :func:`check_disjoint`, run by the op
     on the real tensors.
     """
@@ -154,7 +176,9 @@ def validate_lowrank(W, U, Z, V, scale: FloatOrFloats, decay: float
                              "Z (r, s), V (n, s)")
         if r < 1 or s < 1:
             raise ValueError(f"Z{tag} has shape {(r, s)}; the ranks r and s must be at least 1")
-    return Ws, Us, Zs, Vs, scales, decay
+    keys_l, offsets_l = check_keys_offsets(keys, offsets, [w.numel() for w in Ws], what="W")
+    seed = check_rounding(rounding, rounding_seed, None, "lowrank_perturb_ has no seeds to default to")
+    return LowrankCall(Ws, Us, Zs, Vs, scales, decay, keys_l, offsets_l, seed)
 
 
 def lowrank_factors(u: torch.Tensor, z: torch.Tensor, v: torch.Tensor, scale: float
@@ -205,6 +229,6 @@ def validate_sketch(problems, seeds: IntOrInts, coeffs: FloatOrFloats, omegas,
     return SketchArgs(problems, seeds_l, coeffs_l, out, transpose)
 
 
-__all__ = ["LowrankArgs", "SketchArgs", "SketchProblem", "check_disjoint", "check_problem",
+__all__ = ["LowrankArgs", "LowrankCall", "SketchArgs", "SketchProblem", "check_disjoint", "check_problem",
            "check_weight", "lowrank_factors",
            "validate_lowrank", "validate_sketch"]

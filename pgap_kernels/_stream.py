@@ -1,4 +1,5 @@
 """Constants of the philox4x32-10/v1 random-stream contract (see docs/rng.md)."""
+from typing import Optional
 
 STREAM_VERSION = "philox4x32-10/v1"
 
@@ -13,6 +14,7 @@ KEY_LIMIT = 1 << 32    # keys in [0, 2^32)
 INDEX_LIMIT = 1 << 63  # offset + numel must stay below 2^63 (int64 in every backend)
 
 UNIFORM_SCALE = 2.0 ** -24  # u = (2*(x >> 9) + 1) * 2^-24
+ROUNDING_DOMAIN = 1  # Philox counter word c3 of the stochastic-rounding words (the stream uses 0)
 TWO_PI = 6.283185307179586
 
 
@@ -24,3 +26,13 @@ def seed_to_int64(seed: int) -> int:
 def seed_from_int64(seed: int) -> int:
     """Inverse of :func:`seed_to_int64`."""
     return seed + SEED_LIMIT if seed < 0 else seed
+
+
+def optional_seed_to_int64(seed: Optional[int]) -> Optional[int]:
+    """:func:`seed_to_int64` of a seed that may be None (None stays None)."""
+    return None if seed is None else seed_to_int64(seed)
+
+
+def optional_seed_from_int64(seed: Optional[int]) -> Optional[int]:
+    """Inverse of :func:`optional_seed_to_int64`."""
+    return None if seed is None else seed_from_int64(seed)

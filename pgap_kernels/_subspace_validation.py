@@ -11,7 +11,8 @@ import torch
 
 from ._lowrank_validation import _check_matrix, _matrix_list, check_disjoint, check_weight
 from ._stream import INDEX_LIMIT
-from ._validation import FloatOrFloats, IntOrInts, check_finite, check_keys_offsets, check_seeds_coeffs
+from ._validation import (FloatOrFloats, IntOrInts, check_finite, check_keys_offsets,
+                          check_rounding, check_seeds_coeffs)
 
 
 @dataclass
@@ -21,7 +22,9 @@ class SubspaceArgs:
     ``Xi_j,p[i, k] = xi(seeds[j], keys[p], offsets[p] + i*r_p + k)`` (an m_p x r_p matrix of the
     stream, row-major). tensors[p]: (m_p, n_p) contiguous float32/bfloat16/float16 (mutated);
     bases[p]: (n_p, r_p) contiguous float32, r_p >= 1; all on one device. Backends receive no
-    empty matrix. Accumulation in float32, one rounding to the tensor's dtype; ``decay == 0``
+    empty matrix. Accumulation in float32, one rounding to the tensor's dtype: to nearest, or,
+    with a ``rounding_seed``, stochastically: W_p[i, j] with the rounding word of element
+    ``rounding_index(p) + i*n_p + j`` under (rounding_seed, ``keys[p]``). ``decay == 0``
     overwrites the tensor without reading it.
     """
 
@@ -32,12 +35,19 @@ class SubspaceArgs:
     keys: List[int]
     offsets: List[int]
     decay: float
+    rounding_seed: Optional[int] = None
 
     def subset(self, ps: Sequence[int]) -> "SubspaceArgs":
-        """The arguments of the matrices at positions ``ps`` (same seeds, coefficients, decay)."""
+        """The arguments of the matrices at positions ``ps`` (same seeds, coefficients, decay,
+        rounding)."""
         return SubspaceArgs([self.tensors[p] for p in ps], [self.bases[p] for p in ps], self.seeds,
                             self.coeffs, [self.keys[p] for p in ps], [self.offsets[p] for p in ps],
-                            self.decay)
+                            self.decay, self.rounding_seed)
+
+    def rounding_index(self, p: int) -> int:
+        """The stochastic-rounding index of W_p[0, 0]: a matrix whose Xi starts at row
+        offsets[p] / r_p of the stream block is those rows of the logical full matrix."""
+        return self.offsets[p] // self.bases[p].shape[1] * self.tensors[p].shape[1]
 
     def nonempty(self) -> "SubspaceArgs":
         return self.subset([p for p, t in enumerate(self.tensors) if t.numel() > 0])
@@ -45,7 +55,8 @@ class SubspaceArgs:
 
 def validate_subspace(tensors, bases, seeds: IntOrInts, coeffs: FloatOrFloats, *,
                       keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
-                      decay: float) -> SubspaceArgs:
+                      decay: float, rounding: str = "nearest",
+                      rounding_seed: Optional[int] = None) -> SubspaceArgs:
     """Check every argument of ``subspace_perturb_``; raise TypeError/ValueError naming it.
 
     Shapes, dtypes, devices and ranges only: memory overlaps need data pointers and are checked
@@ -78,7 +89,19 @@ def validate_subspace(tensors, bases, seeds: IntOrInts, coeffs: FloatOrFloats, *
     seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
     keys_l, offsets_l = check_keys_offsets(keys, offsets, spans)
     decay = check_finite(decay, "decay")
-    return SubspaceArgs(ts, [v.contiguous() for v in bs], seeds_l, coeffs_l, keys_l, offsets_l, decay)
+    seed = check_rounding(rounding, rounding_seed, seeds_l[0] if seeds_l else None,
+                          "it defaults to seeds[0], and seeds is empty")
+    if seed is not None:
+        for p, (t, v, offset) in enumerate(zip(ts, bs, offsets_l)):
+            (m, n), r = t.shape, v.shape[1]
+            if offset % r:
+                raise ValueError(f"offsets[{p}] = {offset} is not a multiple of r = {r}; "
+                                 "rounding='stochastic' places W's rows by offsets[p] / r")
+            if (offset // r + m) * n >= INDEX_LIMIT:
+                raise ValueError(f"tensors[{p}]: the rounding index (offsets[{p}]/r + m)*n = "
+                                 f"{(offset // r + m) * n} must stay below 2**63")
+    return SubspaceArgs(ts, [v.contiguous() for v in bs], seeds_l, coeffs_l, keys_l, offsets_l,
+                        decay, seed)
 
 
 def check_subspace_memory(args: SubspaceArgs) -> None:

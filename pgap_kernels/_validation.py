@@ -11,6 +11,7 @@ import torch
 from ._stream import INDEX_LIMIT, KEY_LIMIT, SEED_LIMIT
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+ROUNDINGS = ("nearest", "stochastic")
 
 TensorList = Union[torch.Tensor, Iterable[torch.Tensor]]
 IntOrInts = Union[int, Sequence[int]]
@@ -24,6 +25,8 @@ class PerturbArgs:
 
     ``tensors`` are written; the decay term reads ``sources[p]`` (same shape, dtype and device,
     disjoint from every written tensor) or, when ``sources`` is None, ``tensors[p]`` itself.
+    With a ``rounding_seed``, 16-bit results round stochastically: element i of tensor p with the
+    rounding word of element ``offsets[p] + i`` under (rounding_seed, ``keys[p]``).
     """
 
     tensors: List[torch.Tensor]
@@ -35,6 +38,7 @@ class PerturbArgs:
     decay: float
     mean_coeff: float
     sources: Optional[List[torch.Tensor]] = None
+    rounding_seed: Optional[int] = None  # None: round to nearest; else stochastic (docs/rng.md)
 
     def source(self, p: int) -> torch.Tensor:
         """The tensor the decay term of tensor p reads."""
@@ -95,13 +99,33 @@ def check_seeds_coeffs(seeds: IntOrInts, coeffs: FloatOrFloats) -> Tuple[List[in
             [check_finite(c, f"coeffs[{j}]") for j, c in enumerate(coeffs_l)])
 
 
+def check_rounding(rounding: str, rounding_seed: Optional[int], default_seed: Optional[int],
+                   missing: str) -> Optional[int]:
+    """The seed of the stochastic-rounding words, or None for round to nearest.
+
+    ``rounding`` must be "nearest" or "stochastic"; ``rounding_seed`` (checked whenever given)
+    an int in [0, 2**64). Stochastic rounding uses ``rounding_seed``, else ``default_seed``;
+    with neither it raises ValueError, ``missing`` saying why there is no default.
+    """
+    if not isinstance(rounding, str) or rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {', '.join(map(repr, ROUNDINGS))}; got {rounding!r}")
+    if rounding_seed is not None:
+        rounding_seed = check_int(rounding_seed, "rounding_seed", 0, SEED_LIMIT)
+    if rounding == "nearest":
+        return None
+    seed = rounding_seed if rounding_seed is not None else default_seed
+    if seed is None:
+        raise ValueError(f"rounding='stochastic' needs a rounding_seed in [0, 2**64) ({missing})")
+    return seed
+
+
 def check_keys_offsets(keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
-                       spans: Sequence[int]) -> Tuple[List[int], List[int]]:
+                       spans: Sequence[int], what: str = "tensors") -> Tuple[List[int], List[int]]:
     """Per-tensor stream keys and offsets as lists, defaults filled in.
 
     ``spans[p]`` is how many stream indices tensor p draws (its numel for ``perturb_``): keys
     lie in [0, 2**32) (default the list positions 0, 1, ...), offsets in [0, 2**63 - spans[p])
-    (default 0).
+    (default 0). ``what`` names the list of tensors in messages.
     """
     n = len(spans)
     if keys is None:
@@ -109,14 +133,14 @@ def check_keys_offsets(keys: Optional[Sequence[int]], offsets: Optional[Sequence
     else:
         keys_l = _as_list(keys, "keys")
         if len(keys_l) != n:
-            raise ValueError(f"keys has {len(keys_l)} entries but tensors has {n}")
+            raise ValueError(f"keys has {len(keys_l)} entries but {what} has {n}")
     keys_l = [check_int(k, f"keys[{p}]", 0, KEY_LIMIT) for p, k in enumerate(keys_l)]
     if offsets is None:
         offsets_l = [0] * n
     else:
         offsets_l = _as_list(offsets, "offsets")
         if len(offsets_l) != n:
-            raise ValueError(f"offsets has {len(offsets_l)} entries but tensors has {n}")
+            raise ValueError(f"offsets has {len(offsets_l)} entries but {what} has {n}")
     offsets_l = [check_int(o, f"offsets[{p}]", 0, INDEX_LIMIT - spans[p])
                  for p, o in enumerate(offsets_l)]
     return keys_l, offsets_l
@@ -184,7 +208,8 @@ def _check_mean_coeff(mean_coeff: float, has_mean: bool) -> float:
 
 def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
                      keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
-                     decay: float, mean: Optional[TensorList], mean_coeff: float) -> PerturbArgs:
+                     decay: float, mean: Optional[TensorList], mean_coeff: float,
+                     rounding: str = "nearest", rounding_seed: Optional[int] = None) -> PerturbArgs:
     """Check every argument of ``perturb_``; raise TypeError/ValueError naming the culprit."""
     tensors = _check_tensors(tensors)
     seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
@@ -192,7 +217,10 @@ def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloat
     decay = check_finite(decay, "decay")
     means = _check_means(mean, tensors)
     mean_coeff = _check_mean_coeff(mean_coeff, means is not None)
-    return PerturbArgs(tensors, means, seeds_l, coeffs_l, keys_l, offsets_l, decay, mean_coeff)
+    seed = check_rounding(rounding, rounding_seed, seeds_l[0] if seeds_l else None,
+                          "it defaults to seeds[0], and seeds is empty")
+    return PerturbArgs(tensors, means, seeds_l, coeffs_l, keys_l, offsets_l, decay, mean_coeff,
+                       rounding_seed=seed)
 
 
 def validate_perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *,

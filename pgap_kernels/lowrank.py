@@ -7,7 +7,7 @@ torch.compile traces them without a graph break; plain eager calls skip the op's
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -15,7 +15,8 @@ from ._dispatch import run_backend
 from ._library import define_op, plain_eager_call
 from ._lowrank_validation import (LowrankArgs, SketchArgs, SketchProblem, check_disjoint,
                                   lowrank_factors, validate_lowrank, validate_sketch)
-from ._stream import seed_from_int64, seed_to_int64
+from ._stream import (optional_seed_from_int64, optional_seed_to_int64, seed_from_int64,
+                      seed_to_int64)
 from ._validation import FloatOrFloats, IntOrInts
 
 MatrixOrMatrices = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -23,25 +24,34 @@ ProblemLike = Union[SketchProblem, Tuple[int, int], Tuple[int, int, int], Tuple[
 
 
 def _lowrank_impl(weights: List[torch.Tensor], us: List[torch.Tensor], zs: List[torch.Tensor],
-                  vs: List[torch.Tensor], scales: List[float], decay: float, backend: str) -> None:
+                  vs: List[torch.Tensor], scales: List[float], decay: float, backend: str,
+                  keys: Optional[List[int]] = None, offsets: Optional[List[int]] = None,
+                  rounding_seed: Optional[int] = None) -> None:
     """Body of ``pgap::lowrank_perturb_`` on CPU and CUDA (``backend`` "" = chosen now).
 
     Forms the float32 factors L, R of every non-empty W, checks on the real tensors that no W is
     listed twice and no R (V itself, when it is float32 and contiguous) shares memory with a W,
-    then runs the backend.
+    then runs the backend. ``keys`` (default the positions) and ``offsets`` (default 0) place
+    the stochastic rounding, used only with a ``rounding_seed`` (an int64 bit pattern; None:
+    round to nearest).
     """
     keep = [p for p, w in enumerate(weights) if w.numel() > 0]
     if not keep:
         return
+    keys = list(range(len(weights))) if keys is None else keys
+    offsets = [0] * len(weights) if offsets is None else offsets
     factors = [lowrank_factors(us[p], zs[p], vs[p], scales[p]) for p in keep]
     check_disjoint([(f"W[{p}]", weights[p]) for p in keep],
                    [(f"V[{p}]", right) for p, (_, right) in zip(keep, factors)])
     run_backend("lowrank", "lowrank_update", weights[keep[0]].device,
                 LowrankArgs([weights[p] for p in keep], [f[0] for f in factors],
-                            [f[1] for f in factors], decay), backend=backend)
+                            [f[1] for f in factors], decay, [keys[p] for p in keep],
+                            [offsets[p] for p in keep], optional_seed_from_int64(rounding_seed)),
+                backend=backend)
 
 
-def _lowrank_fake(weights, us, zs, vs, scales, decay, backend) -> None:
+def _lowrank_fake(weights, us, zs, vs, scales, decay, backend, keys=None, offsets=None,
+                  rounding_seed=None) -> None:
     return None
 
 
@@ -50,7 +60,10 @@ define_op("lowrank_perturb_", _lowrank_impl, _lowrank_fake, mutates_args=("weigh
 
 @torch.no_grad()
 def lowrank_perturb_(W: MatrixOrMatrices, U: MatrixOrMatrices, Z: MatrixOrMatrices,
-                     V: MatrixOrMatrices, scale: FloatOrFloats, *, decay: float = 1.0) -> None:
+                     V: MatrixOrMatrices, scale: FloatOrFloats, *, decay: float = 1.0,
+                     rounding: str = "nearest", rounding_seed: Optional[int] = None,
+                     keys: Optional[Sequence[int]] = None,
+                     offsets: Optional[Sequence[int]] = None) -> None:
     """In place: ``W <- decay*W + scale * U @ Z @ V.T`` for one matrix or a list of them.
 
     Parameters
@@ -63,6 +76,19 @@ def lowrank_perturb_(W: MatrixOrMatrices, U: MatrixOrMatrices, Z: MatrixOrMatric
     scale : float or sequence of float (one per W)
     decay : float
         Multiplies the old W; ``decay == 0`` overwrites W without reading it.
+    rounding : "nearest" or "stochastic"
+        How the float32 result is rounded into a bfloat16/float16 W: to nearest even (default)
+        or stochastically (unbiased; docs/rng.md, "Stochastic rounding"): element (i, j) of
+        ``W[p]`` uses the rounding word of element ``offsets[p] + i*n + j`` under
+        (rounding_seed, ``keys[p]``). float32 W are unaffected.
+    rounding_seed : int in [0, 2**64), required when ``rounding="stochastic"``
+        Give each pass its own (this op has no stream seed to default to).
+    keys : sequence of int in [0, 2**32), optional
+        Rounding key per W (default the list positions); only stochastic rounding reads them.
+    offsets : sequence of int >= 0, optional
+        Element index of W[p]'s element 0 in the logical full matrix (default 0; a row shard
+        starting at row i0 passes i0*n and rounds as those rows of the whole matrix);
+        ``offsets[p] + m*n < 2**63``. Only stochastic rounding reads them.
 
     Accumulation is float32 with one rounding to W's dtype. ``scale * U @ Z`` (or ``V @ Z.T``,
     whichever inner size min(r, s) is smaller) is formed first in float32, an O((m + n) min(r, s))
@@ -75,14 +101,18 @@ def lowrank_perturb_(W: MatrixOrMatrices, U: MatrixOrMatrices, Z: MatrixOrMatric
         On a bad argument (shape mismatch, dtype, device, non-contiguous W, a matrix listed
         twice), before any tensor is modified.
     """
-    Ws, Us, Zs, Vs, scales, decay = validate_lowrank(W, U, Z, V, scale, decay)
+    call = validate_lowrank(W, U, Z, V, scale, decay, keys=keys, offsets=offsets,
+                            rounding=rounding, rounding_seed=rounding_seed)
+    Ws, Us, Zs, Vs = call.Ws, call.Us, call.Zs, call.Vs
     if not any(w.numel() for w in Ws):
         return
+    rseed = optional_seed_to_int64(call.rounding_seed)
     if plain_eager_call(Ws + Us + Zs + Vs):
-        _lowrank_impl(Ws, Us, Zs, Vs, scales, decay, "")
+        _lowrank_impl(Ws, Us, Zs, Vs, call.scales, call.decay, "", call.keys, call.offsets, rseed)
         torch.autograd.graph.increment_version(Ws)  # as the op's ADInplaceOrView does
         return
-    torch.ops.pgap.lowrank_perturb_(Ws, Us, Zs, Vs, scales, decay, "")
+    torch.ops.pgap.lowrank_perturb_(Ws, Us, Zs, Vs, call.scales, call.decay, "", call.keys,
+                                    call.offsets, rseed)
 
 
 def _sketch_impl(ms: List[int], ns: List[int], keys: List[int], offsets: List[int],

@@ -12,7 +12,8 @@ import torch
 from ._dispatch import DeviceLike, as_device, run_backend
 from ._library import define_op, plain_eager_call
 from ._lowrank_validation import check_disjoint
-from ._stream import INDEX_LIMIT, KEY_LIMIT, seed_from_int64, seed_to_int64
+from ._stream import (INDEX_LIMIT, KEY_LIMIT, optional_seed_from_int64, optional_seed_to_int64,
+                      seed_from_int64, seed_to_int64)
 from ._validation import (FloatOrFloats, IntOrInts, PerturbArgs, TensorList, check_float_dtype,
                           check_int, validate_perturb, validate_perturbed)
 
@@ -26,19 +27,22 @@ def _run(backend: str, args: PerturbArgs) -> None:
 
 def _perturb_impl(tensors: List[torch.Tensor], means: List[torch.Tensor],
                   seeds: List[int], coeffs: List[float], keys: List[int], offsets: List[int],
-                  decay: float, mean_coeff: float, backend: str) -> None:
+                  decay: float, mean_coeff: float, backend: str,
+                  rounding_seed: Optional[int] = None) -> None:
     """Body of ``pgap::perturb_`` on CPU and CUDA.
 
-    ``means`` is empty when there is no mean term; seeds are int64 bit patterns; ``backend``
-    names a backend or is "" for the automatic/forced choice, made when the op runs (so it is
-    not baked into torch.compile graphs).
+    ``means`` is empty when there is no mean term; seeds and ``rounding_seed`` (None: round to
+    nearest) are int64 bit patterns; ``backend`` names a backend or is "" for the
+    automatic/forced choice, made when the op runs (so it is not baked into torch.compile graphs).
     """
     _run(backend, PerturbArgs(list(tensors), list(means) if means else None,
                               [seed_from_int64(s) for s in seeds], list(coeffs), list(keys),
-                              list(offsets), decay, mean_coeff))
+                              list(offsets), decay, mean_coeff,
+                              rounding_seed=optional_seed_from_int64(rounding_seed)))
 
 
-def _perturb_fake(tensors, means, seeds, coeffs, keys, offsets, decay, mean_coeff, backend) -> None:
+def _perturb_fake(tensors, means, seeds, coeffs, keys, offsets, decay, mean_coeff, backend,
+                  rounding_seed=None) -> None:
     return None
 
 
@@ -48,7 +52,8 @@ define_op("perturb_", _perturb_impl, _perturb_fake, mutates_args=("tensors",))
 def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
              keys: Optional[Sequence[int]] = None, offsets: Optional[Sequence[int]] = None,
              decay: float = 1.0, mean: Optional[TensorList] = None,
-             mean_coeff: float = 0.0) -> None:
+             mean_coeff: float = 0.0, rounding: str = "nearest",
+             rounding_seed: Optional[int] = None) -> None:
     """Fused seeded perturbation of many tensors, in place.
 
     For every tensor ``t`` at list position ``p`` and element ``i`` (row-major)::
@@ -56,8 +61,9 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
         t[i] <- decay*t[i] + mean_coeff*mean[p][i] + sum_j coeffs[j] * xi(seeds[j], keys[p], offsets[p] + i)
 
     with ``xi`` the philox4x32-10/v1 standard-normal stream (docs/rng.md). Arithmetic is float32
-    with one rounding to ``t.dtype``. One kernel launch per dtype group (all tensors
-    share one device).
+    with one rounding to ``t.dtype``: to nearest, or stochastically (``rounding="stochastic"``,
+    for bfloat16/float16 tensors; docs/rng.md, "Stochastic rounding"). One kernel launch per
+    dtype group (all tensors share one device).
 
     Parameters
     ----------
@@ -78,6 +84,16 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
         Tensors shaped, typed and placed like ``tensors`` (read only).
     mean_coeff : float
         Coefficient of ``mean``; must be 0 when ``mean`` is None.
+    rounding : "nearest" or "stochastic"
+        How the float32 result is rounded into a bfloat16/float16 tensor: to nearest even
+        (default), or stochastically, up with probability equal to the distance from the lower
+        neighbour in ulps (unbiased: E[result] = float32 result), with random bits drawn from
+        the stream's rounding domain for element ``offsets[p] + i`` under key ``keys[p]``, so
+        shards and replicas round alike. float32 tensors are unaffected.
+    rounding_seed : int in [0, 2**64), optional
+        Seed of the rounding bits; default ``seeds[0]``. A caller that applies several passes
+        with the same seed (e.g. MeZO's three) should give each its own rounding_seed, or the
+        passes reuse the same bits.
 
     Raises
     ------
@@ -87,7 +103,8 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
         If a backend forced by ``PGAP_BACKEND``/:func:`use_backend` cannot run.
     """
     args = validate_perturb(tensors, seeds, coeffs, keys=keys, offsets=offsets, decay=decay,
-                            mean=mean, mean_coeff=mean_coeff)
+                            mean=mean, mean_coeff=mean_coeff, rounding=rounding,
+                            rounding_seed=rounding_seed)
     if not any(t.numel() for t in args.tensors):
         return
     if plain_eager_call(args.tensors + (args.means or [])):
@@ -95,7 +112,8 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
         torch.autograd.graph.increment_version(args.tensors)  # as the op's ADInplaceOrView does
         return
     torch.ops.pgap.perturb_(args.tensors, args.means or [], [seed_to_int64(s) for s in args.seeds],
-                            args.coeffs, args.keys, args.offsets, args.decay, args.mean_coeff, "")
+                            args.coeffs, args.keys, args.offsets, args.decay, args.mean_coeff, "",
+                            optional_seed_to_int64(args.rounding_seed))
 
 
 def _run_perturbed(backend: str, args: PerturbArgs) -> None:

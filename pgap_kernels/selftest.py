@@ -9,7 +9,10 @@ The first time a backend is about to run on a device (chosen automatically, or f
   (several tensors of odd sizes, two seeds, decay, a mean term), ``perturbed`` (its source
   unchanged), ``lowrank_perturb_``, the
   Gaussian sketches (plain and transposed) and ``subspace_perturb_`` (two matrices, one a row
-  shard), in float32 and bfloat16, a few hundred elements each.
+  shard), in float32 and bfloat16, a few hundred elements each;
+* stochastic rounding of ``perturb_``, ``lowrank_perturb_`` and ``subspace_perturb_`` into
+  bfloat16 and float16, on inputs whose float32 results every backend computes alike: bit for
+  bit with ``reference``.
 
 The result is cached per (backend, device) for the process. ``reference`` is the oracle and is
 not self-checked (the test suite checks it against a float64 NumPy oracle). ``PGAP_SELFTEST=0``
@@ -305,6 +308,66 @@ def _compare_subspace(actual: Tuple[torch.Tensor, ...], expected: Tuple[torch.Te
         assert_lowrank_close(a, e, sum(abs(c) for c in SUBSPACE_COEFFS) * 6.0 * r)
 
 
+# -- stochastic rounding: inputs whose float32 results are the same on every backend (no seeds,
+# a product exact in float32, or zero coefficients), so the rounded bits must be reference's ---
+
+def _assert_same_bits(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal values, and equal bits wherever the value is not zero (the sign of an exact zero sum
+    is not part of the contract)."""
+    a, e = actual.detach().cpu(), expected.detach().cpu()
+    if not torch.equal(a, e):
+        raise AssertionError(f"{int((a != e).sum())} of {a.numel()} stochastically rounded values "
+                             "differ from reference")
+    nonzero = e != 0
+    if not torch.equal(a[nonzero].view(torch.int16), e[nonzero].view(torch.int16)):
+        raise AssertionError("stochastically rounded bits differ from reference")
+
+
+def _compare_all_bits(actual, expected) -> None:
+    for a, e in zip(actual, expected):
+        _assert_same_bits(a, e)
+
+
+SR_SEED = (1 << 64) - 5
+
+
+def _perturb_sr(device: torch.device) -> List[torch.Tensor]:
+    """bf16 and fp16 tensors, decay and a mean term, no seeds, across the rounding counter's carry."""
+    from .ops import perturb_  # noqa: PLC0415
+
+    cases = (((7, 19), torch.bfloat16), ((150,), torch.float16))
+    ts = [_values(s, d, device, 50 + p) for p, (s, d) in enumerate(cases)]
+    means = [_values(s, d, device, 60 + p) for p, (s, d) in enumerate(cases)]
+    perturb_(ts, [], [], keys=[0xFFFFFFFF, 2], offsets=[(1 << 32) * 4 - 70, 9], decay=0.75,
+             mean=means, mean_coeff=0.0123, rounding="stochastic", rounding_seed=SR_SEED)
+    return ts
+
+
+def _lowrank_sr(device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """U@Z@V.T of small integers times 2^-10 (exact in float32) added to bf16 and fp16 W."""
+    from .lowrank import lowrank_perturb_  # noqa: PLC0415
+
+    m, n, r, s = LOWRANK
+    Ws = [_values((m, n), d, device, 70 + p) for p, d in enumerate((torch.bfloat16, torch.float16))]
+    U, Z, V = ((_values(shape, torch.float32, device, salt) * 4).round()
+               for shape, salt in (((m, r), 72), ((r, s), 73), ((n, s), 74)))
+    lowrank_perturb_(Ws, [U, U], [Z, Z], [V, V], 2.0 ** -10, rounding="stochastic",
+                     rounding_seed=SR_SEED, keys=[3, 0xFFFFFFFF], offsets=[0, 5 * n])
+    return tuple(Ws)
+
+
+def _subspace_sr(device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """Zero coefficients, decay 0.999: a bf16 matrix and an fp16 row shard (offset 7*r)."""
+    from .subspace import subspace_perturb_  # noqa: PLC0415
+
+    Ws = [_values((m, n), d, device, 80 + p)
+          for p, (m, n, _, d) in enumerate(((23, 17, 3, torch.bfloat16), (5, 9, 2, torch.float16)))]
+    Vs = [_values((17, 3), torch.float32, device, 82), _values((9, 2), torch.float32, device, 83)]
+    subspace_perturb_(Ws, Vs, SUBSPACE_SEEDS, [0.0, 0.0], keys=[4, 0xFFFFFFFE], offsets=[0, 7 * 2],
+                      decay=0.999, rounding="stochastic", rounding_seed=SR_SEED)
+    return tuple(Ws)
+
+
 _NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
@@ -332,3 +395,9 @@ CASES += [Case("gaussian_sketch", f"{SKETCH[0]}x{SKETCH[1]}, q {SKETCH[2]}, plai
                _sketch, _compare_sketch, _sketch_dense)]
 CASES += [Case("subspace_perturb_", "fp32 W 23x17 r 3 and a bf16 row shard 5x9 r 1 in one call, 2 seeds, "
                "decay 0.5", _subspace, _compare_subspace, _subspace)]
+CASES += [Case("perturb_", "stochastic rounding: bf16 7x19 and fp16 150, decay 0.75, mean term, "
+               "bit for bit", _perturb_sr, _compare_all_bits, _perturb_sr),
+          Case("lowrank_perturb_", "stochastic rounding: bf16 and fp16 W 37x29, exact integer "
+               "product, bit for bit", _lowrank_sr, _compare_all_bits, _lowrank_sr),
+          Case("subspace_perturb_", "stochastic rounding: bf16 W 23x17 and an fp16 row shard 5x9, "
+               "decay 0.999, bit for bit", _subspace_sr, _compare_all_bits, _subspace_sr)]

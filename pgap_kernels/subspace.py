@@ -12,7 +12,8 @@ import torch
 
 from ._dispatch import run_backend
 from ._library import define_op, plain_eager_call
-from ._stream import seed_from_int64, seed_to_int64
+from ._stream import (optional_seed_from_int64, optional_seed_to_int64, seed_from_int64,
+                      seed_to_int64)
 from ._subspace_validation import SubspaceArgs, check_subspace_memory, validate_subspace
 from ._validation import FloatOrFloats, IntOrInts
 
@@ -29,14 +30,17 @@ def _run(backend: str, args: SubspaceArgs) -> None:
 
 def _subspace_impl(tensors: List[torch.Tensor], bases: List[torch.Tensor], seeds: List[int],
                    coeffs: List[float], keys: List[int], offsets: List[int], decay: float,
-                   backend: str) -> None:
-    """Body of ``pgap::subspace_perturb_`` on CPU and CUDA (seeds as int64 bit patterns;
-    ``backend`` "" for the automatic/forced choice)."""
+                   backend: str, rounding_seed: Optional[int] = None) -> None:
+    """Body of ``pgap::subspace_perturb_`` on CPU and CUDA (seeds and ``rounding_seed``, None
+    for round to nearest, as int64 bit patterns; ``backend`` "" for the automatic/forced
+    choice)."""
     _run(backend, SubspaceArgs(list(tensors), list(bases), [seed_from_int64(s) for s in seeds],
-                               list(coeffs), list(keys), list(offsets), decay))
+                               list(coeffs), list(keys), list(offsets), decay,
+                               optional_seed_from_int64(rounding_seed)))
 
 
-def _subspace_fake(tensors, bases, seeds, coeffs, keys, offsets, decay, backend) -> None:
+def _subspace_fake(tensors, bases, seeds, coeffs, keys, offsets, decay, backend,
+                   rounding_seed=None) -> None:
     return None
 
 
@@ -46,7 +50,8 @@ define_op("subspace_perturb_", _subspace_impl, _subspace_fake, mutates_args=("te
 @torch.no_grad()
 def subspace_perturb_(tensors: MatrixOrMatrices, bases: MatrixOrMatrices, seeds: IntOrInts,
                       coeffs: FloatOrFloats, *, keys: Optional[Sequence[int]] = None,
-                      offsets: Optional[Sequence[int]] = None, decay: float = 1.0) -> None:
+                      offsets: Optional[Sequence[int]] = None, decay: float = 1.0,
+                      rounding: str = "nearest", rounding_seed: Optional[int] = None) -> None:
     """In place, for every matrix ``W_p`` (m_p x n_p) with basis ``V_p`` (n_p x r_p)::
 
         W_p <- decay*W_p + sum_j coeffs[j] * Xi(seeds[j], keys[p]) @ V_p.T
@@ -73,6 +78,15 @@ def subspace_perturb_(tensors: MatrixOrMatrices, bases: MatrixOrMatrices, seeds:
         Stream index of Xi[0, 0] per matrix (default 0); ``offsets[p] + m_p*r_p < 2**63``.
     decay : float
         Multiplies the old W; ``decay == 0`` overwrites W without reading it.
+    rounding : "nearest" or "stochastic"
+        How the float32 result is rounded into a bfloat16/float16 W: to nearest even (default)
+        or stochastically (unbiased; docs/rng.md, "Stochastic rounding"): W_p[i, j] uses the
+        rounding word of element ``(offsets[p]/r_p + i)*n_p + j`` under (rounding_seed,
+        ``keys[p]``), so a row shard rounds as those rows of the whole matrix (stochastic
+        rounding needs ``offsets[p] % r_p == 0``). float32 W are unaffected.
+    rounding_seed : int in [0, 2**64), optional
+        Seed of the rounding bits; default ``seeds[0]``. Give each pass with the same seeds
+        its own rounding_seed.
 
     Raises
     ------
@@ -81,7 +95,8 @@ def subspace_perturb_(tensors: MatrixOrMatrices, bases: MatrixOrMatrices, seeds:
         or overlapping another or a basis, ranges of seeds/keys/offsets, non-finite numbers),
         before any matrix is modified.
     """
-    args = validate_subspace(tensors, bases, seeds, coeffs, keys=keys, offsets=offsets, decay=decay)
+    args = validate_subspace(tensors, bases, seeds, coeffs, keys=keys, offsets=offsets, decay=decay,
+                             rounding=rounding, rounding_seed=rounding_seed)
     if not any(t.numel() for t in args.tensors):
         return
     if plain_eager_call(args.tensors + args.bases):
@@ -89,4 +104,5 @@ def subspace_perturb_(tensors: MatrixOrMatrices, bases: MatrixOrMatrices, seeds:
         torch.autograd.graph.increment_version(args.tensors)  # as the op's ADInplaceOrView does
         return
     torch.ops.pgap.subspace_perturb_(args.tensors, args.bases, [seed_to_int64(s) for s in args.seeds],
-                                     args.coeffs, args.keys, args.offsets, args.decay, "")
+                                     args.coeffs, args.keys, args.offsets, args.decay, "",
+                                     optional_seed_to_int64(args.rounding_seed))

@@ -23,10 +23,13 @@ def test_triton_kernels_compile_for_nvidia_and_vectorize():
                          env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    by_kernel = {name: [r for r in rows if r["kernel"] == name] for name in ("perturb", "lowrank", "sketch")}
-    assert len(by_kernel["perturb"]) == 2 * 3 * 2 * 2 * 2
-    assert len(by_kernel["lowrank"]) == 2 * 3 * 2 * 2
+    by_kernel = {name: [r for r in rows if r["kernel"] == name]
+                 for name in ("perturb", "lowrank", "sketch", "subspace")}
+    roundings = 5  # float32, and bfloat16/float16 each rounded to nearest or stochastically
+    assert len(by_kernel["perturb"]) == 2 * roundings * 2 * 2 * 2
+    assert len(by_kernel["lowrank"]) == 2 * roundings * 2 * 2
     assert len(by_kernel["sketch"]) == 2 * 2 * 2 * 2
+    assert len(by_kernel["subspace"]) == 2 * roundings * 2
     for r in by_kernel["perturb"]:
         ops = r["memory_ops"]
         width = "v4" if r["dtype"] == "float32" else "v2"  # 16 bytes / 8 bytes per Philox block
@@ -34,7 +37,7 @@ def test_triton_kernels_compile_for_nvidia_and_vectorize():
             assert f"st.global.{width}.b32" in ops, r
             if not r["overwrite"]:
                 assert f"ld.global.{width}.b32" in ops, r
-    for r in by_kernel["lowrank"] + by_kernel["sketch"]:
+    for r in by_kernel["lowrank"] + by_kernel["sketch"] + by_kernel["subspace"]:
         # float32 dots with input_precision="ieee" run on FMA units: no TF32 tensor-core mma;
         # no atomics, so the results are deterministic.
         assert not r["mma"] and not r["atomics"], r

@@ -87,11 +87,15 @@ __device__ __forceinline__ void stash_slice(float* dst, const float* reg) {
 }
 
 // Two CTAs per SM for the 128x128 tile (<= 128 registers), four for the 64x64 one (<= 64).
-template <class T, int BM, int BN, int TM, int TN, bool kOverwrite>
+// kStochastic: W_p[row, col] rounds stochastically with the rounding word of element
+// indices[p] + row*n + col under (rounding_seed, keys[p]) (pgap/rounding.h).
+template <class T, int BM, int BN, int TM, int TN, bool kOverwrite, bool kStochastic>
 __global__ void __launch_bounds__(kThreads, BM * BN >= 128 * 128 ? 2 : 4)
 lowrank_kernel(const int64_t* __restrict__ w_ptrs, const int64_t* __restrict__ left_ptrs,
                const int64_t* __restrict__ right_ptrs, int64_t m, int64_t n, int64_t k,
-               int64_t tiles_n, int64_t tiles_per_problem, int64_t total_tiles, float decay) {
+               int64_t tiles_n, int64_t tiles_per_problem, int64_t total_tiles, float decay,
+               const int64_t* __restrict__ keys, const int64_t* __restrict__ indices,
+               uint64_t rounding_seed) {
   using G = GemmTile<BM, BN, TM, TN>;
   constexpr int SA = BM + kPad, SB = BN + kPad;
   __shared__ __align__(16) float As[2][kBK][SA];
@@ -150,6 +154,8 @@ lowrank_kernel(const int64_t* __restrict__ w_ptrs, const int64_t* __restrict__ l
     // Epilogue: one rounding of decay*W + acc (decay == 0: W is not read).
     T* __restrict__ w = reinterpret_cast<T*>(w_ptrs[p]);
     const bool vec = n % 4 == 0 && w_ptrs[p] % static_cast<int64_t>(sizeof(Vec4<T>)) == 0;
+    const uint32_t rkey = kStochastic ? static_cast<uint32_t>(keys[p]) : 0u;
+    const uint64_t rindex = kStochastic ? static_cast<uint64_t>(indices[p]) : 0u;
 #pragma unroll
     for (int g = 0; g < G::kGM; ++g) {
 #pragma unroll
@@ -162,13 +168,16 @@ lowrank_kernel(const int64_t* __restrict__ w_ptrs, const int64_t* __restrict__ l
           const int64_t col = col0 + h * G::kStepN + tx * 4;  // multiple of 4
           if (col >= n) continue;
           const float* c = &acc[4 * g + i][4 * h];
+          uint32_t x[4] = {0u, 0u, 0u, 0u};
+          if (kStochastic)
+            rounding_words4(rounding_seed, rkey, rindex + static_cast<uint64_t>(row * n + col), x);
           if (vec) {  // n % 4 == 0: the whole group of 4 is inside the row
             Vec4<T> v;
             if (!kOverwrite) v = *reinterpret_cast<const Vec4<T>*>(w_row + col);
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
               const float base = kOverwrite ? 0.0f : decay * Conv<T>::load(v.v[j]);
-              v.v[j] = Conv<T>::store(base + c[j]);
+              v.v[j] = round_store<T, kStochastic>(base + c[j], x[j]);
             }
             *reinterpret_cast<Vec4<T>*>(w_row + col) = v;
           } else {
@@ -176,7 +185,7 @@ lowrank_kernel(const int64_t* __restrict__ w_ptrs, const int64_t* __restrict__ l
             for (int j = 0; j < 4; ++j) {
               if (col + j >= n) break;
               const float base = kOverwrite ? 0.0f : decay * Conv<T>::load(w_row[col + j]);
-              w_row[col + j] = Conv<T>::store(base + c[j]);
+              w_row[col + j] = round_store<T, kStochastic>(base + c[j], x[j]);
             }
           }
         }
@@ -185,28 +194,44 @@ lowrank_kernel(const int64_t* __restrict__ w_ptrs, const int64_t* __restrict__ l
   }
 }
 
-template <class T, int BM, int BN, int TM, int TN>
-void launch_lowrank(const int64_t* w_ptrs, const int64_t* left_ptrs, const int64_t* right_ptrs,
-                    int64_t count, int64_t m, int64_t n, int64_t k, float decay, cudaStream_t s) {
-  const int64_t tiles_m = (m + BM - 1) / BM, tiles_n = (n + BN - 1) / BN;
-  const int64_t per_problem = tiles_m * tiles_n, total = count * per_problem;
+// The arguments of a lowrank_update launch.
+struct LowrankLaunch {
+  const int64_t *w_ptrs, *left_ptrs, *right_ptrs;
+  int64_t count, m, n, k;
+  float decay;
+  const int64_t *keys, *indices;  // rounding keys and element indices (stochastic only)
+  bool stochastic;
+  uint64_t rounding_seed;
+};
+
+template <class T, int BM, int BN, int TM, int TN, bool kStochastic>
+void launch_lowrank(const LowrankLaunch& a, cudaStream_t s) {
+  const int64_t tiles_m = (a.m + BM - 1) / BM, tiles_n = (a.n + BN - 1) / BN;
+  const int64_t per_problem = tiles_m * tiles_n, total = a.count * per_problem;
   const unsigned grid = static_cast<unsigned>(total < kMaxGrid ? total : kMaxGrid);
-  if (decay == 0.0f)
-    lowrank_kernel<T, BM, BN, TM, TN, true><<<grid, kThreads, 0, s>>>(
-        w_ptrs, left_ptrs, right_ptrs, m, n, k, tiles_n, per_problem, total, decay);
-  else
-    lowrank_kernel<T, BM, BN, TM, TN, false><<<grid, kThreads, 0, s>>>(
-        w_ptrs, left_ptrs, right_ptrs, m, n, k, tiles_n, per_problem, total, decay);
+#define PGAP_LAUNCH(O)                                                                        \
+  lowrank_kernel<T, BM, BN, TM, TN, O, kStochastic><<<grid, kThreads, 0, s>>>(                \
+      a.w_ptrs, a.left_ptrs, a.right_ptrs, a.m, a.n, a.k, tiles_n, per_problem, total, a.decay, \
+      a.keys, a.indices, a.rounding_seed)
+  if (a.decay == 0.0f) PGAP_LAUNCH(true); else PGAP_LAUNCH(false);
+#undef PGAP_LAUNCH
+}
+
+template <class T, bool kStochastic>
+void launch_lowrank_tiles(bool big, const LowrankLaunch& a, cudaStream_t s) {
+  if (big) launch_lowrank<T, 128, 128, 8, 8, kStochastic>(a, s);
+  else launch_lowrank<T, 64, 64, 4, 4, kStochastic>(a, s);
 }
 
 template <class T>
-void launch_lowrank_for(bool big, const int64_t* w_ptrs, const int64_t* left_ptrs,
-                        const int64_t* right_ptrs, int64_t count, int64_t m, int64_t n, int64_t k,
-                        float decay, cudaStream_t s) {
-  if (big)
-    launch_lowrank<T, 128, 128, 8, 8>(w_ptrs, left_ptrs, right_ptrs, count, m, n, k, decay, s);
-  else
-    launch_lowrank<T, 64, 64, 4, 4>(w_ptrs, left_ptrs, right_ptrs, count, m, n, k, decay, s);
+void launch_lowrank_for(bool big, const LowrankLaunch& a, cudaStream_t s) {
+  if constexpr (kHasStochastic<T>) {
+    if (a.stochastic) {
+      launch_lowrank_tiles<T, true>(big, a, s);
+      return;
+    }
+  }
+  launch_lowrank_tiles<T, false>(big, a, s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -385,23 +410,20 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 void lowrank_update(DType dtype, const int64_t* w_ptrs, const int64_t* left_ptrs,
                     const int64_t* right_ptrs, int64_t count, int64_t m, int64_t n, int64_t k,
-                    float decay, int device, void* stream) {
+                    float decay, const int64_t* keys, const int64_t* indices, bool stochastic,
+                    uint64_t rounding_seed, int device, void* stream) {
   if (count == 0 || m == 0 || n == 0) return;
   check(cudaSetDevice(device), "lowrank_update: cudaSetDevice");
   // 128x128 tiles (8x8 per thread) once they fill every SM twice; 64x64 (4x4) otherwise.
   const int64_t big_tiles = count * ceil_div(m, 128) * ceil_div(n, 128);
   const bool big = m >= 128 && n >= 128 && big_tiles >= 2 * static_cast<int64_t>(sm_count(device));
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const LowrankLaunch a{w_ptrs, left_ptrs, right_ptrs, count, m, n, k, decay, keys, indices,
+                        stochastic, rounding_seed};
   switch (dtype) {
-    case DType::kFloat32:
-      launch_lowrank_for<float>(big, w_ptrs, left_ptrs, right_ptrs, count, m, n, k, decay, s);
-      break;
-    case DType::kBFloat16:
-      launch_lowrank_for<__nv_bfloat16>(big, w_ptrs, left_ptrs, right_ptrs, count, m, n, k, decay, s);
-      break;
-    case DType::kFloat16:
-      launch_lowrank_for<__half>(big, w_ptrs, left_ptrs, right_ptrs, count, m, n, k, decay, s);
-      break;
+    case DType::kFloat32: launch_lowrank_for<float>(big, a, s); break;
+    case DType::kBFloat16: launch_lowrank_for<__nv_bfloat16>(big, a, s); break;
+    case DType::kFloat16: launch_lowrank_for<__half>(big, a, s); break;
   }
   check(cudaGetLastError(), "lowrank_update launch");
 }

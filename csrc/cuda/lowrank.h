@@ -9,11 +9,14 @@ namespace cuda {
 
 // For each of `count` same-shape problems p (pointer arrays are device arrays of int64 holding
 // device pointers): W_p (m x n, row-major, `dtype`) <- decay*W_p + L_p*R_p^T, float32
-// accumulation, one rounding. L_p (m x k), R_p (n x k): row-major float32, k >= 1.
-// decay == 0 overwrites W_p without reading it. Runs on `stream` of `device`.
+// accumulation, one rounding: to nearest, or (stochastic) W_p[i, j] with the rounding word of
+// element indices[p] + i*n + j under (rounding_seed, keys[p]) (pgap/rounding.h; keys, indices:
+// device int64 arrays, read only when stochastic). L_p (m x k), R_p (n x k): row-major float32,
+// k >= 1. decay == 0 overwrites W_p without reading it. Runs on `stream` of `device`.
 void lowrank_update(DType dtype, const int64_t* w_ptrs, const int64_t* left_ptrs,
                     const int64_t* right_ptrs, int64_t count, int64_t m, int64_t n, int64_t k,
-                    float decay, int device, void* stream);
+                    float decay, const int64_t* keys, const int64_t* indices, bool stochastic,
+                    uint64_t rounding_seed, int device, void* stream);
 
 // For each of `count` problems p sharing (m, n, q), seeds and coeffs (device arrays), with
 // keys[p], offsets[p] (device int64 arrays) and A_p[a, b] = sum_j coeffs[j] *

@@ -18,11 +18,11 @@ namespace pgap {
 namespace cuda {
 namespace {
 
-template <class T, bool kHasMean, bool kOverwrite>
+template <class T, bool kHasMean, bool kOverwrite, bool kStochastic>
 __global__ void __launch_bounds__(kThreads)
 perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t total_chunks,
                const uint64_t* __restrict__ seeds, const float* __restrict__ coeffs,
-               int64_t n_seeds, float decay, float mean_coeff) {
+               int64_t n_seeds, float decay, float mean_coeff, uint64_t rounding_seed) {
   for (int64_t chunk = blockIdx.x; chunk < total_chunks; chunk += gridDim.x) {
     const TensorMeta tm =
         meta[find_owner<TensorMeta, &TensorMeta::chunk_begin>(meta, n_tensors, chunk)];
@@ -33,6 +33,9 @@ perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t t
     if (first >= tm.numel) continue;
     float acc[4];
     seeded_block_sum(seeds, coeffs, n_seeds, static_cast<uint32_t>(tm.key), block, acc);
+    // The rounding words of the same four element indices (read only when kStochastic).
+    Words4 rw{0u, 0u, 0u, 0u};
+    if (kStochastic) rw = rounding_block_words(rounding_seed, static_cast<uint32_t>(tm.key), block);
     T* t = reinterpret_cast<T*>(tm.data);
     const T* s = reinterpret_cast<const T*>(tm.src);  // == t in place
     const T* m = reinterpret_cast<const T*>(tm.mean);
@@ -50,7 +53,7 @@ perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t t
       for (int lane = 0; lane < 4; ++lane) {
         float base = kOverwrite ? 0.0f : decay * Conv<T>::load(out.v[lane]);
         if (kHasMean) base = base + mean_coeff * Conv<T>::load(mv.v[lane]);
-        out.v[lane] = Conv<T>::store(base + acc[lane]);
+        out.v[lane] = round_store<T, kStochastic>(base + acc[lane], word_of_lane(rw, lane));
       }
       *reinterpret_cast<Vec4<T>*>(t + first) = out;
       continue;
@@ -61,20 +64,20 @@ perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t t
       if (l < 0 || l >= tm.numel) continue;
       float base = kOverwrite ? 0.0f : decay * Conv<T>::load(s[l]);
       if (kHasMean) base = base + mean_coeff * Conv<T>::load(m[l]);
-      t[l] = Conv<T>::store(base + acc[lane]);
+      t[l] = round_store<T, kStochastic>(base + acc[lane], word_of_lane(rw, lane));
     }
   }
 }
 
-template <class T>
+template <class T, bool kStochastic>
 void launch(const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks, const uint64_t* seeds,
             const float* coeffs, int64_t n_seeds, float decay, float mean_coeff, bool has_mean,
-            cudaStream_t stream) {
+            uint64_t rounding_seed, cudaStream_t stream) {
   const unsigned grid = static_cast<unsigned>(total_chunks < (1 << 30) ? total_chunks : (1 << 30));
   const bool overwrite = decay == 0.0f;
-#define PGAP_LAUNCH(M, O)                                                                    \
-  perturb_kernel<T, M, O><<<grid, kThreads, 0, stream>>>(meta, n_tensors, total_chunks, seeds, \
-                                                        coeffs, n_seeds, decay, mean_coeff)
+#define PGAP_LAUNCH(M, O)                                                                  \
+  perturb_kernel<T, M, O, kStochastic><<<grid, kThreads, 0, stream>>>(                     \
+      meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay, mean_coeff, rounding_seed)
   if (has_mean) {
     if (overwrite) PGAP_LAUNCH(true, true); else PGAP_LAUNCH(true, false);
   } else {
@@ -83,28 +86,43 @@ void launch(const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks, con
 #undef PGAP_LAUNCH
 }
 
+template <class T>
+void launch_rounding(const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks,
+                     const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
+                     float mean_coeff, bool has_mean, bool stochastic, uint64_t rounding_seed,
+                     cudaStream_t stream) {
+  if constexpr (kHasStochastic<T>) {
+    if (stochastic) {
+      launch<T, true>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay, mean_coeff,
+                      has_mean, rounding_seed, stream);
+      return;
+    }
+  }
+  launch<T, false>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay, mean_coeff,
+                   has_mean, rounding_seed, stream);
+}
+
 }  // namespace
 
 void perturb(DType dtype, const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks,
              const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
-             float mean_coeff, bool has_mean, int device, void* stream) {
+             float mean_coeff, bool has_mean, bool stochastic, uint64_t rounding_seed, int device,
+             void* stream) {
   if (total_chunks == 0) return;
   // This module links its own (static) CUDA runtime, whose current device is not torch's.
   cudaError_t err = cudaSetDevice(device);
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("pgap perturb: cudaSetDevice failed: ") + cudaGetErrorString(err));
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+#define PGAP_LAUNCH(T)                                                                         \
+  launch_rounding<T>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay, mean_coeff,  \
+                     has_mean, stochastic, rounding_seed, s)
   switch (dtype) {
-    case DType::kFloat32:
-      launch<float>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay, mean_coeff, has_mean, s);
-      break;
-    case DType::kBFloat16:
-      launch<__nv_bfloat16>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay, mean_coeff, has_mean, s);
-      break;
-    case DType::kFloat16:
-      launch<__half>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay, mean_coeff, has_mean, s);
-      break;
+    case DType::kFloat32: PGAP_LAUNCH(float); break;
+    case DType::kBFloat16: PGAP_LAUNCH(__nv_bfloat16); break;
+    case DType::kFloat16: PGAP_LAUNCH(__half); break;
   }
+#undef PGAP_LAUNCH
   err = cudaGetLastError();
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("pgap perturb CUDA launch failed: ") + cudaGetErrorString(err));

@@ -22,10 +22,13 @@ constexpr int kThreads = 256;                 // Philox blocks per chunk: 1024 e
 constexpr int64_t kChunkBlocks = kThreads;
 
 // meta, seeds, coeffs: device pointers; total_chunks = sum over tensors of
-// ceil(block span / kChunkBlocks) (see pgap_kernels/backends/cuda/perturb.py).
+// ceil(block span / kChunkBlocks) (see pgap_kernels/backends/cuda/perturb.py). With
+// `stochastic`, 16-bit results round stochastically: element l of a tensor with the rounding
+// word of element offset + l under (rounding_seed, key) (pgap/rounding.h).
 void perturb(DType dtype, const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks,
              const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
-             float mean_coeff, bool has_mean, int device, void* stream);
+             float mean_coeff, bool has_mean, bool stochastic, uint64_t rounding_seed, int device,
+             void* stream);
 
 }  // namespace cuda
 }  // namespace pgap

@@ -99,11 +99,11 @@ __device__ __forceinline__ void stage_basis(float (*Vs)[kCols + kPad], const flo
   }
 }
 
-template <class T, bool kOverwrite>
+template <class T, bool kOverwrite, bool kStochastic>
 __global__ void __launch_bounds__(kThreads, 2)
 subspace_kernel(const SubspaceMeta* __restrict__ meta, int64_t count, int64_t total_tiles,
                 int64_t span, const uint64_t* __restrict__ seeds, const float* __restrict__ coeffs,
-                int64_t n_seeds, float decay) {
+                int64_t n_seeds, float decay, uint64_t rounding_seed) {
   __shared__ __align__(16) float Xs[kRankStep][kRows + kPad];
   __shared__ __align__(16) float Vs[kRankStep][kCols + kPad];
   const int tx = static_cast<int>(threadIdx.x) % kTX, ty = static_cast<int>(threadIdx.x) / kTX;
@@ -168,19 +168,25 @@ subspace_kernel(const SubspaceMeta* __restrict__ meta, int64_t count, int64_t to
         const int64_t row = row0 + ty * kTM + i;
         if (row >= mt.m) continue;
         T* w_row = w + row * mt.n;
+        uint32_t x[kTN] = {0u, 0u, 0u, 0u};  // rounding words of the 4 columns
+        if (kStochastic)
+          rounding_words4(rounding_seed, static_cast<uint32_t>(mt.key),
+                          static_cast<uint64_t>(mt.rounding_index) +
+                              static_cast<uint64_t>(row * mt.n + col), x);
         if (vec_w) {  // n % 4 == 0: the 4 columns lie inside the row
           Vec4<T> out;
 #pragma unroll
           for (int j = 0; j < kTN; ++j)
-            out.v[j] = Conv<T>::store(kOverwrite ? acc[i][j]
-                                                 : fmaf(decay, Conv<T>::load(wv[i].v[j]), acc[i][j]));
+            out.v[j] = round_store<T, kStochastic>(
+                kOverwrite ? acc[i][j] : fmaf(decay, Conv<T>::load(wv[i].v[j]), acc[i][j]), x[j]);
           *reinterpret_cast<Vec4<T>*>(w_row + col) = out;
         } else {
 #pragma unroll
           for (int j = 0; j < kTN; ++j) {
             if (col + j >= mt.n) break;
-            w_row[col + j] = Conv<T>::store(
-                kOverwrite ? acc[i][j] : fmaf(decay, Conv<T>::load(w_row[col + j]), acc[i][j]));
+            w_row[col + j] = round_store<T, kStochastic>(
+                kOverwrite ? acc[i][j] : fmaf(decay, Conv<T>::load(w_row[col + j]), acc[i][j]),
+                x[j]);
           }
         }
       }
@@ -188,17 +194,30 @@ subspace_kernel(const SubspaceMeta* __restrict__ meta, int64_t count, int64_t to
   }
 }
 
-template <class T>
+template <class T, bool kStochastic>
 void launch(const SubspaceMeta* meta, int64_t count, int64_t total_tiles, int64_t span,
             const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
-            cudaStream_t s) {
+            uint64_t rounding_seed, cudaStream_t s) {
   const unsigned grid = static_cast<unsigned>(total_tiles < kMaxGrid ? total_tiles : kMaxGrid);
   if (decay == 0.0f)
-    subspace_kernel<T, true><<<grid, kThreads, 0, s>>>(meta, count, total_tiles, span, seeds,
-                                                       coeffs, n_seeds, decay);
+    subspace_kernel<T, true, kStochastic><<<grid, kThreads, 0, s>>>(
+        meta, count, total_tiles, span, seeds, coeffs, n_seeds, decay, rounding_seed);
   else
-    subspace_kernel<T, false><<<grid, kThreads, 0, s>>>(meta, count, total_tiles, span, seeds,
-                                                        coeffs, n_seeds, decay);
+    subspace_kernel<T, false, kStochastic><<<grid, kThreads, 0, s>>>(
+        meta, count, total_tiles, span, seeds, coeffs, n_seeds, decay, rounding_seed);
+}
+
+template <class T>
+void launch_rounding(const SubspaceMeta* meta, int64_t count, int64_t total_tiles, int64_t span,
+                     const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
+                     bool stochastic, uint64_t rounding_seed, cudaStream_t s) {
+  if constexpr (kHasStochastic<T>) {
+    if (stochastic) {
+      launch<T, true>(meta, count, total_tiles, span, seeds, coeffs, n_seeds, decay, rounding_seed, s);
+      return;
+    }
+  }
+  launch<T, false>(meta, count, total_tiles, span, seeds, coeffs, n_seeds, decay, rounding_seed, s);
 }
 
 void check(cudaError_t err, const char* what) {
@@ -211,21 +230,20 @@ void check(cudaError_t err, const char* what) {
 
 void subspace_perturb(DType dtype, const SubspaceMeta* meta, int64_t count, int64_t total_tiles,
                       int64_t span, const uint64_t* seeds, const float* coeffs, int64_t n_seeds,
-                      float decay, int device, void* stream) {
+                      float decay, bool stochastic, uint64_t rounding_seed, int device,
+                      void* stream) {
   if (count == 0 || total_tiles == 0) return;
   check(cudaSetDevice(device), "cudaSetDevice");  // this module's own (static) runtime
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+#define PGAP_LAUNCH(T)                                                                        \
+  launch_rounding<T>(meta, count, total_tiles, span, seeds, coeffs, n_seeds, decay, stochastic, \
+                     rounding_seed, s)
   switch (dtype) {
-    case DType::kFloat32:
-      launch<float>(meta, count, total_tiles, span, seeds, coeffs, n_seeds, decay, s);
-      break;
-    case DType::kBFloat16:
-      launch<__nv_bfloat16>(meta, count, total_tiles, span, seeds, coeffs, n_seeds, decay, s);
-      break;
-    case DType::kFloat16:
-      launch<__half>(meta, count, total_tiles, span, seeds, coeffs, n_seeds, decay, s);
-      break;
+    case DType::kFloat32: PGAP_LAUNCH(float); break;
+    case DType::kBFloat16: PGAP_LAUNCH(__nv_bfloat16); break;
+    case DType::kFloat16: PGAP_LAUNCH(__half); break;
   }
+#undef PGAP_LAUNCH
   check(cudaGetLastError(), "launch");
 }
 

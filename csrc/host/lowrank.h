@@ -8,11 +8,14 @@
 namespace pgap {
 namespace host {
 
-// W (m x n, row-major, `dtype`) <- decay*W + L*R^T in float32 with one rounding to `dtype`.
-// L (m x k) and R (n x k) are row-major float32, k >= 1. decay == 0 overwrites W without
-// reading it. Never allocates an m x n temporary.
+// W (m x n, row-major, `dtype`) <- decay*W + L*R^T in float32 with one rounding to `dtype`:
+// to nearest, or stochastically (rounding.stochastic) with element (i, j) rounding under
+// (rounding.seed, key) at element index `index` + i*n + j. L (m x k) and R (n x k) are
+// row-major float32, k >= 1. decay == 0 overwrites W without reading it. Never allocates an
+// m x n temporary.
 void lowrank_update(DType dtype, void* w, int64_t m, int64_t n, const float* left,
-                    const float* right, int64_t k, float decay, int num_threads);
+                    const float* right, int64_t k, float decay, const RoundingArgs& rounding,
+                    uint32_t key, uint64_t index, int num_threads);
 
 // A[a, b] = sum_j coeffs[j] * xi(seeds[j], key, offset + a*n + b) (philox4x32-10/v1).
 // transpose == false: out (m x q) <- A * omega, omega (n x q).
@@ -24,7 +27,9 @@ void gaussian_sketch(int64_t m, int64_t n, uint64_t offset, uint32_t key, const 
 
 // One matrix of a subspace perturbation: W (m x n, row-major, `dtype`, mutated) and its basis V
 // (n x r, row-major float32, r >= 1); Xi[i, k] = sum_j coeffs[j] * xi(seeds[j], key,
-// offset + i*r + k).
+// offset + i*r + k). With stochastic rounding, W[i, j] rounds under (rounding seed, key) at
+// element index rounding_index + i*n + j (rounding_index = offset / r * n: a row shard rounds
+// like the rows of the whole matrix).
 struct SubspaceMatrix {
   DType dtype;
   void* w;
@@ -32,12 +37,13 @@ struct SubspaceMatrix {
   int64_t m, n, r;
   uint64_t offset;
   uint32_t key;
+  uint64_t rounding_index;
 };
 
 // W <- decay*W + Xi*V^T for every matrix, float32 accumulation and one rounding to W's dtype
-// (stream.decay; stream.mean_coeff is unused). decay == 0 overwrites W without reading it. One
-// parallel region for all matrices; Xi is drawn in row blocks, never stored whole, and nothing
-// m x n is allocated.
+// (stream.decay and stream.rounding; stream.mean_coeff is unused). decay == 0 overwrites W
+// without reading it. One parallel region for all matrices; Xi is drawn in row blocks, never
+// stored whole, and nothing m x n is allocated.
 void subspace_perturb(const std::vector<SubspaceMatrix>& mats, const StreamArgs& stream,
                       int num_threads);
 

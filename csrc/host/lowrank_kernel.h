@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -202,13 +203,26 @@ static void pack_left(const float* __restrict left, int64_t k, int64_t r0, int64
   }
 }
 
-// W tile (rows [0, mr), columns [0, nr), row stride ldw) <- decay*W + acc, one rounding.
-template <class D, bool kOverwrite>
+// Where the stochastic rounding of a block of W reads its words (pgap/rounding.h): element
+// (i, j) of the block rounds with the word of element index + i*ld + j under (seed, key).
+struct TileRounding {
+  uint64_t seed;
+  uint32_t key;
+  uint64_t index;  // rounding index of the block's element (0, 0)
+  int64_t ld;      // rounding-index distance between rows (W's n)
+  TileRounding at(int64_t i, int64_t j) const {  // the block starting at element (i, j)
+    return TileRounding{seed, key, index + static_cast<uint64_t>(i * ld + j), ld};
+  }
+};
+
+// W tile (rows [0, mr), columns [0, nr), row stride ldw) <- decay*W + acc, one rounding: to
+// nearest, or (kStochastic) with the rounding words of `tr`.
+template <class D, bool kOverwrite, bool kStochastic>
 static inline __attribute__((always_inline)) void store_tile(
     typename D::Storage* __restrict w, int64_t ldw, int64_t mr, int64_t nr, float decay,
-    VF (&acc)[kMR][kNV]) {
+    VF (&acc)[kMR][kNV], const TileRounding& tr) {
 #if defined(__AVX2__) || defined(__AVX512F__)
-  if (mr == kMR && nr == kNR) {
+  if (!kStochastic && mr == kMR && nr == kNR) {
     const VF vd = vbcast(decay);
 #pragma GCC unroll 16
     for (int i = 0; i < kMR; ++i) {
@@ -227,18 +241,24 @@ static inline __attribute__((always_inline)) void store_tile(
     for (int v = 0; v < kNV; ++v) vstore(&t[i][v * kVW], acc[i][v]);
   for (int64_t i = 0; i < mr; ++i) {
     typename D::Storage* row = w + i * ldw;
-    for (int64_t j = 0; j < nr; ++j)
-      row[j] = D::store(kOverwrite ? t[i][j] : sfma(decay, D::load(row[j]), t[i][j]));
+    alignas(64) uint32_t words[kNR + 8];
+    int64_t shift = 0;
+    if (kStochastic) shift = rounding_words(tr.seed, tr.key, tr.at(i, 0).index, nr, words);
+    for (int64_t j = 0; j < nr; ++j) {
+      const float v = kOverwrite ? t[i][j] : sfma(decay, D::load(row[j]), t[i][j]);
+      row[j] = D::store(kStochastic ? D::stochastic(v, words[shift + j]) : v);
+    }
   }
 }
 
 // W tile (rows x cols at w, row stride ldw) <- decay*W + L*R^T, one rounding: L is the tile's
 // rows x k block (row-major, row stride k), bpack the tile's columns of R packed by pack_right.
-// apack: kMR*k floats of scratch for the last, partial micro-panel.
-template <class D, bool kOverwrite>
+// apack: kMR*k floats of scratch for the last, partial micro-panel. `tr`: the rounding of the
+// tile's element (0, 0) (used when kStochastic).
+template <class D, bool kOverwrite, bool kStochastic>
 static void update_tile(typename D::Storage* w, int64_t ldw, int64_t rows, int64_t cols,
                         const float* left, int64_t k, const float* bpack, float* apack,
-                        float decay) {
+                        float decay, const TileRounding& tr) {
   for (int64_t ir = 0; ir < rows; ir += kMR) {
     const int64_t mr = std::min<int64_t>(kMR, rows - ir);
     // Full panels read L in place (kMR row streams); the last, partial one is zero-padded.
@@ -254,7 +274,8 @@ static void update_tile(typename D::Storage* w, int64_t ldw, int64_t rows, int64
       if (!kOverwrite && jr + kNR < cols)  // the next W tile, read in the next epilogue
         for (int i = 0; i < kMR; ++i) __builtin_prefetch(wrow + i * ldw + jr + kNR, 1, 3);
       micro_kernel(k, ap, a_rs, a_cs, bpack + jr * k, acc);
-      store_tile<D, kOverwrite>(wrow + jr, ldw, mr, std::min<int64_t>(kNR, cols - jr), decay, acc);
+      store_tile<D, kOverwrite, kStochastic>(wrow + jr, ldw, mr, std::min<int64_t>(kNR, cols - jr),
+                                             decay, acc, tr.at(ir, jr));
     }
   }
 }
@@ -272,9 +293,10 @@ static bool narrow_tiles(int64_t& nb) {
   return true;
 }
 
-template <class D, bool kOverwrite>
+template <class D, bool kOverwrite, bool kStochastic>
 static void lowrank_typed(typename D::Storage* w, int64_t m, int64_t n, const float* left,
-                          const float* right, int64_t k, float decay, int num_threads) {
+                          const float* right, int64_t k, float decay, const TileRounding& tr,
+                          int num_threads) {
   int64_t nb = tile_cols(k);
   const int64_t tiles_m = (m + kTileRows - 1) / kTileRows;
   int64_t tiles_n = (n + nb - 1) / nb;
@@ -292,27 +314,51 @@ static void lowrank_typed(typename D::Storage* w, int64_t m, int64_t n, const fl
       const int64_t r0 = (t / tiles_n) * kTileRows, c0 = (t % tiles_n) * nb;
       const int64_t rows = std::min(kTileRows, m - r0), cols = std::min(nb, n - c0);
       pack_right(right, k, c0, cols, bpack.p);
-      update_tile<D, kOverwrite>(w + r0 * n + c0, n, rows, cols, left + r0 * k, k, bpack.p,
-                                 apack.p, decay);
+      update_tile<D, kOverwrite, kStochastic>(w + r0 * n + c0, n, rows, cols, left + r0 * k, k,
+                                              bpack.p, apack.p, decay, tr.at(r0, c0));
     }
+  }
+}
+
+// Calls f(kOverwrite, kStochastic) as std::integral_constant<bool, ...> values: overwrite when
+// decay == 0, stochastic rounding when asked for and D is a 16-bit type.
+template <class D, class F>
+static void with_store_flags(float decay, bool stochastic, F&& f) {
+  using T = std::true_type;
+  using N = std::false_type;
+  if (stochastic && !std::is_same<D, F32>::value) {
+    if (decay == 0.0f) f(T{}, T{}); else f(N{}, T{});
+  } else {
+    if (decay == 0.0f) f(T{}, N{}); else f(N{}, N{});
   }
 }
 
 template <class D>
 static void lowrank_dispatch(void* w, int64_t m, int64_t n, const float* left, const float* right,
-                             int64_t k, float decay, int num_threads) {
+                             int64_t k, float decay, const RoundingArgs& rounding, uint32_t key,
+                             uint64_t index, int num_threads) {
   auto* wt = static_cast<typename D::Storage*>(w);
-  if (decay == 0.0f) lowrank_typed<D, true>(wt, m, n, left, right, k, decay, num_threads);
-  else lowrank_typed<D, false>(wt, m, n, left, right, k, decay, num_threads);
+  const TileRounding tr{rounding.seed, key, index, n};
+  with_store_flags<D>(decay, rounding.stochastic, [&](auto overwrite, auto stochastic) {
+    lowrank_typed<D, decltype(overwrite)::value, decltype(stochastic)::value>(
+        wt, m, n, left, right, k, decay, tr, num_threads);
+  });
 }
 
 void lowrank_update(DType dtype, void* w, int64_t m, int64_t n, const float* left,
-                    const float* right, int64_t k, float decay, int num_threads) {
+                    const float* right, int64_t k, float decay, const RoundingArgs& rounding,
+                    uint32_t key, uint64_t index, int num_threads) {
   if (m <= 0 || n <= 0) return;
   switch (dtype) {
-    case DType::kFloat32: lowrank_dispatch<F32>(w, m, n, left, right, k, decay, num_threads); break;
-    case DType::kBFloat16: lowrank_dispatch<BF16>(w, m, n, left, right, k, decay, num_threads); break;
-    case DType::kFloat16: lowrank_dispatch<F16>(w, m, n, left, right, k, decay, num_threads); break;
+    case DType::kFloat32:
+      lowrank_dispatch<F32>(w, m, n, left, right, k, decay, rounding, key, index, num_threads);
+      break;
+    case DType::kBFloat16:
+      lowrank_dispatch<BF16>(w, m, n, left, right, k, decay, rounding, key, index, num_threads);
+      break;
+    case DType::kFloat16:
+      lowrank_dispatch<F16>(w, m, n, left, right, k, decay, rounding, key, index, num_threads);
+      break;
   }
 }
 

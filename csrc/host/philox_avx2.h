@@ -22,14 +22,17 @@ static inline void mulhilo_avx2(__m256i a, __m256i m, __m256i& hi, __m256i& lo) 
   lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
-// Words of blocks [b0, b0 + 8*floor(nb/8)) into w0..w3; returns the number of blocks written.
-static inline int64_t philox_words_avx2(uint64_t seed, uint32_t key, uint64_t b0, int64_t nb,
-                                        uint32_t* w0, uint32_t* w1, uint32_t* w2, uint32_t* w3) {
+// Words of blocks [b0, b0 + 8*floor(nb/8)) into w0..w3 (counter word c3 = domain: 0 for the
+// stream, kRoundingDomain for the rounding words); returns the number of blocks written.
+static inline int64_t philox_words_avx2(uint64_t seed, uint32_t key, uint32_t domain, uint64_t b0,
+                                        int64_t nb, uint32_t* w0, uint32_t* w1, uint32_t* w2,
+                                        uint32_t* w3) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   const __m256i vkey = _mm256_set1_epi32(static_cast<int>(key));
+  const __m256i vdomain = _mm256_set1_epi32(static_cast<int>(domain));
   uint32_t k0s[10], k1s[10];
   for (int r = 0; r < 10; ++r) {
     k0s[r] = static_cast<uint32_t>(seed) + static_cast<uint32_t>(r) * kPhiloxW0;
@@ -44,7 +47,7 @@ static inline int64_t philox_words_avx2(uint64_t seed, uint32_t key, uint64_t b0
     const __m256i wrapped = _mm256_cmpgt_epi32(_mm256_xor_si256(lo, sign), _mm256_xor_si256(c0, sign));
     __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(base >> 32)), wrapped);
     __m256i c2 = vkey;
-    __m256i c3 = _mm256_setzero_si256();
+    __m256i c3 = vdomain;
     for (int r = 0; r < 10; ++r) {
       __m256i hi0, lo0, hi1, lo1;
       mulhilo_avx2(c0, m0, hi0, lo0);

@@ -12,6 +12,7 @@
 #include "host/perturb.h"
 #include "host/philox_avx2.h"
 #include "pgap/perturb_args.h"
+#include "pgap/rounding.h"
 
 #ifndef PGAP_ISA_NS
 #error "define PGAP_ISA_NS before including stream_kernel.h"
@@ -22,16 +23,17 @@ namespace host {
 
 namespace PGAP_ISA_NS {
 
-// Philox words of stream blocks [b0, b0 + nb) for (seed, key), one array per output word.
-static void philox_words(uint64_t seed, uint32_t key, uint64_t b0, int64_t nb,
+// Philox words of blocks [b0, b0 + nb) for (seed, key) and counter word c3 = domain (0: the
+// stream, kRoundingDomain: the rounding words), one array per output word.
+static void philox_words(uint64_t seed, uint32_t key, uint32_t domain, uint64_t b0, int64_t nb,
                          uint32_t* __restrict w0, uint32_t* __restrict w1,
                          uint32_t* __restrict w2, uint32_t* __restrict w3) {
   int64_t j = 0;
 #if defined(__AVX2__)
-  j = philox_words_avx2(seed, key, b0, nb, w0, w1, w2, w3);
+  j = philox_words_avx2(seed, key, domain, b0, nb, w0, w1, w2, w3);
 #endif
   for (; j < nb; ++j) {
-    const Words4 w = stream_block_words(seed, key, b0 + static_cast<uint64_t>(j));
+    const Words4 w = block_words(seed, key, domain, b0 + static_cast<uint64_t>(j));
     w0[j] = w.w0;
     w1[j] = w.w1;
     w2[j] = w.w2;
@@ -46,7 +48,7 @@ static void accumulate_normals(uint64_t seed, uint32_t key, uint64_t b0, int64_t
                                float* __restrict acc) {
   alignas(64) uint32_t w0[kHostChunkBlocks], w1[kHostChunkBlocks], w2[kHostChunkBlocks],
       w3[kHostChunkBlocks];
-  philox_words(seed, key, b0, nb, w0, w1, w2, w3);
+  philox_words(seed, key, 0u, b0, nb, w0, w1, w2, w3);
 #pragma omp simd
   for (int64_t j = 0; j < nb; ++j) {
     float z0, z1, z2, z3;
@@ -84,16 +86,40 @@ static int64_t stream_sum(const StreamArgs& sa, uint32_t key, uint64_t g_lo, int
   return static_cast<int64_t>(g_lo - (b0 << 2));
 }
 
-// Storage types: float32 compute, one rounding on store.
+// Rounding words of elements [g_lo, g_lo + len), len <= kHostChunk, under (rounding seed, key):
+// words[shift + l] is the word of element g_lo + l, shift = g_lo % 4 (returned). Writes
+// words[0, 4*ceil((shift + len) / 4)), at most len + 6 words.
+static int64_t rounding_words(uint64_t seed, uint32_t key, uint64_t g_lo, int64_t len,
+                              uint32_t* __restrict words) {
+  const uint64_t b0 = g_lo >> 2;
+  const int64_t nb = static_cast<int64_t>(((g_lo + static_cast<uint64_t>(len) + 3) >> 2) - b0);
+  alignas(64) uint32_t w0[kHostChunkBlocks], w1[kHostChunkBlocks], w2[kHostChunkBlocks],
+      w3[kHostChunkBlocks];
+  philox_words(seed, key, kRoundingDomain, b0, nb, w0, w1, w2, w3);
+#pragma omp simd
+  for (int64_t j = 0; j < nb; ++j) {
+    words[4 * j + 0] = w0[j];
+    words[4 * j + 1] = w1[j];
+    words[4 * j + 2] = w2[j];
+    words[4 * j + 3] = w3[j];
+  }
+  return static_cast<int64_t>(g_lo - (b0 << 2));
+}
+
+// Storage types: float32 compute, one rounding on store. stochastic(v, x) is v rounded
+// stochastically to the storage type's grid with rounding word x (pgap/rounding.h), as a float32
+// value that store() then writes unchanged; float32 keeps v.
 struct F32 {
   using Storage = float;
   static float load(float x) { return x; }
   static float store(float x) { return x; }
+  static float stochastic(float v, uint32_t) { return v; }
 };
 
 struct BF16 {
   using Storage = uint16_t;
   static float load(uint16_t x) { return bits_to_float(static_cast<uint32_t>(x) << 16); }
+  static float stochastic(float v, uint32_t x) { return round_stochastic_bf16(v, x); }
   static uint16_t store(float f) {  // round to nearest even, NaN stays NaN
     const uint32_t u = float_to_bits(f);
     const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
@@ -106,6 +132,7 @@ struct F16 {
   using Storage = _Float16;
   static float load(_Float16 x) { return static_cast<float>(x); }
   static _Float16 store(float f) { return static_cast<_Float16>(f); }
+  static float stochastic(float v, uint32_t x) { return round_stochastic_f16(v, x); }
 };
 
 }  // namespace PGAP_ISA_NS

@@ -45,10 +45,14 @@ struct SubspaceTile {
 template <class D>
 static void subspace_tile(const SubspaceMatrix& mt, const SubspaceTile& tile, int64_t rows,
                           int64_t cols, const float* xi, const float* bpack, float* apack,
-                          float decay) {
+                          const StreamArgs& sa) {
   auto* w = static_cast<typename D::Storage*>(mt.w) + tile.r0 * mt.n + tile.c0;
-  if (decay == 0.0f) update_tile<D, true>(w, mt.n, rows, cols, xi, mt.r, bpack, apack, decay);
-  else update_tile<D, false>(w, mt.n, rows, cols, xi, mt.r, bpack, apack, decay);
+  const TileRounding tr =
+      TileRounding{sa.rounding.seed, mt.key, mt.rounding_index, mt.n}.at(tile.r0, tile.c0);
+  with_store_flags<D>(sa.decay, sa.rounding.stochastic, [&](auto overwrite, auto stochastic) {
+    update_tile<D, decltype(overwrite)::value, decltype(stochastic)::value>(
+        w, mt.n, rows, cols, xi, mt.r, bpack, apack, sa.decay, tr);
+  });
 }
 
 void subspace_perturb(const std::vector<SubspaceMatrix>& mats, const StreamArgs& sa,
@@ -103,9 +107,9 @@ void subspace_perturb(const std::vector<SubspaceMatrix>& mats, const StreamArgs&
       }
       pack_right(mt.basis, mt.r, tile.c0, cols, bpack.p);
       switch (mt.dtype) {
-        case DType::kFloat32: subspace_tile<F32>(mt, tile, rows, cols, xi, bpack.p, apack.p, sa.decay); break;
-        case DType::kBFloat16: subspace_tile<BF16>(mt, tile, rows, cols, xi, bpack.p, apack.p, sa.decay); break;
-        case DType::kFloat16: subspace_tile<F16>(mt, tile, rows, cols, xi, bpack.p, apack.p, sa.decay); break;
+        case DType::kFloat32: subspace_tile<F32>(mt, tile, rows, cols, xi, bpack.p, apack.p, sa); break;
+        case DType::kBFloat16: subspace_tile<BF16>(mt, tile, rows, cols, xi, bpack.p, apack.p, sa); break;
+        case DType::kFloat16: subspace_tile<F16>(mt, tile, rows, cols, xi, bpack.p, apack.p, sa); break;
       }
     }
   }

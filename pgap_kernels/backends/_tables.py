@@ -11,8 +11,8 @@ from .._subspace_validation import SubspaceArgs
 from .._validation import PerturbArgs
 
 META_FIELDS = 7  # data, mean, numel, offset, key, chunk_begin, src (see csrc/cuda/perturb.h)
-# w, basis, m, n, r, offset, key, tile_begin, col_spans (see csrc/cuda/subspace.h)
-SUBSPACE_META_FIELDS = 9
+# w, basis, m, n, r, offset, key, tile_begin, col_spans, rounding_index (see csrc/cuda/subspace.h)
+SUBSPACE_META_FIELDS = 10
 MAX_SUBSPACE_SPAN = 16  # column chunks per subspace tile: Xi drawn once per 16 chunks at most
 
 
@@ -59,10 +59,11 @@ def subspace_table(args: SubspaceArgs, rows: int, cols: int, span: int) -> Tuple
     cut into col_spans[p] tiles of ``span`` column chunks of ``cols`` columns. No empty matrix.
     """
     table, begin = [], 0
-    for t, v, offset, key in zip(args.tensors, args.bases, args.offsets, args.keys):
+    for p, (t, v, offset, key) in enumerate(zip(args.tensors, args.bases, args.offsets, args.keys)):
         (m, n), r = t.shape, v.shape[1]
         col_spans = _cdiv(_cdiv(n, cols), span)
-        table.append([t.data_ptr(), v.data_ptr(), m, n, r, offset, key, begin, col_spans])
+        table.append([t.data_ptr(), v.data_ptr(), m, n, r, offset, key, begin, col_spans,
+                      args.rounding_index(p)])
         begin += _cdiv(m, rows) * col_spans
     return torch.tensor(table, dtype=torch.int64).reshape(-1, SUBSPACE_META_FIELDS), begin
 

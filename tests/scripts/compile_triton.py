@@ -16,19 +16,25 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from pgap_kernels.backends.triton import lowrank, sketch
+from pgap_kernels.backends.triton import lowrank, sketch, subspace
 from pgap_kernels.backends.triton.perturb import BLOCKS, _perturb_kernel
 
 RUNTIME_ARGS = {
     # perturb
     "meta_ptr": "*i64", "seeds_ptr": "*i64", "coeffs_ptr": "*fp32", "n_seeds": "i32",
-    "n_tensors": "i32", "decay": "fp32", "mean_coeff": "fp32",
+    "n_tensors": "i32", "decay": "fp32", "mean_coeff": "fp32", "rseed_ptr": "*i64",
     # lowrank
-    "w_tab": "*i64", "l_tab": "*i64", "r_tab": "*i64", "m": "i32", "n": "i32", "k": "i32",
+    "w_tab": "*i64", "l_tab": "*i64", "r_tab": "*i64", "index_tab": "*i64", "m": "i32", "n": "i32",
+    "k": "i32",
     # sketch
     "key_tab": "*i64", "offset_tab": "*i64", "omega_tab": "*i64", "out_tab": "*i64", "q": "i32",
     "splits": "i32", "split_len": "i32",
+    # subspace
+    "n_mats": "i32", "span": "i32",
 }
+# (dtype, stochastic rounding): stochastic rounding exists for the 16-bit dtypes only
+ROUNDINGS = (("float32", False), ("bfloat16", False), ("bfloat16", True), ("float16", False),
+             ("float16", True))
 
 
 def compile_one(kernel, arch, constexprs, num_warps=4, divisible=()):
@@ -51,22 +57,32 @@ def emit(row):
 
 
 def main(archs):
-    for arch, dtype, has_mean, overwrite, aligned in itertools.product(
-            archs, ("float32", "bfloat16", "float16"), (False, True), (False, True), (False, True)):
+    for arch, (dtype, stochastic), has_mean, overwrite, aligned in itertools.product(
+            archs, ROUNDINGS, (False, True), (False, True), (False, True)):
         constexprs = {"DTYPE": getattr(tl, dtype), "HAS_MEAN": has_mean, "OVERWRITE": overwrite,
-                      "BLOCKS": BLOCKS, "SEARCH_STEPS": 3, "ALIGNED": aligned}
-        emit({"kernel": "perturb", "arch": arch, "dtype": dtype, "has_mean": has_mean,
-              "overwrite": overwrite, "aligned": aligned,
+                      "STOCHASTIC": stochastic, "BLOCKS": BLOCKS, "SEARCH_STEPS": 3,
+                      "ALIGNED": aligned}
+        emit({"kernel": "perturb", "arch": arch, "dtype": dtype, "stochastic": stochastic,
+              "has_mean": has_mean, "overwrite": overwrite, "aligned": aligned,
               **compile_one(_perturb_kernel, arch, constexprs)})
     block_m, block_n, block_k, warps = lowrank.block_sizes()
-    for arch, dtype, overwrite, aligned in itertools.product(
-            archs, ("float32", "bfloat16", "float16"), (False, True), (False, True)):
-        constexprs = {"DTYPE": getattr(tl, dtype), "OVERWRITE": overwrite, "ALIGNED": aligned,
+    for arch, (dtype, stochastic), overwrite, aligned in itertools.product(
+            archs, ROUNDINGS, (False, True), (False, True)):
+        constexprs = {"DTYPE": getattr(tl, dtype), "OVERWRITE": overwrite,
+                      "STOCHASTIC": stochastic, "ALIGNED": aligned,
                       "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
         divisible = ("w_tab", "l_tab", "r_tab", "n", "k") if aligned else ()
-        emit({"kernel": "lowrank", "arch": arch, "dtype": dtype, "overwrite": overwrite,
-              "aligned": aligned,
+        emit({"kernel": "lowrank", "arch": arch, "dtype": dtype, "stochastic": stochastic,
+              "overwrite": overwrite, "aligned": aligned,
               **compile_one(lowrank._lowrank_kernel, arch, constexprs, warps, divisible)})
+    for arch, (dtype, stochastic), single_k in itertools.product(archs, ROUNDINGS, (False, True)):
+        block_m, block_n, block_k, warps = subspace.block_sizes(8 if single_k else 100)
+        constexprs = {"DTYPE": getattr(tl, dtype), "OVERWRITE": False, "STOCHASTIC": stochastic,
+                      "BLOCKS": True, "SINGLE_K": single_k, "ALIGNED": True, "SEARCH_STEPS": 3,
+                      "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
+        emit({"kernel": "subspace", "arch": arch, "dtype": dtype, "stochastic": stochastic,
+              "single_k": single_k, "aligned": False,  # vectorization is not checked here
+              **compile_one(subspace._subspace_kernel, arch, constexprs, warps)})
     for arch, aligned, transpose, blocks in itertools.product(
             archs, (False, True), (False, True), (False, True)):
         q = 64 if aligned else 5

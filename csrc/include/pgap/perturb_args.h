@@ -21,12 +21,21 @@ struct TensorArgs {
   uint32_t key;
 };
 
+// How results are rounded to a 16-bit dtype: to nearest even, or stochastically with the
+// rounding words of `seed` (pgap/rounding.h; each op says which key and element index it uses).
+// Float32 results are stored as they are either way.
+struct RoundingArgs {
+  bool stochastic;
+  uint64_t seed;
+};
+
 struct StreamArgs {
   const uint64_t* seeds;
   const float* coeffs;
   int64_t n_seeds;
   float decay;
   float mean_coeff;
+  RoundingArgs rounding;  // perturb_: element l of a tensor rounds with (key, offset + l)
 };
 
 }  // namespace pgap

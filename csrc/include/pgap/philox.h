@@ -49,10 +49,15 @@ PGAP_HD Words4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
   return Words4{c0, c1, c2, c3};
 }
 
-// The four words of stream block b for (seed, key).
+// The four words of block b for (seed, key) with counter word c3 = domain.
+PGAP_HD Words4 block_words(uint64_t seed, uint32_t key, uint32_t domain, uint64_t block) {
+  return philox4x32_10(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), key,
+                       domain, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// The four words of stream block b for (seed, key): the Gaussian stream's domain c3 = 0.
 PGAP_HD Words4 stream_block_words(uint64_t seed, uint32_t key, uint64_t block) {
-  return philox4x32_10(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), key, 0u,
-                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return block_words(seed, key, 0u, block);
 }
 
 }  // namespace pgap

@@ -24,5 +24,6 @@ def perturb_group(args: PerturbArgs) -> None:
         meta = meta.to(device)
         lib.cuda_perturb(code, meta.data_ptr(), meta.shape[0], total_chunks, seeds.data_ptr(),
                          coeffs.data_ptr(), len(group.seeds), group.decay, group.mean_coeff,
-                         group.means is not None, device.index if device.index is not None
+                         group.means is not None, group.rounding_seed is not None,
+                         group.rounding_seed or 0, device.index if device.index is not None
                          else torch.cuda.current_device(), stream.cuda_stream)

@@ -32,4 +32,5 @@ def subspace_update(args: SubspaceArgs) -> None:
         meta = meta.to(device)
         lib.cuda_subspace_perturb(DTYPE_CODES[dtype], meta.data_ptr(), len(ps), total, span,
                                   seeds.data_ptr(), coeffs.data_ptr(), len(args.seeds), args.decay,
+                                  args.rounding_seed is not None, args.rounding_seed or 0,
                                   _device_index(device), stream)

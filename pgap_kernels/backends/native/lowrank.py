@@ -12,6 +12,9 @@ def lowrank_update(args: LowrankArgs) -> None:
     """In place on CPU matrices; see :class:`pgap_kernels._lowrank_validation.LowrankArgs`."""
     lib, _ = _native.load()
     threads = torch.get_num_threads()
-    for w, left, right in zip(args.weights, args.lefts, args.rights):
+    stochastic = args.rounding_seed is not None
+    for w, left, right, key, offset in zip(args.weights, args.lefts, args.rights, args.keys,
+                                           args.offsets):
         lib.host_lowrank_update(DTYPE_CODES[w.dtype], w.data_ptr(), w.shape[0], w.shape[1],
-                                left.data_ptr(), right.data_ptr(), left.shape[1], args.decay, threads)
+                                left.data_ptr(), right.data_ptr(), left.shape[1], args.decay,
+                                stochastic, args.rounding_seed or 0, key, offset, threads)

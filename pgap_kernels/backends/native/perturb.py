@@ -24,5 +24,7 @@ def perturb_group(args: PerturbArgs) -> None:
             group.coeffs,
             group.decay,
             group.mean_coeff,
+            group.rounding_seed is not None,
+            group.rounding_seed or 0,
             torch.get_num_threads(),
         )

@@ -15,4 +15,6 @@ def subspace_update(args: SubspaceArgs) -> None:
         [DTYPE_CODES[t.dtype] for t in args.tensors], [t.data_ptr() for t in args.tensors],
         [v.data_ptr() for v in args.bases], [t.shape[0] for t in args.tensors],
         [t.shape[1] for t in args.tensors], [v.shape[1] for v in args.bases], args.offsets,
-        args.keys, args.seeds, args.coeffs, args.decay, torch.get_num_threads())
+        args.keys, [args.rounding_index(p) for p in range(len(args.tensors))], args.seeds,
+        args.coeffs, args.decay, args.rounding_seed is not None, args.rounding_seed or 0,
+        torch.get_num_threads())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..._lowrank_validation import LowrankArgs
+from .rounding import store
 
 TILE_ELEMENTS = 1 << 18  # float32 working tile: rows * n stays near this (1 MiB)
 
@@ -15,18 +16,20 @@ def rows_per_tile(n: int) -> int:
 
 @torch.no_grad()
 def lowrank_update(args: LowrankArgs) -> None:
-    """In place, row tile by row tile: W <- decay*W + L @ R.T in float32, one rounding.
+    """In place, row tile by row tile: W <- decay*W + L @ R.T in float32, one rounding (to
+    nearest, or stochastic with ``args.rounding_seed``).
 
     The float32 temporary is one tile (about 1 MiB), never m x n. ``decay == 0`` overwrites W
     without reading it.
     """
     decay = torch.tensor(args.decay, dtype=torch.float32)
-    for w, left, right in zip(args.weights, args.lefts, args.rights):
+    for p, (w, left, right) in enumerate(zip(args.weights, args.lefts, args.rights)):
         rt = right.t()
-        step = rows_per_tile(w.shape[1])
+        n = w.shape[1]
+        step = rows_per_tile(n)
         for lo in range(0, w.shape[0], step):
             hi = min(lo + step, w.shape[0])
             tile = torch.mm(left[lo:hi], rt)
             if args.decay != 0.0:
                 tile += decay * w[lo:hi].float()
-            w[lo:hi].copy_(tile)
+            store(w[lo:hi], tile, args.rounding_seed, args.keys[p], args.offsets[p] + lo * n)

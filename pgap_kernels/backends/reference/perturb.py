@@ -5,6 +5,7 @@ import torch
 
 from ..._validation import PerturbArgs
 from .philox import normals
+from .rounding import store
 
 CHUNK = 1 << 20  # elements drawn at a time, to bound the int64 working set
 
@@ -15,7 +16,8 @@ def perturb_group(args: PerturbArgs) -> None:
     float32 with one rounding to t.dtype:
 
     t <- decay*s + mean_coeff*mean[p] + sum_j coeffs[j] * xi(seeds[j], keys[p], offsets[p] + i).
-    ``decay == 0`` overwrites t without reading s. Tensors may have mixed dtypes here.
+    ``decay == 0`` overwrites t without reading s. Tensors may have mixed dtypes here. The
+    rounding is to nearest, or stochastic with ``args.rounding_seed`` (docs/rng.md).
     """
     for p, t in enumerate(args.tensors):
         flat = t.view(-1)
@@ -33,4 +35,4 @@ def perturb_group(args: PerturbArgs) -> None:
                 out = torch.tensor(args.decay, dtype=torch.float32) * src[lo:hi].float()
             if mean is not None:
                 out = out + torch.tensor(args.mean_coeff, dtype=torch.float32) * mean[lo:hi].float()
-            flat[lo:hi].copy_(out + acc)
+            store(flat[lo:hi], out + acc, args.rounding_seed, args.keys[p], args.offsets[p] + lo)

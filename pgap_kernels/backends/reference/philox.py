@@ -41,12 +41,13 @@ def philox4x32_10(c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torc
     return c0, c1, c2, c3
 
 
-def block_words(seed: int, key: int, blocks: torch.Tensor) -> Words:
-    """The four words of stream blocks ``blocks`` (int64 tensor) for (seed, key)."""
+def block_words(seed: int, key: int, blocks: torch.Tensor, domain: int = 0) -> Words:
+    """The four words of blocks ``blocks`` (int64 tensor) for (seed, key) and counter word
+    c3 = ``domain`` (0: the stream; ROUNDING_DOMAIN: the stochastic-rounding words)."""
     c0 = blocks & MASK32
     c1 = blocks >> 32
     c2 = torch.full_like(blocks, key)
-    c3 = torch.zeros_like(blocks)
+    c3 = torch.full_like(blocks, domain)
     return philox4x32_10(c0, c1, c2, c3, seed & MASK32, seed >> 32)
 
 

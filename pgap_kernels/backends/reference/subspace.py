@@ -33,4 +33,5 @@ def subspace_update(args: SubspaceArgs) -> None:
     tile by row tile (about 1 MiB of float32 at a time): never an m x n temporary.
     """
     for p, (w, v) in enumerate(zip(args.tensors, args.bases)):
-        lowrank_update(LowrankArgs([w], [xi_sum(args, p)], [v], args.decay))
+        lowrank_update(LowrankArgs([w], [xi_sum(args, p)], [v], args.decay, [args.keys[p]],
+                                   [args.rounding_index(p)], args.rounding_seed))

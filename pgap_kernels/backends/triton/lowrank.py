@@ -16,6 +16,7 @@ import triton.language as tl
 from ..._lowrank_validation import LowrankArgs
 from .._batches import group_indices
 from . import interpreting
+from ._rounding import round_stochastic, rounding_element_words, rounding_seed_table
 
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
@@ -31,21 +32,26 @@ def aligned_16(tensors: List[torch.Tensor]) -> bool:
 
 
 @triton.jit
-def update_tile(w, n, rows, cols, row_in, col_in, acc, decay, DTYPE: tl.constexpr,
-                OVERWRITE: tl.constexpr):
+def update_tile(w, n, rows, cols, row_in, col_in, acc, decay, rseed, key, index,
+                DTYPE: tl.constexpr, OVERWRITE: tl.constexpr, STOCHASTIC: tl.constexpr):
     """W[rows, cols] <- decay*W + acc (float32), one rounding to DTYPE, masked to the matrix
-    (n columns); OVERWRITE (decay == 0) stores acc without reading W (it may hold NaN)."""
+    (n columns); OVERWRITE (decay == 0) stores acc without reading W (it may hold NaN).
+    STOCHASTIC: W[i, j] rounds with the rounding word of element index + i*n + j under
+    (rseed, key) (docs/rng.md, "Stochastic rounding"), else to nearest."""
     where = rows[:, None] * n + cols[None, :]
     mask = row_in[:, None] & col_in[None, :]
     if not OVERWRITE:
         acc = acc + decay * tl.load(w + where, mask=mask).to(tl.float32)
+    if STOCHASTIC:
+        acc = round_stochastic(acc, rounding_element_words(rseed, index + where, key), DTYPE)
     tl.store(w + where, acc.to(DTYPE), mask=mask)
 
 
 @triton.jit
-def _lowrank_kernel(w_tab, l_tab, r_tab, m, n, k, decay,
-                    DTYPE: tl.constexpr, OVERWRITE: tl.constexpr, ALIGNED: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _lowrank_kernel(w_tab, l_tab, r_tab, key_tab, index_tab, rseed_ptr, m, n, k, decay,
+                    DTYPE: tl.constexpr, OVERWRITE: tl.constexpr, STOCHASTIC: tl.constexpr,
+                    ALIGNED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
     tiles_n = tl.cdiv(n, BLOCK_N)
     tiles = tl.cdiv(m, BLOCK_M) * tiles_n
     pid = tl.program_id(0)
@@ -69,7 +75,9 @@ def _lowrank_kernel(w_tab, l_tab, r_tab, m, n, k, decay,
         lt = tl.load(left + rows[:, None] * k + ks[None, :], mask=row_in[:, None] & k_in, other=0.0)
         rt = tl.load(right + cols[:, None] * k + ks[None, :], mask=col_in[:, None] & k_in, other=0.0)
         acc = tl.dot(lt, tl.trans(rt), acc, input_precision="ieee")
-    update_tile(w, n, rows, cols, row_in, col_in, acc, decay, DTYPE, OVERWRITE)
+    update_tile(w, n, rows, cols, row_in, col_in, acc, decay, tl.load(rseed_ptr),
+                tl.load(key_tab + p).to(tl.uint32), tl.load(index_tab + p), DTYPE, OVERWRITE,
+                STOCHASTIC)
 
 
 def lowrank_update(args: LowrankArgs) -> None:
@@ -81,14 +89,18 @@ def lowrank_update(args: LowrankArgs) -> None:
     device = args.weights[0].device
     block_m, block_n, block_k, warps = block_sizes()
     decay = float(torch.tensor(args.decay, dtype=torch.float32))
+    rseed = rounding_seed_table(args.rounding_seed, device)
     groups = group_indices(range(len(args.weights)), lambda p: (
         args.weights[p].dtype, *args.weights[p].shape, args.lefts[p].shape[1]))
     for (dtype, m, n, k), ps in groups.items():
         mats = [x[p] for x in (args.weights, args.lefts, args.rights) for p in ps]
-        table = torch.tensor([t.data_ptr() for t in mats], dtype=torch.int64).view(3, len(ps)).to(device)
+        rows = [t.data_ptr() for t in mats] + [args.keys[p] for p in ps] + [args.offsets[p] for p in ps]
+        table = torch.tensor(rows, dtype=torch.int64).view(5, len(ps)).to(device)
         tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
         _lowrank_kernel[(tiles * len(ps),)](
-            table[0], table[1], table[2], m, n, k, decay,
-            DTYPE=TL_DTYPES[dtype], OVERWRITE=args.decay == 0.0, ALIGNED=aligned_16(mats),
+            table[0], table[1], table[2], table[3], table[4], rseed, m, n, k, decay,
+            DTYPE=TL_DTYPES[dtype], OVERWRITE=args.decay == 0.0,
+            STOCHASTIC=args.rounding_seed is not None and dtype != torch.float32,
+            ALIGNED=aligned_16(mats),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
             enable_fp_fusion=False)  # decay*W + acc: two roundings in float32, as the reference

@@ -14,6 +14,7 @@ import triton.language as tl
 from ..._validation import PerturbArgs
 from .._groups import split_by_dtype
 from .._tables import META_FIELDS, chunk_table, stream_tables
+from ._rounding import round_stochastic, rounding_block_words, rounding_seed_table
 from ._stream import sum_block_normals, table_row
 
 BLOCKS = 256  # Philox blocks per program: 1024 elements
@@ -22,9 +23,18 @@ _META = tl.constexpr(META_FIELDS)
 
 
 @triton.jit
+def _by_lane(x0, x1, x2, x3):
+    """The (BLOCKS, 4) tile whose column k holds xk (one value per Philox block and lane)."""
+    lane = tl.arange(0, 4)[None, :]
+    return tl.where(lane == 0, x0[:, None],
+                    tl.where(lane == 1, x1[:, None], tl.where(lane == 2, x2[:, None], x3[:, None])))
+
+
+@triton.jit
 def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, mean_coeff,
-                    DTYPE: tl.constexpr, HAS_MEAN: tl.constexpr, OVERWRITE: tl.constexpr,
-                    BLOCKS: tl.constexpr, SEARCH_STEPS: tl.constexpr, ALIGNED: tl.constexpr):
+                    rseed_ptr, DTYPE: tl.constexpr, HAS_MEAN: tl.constexpr,
+                    OVERWRITE: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCKS: tl.constexpr,
+                    SEARCH_STEPS: tl.constexpr, ALIGNED: tl.constexpr):
     chunk = tl.program_id(0).to(tl.int64)
     row = table_row(meta_ptr, n_tensors, chunk, _META, 5, SEARCH_STEPS)  # the chunk's tensor
     data = tl.load(row).to(tl.pointer_type(DTYPE))
@@ -37,8 +47,7 @@ def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, 
     acc0, acc1, acc2, acc3 = sum_block_normals(seeds_ptr, coeffs_ptr, n_seeds, block, key)
 
     lane = tl.arange(0, 4)[None, :]
-    acc = tl.where(lane == 0, acc0[:, None],
-                   tl.where(lane == 1, acc1[:, None], tl.where(lane == 2, acc2[:, None], acc3[:, None])))
+    acc = _by_lane(acc0, acc1, acc2, acc3)
     mean = tl.load(row + 1).to(tl.pointer_type(DTYPE))
     src = tl.load(row + 6).to(tl.pointer_type(DTYPE))  # the decay term's source (data in place)
     if ALIGNED:
@@ -60,7 +69,11 @@ def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, 
         out = decay * tl.load(src + local, mask=mask).to(tl.float32)
     if HAS_MEAN:
         out = out + mean_coeff * tl.load(mean + local, mask=mask).to(tl.float32)
-    tl.store(data + local, (out + acc).to(DTYPE), mask=mask)
+    out = out + acc
+    if STOCHASTIC:  # the rounding words of the same element indices
+        x0, x1, x2, x3 = rounding_block_words(tl.load(rseed_ptr), block, key)
+        out = round_stochastic(out, _by_lane(x0, x1, x2, x3), DTYPE)
+    tl.store(data + local, out.to(DTYPE), mask=mask)
 
 
 def _aligned(group: PerturbArgs) -> bool:
@@ -73,9 +86,11 @@ def _aligned(group: PerturbArgs) -> bool:
 
 
 def perturb_group(args: PerturbArgs) -> None:
-    """On tensors of one device, in place or from ``args.sources``; see :class:`PerturbArgs`."""
+    """On tensors of one device, in place or from ``args.sources``, rounded to nearest or
+    stochastically; see :class:`PerturbArgs`."""
     device = args.tensors[0].device
     seeds, coeffs = stream_tables(args, device)
+    rseed = rounding_seed_table(args.rounding_seed, device)
     for code, group in split_by_dtype(args):
         meta, total_chunks = chunk_table(group, BLOCKS)
         meta = meta.to(device)
@@ -83,8 +98,9 @@ def perturb_group(args: PerturbArgs) -> None:
         _perturb_kernel[(total_chunks,)](
             meta, seeds, coeffs, len(group.seeds), n,
             float(torch.tensor(group.decay, dtype=torch.float32)),
-            float(torch.tensor(group.mean_coeff, dtype=torch.float32)),
+            float(torch.tensor(group.mean_coeff, dtype=torch.float32)), rseed,
             DTYPE=TL_DTYPES[code], HAS_MEAN=group.means is not None,
-            OVERWRITE=group.decay == 0.0, BLOCKS=BLOCKS,
+            OVERWRITE=group.decay == 0.0,
+            STOCHASTIC=group.rounding_seed is not None and code != 0, BLOCKS=BLOCKS,
             SEARCH_STEPS=max(1, n.bit_length()), ALIGNED=_aligned(group),
             enable_fp_fusion=False)  # like the C++ builds: no contracted multiply-adds

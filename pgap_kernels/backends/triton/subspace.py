@@ -22,6 +22,7 @@ from ..._subspace_validation import SubspaceArgs
 from .._batches import group_indices
 from .._tables import SUBSPACE_META_FIELDS, stream_tables, subspace_span, subspace_table
 from . import interpreting
+from ._rounding import rounding_seed_table
 from ._stream import table_row
 from .lowrank import TL_DTYPES, update_tile
 from .sketch import _sum_tile
@@ -45,8 +46,9 @@ def target_programs(device: torch.device) -> int:
 
 
 @triton.jit
-def _subspace_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_mats, span, decay,
-                     DTYPE: tl.constexpr, OVERWRITE: tl.constexpr, BLOCKS: tl.constexpr,
+def _subspace_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_mats, span, decay, rseed_ptr,
+                     DTYPE: tl.constexpr, OVERWRITE: tl.constexpr, STOCHASTIC: tl.constexpr,
+                     BLOCKS: tl.constexpr,
                      SINGLE_K: tl.constexpr, ALIGNED: tl.constexpr, SEARCH_STEPS: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     tile = tl.program_id(0).to(tl.int64)
@@ -60,6 +62,8 @@ def _subspace_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_mats, span, dec
     key = tl.load(row + 6).to(tl.uint32)
     local = tile - tl.load(row + 7)
     col_spans = tl.load(row + 8)
+    rounding_index = tl.load(row + 9)
+    rseed = tl.load(rseed_ptr)
     if ALIGNED:  # 16-byte aligned W and n % 16 == 0: W rows start aligned, accesses vectorize
         w = tl.multiple_of(w, 16)
         n = tl.multiple_of(n, 16)
@@ -89,7 +93,8 @@ def _subspace_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_mats, span, dec
                 vt = tl.load(basis + cols[None, :] * r + kk[:, None],
                              mask=(kk < r)[:, None] & col_in[None, :], other=0.0)
                 acc = tl.dot(xk, vt, acc, input_precision="ieee")
-        update_tile(w, n, rows, cols, row_in, col_in, acc, decay, DTYPE, OVERWRITE)
+        update_tile(w, n, rows, cols, row_in, col_in, acc, decay, rseed, key, rounding_index,
+                    DTYPE, OVERWRITE, STOCHASTIC)
 
 
 def subspace_update(args: SubspaceArgs) -> None:
@@ -100,6 +105,7 @@ def subspace_update(args: SubspaceArgs) -> None:
     """
     device = args.tensors[0].device
     seeds, coeffs = stream_tables(args, device)
+    rseed = rounding_seed_table(args.rounding_seed, device)
     decay = float(torch.tensor(args.decay, dtype=torch.float32))
     for dtype, ps in group_indices(range(len(args.tensors)), lambda p: args.tensors[p].dtype).items():
         group = args.subset(ps)
@@ -111,8 +117,9 @@ def subspace_update(args: SubspaceArgs) -> None:
         blocks = all(v.shape[1] % 4 == 0 for v in group.bases) and all(o % 4 == 0 for o in group.offsets)
         aligned = all(t.shape[1] % 16 == 0 and t.data_ptr() % 16 == 0 for t in group.tensors)
         _subspace_kernel[(total,)](
-            meta.to(device), seeds, coeffs, len(args.seeds), len(ps), span, decay,
-            DTYPE=TL_DTYPES[dtype], OVERWRITE=args.decay == 0.0, BLOCKS=blocks,
+            meta.to(device), seeds, coeffs, len(args.seeds), len(ps), span, decay, rseed,
+            DTYPE=TL_DTYPES[dtype], OVERWRITE=args.decay == 0.0,
+            STOCHASTIC=args.rounding_seed is not None and dtype != torch.float32, BLOCKS=blocks,
             SINGLE_K=max_rank <= block_k, ALIGNED=aligned, SEARCH_STEPS=max(1, len(ps).bit_length()),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
             enable_fp_fusion=False)  # the stream and decay*W + acc without contracted multiply-adds

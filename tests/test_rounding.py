@@ -1,0 +1,459 @@
+"""Stochastic rounding of perturb_, lowrank_perturb_ and subspace_perturb_ (docs/rng.md,
+"Stochastic rounding"): every backend bit for bit with reference where the float32 results
+agree, and with the rule applied to its own float32 results; determinism; sharding invariance;
+unbiasedness (statistically); round to nearest unchanged; validation before any write; the
+custom ops (opcheck, torch.compile)."""
+import hashlib
+import math
+import pathlib
+import re
+
+import pytest
+import torch
+
+import pgap_kernels as pk
+from pgap_kernels._stream import seed_to_int64
+from pgap_kernels.backends.reference.rounding import round_stochastic, rounding_words
+
+from conftest import OP_CASES, backend_cases, is_triton_interpreter, require
+
+HALF = [torch.bfloat16, torch.float16]
+CARRY = (1 << 32) * 4 - 6  # six elements before the c0 -> c1 carry of the rounding counter
+BF16_MAX, F16_MAX = torch.finfo(torch.bfloat16).max, torch.finfo(torch.float16).max
+
+
+@pytest.fixture(params=backend_cases(include_reference=True))
+def device_backend(request):
+    device, backend = request.param
+    require(device, backend)
+    return device, backend
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu().contiguous().view(torch.int32 if t.element_size() == 4 else torch.int16)
+
+
+def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Bit for bit, except that NaNs only need to be NaN where expected ones are, and zeros only
+    equal in value (the sign of an exact zero sum is not part of the contract)."""
+    a, e = actual.detach().cpu(), expected.detach().cpu()
+    assert a.dtype == e.dtype and a.shape == e.shape
+    nan = torch.isnan(e)
+    assert torch.equal(torch.isnan(a), nan), "NaNs differ"
+    zero = e == 0
+    assert torch.equal(a[zero], e[zero])
+    same = bits(a) == bits(e)
+    bad = ~(same | nan | zero)
+    if bool(bad.any()):
+        i = int(bad.view(-1).nonzero()[0])
+        raise AssertionError(f"{int(bad.sum())} of {a.numel()} elements differ; first at {i}: "
+                             f"{a.view(-1)[i].item()!r} != {e.view(-1)[i].item()!r}")
+
+
+def rule(v: torch.Tensor, seed: int, key: int, start: int, dtype: torch.dtype) -> torch.Tensor:
+    """The rounding of docs/rng.md applied to float32 ``v`` (element l at index start + l)."""
+    v = v.detach().cpu().float().contiguous()
+    words = rounding_words(seed, key, start, v.numel(), v.device).view(v.shape)
+    return round_stochastic(v, words, dtype).to(dtype)
+
+
+def values(shape, dtype=torch.float32, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * scale).to(dtype)
+
+
+def subnormals_work(device: str, backend: str, dtype: torch.dtype) -> bool:
+    """False where the backend cannot hold bfloat16 subnormals at all: the Triton interpreter's
+    bfloat16 <-> float32 conversions (triton/runtime/interpreter.py, _convert_float) mangle them,
+    with rounding to nearest too. Compiled Triton on a GPU converts them exactly."""
+    return not (is_triton_interpreter(device, backend) and dtype == torch.bfloat16)
+
+
+def special(dtype: torch.dtype, subnormals: bool = True) -> torch.Tensor:
+    """Values a rounding must get right: subnormals, the largest finite values, negatives,
+    zeros, infinities and NaN."""
+    fi = torch.finfo(dtype)
+    tiny = fi.smallest_normal
+    sub = [tiny * 2 ** -k * f for k in (1, 3, 7) for f in (1.0, 1.5, -1.25)]  # subnormals of dtype
+    sub = sub if subnormals else []
+    big = [fi.max, -fi.max, fi.max * (1 - fi.eps), fi.max * (1 - 4 * fi.eps), -fi.max * (1 - 2 * fi.eps)]
+    return torch.tensor(sub + big + [0.0, -0.0, 1.0, -3.0, float("inf"), float("-inf"), float("nan"),
+                                     tiny, -tiny]).to(dtype)
+
+
+def run(backend, fn, *tensors):
+    """``fn`` on clones of ``tensors`` under ``backend``; returns the clones."""
+    out = [t.clone() for t in tensors]
+    with pk.use_backend(backend):
+        fn(*out)
+    return out
+
+
+# -- (1) bit for bit with reference, where every backend computes the same float32 results ----
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_perturb_matches_reference(device_backend, dtype):
+    """No seeds: the float32 result t + c*mean is one product and one sum, the same everywhere,
+    so the rounded bits must be the reference's. Mean values scale with t, so subnormal and
+    near-maximal results come out off the grid."""
+    device, backend = device_backend
+    subnormals = subnormals_work(device, backend, dtype)
+    t = torch.cat([special(dtype, subnormals), values(400, dtype, 1, 3.0)])
+    t = torch.cat([t, t * 2.0 ** -10]).to(device)  # normal and small (fp16 subnormal) magnitudes
+    mean = (t.float() * values(t.numel(), torch.float32, 2)).nan_to_num(0.0, 0.0, 0.0).to(dtype)
+    kwargs = dict(keys=[0xFFFFFFFF], offsets=[CARRY], mean=[mean], mean_coeff=0.0123,
+                  rounding="stochastic", rounding_seed=(1 << 64) - 2)
+    (actual,) = run(backend, lambda x: pk.perturb_(x, [], [], **kwargs), t)
+    (expected,) = run("reference", lambda x: pk.perturb_(x, [], [], **kwargs), t)
+    assert_same(actual, expected)
+    changed = (expected.float() != (t.float() + 0.0123 * mean.float()).to(dtype).float())
+    assert int(changed.sum()) > t.numel() // 5  # it did not round to nearest
+
+
+def exact_lowrank(dtype, m, n, scale_exp, w_scale, seed):
+    """W (m x n, dtype) and float32 U, Z, V whose scaled product is exact in float32 (small
+    integers times 2^scale_exp), so W + scale*U@Z@V.T is one rounding on every backend."""
+    g = torch.Generator().manual_seed(seed)
+    W = (torch.randn(m, n, generator=g) * w_scale).to(dtype)
+    U = torch.randint(-3, 4, (m, 2), generator=g).float()
+    Z = torch.randint(-2, 3, (2, 2), generator=g).float()
+    V = torch.randint(-3, 4, (n, 2), generator=g).float()
+    return W, U, Z, V, 2.0 ** scale_exp
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("region", ["normal", "subnormal"])
+def test_lowrank_matches_reference(device_backend, dtype, region):
+    device, backend = device_backend
+    subnormals = subnormals_work(device, backend, dtype)
+    if region == "normal":
+        W, U, Z, V, scale = exact_lowrank(dtype, 21, 19, -10, 1.0, 3)
+        W.view(-1)[:len(special(dtype, subnormals))] = special(dtype, subnormals)
+    elif not subnormals:
+        pytest.skip("the Triton interpreter cannot hold bfloat16 subnormals")
+    else:  # results in the target's subnormal range
+        tiny_exp = -133 if dtype == torch.bfloat16 else -24
+        W, U, Z, V, scale = exact_lowrank(dtype, 21, 19, tiny_exp - 8, 2.0 ** (tiny_exp + 4), 4)
+    W, U, Z, V = (x.to(device) for x in (W, U, Z, V))
+    kwargs = dict(rounding="stochastic", rounding_seed=77, keys=[9], offsets=[CARRY])
+    (actual,) = run(backend, lambda w: pk.lowrank_perturb_(w, U, Z, V, scale, **kwargs), W)
+    (expected,) = run("reference", lambda w: pk.lowrank_perturb_(w, U, Z, V, scale, **kwargs), W)
+    assert_same(actual, expected)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_subspace_matches_reference(device_backend, dtype):
+    """Zero coefficients: the result is decay*W (one rounding in float32) on every backend."""
+    device, backend = device_backend
+    W = torch.cat([special(dtype, subnormals_work(device, backend, dtype)),
+                   values(17 * 19, dtype, 5, 2.0)])[:17 * 19].view(17, 19)
+    V = values((19, 3), torch.float32, 6).to(device)
+    W = W.to(device)
+    kwargs = dict(keys=[5], offsets=[3 * 2], decay=0.999, rounding="stochastic", rounding_seed=8)
+    (actual,) = run(backend, lambda w: pk.subspace_perturb_(w, V, 4, 0.0, **kwargs), W)
+    (expected,) = run("reference", lambda w: pk.subspace_perturb_(w, V, 4, 0.0, **kwargs), W)
+    assert_same(actual, expected)
+
+
+# -- (1') every backend applies the rule to its own float32 results ---------------------------
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_perturb_follows_the_rule(device_backend, dtype):
+    device, backend = device_backend
+    t = values(1001, dtype, 7, 2.0).to(device)
+    kwargs = dict(keys=[3], offsets=[CARRY], decay=0.9)
+    (v,) = run(backend, lambda x: pk.perturb_(x, [5, 6], [0.3, -0.01], **kwargs), t.float())
+    (sr,) = run(backend, lambda x: pk.perturb_(x, [5, 6], [0.3, -0.01], rounding="stochastic",
+                                               rounding_seed=99, **kwargs), t)
+    assert_same(sr, rule(v, 99, 3, CARRY, dtype))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_lowrank_follows_the_rule(device_backend, dtype):
+    device, backend = device_backend
+    W, U, Z, V = values((37, 29), dtype, 8).to(device), *(values(s, torch.float32, i).to(device)
+                                                        for i, s in enumerate([(37, 3), (3, 4), (29, 4)]))
+    (v,) = run(backend, lambda w: pk.lowrank_perturb_(w, U, Z, V, 0.01, decay=0.9), W.float())
+    (sr,) = run(backend, lambda w: pk.lowrank_perturb_(w, U, Z, V, 0.01, decay=0.9, keys=[5],
+                                                       offsets=[100], rounding="stochastic",
+                                                       rounding_seed=7), W)
+    assert_same(sr, rule(v, 7, 5, 100, dtype))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_subspace_follows_the_rule(device_backend, dtype):
+    """Two matrices (different keys and rounding indices): W_p[i, j] rounds at
+    (offsets[p]/r + i)*n + j."""
+    device, backend = device_backend
+    Ws = [values((37, 29), dtype, 9).to(device), values((6, 10), dtype, 10).to(device)]
+    Vs = [values((29, 3), torch.float32, 11).to(device), values((10, 5), torch.float32, 12).to(device)]
+    kwargs = dict(keys=[4, 0xFFFFFFFF], offsets=[3 * 6, 5 * 1000], decay=0.9)
+    v = run(backend, lambda *w: pk.subspace_perturb_(list(w), Vs, [5], [0.01], **kwargs),
+            *[w.float() for w in Ws])
+    sr = run(backend, lambda *w: pk.subspace_perturb_(list(w), Vs, [5], [0.01], rounding="stochastic",
+                                                      rounding_seed=7, **kwargs), *Ws)
+    assert_same(sr[0], rule(v[0], 7, 4, 6 * 29, dtype))
+    assert_same(sr[1], rule(v[1], 7, 0xFFFFFFFF, 1000 * 10, dtype))
+
+
+# -- (2) determinism ---------------------------------------------------------------------------
+
+def test_same_call_same_bits_other_seed_other_bits(device_backend):
+    device, backend = device_backend
+    t = values(500, torch.bfloat16, 13).to(device)
+
+    def sr(rseed, **kw):
+        (x,) = run(backend, lambda y: pk.perturb_(y, 21, 1e-2, rounding="stochastic",
+                                                  rounding_seed=rseed, **kw), t)
+        return x
+    assert torch.equal(bits(sr(1)), bits(sr(1)))
+    assert not torch.equal(bits(sr(1)), bits(sr(2)))
+    assert torch.equal(bits(sr(None)), bits(sr(21)))  # the default is seeds[0]
+    assert not torch.equal(bits(sr(1)), bits(sr(1, keys=[1])))  # the key takes part
+
+
+# -- (3) a shard rounds as the same rows of the whole --------------------------------------------
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_sharding_invariance(device_backend, dtype):
+    device, backend = device_backend
+    cuts = [(0, 3), (3, 10), (10, 23)]
+    # perturb_: a flat shard at its offset
+    t = values(23 * 7, dtype, 14).to(device)
+    sr = dict(rounding="stochastic", rounding_seed=5)
+    (whole,) = run(backend, lambda x: pk.perturb_(x, [1, 2], [0.1, 0.2], keys=[3], offsets=[CARRY], **sr), t)
+    for lo, hi in cuts:
+        (part,) = run(backend, lambda x: pk.perturb_(x, [1, 2], [0.1, 0.2], keys=[3],
+                                                     offsets=[CARRY + lo * 7], **sr), t[lo * 7:hi * 7])
+        assert_same(part, whole[lo * 7:hi * 7])
+    # subspace_perturb_: a row shard at offset i0*r rounds at the indices of its rows in the
+    # whole matrix; its float32 values are those of the whole in native, cuda and triton (the
+    # reference's torch.mm may sum a shard in another order, docs/subspace.md "Sharding")
+    W, V = values((23, 7), dtype, 15).to(device), values((7, 3), torch.float32, 16).to(device)
+    (whole,) = run(backend, lambda w: pk.subspace_perturb_(w, V, 9, 0.05, keys=[2], offsets=[3 * 4], **sr), W)
+    for lo, hi in cuts:
+        op = lambda w, **r: pk.subspace_perturb_(w, V, 9, 0.05, keys=[2], offsets=[3 * (4 + lo)], **r)  # noqa: E731
+        (part,) = run(backend, lambda w: op(w, **sr), W[lo:hi])
+        (v,) = run(backend, op, W[lo:hi].float())
+        assert_same(part, rule(v, 5, 2, (4 + lo) * 7, dtype))
+        if backend != "reference":
+            assert_same(part, whole[lo:hi])
+    # lowrank_perturb_: a row shard (U's rows) at offset i0*n, with a product exact in float32
+    W, U, Z, Vl, scale = (x.to(device) if isinstance(x, torch.Tensor) else x
+                          for x in exact_lowrank(dtype, 23, 7, -10, 1.0, 17))
+    (whole,) = run(backend, lambda w: pk.lowrank_perturb_(w, U, Z, Vl, scale, keys=[6], offsets=[CARRY], **sr), W)
+    for lo, hi in cuts:
+        (part,) = run(backend, lambda w: pk.lowrank_perturb_(w, U[lo:hi], Z, Vl, scale, keys=[6],
+                                                             offsets=[CARRY + lo * 7], **sr), W[lo:hi])
+        assert_same(part, whole[lo:hi])
+
+
+# -- (4) unbiased: E[SR(x)] = x ------------------------------------------------------------------
+
+def unbiased_cases(dtype):
+    """(name, lo, ulp, fractions): x = lo + f*ulp (sign of lo) lies between the neighbours lo and
+    lo + ulp; every x is exact in float32."""
+    fractions = [0.5, 0.25, 0.75, 1 / 3, 0.01, 0.99]
+    if dtype == torch.bfloat16:
+        return [("normal", 1.5, 2.0 ** -7, fractions), ("negative", -1.5, 2.0 ** -7, fractions),
+                ("subnormal", 5 * 2.0 ** -133, 2.0 ** -133, [0.5, 0.25, 0.75, 0.125, 0.875]),
+                ("largest", BF16_MAX - 2.0 ** 120, 2.0 ** 120, fractions)]
+    return [("normal", 1.5, 2.0 ** -10, fractions), ("negative", -1.5, 2.0 ** -10, fractions),
+            ("subnormal", 7 * 2.0 ** -24, 2.0 ** -24, fractions),
+            ("below 2^-25", 0.0, 2.0 ** -24, [0.1, 1 / 3, 0.49]),
+            ("largest", F16_MAX - 32.0, 32.0, fractions)]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_unbiased(device_backend, dtype):
+    """For every x, the fraction of samples rounded up (away from zero) is within 5 standard
+    errors (sqrt(p(1-p)/N), plus 1/N) of x's distance from its lower neighbour in ulps. The
+    samples are N = n columns x seeds rounding seeds of a rank-1 lowrank_perturb_ whose float32
+    result is exactly x; the bits are deterministic, so this test cannot flake."""
+    device, backend = device_backend
+    n, seeds = (256, 2) if is_triton_interpreter(device, backend) else (1024, 4)
+    xs, expected = [], []
+    for name, lo, ulp, fractions in unbiased_cases(dtype):
+        if name == "subnormal" and not subnormals_work(device, backend, dtype):
+            continue
+        for f in fractions:
+            x = torch.tensor(lo + math.copysign(f * ulp, lo or 1.0), dtype=torch.float32)
+            xs.append(x)
+            expected.append((lo, ulp, (abs(float(x)) - abs(lo)) / ulp))
+    U = torch.stack(xs).view(-1, 1).to(device)
+    Z, V = torch.ones(1, 1, device=device), torch.ones(n, 1, device=device)
+    ups = torch.zeros(len(xs), dtype=torch.float64)
+    for s in range(seeds):
+        W = torch.empty(len(xs), n, dtype=dtype, device=device)
+        with pk.use_backend(backend):
+            pk.lowrank_perturb_(W, U, Z, V, 1.0, decay=0.0, rounding="stochastic", rounding_seed=1000 + s)
+        w = W.double().cpu()
+        for i, (lo, ulp, _) in enumerate(expected):
+            assert bool(((w[i] == lo) | (w[i] == lo + math.copysign(ulp, lo or 1.0))).all()), \
+                f"x {float(xs[i])!r} rounded off its two neighbours"
+            ups[i] += float((w[i] != lo).sum())
+    total = n * seeds
+    for i, (lo, ulp, p) in enumerate(expected):
+        p_hat = float(ups[i]) / total
+        bound = 5 * math.sqrt(p * (1 - p) / total) + 1.0 / total
+        assert abs(p_hat - p) <= bound, (f"x = {float(xs[i])!r}: rounded up {p_hat:.4f} of the time, "
+                                         f"expected {p:.4f} +- {bound:.4f}")
+
+
+def test_unbiased_through_perturb_(device_backend):
+    """The same through perturb_: t + mean_coeff*mean = 1 + 0.3 ulp in bfloat16."""
+    device, backend = device_backend
+    n = 512 if is_triton_interpreter(device, backend) else 8192
+    one = torch.ones(n, dtype=torch.bfloat16, device=device)
+    (x,) = run(backend, lambda y: pk.perturb_(y, [], [], mean=[one], mean_coeff=0.3 * 2.0 ** -7,
+                                              rounding="stochastic", rounding_seed=3), one)
+    p_hat = float((x.float() != 1.0).double().mean())
+    assert abs(p_hat - 0.3) <= 5 * math.sqrt(0.3 * 0.7 / n) + 1.0 / n
+
+
+# -- (5) rounding="nearest" is the round to nearest of before --------------------------------
+
+def _hash(t: torch.Tensor) -> str:
+    return hashlib.sha256(bits(t).numpy().tobytes()).hexdigest()[:16]
+
+
+# perturb_ results of this package before stochastic rounding existed (native; the reference
+# backend gave the same bits on the machine that recorded them)
+NEAREST_GOLDEN = {torch.bfloat16: "afff4d0eceac5ace", torch.float16: "5fc3b4812471c4ef"}
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_nearest_bits_unchanged(dtype):
+    t = torch.randn(1000, generator=torch.Generator().manual_seed(123)).to(dtype)
+    for kwargs in ({}, {"rounding": "nearest"}, {"rounding": "nearest", "rounding_seed": 5}):
+        x = t.clone()
+        with pk.use_backend("native"):
+            pk.perturb_(x, [5, 6], [1e-2, -3e-3], keys=[7], offsets=[(1 << 34) - 10], decay=0.999, **kwargs)
+        assert _hash(x) == NEAREST_GOLDEN[dtype], kwargs
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_nearest_is_the_float32_result_rounded_to_nearest(device_backend, dtype):
+    device, backend = device_backend
+    if is_triton_interpreter(device, backend) and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter converts float32 to bfloat16 by truncation "
+                    "(triton/runtime/interpreter.py); compiled Triton rounds to nearest")
+    W, V = values((23, 17), dtype, 20).to(device), values((17, 3), torch.float32, 21).to(device)
+    U, Z = values((23, 2), torch.float32, 22).to(device), values((2, 3), torch.float32, 23).to(device)
+    ops = [lambda w: pk.perturb_(w, [3, 4], [0.1, -0.2], decay=0.9, rounding="nearest"),
+           lambda w: pk.lowrank_perturb_(w, U, Z, V, 0.1, decay=0.9, rounding="nearest"),
+           lambda w: pk.subspace_perturb_(w, V, 3, 0.1, decay=0.9, rounding="nearest")]
+    for op in ops:
+        (near,) = run(backend, op, W)
+        (v,) = run(backend, op, W.float())
+        assert_same(near, v.to(dtype))
+
+
+def test_float32_is_not_rounded(device_backend):
+    device, backend = device_backend
+    W, V = values((23, 17), torch.float32, 24).to(device), values((17, 3), torch.float32, 25).to(device)
+    U, Z = values((23, 2), torch.float32, 26).to(device), values((2, 3), torch.float32, 27).to(device)
+    for op in [lambda w, **r: pk.perturb_(w, [3, 4], [0.1, -0.2], decay=0.9, **r),
+               lambda w, **r: pk.lowrank_perturb_(w, U, Z, V, 0.1, decay=0.9, **r),
+               lambda w, **r: pk.subspace_perturb_(w, V, 3, 0.1, decay=0.9, **r)]:
+        (near,) = run(backend, op, W)
+        (sr,) = run(backend, lambda w: op(w, rounding="stochastic", rounding_seed=11), W)
+        assert torch.equal(bits(near), bits(sr))
+
+
+# -- (6) bad arguments raise before anything is written ---------------------------------------
+
+def test_bad_rounding_arguments_leave_tensors_untouched():
+    W = values((6, 5), torch.bfloat16, 30)
+    U, Z, V = values((6, 2), seed=31), values((2, 2), seed=32), values((5, 2), seed=33)
+    before = W.clone()
+    ops = {"perturb_": lambda **r: pk.perturb_(W, 1, 0.1, **r),
+           "lowrank_perturb_": lambda **r: pk.lowrank_perturb_(W, U, Z, V, 0.1, **r),
+           "subspace_perturb_": lambda **r: pk.subspace_perturb_(W, V, 1, 0.1, **r)}
+    bad = [(ValueError, r"rounding must be one of 'nearest', 'stochastic'; got 'Stochastic'",
+            dict(rounding="Stochastic", rounding_seed=1)),
+           (ValueError, "rounding must be one of", dict(rounding=None, rounding_seed=1)),
+           (ValueError, "rounding must be one of", dict(rounding=1, rounding_seed=1)),
+           (ValueError, r"rounding_seed must lie in \[0, 18446744073709551616\)",
+            dict(rounding="stochastic", rounding_seed=-1)),
+           (ValueError, "rounding_seed must lie in", dict(rounding="stochastic", rounding_seed=1 << 64)),
+           (ValueError, "rounding_seed must lie in", dict(rounding="nearest", rounding_seed=1 << 64)),
+           (TypeError, "rounding_seed must be an int", dict(rounding="stochastic", rounding_seed=1.5))]
+    for name, op in ops.items():
+        for exc, match, kwargs in bad:
+            with pytest.raises(exc, match=match):
+                op(**kwargs)
+            assert torch.equal(bits(W), bits(before)), (name, kwargs)
+    cases = [(ValueError, "needs a rounding_seed.*no seeds",
+              lambda: pk.lowrank_perturb_(W, U, Z, V, 0.1, rounding="stochastic")),
+             (ValueError, "needs a rounding_seed.*seeds is empty",
+              lambda: pk.perturb_(W, [], [], decay=0.5, rounding="stochastic")),
+             (ValueError, "needs a rounding_seed.*seeds is empty",
+              lambda: pk.subspace_perturb_(W, V, [], [], decay=0.5, rounding="stochastic")),
+             (ValueError, r"offsets\[0\] = 3 is not a multiple of r = 2",
+              lambda: pk.subspace_perturb_(W, V, 1, 0.1, offsets=[3], rounding="stochastic")),
+             (ValueError, "keys has 2 entries but W has 1",
+              lambda: pk.lowrank_perturb_(W, U, Z, V, 0.1, keys=[0, 1], rounding="stochastic",
+                                          rounding_seed=1)),
+             (ValueError, r"keys\[0\] must lie in",
+              lambda: pk.lowrank_perturb_(W, U, Z, V, 0.1, keys=[1 << 32], rounding="stochastic",
+                                          rounding_seed=1)),
+             (ValueError, r"offsets\[0\] must lie in",
+              lambda: pk.lowrank_perturb_(W, U, Z, V, 0.1, offsets=[-1]))]
+    for exc, match, op in cases:
+        with pytest.raises(exc, match=match):
+            op()
+        assert torch.equal(bits(W), bits(before)), match
+    pk.subspace_perturb_(W, V, 1, 0.1, offsets=[3])  # the offset only matters when stochastic
+
+
+# -- the custom ops ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device,backend", OP_CASES)
+def test_opcheck_with_stochastic_rounding(device, backend):
+    require(device, backend)
+    ts = [values(17, torch.bfloat16, 40).to(device), values((4, 5), torch.float16, 41).to(device)]
+    rseed = seed_to_int64((1 << 64) - 3)
+    torch.library.opcheck(torch.ops.pgap.perturb_.default,
+                          (ts, [], [seed_to_int64(3)], [0.5], [0, 1], [0, CARRY], 0.9, 0.0, backend, rseed))
+    Ws = [values((6, 5), torch.bfloat16, 42).to(device), values((4, 3), torch.float16, 43).to(device)]
+    Us = [values((6, 2), seed=44).to(device), values((4, 3), seed=45).to(device)]
+    Zs = [values((2, 3), seed=46).to(device), values((3, 1), seed=47).to(device)]
+    Vs = [values((5, 3), seed=48).to(device), values((3, 1), seed=49).to(device)]
+    torch.library.opcheck(torch.ops.pgap.lowrank_perturb_.default,
+                          (Ws, Us, Zs, Vs, [0.5, -1.0], 0.9, backend, [7, 8], [0, 100], rseed))
+    Bs = [values((5, 2), seed=50).to(device), values((3, 4), seed=51).to(device)]
+    torch.library.opcheck(torch.ops.pgap.subspace_perturb_.default,
+                          (Ws, Bs, [seed_to_int64(3)], [0.5], [0, 1], [0, 8], 0.9, backend, rseed))
+
+
+def _sr_step(ws, vs, us, zs, seed):
+    pk.perturb_(ws, seed, 1e-2, rounding="stochastic", rounding_seed=seed + 1)
+    pk.subspace_perturb_(ws, vs, seed, 1e-2, rounding="stochastic", rounding_seed=seed + 2)
+    pk.lowrank_perturb_(ws, us, zs, vs, -0.5, decay=0.999, rounding="stochastic",
+                        rounding_seed=seed + 3, keys=[4, 5], offsets=[0, 35])
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    ws = [values((9, 6), torch.bfloat16, 60), values((5, 7), torch.float16, 61)]
+    vs = [values((6, 3), seed=62), values((7, 3), seed=63)]
+    us = [values((9, 2), seed=64), values((5, 2), seed=65)]
+    zs = [values((2, 3), seed=66), values((2, 3), seed=67)]
+    eager = [w.clone() for w in ws]
+    compiled = [w.clone() for w in ws]
+    _sr_step(eager, vs, us, zs, 11)
+    torch.compile(_sr_step, fullgraph=True)(compiled, vs, us, zs, 11)
+    for a, b in zip(eager, compiled):
+        assert torch.equal(bits(a), bits(b))
+
+
+def test_rng_md_examples_run():
+    """docs/rng.md's Python (the reference implementation, the stochastic-rounding rule in plain
+    Python and their checks against the package) runs as written."""
+    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "rng.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert any("stochastic_round" in b for b in blocks)
+    namespace: dict = {}
+    with pk.use_backend("native"):
+        for block in blocks:
+            exec(compile(block, "docs/rng.md", "exec"), namespace)  # noqa: S102
