@@ -28,6 +28,7 @@ STATE_FORMAT = "pgap.optimizer/1"
 ROUNDING_CHOICES = ("stochastic", "nearest")
 MODE_CHOICES = ("auto", "inplace", "functional")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+MERGE_ROUNDING = 15  # update_rounding index of the side paths' merge (the update passes use 0..3)
 
 
 def resolve_mode(mode: str, trainables: Sequence[Trainable], side_paths: bool = False,
@@ -409,7 +410,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         P-GAP and AGZO); a no-op otherwise. Call it on every rank before saving on one."""
         if self._side is not None:
             with self._kernels():
-                self._side.merge()
+                self._side.merge(self.update_rounding(MERGE_ROUNDING))
 
     # -- diagnostics -----------------------------------------------------------------------
     def diagnostics(self) -> Dict[str, Any]:

@@ -88,16 +88,19 @@ class SidePath:
             return output + side.to(output.dtype)
         return hook
 
-    def merge(self) -> None:
+    def merge(self, rounding: Optional[Dict] = None) -> None:
         """W += U A V^T (A V^T without U) for every matrix with a non-zero A (one batched
-        ``lowrank_perturb_``); A is zeroed."""
+        ``lowrank_perturb_``, rounded as ``rounding`` says: kernel keyword arguments, with the
+        matrices' stream keys and offsets added); A is zeroed."""
         todo = [s for s in self.states if s.V is not None and s.accumulated]
         if todo:
             lefts = [s.A if s.U is None else s.U for s in todo]
             mids = [torch.eye(s.A.shape[1], device=s.A.device) if s.U is None else s.A for s in todo]
+            extra = dict(rounding, keys=[s.trainable.key for s in todo],
+                         offsets=[s.trainable.offset for s in todo]) if rounding else {}
             with torch.no_grad():
                 pgap_kernels.lowrank_perturb_([s.trainable.param for s in todo], lefts, mids,
-                                              [s.V for s in todo], [1.0] * len(todo))
+                                              [s.V for s in todo], [1.0] * len(todo), **extra)
         for s in todo:
             s.A.zero_()
             s.accumulated = False
