@@ -94,6 +94,16 @@ def test_finetune_runs_end_to_end(tiny_model, tmp_path, method, extra, capsys):
     assert "test accuracy: zero-shot" in capsys.readouterr().out
 
 
+def test_method_defaults_fill_only_what_the_user_left_out():
+    a = finetune.parse_args(["--method", "pgap"])
+    assert (a.lr, a.subspace, a.window, a.probes) == (3e-5, "activation", 50, 4)
+    b = finetune.parse_args(["--method", "pgap", "--subspace", "probe", "--probes", "7"])
+    assert (b.lr, b.probes, b.vector_lr_scale) == (1e-2, 7, 3e-3)
+    assert finetune.parse_args(["--method", "pgap", "--fsdp"]).subspace is None
+    assert finetune.parse_args(["--method", "mezo", "--lr", "1e-4"]).lr == 1e-4
+    assert finetune.parse_args(["--method", "agzo"]).lr == finetune.DEFAULTS["agzo"]["lr"]
+
+
 @pytest.mark.parametrize("method, extra", [
     ("mezo", []), ("pgap", ["--rank", "2", "--window", "2", "--probes", "2", "--delta", "1", "1"]),
     ("agzo", ["--rank", "2", "--refresh", "2"]),
@@ -243,7 +253,8 @@ def test_torchrun_two_ranks_data_parallel(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("method, extra", [
-    ("mezo", []), ("pgap", ["--rank", "2", "--window", "2", "--probes", "2", "--delta", "1", "1"]),
+    ("mezo", []), ("pgap", ["--rank", "2", "--window", "2", "--probes", "2", "--delta", "1", "1",
+                            "--subspace", "probe"]),  # the activation subspace refuses FSDP2
 ])
 def test_torchrun_fsdp2_matches_one_process_and_resumes(tiny_model, tmp_path, method, extra):
     """--fsdp: 2 ranks each holding half of every weight give the 1-process trajectory, save the

@@ -49,11 +49,33 @@ from .models import model_needs
 from .prompts import PromptClassifier
 from .sharding import full_state_dict, shard_model
 
-# mezo and agzo: the best dev accuracy of bench/bench_compare.py's sweep on the embedded SmolLM2
-# (batch 8, 600 forwards; 1e-4 degraded both, 3e-4 diverged AGZO; README, docs/agzo.md); the
-# others from earlier short trials
-DEFAULT_LR = {"mezo": 3e-5, "pgap": 1e-2, "mezo-gv": 1e-5, "mezo-greedy": 1e-5, "ldsd": 1e-5,
-              "agzo": 3e-5}
+# Each method's defaults (lr and options the user did not give): the best dev accuracy of
+# bench/bench_compare.py's sweep on the embedded SmolLM2 (batch 8, 600 forwards; README, "ZO
+# methods on the real task") for mezo, agzo, pgap (activation and probe subspaces) and ldsd;
+# mezo-gv and mezo-greedy from earlier short trials. "pgap:probe" applies to --subspace probe or
+# random, and to --fsdp without --subspace.
+DEFAULTS = {
+    "mezo": {"lr": 3e-5},
+    "agzo": {"lr": 3e-5},
+    "pgap": {"lr": 3e-5, "subspace": "activation", "window": 50, "probes": 4},
+    "pgap:probe": {"lr": 1e-2, "window": 50, "probes": 4, "vector_lr_scale": 3e-3},
+    "ldsd": {"lr": 1e-5},
+    "mezo-gv": {"lr": 1e-5},
+    "mezo-greedy": {"lr": 1e-5},
+}
+DEFAULT_LR = {m: d["lr"] for m, d in DEFAULTS.items()}
+
+
+def apply_defaults(args: argparse.Namespace) -> None:
+    """Fill ``args.lr`` and the method options the user left unset from :data:`DEFAULTS`."""
+    key = args.method
+    # the activation subspace does not take FSDP2-sharded matrices: P-GAP's probe subspace then
+    if args.method == "pgap" and (args.subspace in ("probe", "random") or
+                                  (args.subspace is None and args.fsdp)):
+        key = "pgap:probe"
+    for name, value in DEFAULTS[key].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 METHOD_OPTIONS = ("rank", "window", "probes", "mode", "delta", "svd_iters", "scale", "subspace",
                   "vector_lr_scale",
                   "num_probes", "top_frac", "sigma", "lr_mu", "weight_decay",
@@ -133,8 +155,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for name in METHOD_OPTIONS:
         if getattr(args, name) is not None and name not in accepted:
             p.error(f"--{name.replace('_', '-')} does not apply to --method {args.method}")
-    if args.lr is None:
-        args.lr = DEFAULT_LR[args.method]
+    apply_defaults(args)
     return args
 
 
