@@ -166,3 +166,33 @@ def test_functional_view_equals_the_inplace_perturbation_bitwise():
     t = next(t for t in opt.trainables if t.name == "fc1.weight")
     pgap_kernels.perturb_(expected, [opt.step_seed(0)], [1e-2], keys=[t.key])
     assert torch.equal(seen["w"], expected)
+
+
+def test_a_module_returning_a_view_of_its_weight_keeps_its_copy():
+    """The copies share one reused arena; an output that views a copy must not be overwritten
+    by the next module's copy."""
+
+    class Table(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 8))
+
+        def forward(self, n: int) -> torch.Tensor:
+            return self.weight[:n]  # a view of the (perturbed) parameter
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table, self.fc = Table(), nn.Linear(8, 8)
+
+        def forward(self) -> torch.Tensor:
+            rows = self.table(3)
+            return (self.fc(rows) + rows).square().mean()
+
+    torch.manual_seed(0)
+    a, b = Net(), Net()
+    b.load_state_dict(a.state_dict())
+    la = pgap.MeZO(a, lr=1e-2, eps=1e-2, mode="inplace")
+    lb = pgap.MeZO(b, lr=1e-2, eps=1e-2, mode="functional")
+    for _ in range(3):
+        assert abs(la.step(a) - lb.step(b)) < 1e-5

@@ -6,8 +6,9 @@
 the same numbers ``perturb_`` would have written), swapped in by a forward pre-hook and swapped
 out by a forward hook that also runs when the forward raises. The stored tensors are never
 written, so an interrupted forward cannot leave the model perturbed, and bf16/fp16 weights do
-not pick up the rounding noise of ±ε·z. Only the copies of the module running now are alive:
-the extra memory is the parameters of one module (the largest is the embedding / ``lm_head``).
+not pick up the rounding noise of ±ε·z. Only the copies of the module running now are alive, in
+one reused arena: the extra memory is the parameters of one module (the largest is the embedding
+/ ``lm_head``), kept between forwards so that no forward allocates.
 
 Requirement: a parameter must be read inside the forward of a module that owns it (true for
 ``nn.Linear``, ``nn.Embedding``, the norms and every Hugging Face decoder we know of). A
@@ -26,6 +27,7 @@ import pgap_kernels
 from .params import Trainable
 
 MeansFor = Callable[[Trainable], Optional[torch.Tensor]]
+ALIGN = 64  # bytes: each copy starts on a cache line of the arena
 
 
 class PerturbedViews:
@@ -52,9 +54,10 @@ class PerturbedViews:
         self.shown = False
         self.live_bytes = 0  # bytes of the copies alive now, and the most ever alive at once
         self.peak_bytes = 0
+        self._arena: Optional[torch.Tensor] = None  # uint8 room for the copies, reused
         self._swapped: Dict[int, torch.Tensor] = {}  # id(param) -> its stored data while swapped
         self._handles = []
-        self._stacks: List[List[List[torch.Tensor]]] = []
+        self._stacks: List[List[List[Tuple[torch.Tensor, int]]]] = []
         self.covered: List[Trainable] = []
         seen = set()
         for module in model.modules():
@@ -65,7 +68,7 @@ class PerturbedViews:
                 if id(p) not in seen:
                     seen.add(id(p))
                     self.covered.append(t)
-            stack: List[List[torch.Tensor]] = []  # per call of this module: what its pre-hook swapped
+            stack: List[List[Tuple[torch.Tensor, int]]] = []  # per call of this module: what its pre-hook swapped
             self._stacks.append(stack)
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(owned, stack)))
             self._handles.append(module.register_forward_hook(self._post_hook(stack), always_call=True))
@@ -84,15 +87,31 @@ class PerturbedViews:
         self.show((), (), 0.0)
 
     # -- hooks -----------------------------------------------------------------------------
-    def _copy(self, p: torch.Tensor, t: Trainable) -> torch.Tensor:
-        mean = self.means(t) if self.mean_coeff != 0.0 and self.means is not None else None
-        return pgap_kernels.perturbed(p.data, list(self.seeds), list(self.coeffs), key=t.key,
-                                      offset=t.offset, mean=mean,
-                                      mean_coeff=self.mean_coeff if mean is not None else 0.0)
+    def _alloc(self, like: torch.Tensor) -> Tuple[torch.Tensor, int]:
+        """Room for a copy of ``like`` and the bytes it takes: the next slice of the arena (a
+        stack: copies are freed in the reverse order of their modules' calls), grown while no
+        copy is alive; a fresh tensor when a nested module finds the arena full."""
+        nbytes = like.numel() * like.element_size()
+        size = -(-nbytes // ALIGN) * ALIGN
+        top = self.live_bytes
+        if self._arena is None or top + size > self._arena.numel():
+            if top:
+                return torch.empty_like(like), size
+            self._arena = torch.empty(size, dtype=torch.uint8, device=like.device)
+        room = self._arena[top:top + nbytes].view(like.dtype).view(like.shape)
+        return room, size
 
-    def _pre_hook(self, owned: List[Tuple[torch.Tensor, Trainable]], stack: List[List[torch.Tensor]]):
+    def _copy(self, p: torch.Tensor, t: Trainable) -> Tuple[torch.Tensor, int]:
+        mean = self.means(t) if self.mean_coeff != 0.0 and self.means is not None else None
+        out, size = self._alloc(p.data)
+        pgap_kernels.perturbed(p.data, list(self.seeds), list(self.coeffs), key=t.key,
+                               offset=t.offset, mean=mean,
+                               mean_coeff=self.mean_coeff if mean is not None else 0.0, out=out)
+        return out, size
+
+    def _pre_hook(self, owned: List[Tuple[torch.Tensor, Trainable]], stack: List[List[Tuple[torch.Tensor, int]]]):
         def hook(module: nn.Module, inputs) -> None:
-            swapped: List[torch.Tensor] = []
+            swapped: List[Tuple[torch.Tensor, int]] = []
             stack.append(swapped)  # even when empty: the post-hook pops one entry per call
             if not self.shown:
                 return
@@ -102,22 +121,31 @@ class PerturbedViews:
                         continue
                     if self.only is not None and id(p) not in self.only:
                         continue
-                    copy = self._copy(p, t)
+                    copy, size = self._copy(p, t)
                     self._swapped[id(p)] = p.data
                     p.data = copy
-                    swapped.append(p)
-                    self.live_bytes += copy.numel() * copy.element_size()
+                    swapped.append((p, size))
+                    self.live_bytes += size
                     self.peak_bytes = max(self.peak_bytes, self.live_bytes)
         return hook
 
-    def _post_hook(self, stack: List[List[torch.Tensor]]):
+    def _post_hook(self, stack: List[List[Tuple[torch.Tensor, int]]]):
         def hook(module: nn.Module, inputs, output) -> None:
-            for p in stack.pop() if stack else ():
+            if self._arena is not None and self._aliases_arena(output):
+                self._arena = None  # the output is a view of a copy: it keeps that memory
+            for p, size in stack.pop() if stack else ():
                 stored = self._swapped.pop(id(p), None)
                 if stored is not None:
-                    self.live_bytes -= p.data.numel() * p.data.element_size()
+                    self.live_bytes -= size
                     p.data = stored
         return hook
+
+    def _aliases_arena(self, output) -> bool:
+        """Whether ``output`` (a tensor or a tuple/list of them) views the arena's memory."""
+        items = output if isinstance(output, (tuple, list)) else (output,)
+        base = self._arena.untyped_storage().data_ptr()
+        return any(isinstance(x, torch.Tensor) and x.device == self._arena.device and
+                   x.untyped_storage().data_ptr() == base for x in items)
 
     def restore_all(self) -> None:
         """Put every stored tensor back. Forward hooks with ``always_call`` do this when a forward
@@ -134,6 +162,7 @@ class PerturbedViews:
     def remove(self) -> None:
         self.restore_all()
         self.hide()
+        self._arena = None
         for h in self._handles:
             h.remove()
         self._handles.clear()
