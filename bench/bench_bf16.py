@@ -19,7 +19,7 @@ PASS/FAIL line per target; rows go to bench/results/bf16.csv.
   variance ≈ |Δ|·ulp).
 * ``time``: SmolLM2-135M, batch 8 of Rotten Tomatoes, MeZO step time functional / in place in
   float32 and bf16 (interleaved repetitions, median; target ≤ 1.15×), and the views' peak bytes of
-  copies alive at once against the largest parameter (target ≤ 1×).
+  copies alive at once (arena and kept tied copy) against the largest parameter (target ≤ 1×).
 
     python bench/bench_bf16.py                       # all parts
     python bench/bench_bf16.py --parts subulp cosine # the fast ones (no model)

@@ -7,8 +7,9 @@ the same numbers ``perturb_`` would have written), swapped in by a forward pre-h
 out by a forward hook that also runs when the forward raises. The stored tensors are never
 written, so an interrupted forward cannot leave the model perturbed, and bf16/fp16 weights do
 not pick up the rounding noise of ±ε·z. Only the copies of the module running now are alive, in
-one reused arena: the extra memory is the parameters of one module (the largest is the embedding
-/ ``lm_head``), kept between forwards so that no forward allocates.
+one reused arena (kept between forwards, so that no forward allocates), except that a parameter
+owned by several modules (a tied embedding / ``lm_head``) is copied once per shown combination
+and kept until the next one: the extra memory is that parameter plus one module's parameters.
 
 Requirement: a parameter must be read inside the forward of a module that owns it (true for
 ``nn.Linear``, ``nn.Embedding``, the norms and every Hugging Face decoder we know of). A
@@ -55,6 +56,11 @@ class PerturbedViews:
         self.live_bytes = 0  # bytes of the copies alive now, and the most ever alive at once
         self.peak_bytes = 0
         self._arena: Optional[torch.Tensor] = None  # uint8 room for the copies, reused
+        # a parameter owned by several modules (a tied embedding / lm_head) is copied once per
+        # shown combination and kept until the next show/hide: its own allocation, not the arena
+        self._kept: Dict[int, torch.Tensor] = {}
+        self.kept_bytes = 0
+        users: Dict[int, int] = {}
         self._swapped: Dict[int, torch.Tensor] = {}  # id(param) -> its stored data while swapped
         self._handles = []
         self._stacks: List[List[List[Tuple[torch.Tensor, int]]]] = []
@@ -65,6 +71,7 @@ class PerturbedViews:
             if not owned:
                 continue
             for p, t in owned:
+                users[id(p)] = users.get(id(p), 0) + 1
                 if id(p) not in seen:
                     seen.add(id(p))
                     self.covered.append(t)
@@ -72,6 +79,7 @@ class PerturbedViews:
             self._stacks.append(stack)
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(owned, stack)))
             self._handles.append(module.register_forward_hook(self._post_hook(stack), always_call=True))
+        self._shared = {k for k, n in users.items() if n > 1}
 
     # -- what the forwards see -------------------------------------------------------------
     def show(self, seeds: Sequence[int], coeffs: Sequence[float], mean_coeff: float = 0.0,
@@ -81,6 +89,8 @@ class PerturbedViews:
         self.seeds, self.coeffs, self.mean_coeff = tuple(seeds), tuple(coeffs), float(mean_coeff)
         self.only = None if only is None else {id(t.param) for t in only}
         self.shown = bool(self.seeds) or self.mean_coeff != 0.0
+        self._kept.clear()
+        self.kept_bytes = 0
 
     def hide(self) -> None:
         """The next forwards see the stored weights θ."""
@@ -102,12 +112,21 @@ class PerturbedViews:
         return room, size
 
     def _copy(self, p: torch.Tensor, t: Trainable) -> Tuple[torch.Tensor, int]:
-        mean = self.means(t) if self.mean_coeff != 0.0 and self.means is not None else None
+        """The perturbed copy of ``p`` and the arena bytes it takes (0 for a kept copy)."""
+        if id(p) in self._shared:
+            if id(p) not in self._kept:
+                self._kept[id(p)] = self._perturbed(p, t, torch.empty_like(p.data))
+                self.kept_bytes += p.numel() * p.element_size()
+            return self._kept[id(p)], 0
         out, size = self._alloc(p.data)
+        return self._perturbed(p, t, out), size
+
+    def _perturbed(self, p: torch.Tensor, t: Trainable, out: torch.Tensor) -> torch.Tensor:
+        mean = self.means(t) if self.mean_coeff != 0.0 and self.means is not None else None
         pgap_kernels.perturbed(p.data, list(self.seeds), list(self.coeffs), key=t.key,
                                offset=t.offset, mean=mean,
                                mean_coeff=self.mean_coeff if mean is not None else 0.0, out=out)
-        return out, size
+        return out
 
     def _pre_hook(self, owned: List[Tuple[torch.Tensor, Trainable]], stack: List[List[Tuple[torch.Tensor, int]]]):
         def hook(module: nn.Module, inputs) -> None:
@@ -126,7 +145,7 @@ class PerturbedViews:
                     p.data = copy
                     swapped.append((p, size))
                     self.live_bytes += size
-                    self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+                    self.peak_bytes = max(self.peak_bytes, self.live_bytes + self.kept_bytes)
         return hook
 
     def _post_hook(self, stack: List[List[Tuple[torch.Tensor, int]]]):
@@ -158,6 +177,8 @@ class PerturbedViews:
             if stored is not None:
                 t.param.data = stored
         self.live_bytes = 0
+        self._kept.clear()
+        self.kept_bytes = 0
 
     def remove(self) -> None:
         self.restore_all()
