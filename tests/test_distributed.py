@@ -133,6 +133,17 @@ def test_fsdp2_sharded_training_matches_unsharded(tmp_path, method, options, tol
     assert_same_run(results, reference(**kw), tol)
 
 
+@pytest.mark.parametrize("llama", [False, True], ids=["mlp", "llama-tied"])
+@pytest.mark.parametrize("method, options", [("mezo", {}), ("mezo-gv", {})])
+def test_fsdp2_functional_mode_follows_the_unsharded_inplace_run(tmp_path, method, options, llama):
+    """No-write mode on FSDP2 shards: the views copy the unsharded parameters inside FSDP2's
+    unshard (global indices), the update writes the shards; the one-process in-place run within
+    float tolerance."""
+    kw = dict(method=method, steps=3, llama=llama)
+    results = run_ranks(tmp_path, "train", sharded=True, options=dict(options, mode="functional"), **kw)
+    assert_same_run(results, reference(options=dict(options, mode="inplace"), **kw))
+
+
 @pytest.mark.parametrize("method, options", [("mezo", {}), ("pgap", PGAP)])
 def test_fsdp2_llama_with_parameters_on_the_root_module(tmp_path, method, options):
     """The root FSDP module keeps its parameters (embedding, norm, tied head) unsharded after a

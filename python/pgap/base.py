@@ -32,15 +32,16 @@ MERGE_ROUNDING = 15  # update_rounding index of the side paths' merge (the updat
 
 
 def resolve_mode(mode: str, trainables: Sequence[Trainable], side_paths: bool = False,
-                 weight_decay: float = 0.0) -> str:
+                 weight_decay: float = 0.0, sharded_ok: bool = False) -> str:
     """"inplace" or "functional" for ``mode`` ("auto": functional when a trainable parameter is
-    bf16/fp16 and none is FSDP2-sharded, nor, for optimizers with low-rank ``side_paths``, is
-    there weight decay; else in place)."""
+    bf16/fp16, unless one is FSDP2-sharded and the optimizer is not ``sharded_ok``, or the
+    optimizer has low-rank ``side_paths`` and weight decay; else in place)."""
     mode = check_choice(mode, "mode", MODE_CHOICES)
     if mode != "auto":
         return mode
     low = any(t.param.dtype in LOW_PRECISION for t in trainables)
-    blocked = any(t.sharded for t in trainables) or (side_paths and weight_decay > 0)
+    blocked = ((not sharded_ok and any(t.sharded for t in trainables)) or
+               (side_paths and weight_decay > 0))
     return "functional" if low and not blocked else "inplace"
 
 

@@ -44,6 +44,8 @@ class LDSD(SeededZO):
     base : "sgd" or "momentum"; momentum : float in [0, 1) (default 0.9)
     """
 
+    has_mean = True
+
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, num_probes: int = 5,
                  sigma: float = 1.0, lr_mu: Optional[float] = None, base: str = "sgd",
                  momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0,

@@ -52,12 +52,14 @@ class SeededZO(ZOOptimizer):
     """
 
     _last: Optional[Combination] = None  # the last step's direction (diagnostics, state)
+    has_mean = False  # directions with a stored mean μ (LDSD): _means returns tensors
 
     def __init__(self, model: nn.Module, *, mode: str = "auto", **kwargs) -> None:
         super().__init__(model, **kwargs)
-        self.mode = resolve_mode(mode, self.trainables)
+        self.mode = resolve_mode(mode, self.trainables, sharded_ok=not self.has_mean)
         if self.mode == "functional":
-            self.attach_views(model, self.trainables, means=self._mean_of)
+            self.attach_views(model, self.trainables,
+                              means=self._mean_of if self.has_mean else None)
 
     def hyperparameters(self):
         return dict(super().hyperparameters(), mode=self.mode)

@@ -13,8 +13,9 @@ and kept until the next one: the extra memory is that parameter plus one module'
 
 Requirement: a parameter must be read inside the forward of a module that owns it (true for
 ``nn.Linear``, ``nn.Embedding``, the norms and every Hugging Face decoder we know of). A
-parameter read elsewhere would see θ, not θ + d. FSDP2-sharded (DTensor) parameters are not
-supported: use the in-place mode for them.
+parameter read elsewhere would see θ, not θ + d. FSDP2: the hooks run inside FSDP2's
+unshard/reshard, so they copy the unsharded parameter (stream index 0 on: the sharded run's
+global indices); a mean term (LDSD) on sharded parameters is not supported.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from torch import nn
 
 import pgap_kernels
 
-from .params import Trainable
+from .params import Trainable, is_dtensor
 
 MeansFor = Callable[[Trainable], Optional[torch.Tensor]]
 ALIGN = 64  # bytes: each copy starts on a cache line of the arena
@@ -42,9 +43,9 @@ class PerturbedViews:
 
     def __init__(self, model: nn.Module, trainables: Sequence[Trainable],
                  means: Optional[MeansFor] = None, skip: Sequence[Trainable] = ()) -> None:
-        if any(t.sharded for t in trainables):
-            raise ValueError("perturbed views (mode='functional') do not support FSDP2-sharded "
-                             "parameters; use mode='inplace'")
+        if means is not None and any(t.sharded for t in trainables):
+            raise ValueError("perturbed views (mode='functional') do not support a mean term (LDSD) "
+                             "on FSDP2-sharded parameters; use mode='inplace'")
         skipped = {id(t.param) for t in skip}
         by_param = {id(t.param): t for t in trainables if id(t.param) not in skipped}
         self.means = means
@@ -58,28 +59,30 @@ class PerturbedViews:
         self._arena: Optional[torch.Tensor] = None  # uint8 room for the copies, reused
         # a parameter owned by several modules (a tied embedding / lm_head) is copied once per
         # shown combination and kept until the next show/hide: its own allocation, not the arena
-        self._kept: Dict[int, torch.Tensor] = {}
+        self._kept: Dict[str, torch.Tensor] = {}
         self.kept_bytes = 0
-        users: Dict[int, int] = {}
-        self._swapped: Dict[int, torch.Tensor] = {}  # id(param) -> its stored data while swapped
+        users: Dict[str, int] = {}
+        # trainable name -> (the parameter object the module holds now, its stored data)
+        self._swapped: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles = []
-        self._stacks: List[List[List[Tuple[torch.Tensor, int]]]] = []
+        self._stacks: List[List[List[Tuple[str, int]]]] = []
         self.covered: List[Trainable] = []
         seen = set()
         for module in model.modules():
-            owned = [(p, by_param[id(p)]) for p in module.parameters(recurse=False) if id(p) in by_param]
+            owned = [(name, by_param[id(p)]) for name, p in module.named_parameters(recurse=False)
+                     if id(p) in by_param]
             if not owned:
                 continue
-            for p, t in owned:
-                users[id(p)] = users.get(id(p), 0) + 1
-                if id(p) not in seen:
-                    seen.add(id(p))
+            for _, t in owned:
+                users[t.name] = users.get(t.name, 0) + 1
+                if t.name not in seen:
+                    seen.add(t.name)
                     self.covered.append(t)
-            stack: List[List[Tuple[torch.Tensor, int]]] = []  # per call of this module: what its pre-hook swapped
+            stack: List[List[Tuple[str, int]]] = []  # per call of this module: what its pre-hook swapped
             self._stacks.append(stack)
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(owned, stack)))
             self._handles.append(module.register_forward_hook(self._post_hook(stack), always_call=True))
-        self._shared = {k for k, n in users.items() if n > 1}
+        self._shared = {name for name, n in users.items() if n > 1}
 
     # -- what the forwards see -------------------------------------------------------------
     def show(self, seeds: Sequence[int], coeffs: Sequence[float], mean_coeff: float = 0.0,
@@ -87,7 +90,7 @@ class PerturbedViews:
         """The next forwards see θ + mean_coeff·μ + Σ_j coeffs[j]·z(seeds[j]) on the covered
         parameters (on those among ``only`` when given; the others then see θ)."""
         self.seeds, self.coeffs, self.mean_coeff = tuple(seeds), tuple(coeffs), float(mean_coeff)
-        self.only = None if only is None else {id(t.param) for t in only}
+        self.only = None if only is None else {t.name for t in only}
         self.shown = bool(self.seeds) or self.mean_coeff != 0.0
         self._kept.clear()
         self.kept_bytes = 0
@@ -113,50 +116,55 @@ class PerturbedViews:
 
     def _copy(self, p: torch.Tensor, t: Trainable) -> Tuple[torch.Tensor, int]:
         """The perturbed copy of ``p`` and the arena bytes it takes (0 for a kept copy)."""
-        if id(p) in self._shared:
-            if id(p) not in self._kept:
-                self._kept[id(p)] = self._perturbed(p, t, torch.empty_like(p.data))
+        if t.name in self._shared:
+            if t.name not in self._kept:
+                self._kept[t.name] = self._perturbed(p, t, torch.empty_like(p.data))
                 self.kept_bytes += p.numel() * p.element_size()
-            return self._kept[id(p)], 0
+            return self._kept[t.name], 0
         out, size = self._alloc(p.data)
         return self._perturbed(p, t, out), size
 
     def _perturbed(self, p: torch.Tensor, t: Trainable, out: torch.Tensor) -> torch.Tensor:
         mean = self.means(t) if self.mean_coeff != 0.0 and self.means is not None else None
+        # an FSDP2 parameter is unsharded while its module runs: the whole tensor, index 0 on
         pgap_kernels.perturbed(p.data, list(self.seeds), list(self.coeffs), key=t.key,
-                               offset=t.offset, mean=mean,
+                               offset=0 if t.sharded else t.offset, mean=mean,
                                mean_coeff=self.mean_coeff if mean is not None else 0.0, out=out)
         return out
 
-    def _pre_hook(self, owned: List[Tuple[torch.Tensor, Trainable]], stack: List[List[Tuple[torch.Tensor, int]]]):
+    def _pre_hook(self, owned: List[Tuple[str, Trainable]], stack: List[List[Tuple[str, int]]]):
         def hook(module: nn.Module, inputs) -> None:
-            swapped: List[Tuple[torch.Tensor, int]] = []
+            swapped: List[Tuple[str, int]] = []
             stack.append(swapped)  # even when empty: the post-hook pops one entry per call
             if not self.shown:
                 return
             with torch.no_grad():
-                for p, t in owned:
-                    if id(p) in self._swapped:  # a tied parameter already shown by an outer module
+                for pname, t in owned:
+                    if t.name in self._swapped:  # a tied parameter already shown by an outer module
                         continue
-                    if self.only is not None and id(p) not in self.only:
+                    if self.only is not None and t.name not in self.only:
                         continue
+                    p = module._parameters[pname]  # FSDP2: the unsharded parameter, now
+                    if is_dtensor(p):
+                        raise RuntimeError(f"parameter {t.name!r} is still sharded inside its module's "
+                                           "forward; perturbed views need FSDP2's unsharded parameters")
                     copy, size = self._copy(p, t)
-                    self._swapped[id(p)] = p.data
+                    self._swapped[t.name] = (p, p.data)
                     p.data = copy
-                    swapped.append((p, size))
+                    swapped.append((t.name, size))
                     self.live_bytes += size
                     self.peak_bytes = max(self.peak_bytes, self.live_bytes + self.kept_bytes)
         return hook
 
-    def _post_hook(self, stack: List[List[Tuple[torch.Tensor, int]]]):
+    def _post_hook(self, stack: List[List[Tuple[str, int]]]):
         def hook(module: nn.Module, inputs, output) -> None:
             if self._arena is not None and self._aliases_arena(output):
                 self._arena = None  # the output is a view of a copy: it keeps that memory
-            for p, size in stack.pop() if stack else ():
-                stored = self._swapped.pop(id(p), None)
-                if stored is not None:
+            for name, size in stack.pop() if stack else ():
+                entry = self._swapped.pop(name, None)
+                if entry is not None:
                     self.live_bytes -= size
-                    p.data = stored
+                    entry[0].data = entry[1]
         return hook
 
     def _aliases_arena(self, output) -> bool:
@@ -172,10 +180,9 @@ class PerturbedViews:
         failed step."""
         for stack in self._stacks:
             stack.clear()
-        for t in self.covered:
-            stored = self._swapped.pop(id(t.param), None)
-            if stored is not None:
-                t.param.data = stored
+        for p, stored in self._swapped.values():
+            p.data = stored
+        self._swapped.clear()
         self.live_bytes = 0
         self._kept.clear()
         self.kept_bytes = 0
