@@ -114,7 +114,16 @@ def test_a_kernel_error_between_forwards_restores_the_weights(monkeypatch):
     assert opt.steps_done == 1 and opt.forwards == 2
 
 
-def test_ctrl_c_during_the_update_is_delivered_after_the_step():
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, also where the test process
+    was started with SIGINT ignored (a background job of a non-interactive shell)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_the_update_is_delivered_after_the_step(default_sigint):
     model, closure, opt = make("mezo", {})
     ref_model, ref_closure, ref = make("mezo", {})
     ref.step(ref_closure)
