@@ -36,18 +36,17 @@ class PerturbedViews:
     """Hooks that show ``combo`` (seeds, coeffs, mean_coeff) to the forwards of ``model``.
 
     ``show(seeds, coeffs, mean_coeff)`` sets what the next forwards see; ``hide()`` shows θ
-    again (the state outside a step). ``means(t)`` gives μ of trainable ``t`` when the shown
-    combination has a mean term (LDSD). ``skip`` names trainables whose perturbation reaches the
-    forward another way (P-GAP's and AGZO's side paths) and that these hooks leave alone.
+    again (the state outside a step); ``only=`` limits what is shown to some trainables (P-GAP's
+    and AGZO's vectors, whose matrices go through their side paths). ``means(t)`` gives μ of
+    trainable ``t`` when the shown combination has a mean term (LDSD).
     """
 
     def __init__(self, model: nn.Module, trainables: Sequence[Trainable],
-                 means: Optional[MeansFor] = None, skip: Sequence[Trainable] = ()) -> None:
+                 means: Optional[MeansFor] = None) -> None:
         if means is not None and any(t.sharded for t in trainables):
             raise ValueError("perturbed views (mode='functional') do not support a mean term (LDSD) "
                              "on FSDP2-sharded parameters; use mode='inplace'")
-        skipped = {id(t.param) for t in skip}
-        by_param = {id(t.param): t for t in trainables if id(t.param) not in skipped}
+        by_param = {id(t.param): t for t in trainables}
         self.means = means
         self.seeds: Tuple[int, ...] = ()
         self.coeffs: Tuple[float, ...] = ()
