@@ -111,6 +111,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.model = model
         self.trainables: List[Trainable] = collect_trainable(model, decay_filter)
         self.device = self.trainables[0].local.device
+        # any bf16/fp16 trainable (stochastic rounding applies; read every update pass)
+        self.low_precision = any(t.param.dtype in LOW_PRECISION for t in self.trainables)
         group = resolve_group(process_group)
         self.reducer: Optional[LossReducer] = LossReducer(group) if group is not None else None
         self._ranks_checked = False
@@ -257,8 +259,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         """Keyword arguments of the kernels for update pass ``index`` of this step: stochastic
         rounding into bf16/fp16 weights (``rounding="stochastic"``, the default) with its own
         seed ``derive_seed(seed, step, ROUNDING_STREAM + index)``, or {} (round to nearest)."""
-        if self.rounding != "stochastic" or not any(t.param.dtype in LOW_PRECISION
-                                                    for t in self.trainables):
+        if self.rounding != "stochastic" or not self.low_precision:
             return {}
         return {"rounding": "stochastic",
                 "rounding_seed": derive_seed(self.seed, self.steps_done, ROUNDING_STREAM + index)}
