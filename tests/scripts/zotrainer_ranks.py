@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_hf import Tokens  # noqa: E402
 from zo_problems import tiny_llama  # noqa: E402
 
+from pgap.distributed import exit_ranks  # noqa: E402
 from pgap.hf import ZOTrainer  # noqa: E402
 
 out, method = Path(sys.argv[1]), sys.argv[2]
@@ -28,3 +29,5 @@ torch.save({"losses": losses, "world": trainer.zo_optimizer.world_size,
             "wrapped": type(trainer.model_wrapped).__name__,
             "weights": {k: v.clone() for k, v in model.state_dict().items()}},
            out / f"rank{os.environ['RANK']}.pt")
+# end after a barrier, without tearing gloo down at interpreter exit (see exit_ranks)
+exit_ranks(0)
