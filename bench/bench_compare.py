@@ -184,9 +184,35 @@ def report(args) -> int:
         seeds = max(len(v) for v in cells.values())
         print(f"  {label:<30} {lr:<8g} {seeds:<6} " + " ".join(
             f"{fmt(cells.get(c, [])):>14}" for c in table["checkpoints"]))
+    verdict = target_lines(table)
+    if verdict:
+        print("\n" + "\n".join(verdict))
     if not args.no_plot:
         common.draw_plot(args.plot, lambda path: plot(path, table))
     return 0
+
+
+def target_lines(table: dict, baseline: str = "mezo", early: int = 200, margin: float = 0.05) -> List[str]:
+    """Issue 13's target, per method against ``baseline`` (means over seeds): the first checkpoint
+    whose mean reaches the baseline's mean at the budget (needed: ≤ ``early`` forwards), and the
+    gap at the budget (needed: ≥ ``margin``)."""
+    budget = table["checkpoints"][-1]
+    base = [cells[budget] for (m, _, _), cells in table["rows"].items() if m == baseline and budget in cells]
+    if not base:
+        return []
+    target = statistics.fmean(base[0])
+    lines = [f"target: reach {baseline}'s {budget}-forward test accuracy ({target:.3f}) within {early} "
+             f"forwards and end >= {margin * 100:g} points above it at {budget}:"]
+    for (method, options, lr), cells in table["rows"].items():
+        if method == baseline or budget not in cells:
+            continue
+        reached = next((c for c in sorted(cells) if statistics.fmean(cells[c]) >= target), None)
+        gap = statistics.fmean(cells[budget]) - target
+        met = reached is not None and reached <= early and gap >= margin
+        label = method + (f" [{options}]" if options else "")
+        lines.append(f"  {label:<30} reaches it at {reached if reached is not None else 'never':>5}, "
+                     f"{budget}-forward gap {gap * 100:+.1f} points: {'MET' if met else 'not met'}")
+    return lines
 
 
 def fmt(values: List[float]) -> str:
