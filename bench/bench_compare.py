@@ -7,8 +7,9 @@ same seeded order, and evaluates test accuracy whenever the next step would take
 ``--checkpoints`` forwards (default 200, 400, 600; the last is the budget), plus dev accuracy at
 the budget. Rows are appended to the CSV as each evaluation finishes, so a long grid can be
 stopped and continued (``--skip-done``). ``--report`` reads the CSV, picks each method's lr by
-dev accuracy at the budget (mean over the seeds run at that lr), prints the test accuracy
-mean ± std at every checkpoint and draws accuracy against forwards, one line and band per method.
+dev accuracy at the budget (mean over the seeds that every lr of the method ran, i.e. the sweep's;
+a tie goes to the smaller lr), prints the test accuracy mean ± std at every checkpoint, draws
+accuracy against forwards (one line and band per method) and judges issue 13's target.
 
     python bench/bench_compare.py --grid mezo=3e-5,1e-4,3e-4 agzo=1e-4,3e-4,1e-3 --seeds 0
     python bench/bench_compare.py --grid mezo=1e-4 agzo=3e-4 --seeds 1 2 --skip-done
@@ -137,17 +138,22 @@ def load_rows(path: Path) -> List[dict]:
 
 
 def choose(rows: List[dict]) -> Dict[Tuple[str, str], float]:
-    """Per (method, options): the lr with the best mean dev accuracy at the budget."""
-    dev: Dict[Tuple[str, str, float], List[float]] = {}
+    """Per (method, options): the lr with the best mean dev accuracy at the budget, over the seeds
+    every lr of that method was run with (the sweep's seeds; the seeds added afterwards at the
+    chosen lr do not change the choice); a tie goes to the smaller lr (when dev cannot tell two
+    lrs apart, the one that moves the weights less)."""
+    dev: Dict[Tuple[str, str], Dict[float, Dict[int, float]]] = {}
     for r in rows:
         if r["split"] == "dev":
-            dev.setdefault((r["method"], r["options"], float(r["lr"])), []).append(float(r["accuracy"]))
-    best: Dict[Tuple[str, str], Tuple[float, float]] = {}
-    for (method, options, lr), accs in dev.items():
-        score = statistics.fmean(accs)
-        if (method, options) not in best or score > best[(method, options)][1]:
-            best[(method, options)] = (lr, score)
-    return {k: v[0] for k, v in best.items()}
+            dev.setdefault((r["method"], r["options"]), {}).setdefault(float(r["lr"]), {})[
+                int(r["seed"])] = float(r["accuracy"])
+    chosen: Dict[Tuple[str, str], float] = {}
+    for key, by_lr in dev.items():
+        common = set.intersection(*(set(seeds) for seeds in by_lr.values()))
+        scores = {lr: statistics.fmean(accs[s] for s in common) if common else statistics.fmean(accs.values())
+                  for lr, accs in by_lr.items()}
+        chosen[key] = min(scores, key=lambda lr: (-scores[lr], lr))
+    return chosen
 
 
 def report(args) -> int:
@@ -156,7 +162,8 @@ def report(args) -> int:
         print(f"bench_compare.py: no rows in {args.csv}")
         return 1
     chosen = choose(rows)
-    print("lr grid (dev accuracy at the budget, mean over seeds):")
+    print("lr grid (dev accuracy at the budget, mean over seeds; the choice compares the seeds every lr "
+          "ran, a tie going to the smaller lr):")
     grid: Dict[Tuple[str, str, float], List[float]] = {}
     for r in rows:
         if r["split"] == "dev":
