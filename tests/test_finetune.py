@@ -98,7 +98,7 @@ def test_method_defaults_fill_only_what_the_user_left_out():
     a = finetune.parse_args(["--method", "pgap"])
     assert (a.lr, a.subspace, a.window, a.probes) == (3e-5, "activation", 50, 4)
     b = finetune.parse_args(["--method", "pgap", "--subspace", "probe", "--probes", "7"])
-    assert (b.lr, b.probes, b.vector_lr_scale) == (1e-2, 7, 3e-3)
+    assert (b.lr, b.probes, b.vector_lr_scale) == (1e-3, 7, 3e-3)
     assert finetune.parse_args(["--method", "pgap", "--fsdp"]).subspace is None
     assert finetune.parse_args(["--method", "mezo", "--lr", "1e-4"]).lr == 1e-4
     assert finetune.parse_args(["--method", "agzo"]).lr == finetune.DEFAULTS["agzo"]["lr"]

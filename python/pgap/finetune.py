@@ -58,8 +58,8 @@ DEFAULTS = {
     "mezo": {"lr": 3e-5},
     "agzo": {"lr": 3e-5},
     "pgap": {"lr": 3e-5, "subspace": "activation", "window": 50, "probes": 4},
-    "pgap:probe": {"lr": 1e-2, "window": 50, "probes": 4, "vector_lr_scale": 3e-3},
-    "ldsd": {"lr": 1e-5},
+    "pgap:probe": {"lr": 1e-3, "window": 50, "probes": 4, "vector_lr_scale": 3e-3},
+    "ldsd": {"lr": 3e-5},
     "mezo-gv": {"lr": 1e-5},
     "mezo-greedy": {"lr": 1e-5},
 }
