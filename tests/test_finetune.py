@@ -104,6 +104,13 @@ def test_method_defaults_fill_only_what_the_user_left_out():
     assert finetune.parse_args(["--method", "agzo"]).lr == finetune.DEFAULTS["agzo"]["lr"]
 
 
+def test_default_method_is_the_sweeps_winner_and_mezo_under_fsdp():
+    a = finetune.parse_args([])
+    assert (a.method, a.subspace, a.lr) == ("pgap", "activation", finetune.DEFAULTS["pgap"]["lr"])
+    b = finetune.parse_args(["--fsdp"])
+    assert (b.method, b.lr) == ("mezo", finetune.DEFAULTS["mezo"]["lr"])
+
+
 @pytest.mark.parametrize("method, extra", [
     ("mezo", []), ("pgap", ["--rank", "2", "--window", "2", "--probes", "2", "--delta", "1", "1"]),
     ("agzo", ["--rank", "2", "--refresh", "2"]),

@@ -96,7 +96,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--train", type=int, default=1000)
     p.add_argument("--dev", type=int, default=500)
     p.add_argument("--test", type=int, default=1000)
-    p.add_argument("--method", default="mezo", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--method", default=None,
+                   help=f"one of {', '.join(METHODS)} (default pgap, the best of bench_compare.py's "
+                        "sweep; mezo with --fsdp, where P-GAP's activation subspace does not apply)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")
@@ -146,6 +148,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
+    if args.method is None:
+        args.method = "mezo" if args.fsdp else "pgap"
     if args.method not in METHODS:
         p.error(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
     for name in ("steps", "batch_size", "max_length", "lora_r"):
