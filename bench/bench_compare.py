@@ -137,16 +137,24 @@ def load_rows(path: Path) -> List[dict]:
         return list(csv.DictReader(fh))
 
 
-def choose(rows: List[dict]) -> Dict[Tuple[str, str], float]:
-    """Per (method, options): the lr with the best mean dev accuracy at the budget, over the seeds
-    every lr of that method was run with (the sweep's seeds; the seeds added afterwards at the
-    chosen lr do not change the choice); a tie goes to the smaller lr (when dev cannot tell two
-    lrs apart, the one that moves the weights less)."""
-    dev: Dict[Tuple[str, str], Dict[float, Dict[int, float]]] = {}
+DevGrid = Dict[Tuple[str, str], Dict[float, Dict[int, float]]]
+
+
+def dev_grid(rows: List[dict]) -> DevGrid:
+    """Dev accuracy at the budget by (method, options), then lr, then seed."""
+    dev: DevGrid = {}
     for r in rows:
         if r["split"] == "dev":
             dev.setdefault((r["method"], r["options"]), {}).setdefault(float(r["lr"]), {})[
                 int(r["seed"])] = float(r["accuracy"])
+    return dev
+
+
+def choose(dev: DevGrid) -> Dict[Tuple[str, str], float]:
+    """Per (method, options): the lr with the best mean dev accuracy at the budget, over the seeds
+    every lr of that method was run with (the sweep's seeds; the seeds added afterwards at the
+    chosen lr do not change the choice); a tie goes to the smaller lr (when dev cannot tell two
+    lrs apart, the one that moves the weights less)."""
     chosen: Dict[Tuple[str, str], float] = {}
     for key, by_lr in dev.items():
         common = set.intersection(*(set(seeds) for seeds in by_lr.values()))
@@ -161,24 +169,22 @@ def report(args) -> int:
     if not rows:
         print(f"bench_compare.py: no rows in {args.csv}")
         return 1
-    chosen = choose(rows)
+    grid = dev_grid(rows)
+    chosen = choose(grid)
     print("lr grid (dev accuracy at the budget, mean over seeds; the choice compares the seeds every lr "
           "ran, a tie going to the smaller lr):")
-    grid: Dict[Tuple[str, str, float], List[float]] = {}
-    for r in rows:
-        if r["split"] == "dev":
-            grid.setdefault((r["method"], r["options"], float(r["lr"])), []).append(float(r["accuracy"]))
-    for (method, options, lr), accs in sorted(grid.items()):
-        mark = " <- chosen" if chosen.get((method, options)) == lr else ""
-        print(f"  {method:<6} {options:<24} lr {lr:<8g} dev {statistics.fmean(accs):.3f} "
-              f"({len(accs)} seed{'s' if len(accs) > 1 else ''}){mark}")
+    for (method, options), by_lr in sorted(grid.items()):
+        for lr, accs in sorted(by_lr.items()):
+            mark = " <- chosen" if chosen[(method, options)] == lr else ""
+            print(f"  {method:<6} {options:<24} lr {lr:<8g} dev {statistics.fmean(accs.values()):.3f} "
+                  f"({len(accs)} seed{'s' if len(accs) > 1 else ''}){mark}")
     last: Dict[Tuple[str, str, float, int], dict] = {}
     for r in rows:  # runs stopped before the budget (no dev row): their last evaluation
         key = (r["method"], r["options"], float(r["lr"]), int(r["seed"]))
         if r["method"] != "zero-shot" and r["split"] == "test":
             last[key] = r
     for (method, options, lr, seed), r in sorted(last.items()):
-        if (method, options, lr) not in grid:
+        if lr not in grid.get((method, options), {}):
             print(f"  {method:<6} {options:<24} lr {lr:<8g} stopped at {r['forwards']} forwards "
                   f"(seed {seed}): test {float(r['accuracy']):.3f}, train loss {r['train_loss']}")
     table = summarize(rows, chosen)
@@ -187,7 +193,7 @@ def report(args) -> int:
     print("\ntest accuracy at the chosen lr, mean ± std over seeds:")
     print(f"  {'method':<30} {'lr':<8} {'seeds':<6} " + " ".join(f"{c:>14}" for c in table["checkpoints"]))
     for (method, options, lr), cells in table["rows"].items():
-        label = method + (f" [{options}]" if options else "")
+        label = run_label(method, options)
         seeds = max(len(v) for v in cells.values())
         print(f"  {label:<30} {lr:<8g} {seeds:<6} " + " ".join(
             f"{fmt(cells.get(c, [])):>14}" for c in table["checkpoints"]))
@@ -204,10 +210,11 @@ def target_lines(table: dict, baseline: str = "mezo", early: int = 200, margin: 
     whose mean reaches the baseline's mean at the budget (needed: ≤ ``early`` forwards), and the
     gap at the budget (needed: ≥ ``margin``)."""
     budget = table["checkpoints"][-1]
-    base = [cells[budget] for (m, _, _), cells in table["rows"].items() if m == baseline and budget in cells]
-    if not base:
+    base = next((cells[budget] for (m, _, _), cells in table["rows"].items()
+                 if m == baseline and budget in cells), None)
+    if base is None:
         return []
-    target = statistics.fmean(base[0])
+    target = statistics.fmean(base)
     lines = [f"target: reach {baseline}'s {budget}-forward test accuracy ({target:.3f}) within {early} "
              f"forwards and end >= {margin * 100:g} points above it at {budget}:"]
     for (method, options, lr), cells in table["rows"].items():
@@ -216,10 +223,14 @@ def target_lines(table: dict, baseline: str = "mezo", early: int = 200, margin: 
         reached = next((c for c in sorted(cells) if statistics.fmean(cells[c]) >= target), None)
         gap = statistics.fmean(cells[budget]) - target
         met = reached is not None and reached <= early and gap >= margin
-        label = method + (f" [{options}]" if options else "")
+        label = run_label(method, options)
         lines.append(f"  {label:<30} reaches it at {reached if reached is not None else 'never':>5}, "
                      f"{budget}-forward gap {gap * 100:+.1f} points: {'MET' if met else 'not met'}")
     return lines
+
+
+def run_label(method: str, options: str) -> str:
+    return method + (f" [{options}]" if options else "")
 
 
 def fmt(values: List[float]) -> str:
@@ -259,7 +270,7 @@ def plot(path: Path, table: dict) -> None:
         xs = sorted(cells)
         mean = [statistics.fmean(cells[x]) for x in xs]
         sd = [statistics.stdev(cells[x]) if len(cells[x]) > 1 else 0.0 for x in xs]
-        label = f"{method}{' [' + options + ']' if options else ''} lr {lr:g} (n={len(cells[xs[-1]])})"
+        label = f"{run_label(method, options)} lr {lr:g} (n={len(cells[xs[-1]])})"
         line, = ax.plot(xs, mean, "o-", label=label)
         ax.fill_between(xs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
                         color=line.get_color(), alpha=0.15)
