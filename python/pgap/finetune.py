@@ -51,8 +51,7 @@ from .sharding import full_state_dict, shard_model
 
 # Each method's defaults (lr and options the user did not give): the best dev accuracy of
 # bench/bench_compare.py's sweep on the embedded SmolLM2 (batch 8, 600 forwards; README, "ZO
-# methods on the real task") for mezo, agzo, pgap (activation and probe subspaces) and ldsd;
-# mezo-gv and mezo-greedy from earlier short trials. "pgap:probe" applies to --subspace probe or
+# methods on the real task") for every method. "pgap:probe" applies to --subspace probe or
 # random, and to --fsdp without --subspace.
 DEFAULTS = {
     "mezo": {"lr": 3e-5},
@@ -60,8 +59,8 @@ DEFAULTS = {
     "pgap": {"lr": 3e-5, "subspace": "activation", "window": 50, "probes": 4},
     "pgap:probe": {"lr": 1e-3, "window": 50, "probes": 4, "vector_lr_scale": 3e-3},
     "ldsd": {"lr": 3e-5},
-    "mezo-gv": {"lr": 1e-5},
-    "mezo-greedy": {"lr": 1e-5},
+    "mezo-gv": {"lr": 3e-5},
+    "mezo-greedy": {"lr": 3e-5},
 }
 DEFAULT_LR = {m: d["lr"] for m, d in DEFAULTS.items()}
 
