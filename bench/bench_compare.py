@@ -176,7 +176,7 @@ def report(args) -> int:
     for (method, options), by_lr in sorted(grid.items()):
         for lr, accs in sorted(by_lr.items()):
             mark = " <- chosen" if chosen[(method, options)] == lr else ""
-            print(f"  {method:<6} {options:<24} lr {lr:<8g} dev {statistics.fmean(accs.values()):.3f} "
+            print(f"  {run_label(method, options):<30} lr {lr:<8g} dev {statistics.fmean(accs.values()):.3f} "
                   f"({len(accs)} seed{'s' if len(accs) > 1 else ''}){mark}")
     last: Dict[Tuple[str, str, float, int], dict] = {}
     for r in rows:  # runs stopped before the budget (no dev row): their last evaluation
@@ -185,7 +185,7 @@ def report(args) -> int:
             last[key] = r
     for (method, options, lr, seed), r in sorted(last.items()):
         if lr not in grid.get((method, options), {}):
-            print(f"  {method:<6} {options:<24} lr {lr:<8g} stopped at {r['forwards']} forwards "
+            print(f"  {run_label(method, options):<30} lr {lr:<8g} stopped at {r['forwards']} forwards "
                   f"(seed {seed}): test {float(r['accuracy']):.3f}, train loss {r['train_loss']}")
     table = summarize(rows, chosen)
     if table["zero_shot"] is not None:
