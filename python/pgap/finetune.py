@@ -63,6 +63,9 @@ DEFAULTS = {
     "mezo-greedy": {"lr": 3e-5},
 }
 DEFAULT_LR = {m: d["lr"] for m, d in DEFAULTS.items()}
+# --method when not given: the sweep's winner; under --fsdp, where the activation subspace takes no
+# sharded matrices (and the probe subspace did not learn), MeZO.
+DEFAULT_METHOD, FSDP_DEFAULT_METHOD = "pgap", "mezo"
 
 
 def apply_defaults(args: argparse.Namespace) -> None:
@@ -96,8 +99,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--dev", type=int, default=500)
     p.add_argument("--test", type=int, default=1000)
     p.add_argument("--method", default=None,
-                   help=f"one of {', '.join(METHODS)} (default pgap, the best of bench_compare.py's "
-                        "sweep; mezo with --fsdp, where P-GAP's activation subspace does not apply)")
+                   help=f"one of {', '.join(METHODS)} (default {DEFAULT_METHOD}, the best of "
+                        f"bench_compare.py's sweep; {FSDP_DEFAULT_METHOD} with --fsdp)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")
@@ -148,7 +151,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
     if args.method is None:
-        args.method = "mezo" if args.fsdp else "pgap"
+        args.method = FSDP_DEFAULT_METHOD if args.fsdp else DEFAULT_METHOD
     if args.method not in METHODS:
         p.error(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
     for name in ("steps", "batch_size", "max_length", "lora_r"):
