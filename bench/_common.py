@@ -52,8 +52,11 @@ def git_revision() -> str:
     """``git rev-parse --short HEAD``, plus ``-dirty`` if tracked files differ from HEAD.
 
     Changes under bench/results/ (the benchmarks' own output) do not count as dirty.
-    Returns ``"unknown"`` outside a git checkout or without git.
+    Returns ``"unknown"`` outside a git checkout or without git. ``PGAP_GIT_REVISION`` overrides
+    it: a copy of the working tree without ``.git`` (a lent GPU machine) says where it came from.
     """
+    if os.environ.get("PGAP_GIT_REVISION"):
+        return os.environ["PGAP_GIT_REVISION"]
     try:
         rev = _git("rev-parse", "--short", "HEAD")
         dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".",

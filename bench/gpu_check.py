@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import re
 import shutil
@@ -80,6 +81,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="steps to leave out (build, pytest, selftest, perturb, lowrank, subspace, "
                         "perturbed, zo_step)")
     p.add_argument("--python", default=sys.executable, help="interpreter for every step")
+    p.add_argument("--pytest-workers", type=int, default=None, metavar="N",
+                   help="pytest-xdist workers for the GPU tests (default: up to 8 where "
+                        "pytest-xdist is installed, else 1); Triton's JIT dominates their time")
     return p.parse_args(argv)
 
 
@@ -141,6 +145,9 @@ def plan(args: argparse.Namespace, env: Dict[str, str], out: Path, scratch: Path
                  str(ROOT / "build" / "gpu-check")]
         build_env = {"PGAP_CUDA_ARCHS": env["arch"]}
     pytest_args = (["-m", "gpu", "tests/test_selftest.py"] if dry else ["-m", "gpu", "tests"])
+    workers = pytest_workers(args)
+    if workers > 1:
+        pytest_args = ["-n", str(workers)] + pytest_args
     perturb = (["--min-log2", "12", "--max-log2", "12", "--repeats", "3", "--warmup", "1",
                 "--reference-max-log2", "12"] if dry else
                ["--min-log2", "27", "--max-log2", "27", "--repeats", "10", "--warmup", "3"])
@@ -179,6 +186,16 @@ def plan(args: argparse.Namespace, env: Dict[str, str], out: Path, scratch: Path
                           {"PGAP_BACKEND": backend}, what=f"one ZO step, {backend} backend"))
     skipped = set(args.skip)
     return [s for s in steps if s.name not in skipped and s.name.split("[")[0] not in skipped]
+
+
+def pytest_workers(args: argparse.Namespace) -> int:
+    """xdist workers for the pytest step: ``--pytest-workers``, else up to 8 where pytest-xdist
+    is installed (a dry run: 1)."""
+    if args.pytest_workers is not None:
+        return max(1, args.pytest_workers)
+    if args.dry_run or importlib.util.find_spec("xdist") is None:
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 def run_step(step: Step, env: Dict[str, str], out: Path, remaining: float) -> Outcome:
