@@ -100,7 +100,7 @@ def test_perturb_matches_reference(device_backend, dtype):
     subnormals = subnormals_work(device, backend, dtype)
     t = torch.cat([special(dtype, subnormals), values(400, dtype, 1, 3.0)])
     t = torch.cat([t, t * 2.0 ** -10]).to(device)  # normal and small (fp16 subnormal) magnitudes
-    mean = (t.float() * values(t.numel(), torch.float32, 2)).nan_to_num(0.0, 0.0, 0.0).to(dtype)
+    mean = (t.float() * values(t.numel(), torch.float32, 2).to(device)).nan_to_num(0.0, 0.0, 0.0).to(dtype)
     kwargs = dict(keys=[0xFFFFFFFF], offsets=[CARRY], mean=[mean], mean_coeff=0.0123,
                   rounding="stochastic", rounding_seed=(1 << 64) - 2)
     (actual,) = run(backend, lambda x: pk.perturb_(x, [], [], **kwargs), t)
