@@ -46,7 +46,13 @@ class SubspaceArgs:
 
     def rounding_index(self, p: int) -> int:
         """The stochastic-rounding index of W_p[0, 0]: a matrix whose Xi starts at row
-        offsets[p] / r_p of the stream block is those rows of the logical full matrix."""
+        offsets[p] / r_p of the stream block is those rows of the logical full matrix.
+
+        0 when rounding to nearest: no rounding word is drawn, and the index is range-checked
+        (below 2**63, as the kernels' int64/uint64 tables need) only for stochastic rounding, so a
+        valid offset near 2**63 must not reach the tables as offsets[p] / r_p * n_p."""
+        if self.rounding_seed is None:
+            return 0
         return self.offsets[p] // self.bases[p].shape[1] * self.tensors[p].shape[1]
 
     def nonempty(self) -> "SubspaceArgs":

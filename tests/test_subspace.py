@@ -183,6 +183,21 @@ def test_overwrite_ignores_nan(device_backend, dtype):
     assert_lowrank_close(got, exp, magnitude(w, v, COEFFS, 0.0))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nearest_with_offsets_near_the_index_limit(device_backend, dtype):
+    """Round to nearest draws no rounding word, so offsets[p] / r * n (the stochastic-rounding
+    index, > 2**64 here) must not reach the kernels' int64/uint64 tables: any valid stream offset
+    works, as on reference."""
+    device, backend = device_backend
+    m, n, r = 6, 64, 4
+    w, v = weights(m, n, dtype, device), basis(n, r, device)
+    for offset in (1 << 62, (1 << 63) - m * r - 1):  # the largest valid offset
+        kwargs = dict(keys=[3], offsets=[offset], decay=0.9, rounding="nearest")
+        exp = run("reference", [w], [v], **kwargs)[0]
+        got = run(backend, [w], [v], **kwargs)[0]
+        assert_lowrank_close(got, exp, magnitude(w, v, COEFFS, 0.9))
+
+
 def test_no_seeds_only_decays(device_backend):
     device, backend = device_backend
     w, v = weights(9, 10, torch.float32, device), basis(10, 3, device)
