@@ -14,6 +14,7 @@ import torch
 import pgap_kernels as pk
 from pgap_kernels._stream import seed_to_int64
 from pgap_kernels.backends.reference.rounding import round_stochastic, rounding_words
+from pgap_kernels.testing import assert_lowrank_close
 
 from conftest import OP_CASES, backend_cases, is_triton_interpreter, require
 
@@ -227,8 +228,9 @@ def test_sharding_invariance(device_backend, dtype):
                                                      offsets=[CARRY + lo * 7], **sr), t[lo * 7:hi * 7])
         assert_same(part, whole[lo * 7:hi * 7])
     # subspace_perturb_: a row shard at offset i0*r rounds at the indices of its rows in the
-    # whole matrix; its float32 values are those of the whole in native, cuda and triton (the
-    # reference's torch.mm may sum a shard in another order, docs/subspace.md "Sharding")
+    # whole matrix; its float32 values are those of the whole in native, cuda and compiled
+    # triton (the reference's torch.mm and the Triton interpreter's tl.dot, NumPy's matmul, may
+    # sum a shard in another order, docs/subspace.md "Sharding"; then a rounding may differ)
     W, V = values((23, 7), dtype, 15).to(device), values((7, 3), torch.float32, 16).to(device)
     (whole,) = run(backend, lambda w: pk.subspace_perturb_(w, V, 9, 0.05, keys=[2], offsets=[3 * 4], **sr), W)
     for lo, hi in cuts:
@@ -236,7 +238,9 @@ def test_sharding_invariance(device_backend, dtype):
         (part,) = run(backend, lambda w: op(w, **sr), W[lo:hi])
         (v,) = run(backend, op, W[lo:hi].float())
         assert_same(part, rule(v, 5, 2, (4 + lo) * 7, dtype))
-        if backend != "reference":
+        if backend == "reference" or is_triton_interpreter(device, backend):
+            assert_lowrank_close(part, whole[lo:hi], 1.0)  # one rounding apart at most
+        else:
             assert_same(part, whole[lo:hi])
     # lowrank_perturb_: a row shard (U's rows) at offset i0*n, with a product exact in float32
     W, U, Z, Vl, scale = (x.to(device) if isinstance(x, torch.Tensor) else x
