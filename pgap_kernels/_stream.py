@@ -1,4 +1,5 @@
 """Constants of the philox4x32-10/v1 random-stream contract (see docs/rng.md)."""
+import ctypes
 from typing import Optional
 
 STREAM_VERSION = "philox4x32-10/v1"
@@ -31,6 +32,13 @@ def seed_from_int64(seed: int) -> int:
 def optional_seed_to_int64(seed: Optional[int]) -> Optional[int]:
     """:func:`seed_to_int64` of a seed that may be None (None stays None)."""
     return None if seed is None else seed_to_int64(seed)
+
+
+def as_float32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (inf beyond its range): the value a float32 kernel
+    argument holds. Decide on this value, not on ``x``: a decay that is 0 here (|decay| <= 2**-150,
+    e.g. 1e-50) means overwrite, W not read, in every backend (the C++ ones receive a float)."""
+    return ctypes.c_float(x).value
 
 
 def optional_seed_from_int64(seed: Optional[int]) -> Optional[int]:

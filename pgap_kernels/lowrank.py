@@ -75,7 +75,8 @@ def lowrank_perturb_(W: MatrixOrMatrices, U: MatrixOrMatrices, Z: MatrixOrMatric
         need not be contiguous).
     scale : float or sequence of float (one per W)
     decay : float
-        Multiplies the old W; ``decay == 0`` overwrites W without reading it.
+        Multiplies the old W; ``decay == 0`` overwrites W without reading it, as does any
+        decay that is 0 in float32 (``|decay| <= 2**-150``, e.g. 1e-50).
     rounding : "nearest" or "stochastic"
         How the float32 result is rounded into a bfloat16/float16 W: to nearest even (default)
         or stochastically (unbiased; docs/rng.md, "Stochastic rounding"): element (i, j) of

@@ -79,7 +79,8 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
         Per-tensor stream index of element 0 (for shards of a larger tensor); default 0.
         ``offsets[p] + tensors[p].numel()`` must stay below 2**63.
     decay : float
-        Multiplies the old value; ``decay == 0`` overwrites ``t`` without reading it.
+        Multiplies the old value; ``decay == 0`` overwrites ``t`` without reading it, as does
+        any decay that is 0 in float32 (``|decay| <= 2**-150``, e.g. 1e-50).
     mean : Tensor or iterable of Tensor, optional
         Tensors shaped, typed and placed like ``tensors`` (read only).
     mean_coeff : float

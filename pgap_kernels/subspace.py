@@ -77,7 +77,8 @@ def subspace_perturb_(tensors: MatrixOrMatrices, bases: MatrixOrMatrices, seeds:
     offsets : sequence of int >= 0, optional
         Stream index of Xi[0, 0] per matrix (default 0); ``offsets[p] + m_p*r_p < 2**63``.
     decay : float
-        Multiplies the old W; ``decay == 0`` overwrites W without reading it.
+        Multiplies the old W; ``decay == 0`` overwrites W without reading it, as does any
+        decay that is 0 in float32 (``|decay| <= 2**-150``, e.g. 1e-50).
     rounding : "nearest" or "stochastic"
         How the float32 result is rounded into a bfloat16/float16 W: to nearest even (default)
         or stochastically (unbiased; docs/rng.md, "Stochastic rounding"): W_p[i, j] uses the

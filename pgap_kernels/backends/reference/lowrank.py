@@ -19,10 +19,11 @@ def lowrank_update(args: LowrankArgs) -> None:
     """In place, row tile by row tile: W <- decay*W + L @ R.T in float32, one rounding (to
     nearest, or stochastic with ``args.rounding_seed``).
 
-    The float32 temporary is one tile (about 1 MiB), never m x n. ``decay == 0`` overwrites W
-    without reading it.
+    The float32 temporary is one tile (about 1 MiB), never m x n. A decay that is 0 in float32
+    (e.g. 1e-50) overwrites W without reading it.
     """
     decay = torch.tensor(args.decay, dtype=torch.float32)
+    overwrite = float(decay) == 0.0
     for p, (w, left, right) in enumerate(zip(args.weights, args.lefts, args.rights)):
         rt = right.t()
         n = w.shape[1]
@@ -30,6 +31,6 @@ def lowrank_update(args: LowrankArgs) -> None:
         for lo in range(0, w.shape[0], step):
             hi = min(lo + step, w.shape[0])
             tile = torch.mm(left[lo:hi], rt)
-            if args.decay != 0.0:
+            if not overwrite:
                 tile += decay * w[lo:hi].float()
             store(w[lo:hi], tile, args.rounding_seed, args.keys[p], args.offsets[p] + lo * n)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._stream import as_float32
 from ..._validation import PerturbArgs
 from .philox import normals
 from .rounding import store
@@ -16,9 +17,11 @@ def perturb_group(args: PerturbArgs) -> None:
     float32 with one rounding to t.dtype:
 
     t <- decay*s + mean_coeff*mean[p] + sum_j coeffs[j] * xi(seeds[j], keys[p], offsets[p] + i).
-    ``decay == 0`` overwrites t without reading s. Tensors may have mixed dtypes here. The
-    rounding is to nearest, or stochastic with ``args.rounding_seed`` (docs/rng.md).
+    A decay that is 0 in float32 (e.g. 1e-50) overwrites t without reading s. Tensors may have
+    mixed dtypes here. The rounding is to nearest, or stochastic with ``args.rounding_seed``
+    (docs/rng.md).
     """
+    decay = as_float32(args.decay)
     for p, t in enumerate(args.tensors):
         flat = t.view(-1)
         src = args.source(p).view(-1)
@@ -29,10 +32,10 @@ def perturb_group(args: PerturbArgs) -> None:
             for seed, coeff in zip(args.seeds, args.coeffs):
                 z = normals(seed, args.keys[p], args.offsets[p] + lo, hi - lo, t.device)
                 acc += torch.tensor(coeff, dtype=torch.float32) * z
-            if args.decay == 0.0:
+            if decay == 0.0:  # 0 in float32 (e.g. 1e-50): s is not read
                 out = torch.zeros_like(acc)
             else:
-                out = torch.tensor(args.decay, dtype=torch.float32) * src[lo:hi].float()
+                out = torch.tensor(decay, dtype=torch.float32) * src[lo:hi].float()
             if mean is not None:
                 out = out + torch.tensor(args.mean_coeff, dtype=torch.float32) * mean[lo:hi].float()
             store(flat[lo:hi], out + acc, args.rounding_seed, args.keys[p], args.offsets[p] + lo)

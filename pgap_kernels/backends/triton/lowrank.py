@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from ..._lowrank_validation import LowrankArgs
+from ..._stream import as_float32
 from .._batches import group_indices
 from . import interpreting
 from ._rounding import round_stochastic, rounding_element_words, rounding_seed_table
@@ -88,7 +89,7 @@ def lowrank_update(args: LowrankArgs) -> None:
     """
     device = args.weights[0].device
     block_m, block_n, block_k, warps = block_sizes()
-    decay = float(torch.tensor(args.decay, dtype=torch.float32))
+    decay = as_float32(args.decay)  # OVERWRITE on the value the kernel multiplies by
     rseed = rounding_seed_table(args.rounding_seed, device)
     groups = group_indices(range(len(args.weights)), lambda p: (
         args.weights[p].dtype, *args.weights[p].shape, args.lefts[p].shape[1]))
@@ -99,7 +100,7 @@ def lowrank_update(args: LowrankArgs) -> None:
         tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
         _lowrank_kernel[(tiles * len(ps),)](
             table[0], table[1], table[2], table[3], table[4], rseed, m, n, k, decay,
-            DTYPE=TL_DTYPES[dtype], OVERWRITE=args.decay == 0.0,
+            DTYPE=TL_DTYPES[dtype], OVERWRITE=decay == 0.0,
             STOCHASTIC=args.rounding_seed is not None and dtype != torch.float32,
             ALIGNED=aligned_16(mats),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,

@@ -7,10 +7,10 @@ The stream code lives in ``_stream.py``, shared with the other triton kernels.
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
+from ..._stream import as_float32
 from ..._validation import PerturbArgs
 from .._groups import split_by_dtype
 from .._tables import META_FIELDS, chunk_table, stream_tables
@@ -91,16 +91,16 @@ def perturb_group(args: PerturbArgs) -> None:
     device = args.tensors[0].device
     seeds, coeffs = stream_tables(args, device)
     rseed = rounding_seed_table(args.rounding_seed, device)
+    decay = as_float32(args.decay)  # OVERWRITE on the value the kernel multiplies by
     for code, group in split_by_dtype(args):
         meta, total_chunks = chunk_table(group, BLOCKS)
         meta = meta.to(device)
         n = meta.shape[0]
         _perturb_kernel[(total_chunks,)](
             meta, seeds, coeffs, len(group.seeds), n,
-            float(torch.tensor(group.decay, dtype=torch.float32)),
-            float(torch.tensor(group.mean_coeff, dtype=torch.float32)), rseed,
+            decay, as_float32(group.mean_coeff), rseed,
             DTYPE=TL_DTYPES[code], HAS_MEAN=group.means is not None,
-            OVERWRITE=group.decay == 0.0,
+            OVERWRITE=decay == 0.0,
             STOCHASTIC=group.rounding_seed is not None and code != 0, BLOCKS=BLOCKS,
             SEARCH_STEPS=max(1, n.bit_length()), ALIGNED=_aligned(group),
             enable_fp_fusion=False)  # like the C++ builds: no contracted multiply-adds

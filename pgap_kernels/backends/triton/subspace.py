@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._stream import as_float32
 from ..._subspace_validation import SubspaceArgs
 from .._batches import group_indices
 from .._tables import SUBSPACE_META_FIELDS, stream_tables, subspace_span, subspace_table
@@ -106,7 +107,7 @@ def subspace_update(args: SubspaceArgs) -> None:
     device = args.tensors[0].device
     seeds, coeffs = stream_tables(args, device)
     rseed = rounding_seed_table(args.rounding_seed, device)
-    decay = float(torch.tensor(args.decay, dtype=torch.float32))
+    decay = as_float32(args.decay)  # OVERWRITE on the value the kernel multiplies by
     for dtype, ps in group_indices(range(len(args.tensors)), lambda p: args.tensors[p].dtype).items():
         group = args.subset(ps)
         max_rank = max(v.shape[1] for v in group.bases)
@@ -118,7 +119,7 @@ def subspace_update(args: SubspaceArgs) -> None:
         aligned = all(t.shape[1] % 16 == 0 and t.data_ptr() % 16 == 0 for t in group.tensors)
         _subspace_kernel[(total,)](
             meta.to(device), seeds, coeffs, len(args.seeds), len(ps), span, decay, rseed,
-            DTYPE=TL_DTYPES[dtype], OVERWRITE=args.decay == 0.0,
+            DTYPE=TL_DTYPES[dtype], OVERWRITE=decay == 0.0,
             STOCHASTIC=args.rounding_seed is not None and dtype != torch.float32, BLOCKS=blocks,
             SINGLE_K=max_rank <= block_k, ALIGNED=aligned, SEARCH_STEPS=max(1, len(ps).bit_length()),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
