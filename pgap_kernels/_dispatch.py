@@ -18,7 +18,7 @@ import logging
 import os
 import warnings
 from types import ModuleType
-from typing import Dict, Iterator, List, Optional, Union
+from typing import ContextManager, Dict, Iterator, List, Optional, Union
 
 import torch
 
@@ -95,18 +95,30 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 def run_backend(op: str, func: str, device: torch.device, *args, backend: str = ""):
-    """Call ``backends.<name>.<op>.<func>(*args)`` for the backend that runs on ``device``.
+    """Call ``backends.<name>.<op>.<func>(*args)`` for the backend that runs on ``device``,
+    with ``device`` current (:func:`device_guard`).
 
     ``backend`` names one (it must be able to run there) or is "" for the forced/automatic
     choice, made now (so it is not baked into torch.compile graphs).
     """
-    if backend:
-        reason = backend_module(backend).unavailable_reason(device)
-        if reason is not None:
-            raise RuntimeError(f"pgap_kernels backend {backend!r} cannot run on {device}: {reason}")
-    else:
-        backend = resolve_backend(device)
-    return getattr(backend_op(backend, op), func)(*args)
+    with device_guard(device):
+        if backend:
+            reason = backend_module(backend).unavailable_reason(device)
+            if reason is not None:
+                raise RuntimeError(f"pgap_kernels backend {backend!r} cannot run on {device}: {reason}")
+        else:
+            backend = resolve_backend(device)
+        return getattr(backend_op(backend, op), func)(*args)
+
+
+def device_guard(device: torch.device) -> ContextManager[object]:
+    """The one device guard of every launch: ``device`` is torch's current CUDA device inside
+    (then the previous one again), so Triton's launches, ``torch.cuda.current_stream()`` and the
+    C++ kernels all run on the tensors' device and its current stream, whichever device the
+    caller had current. A no-op for CPU tensors."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def _self_check(name: str, device: torch.device) -> Optional[selftest.CheckResult]:

@@ -12,6 +12,7 @@
 
 #include "cuda/perturb.h"
 #include "cuda/dtype.cuh"
+#include "cuda/runtime.cuh"
 #include "pgap/normal.h"
 
 namespace pgap {
@@ -109,10 +110,7 @@ void perturb(DType dtype, const TensorMeta* meta, int64_t n_tensors, int64_t tot
              float mean_coeff, bool has_mean, bool stochastic, uint64_t rounding_seed, int device,
              void* stream) {
   if (total_chunks == 0) return;
-  // This module links its own (static) CUDA runtime, whose current device is not torch's.
-  cudaError_t err = cudaSetDevice(device);
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("pgap perturb: cudaSetDevice failed: ") + cudaGetErrorString(err));
+  const DeviceGuard guard(device, "perturb: select the tensors' device");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
 #define PGAP_LAUNCH(T)                                                                         \
   launch_rounding<T>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay, mean_coeff,  \
@@ -123,9 +121,7 @@ void perturb(DType dtype, const TensorMeta* meta, int64_t n_tensors, int64_t tot
     case DType::kFloat16: PGAP_LAUNCH(__half); break;
   }
 #undef PGAP_LAUNCH
-  err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("pgap perturb CUDA launch failed: ") + cudaGetErrorString(err));
+  check(cudaGetLastError(), "perturb CUDA launch");
 }
 
 }  // namespace cuda

@@ -30,6 +30,7 @@
 #include <string>
 
 #include "cuda/dtype.cuh"
+#include "cuda/runtime.cuh"
 #include "cuda/subspace.h"
 #include "pgap/normal.h"
 
@@ -220,12 +221,6 @@ void launch_rounding(const SubspaceMeta* meta, int64_t count, int64_t total_tile
   launch<T, false>(meta, count, total_tiles, span, seeds, coeffs, n_seeds, decay, rounding_seed, s);
 }
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("pgap subspace_perturb: ") + what + ": " +
-                             cudaGetErrorString(err));
-}
-
 }  // namespace
 
 void subspace_perturb(DType dtype, const SubspaceMeta* meta, int64_t count, int64_t total_tiles,
@@ -233,7 +228,7 @@ void subspace_perturb(DType dtype, const SubspaceMeta* meta, int64_t count, int6
                       float decay, bool stochastic, uint64_t rounding_seed, int device,
                       void* stream) {
   if (count == 0 || total_tiles == 0) return;
-  check(cudaSetDevice(device), "cudaSetDevice");  // this module's own (static) runtime
+  const DeviceGuard guard(device, "subspace_perturb: select the tensors' device");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
 #define PGAP_LAUNCH(T)                                                                        \
   launch_rounding<T>(meta, count, total_tiles, span, seeds, coeffs, n_seeds, decay, stochastic, \
@@ -244,7 +239,7 @@ void subspace_perturb(DType dtype, const SubspaceMeta* meta, int64_t count, int6
     case DType::kFloat16: PGAP_LAUNCH(__half); break;
   }
 #undef PGAP_LAUNCH
-  check(cudaGetLastError(), "launch");
+  check(cudaGetLastError(), "subspace_perturb launch");
 }
 
 }  // namespace cuda
