@@ -13,6 +13,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from ._precision import ieee_float32
 from ._stream import INDEX_LIMIT, KEY_LIMIT
 from ._validation import (FloatOrFloats, IntOrInts, _as_list, _is_real, check_finite,
                           check_float_dtype, check_int, check_keys_offsets, check_rounding,
@@ -188,9 +189,10 @@ def lowrank_factors(u: torch.Tensor, z: torch.Tensor, v: torch.Tensor, scale: fl
     Memory O((m + n) k), never m x n. Shared by every backend, so they all see the same L, R.
     """
     uf, zf, vf = u.float(), z.float(), v.float()
-    if z.shape[1] <= z.shape[0]:  # s <= r: L = scale*U@Z (m, s), R = V (n, s)
-        return (torch.mm(uf, zf) * scale).contiguous(), vf.contiguous()
-    return (uf * scale).contiguous(), torch.mm(vf, zf.t()).contiguous()  # k = r
+    with ieee_float32():  # float32 whatever the user's TF32 / matmul-precision setting
+        if z.shape[1] <= z.shape[0]:  # s <= r: L = scale*U@Z (m, s), R = V (n, s)
+            return (torch.mm(uf, zf) * scale).contiguous(), vf.contiguous()
+        return (uf * scale).contiguous(), torch.mm(vf, zf.t()).contiguous()  # k = r
 
 
 def check_problem(problem, name: str) -> SketchProblem:

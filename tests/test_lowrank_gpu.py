@@ -48,12 +48,13 @@ def _assert_lowrank_close(actual, expected, mag, dtype):
 
 
 @pytest.fixture(autouse=True)
-def _no_tf32():
-    """The reference backend's torch.mm must be a float32 product, not TF32."""
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+def _tf32_on():
+    """TF32 allowed, as most training scripts set it: the reference backend's products must stay
+    IEEE float32 anyway (pgap_kernels._precision), so cuda is compared with it under TF32."""
+    saved = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
     yield
-    torch.backends.cuda.matmul.allow_tf32 = saved
+    torch.backends.cuda.matmul.fp32_precision = saved
 
 
 def _weights(m, n, dtype, decay, seed, device):

@@ -283,7 +283,6 @@ def test_gpu_model_shapes_many_tiles(backend):
     """LLaMA-7B-like shapes: wide tiles (several column chunks per CTA), mixed dtypes in one call,
     a misaligned W (scalar epilogue) and r > 32 (Xi drawn per rank slice)."""
     require("cuda", backend)
-    torch.backends.cuda.matmul.allow_tf32 = False
     specs = [(4096, 11008, 32, torch.bfloat16), (2048, 2048, 8, torch.float32),
              (576, 1536, 4, torch.float16), (1023, 1029, 48, torch.float32)]
     ws = [weights(m, n, dt, "cuda", seed=i) for i, (m, n, _, dt) in enumerate(specs)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..._lowrank_validation import LowrankArgs
+from ..._precision import ieee_float32
 from .rounding import store
 
 TILE_ELEMENTS = 1 << 18  # float32 working tile: rows * n stays near this (1 MiB)
@@ -15,6 +16,7 @@ def rows_per_tile(n: int) -> int:
 
 
 @torch.no_grad()
+@ieee_float32()
 def lowrank_update(args: LowrankArgs) -> None:
     """In place, row tile by row tile: W <- decay*W + L @ R.T in float32, one rounding (to
     nearest, or stochastic with ``args.rounding_seed``).

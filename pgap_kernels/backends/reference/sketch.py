@@ -6,6 +6,7 @@ from typing import List
 import torch
 
 from ..._lowrank_validation import SketchArgs, SketchProblem
+from ..._precision import ieee_float32
 from .lowrank import rows_per_tile
 from .philox import normals
 
@@ -25,6 +26,7 @@ def gaussian_rows(problem: SketchProblem, seeds: List[int], coeffs: List[float],
 
 
 @torch.no_grad()
+@ieee_float32()
 def gaussian_sketch(args: SketchArgs) -> List[torch.Tensor]:
     """float32 A_p @ omega_p, or A_p.T @ omega_p when ``args.transpose``, for every problem p.
 
