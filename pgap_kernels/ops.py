@@ -25,6 +25,15 @@ def _run(backend: str, args: PerturbArgs) -> None:
     run_backend("perturb", "perturb_group", args.tensors[0].device, args, backend=backend)
 
 
+def _run_perturb(backend: str, args: PerturbArgs) -> None:
+    """Check on the real tensors that no written tensor shares memory with another one or with a
+    ``mean`` (one launch would race on it, while ``reference`` applies the updates in order),
+    then run ``backend`` on the in-place pass of ``args``."""
+    check_disjoint([(f"tensors[{p}]", t) for p, t in enumerate(args.tensors)],
+                   [(f"mean[{p}]", m) for p, m in enumerate(args.means or [])])
+    _run(backend, args)
+
+
 def _perturb_impl(tensors: List[torch.Tensor], means: List[torch.Tensor],
                   seeds: List[int], coeffs: List[float], keys: List[int], offsets: List[int],
                   decay: float, mean_coeff: float, backend: str,
@@ -35,7 +44,7 @@ def _perturb_impl(tensors: List[torch.Tensor], means: List[torch.Tensor],
     nearest) are int64 bit patterns; ``backend`` names a backend or is "" for the
     automatic/forced choice, made when the op runs (so it is not baked into torch.compile graphs).
     """
-    _run(backend, PerturbArgs(list(tensors), list(means) if means else None,
+    _run_perturb(backend, PerturbArgs(list(tensors), list(means) if means else None,
                               [seed_from_int64(s) for s in seeds], list(coeffs), list(keys),
                               list(offsets), decay, mean_coeff,
                               rounding_seed=optional_seed_from_int64(rounding_seed)))
@@ -68,7 +77,8 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
     Parameters
     ----------
     tensors : Tensor or iterable of Tensor (e.g. ``model.parameters()``)
-        Contiguous float32/bfloat16/float16 tensors on one device, any shapes. **Mutated.**
+        Contiguous float32/bfloat16/float16 tensors on one device, any shapes, sharing no
+        memory with each other (a tensor listed twice is an error). **Mutated.**
     seeds : int or sequence of int
         Stream seeds in [0, 2**64). Several seeds add several directions in one pass.
     coeffs : float or sequence of float
@@ -82,7 +92,8 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
         Multiplies the old value; ``decay == 0`` overwrites ``t`` without reading it, as does
         any decay that is 0 in float32 (``|decay| <= 2**-150``, e.g. 1e-50).
     mean : Tensor or iterable of Tensor, optional
-        Tensors shaped, typed and placed like ``tensors`` (read only).
+        Tensors shaped, typed and placed like ``tensors`` (read only), sharing no memory with
+        any of ``tensors``.
     mean_coeff : float
         Coefficient of ``mean``; must be 0 when ``mean`` is None.
     rounding : "nearest" or "stochastic"
@@ -109,7 +120,7 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
     if not any(t.numel() for t in args.tensors):
         return
     if plain_eager_call(args.tensors + (args.means or [])):
-        _run("", args)
+        _run_perturb("", args)
         torch.autograd.graph.increment_version(args.tensors)  # as the op's ADInplaceOrView does
         return
     torch.ops.pgap.perturb_(args.tensors, args.means or [], [seed_to_int64(s) for s in args.seeds],

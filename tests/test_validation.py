@@ -128,3 +128,33 @@ def test_env_backend(monkeypatch):
     with pk.use_backend("reference"):  # the context manager wins over the environment
         pk.perturb_([t], 1, 1.0)
     assert (t != 0).all()
+
+
+@pytest.mark.parametrize("device,backend", [("cpu", "reference"), ("cpu", "native"),
+                                            ("cpu", "triton"),
+                                            pytest.param("cuda", "cuda", marks=pytest.mark.gpu),
+                                            pytest.param("cuda", "triton", marks=pytest.mark.gpu)])
+def test_overlapping_tensors_rejected(device, backend):
+    """A tensor listed twice, overlapping views, or a mean sharing memory with a written tensor
+    would race inside one launch (reference would apply them in order): rejected on every
+    backend, on the public and the op path, nothing written."""
+    from conftest import require  # noqa: PLC0415
+
+    require(device, backend)
+    g = torch.Generator().manual_seed(3)
+    t = torch.randn(40, generator=g).to(device)
+    other = torch.randn(40, generator=g).to(device)
+    with pk.use_backend(backend):
+        assert_rejected(ValueError, "same tensor, which appears twice", [t, t], 1, 1.0)
+        assert_rejected(ValueError, "overlaps", [t[:25], t[20:]], 1, 1.0)
+        assert_rejected(ValueError, "overlaps", [t.view(5, 8), other, t[8:16]], 1, 1.0)
+        assert_rejected(ValueError, "overlaps", [t, other], 1, 1.0, mean=[other, t[:40]],
+                        mean_coeff=0.5)
+        assert_rejected(ValueError, "overlaps", [t[:20]], 1, 1.0, mean=[t[10:30]], mean_coeff=0.5)
+        before = t.clone()
+        with pytest.raises(ValueError, match="appears twice"):
+            torch.ops.pgap.perturb_([t, t], [], [1], [1.0], [0, 1], [0, 0], 1.0, 0.0, "")
+        assert torch.equal(t, before)
+        # read-only means may share memory with each other
+        pk.perturb_([t[:20], t[20:]], 1, 1.0, mean=[other[:20], other[:20]], mean_coeff=0.5)
+        assert not torch.equal(t, before)
