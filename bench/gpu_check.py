@@ -6,6 +6,8 @@ time limit, all inside one overall budget (default 480 s):
 1. ``build``     -- compile ``pgap_kernels._C`` in place for this GPU's architecture only;
 2. ``pytest``    -- ``pytest -m gpu tests`` (TRITON_INTERPRET unset);
 3. ``selftest``  -- ``python -m pgap_kernels.info --selftest``;
+   ``host``      -- ``bench_host_overhead``: host time per op while the GPU is busy, and whether
+   any op waited for it;
 4. the quick benchmarks, each for the cuda and triton backends: ``bench_perturb`` (>= 256 MiB
    tensors: GB/s, % of the measured copy bandwidth, ratio to eager ``randn`` + ``add_``),
    ``bench_lowrank``, ``bench_subspace`` (OPT-1.3B and LLaMA-7B MLP shapes), ``bench_perturbed``
@@ -78,8 +80,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=480.0,
                    help="seconds for all steps together (default %(default)s: 8 minutes)")
     p.add_argument("--skip", nargs="*", default=[], metavar="STEP",
-                   help="steps to leave out (build, pytest, selftest, perturb, lowrank, subspace, "
-                        "perturbed, zo_step)")
+                   help="steps to leave out (build, pytest, selftest, host, perturb, lowrank, "
+                        "subspace, perturbed, zo_step)")
     p.add_argument("--python", default=sys.executable, help="interpreter for every step")
     p.add_argument("--pytest-workers", type=int, default=None, metavar="N",
                    help="pytest-xdist workers for the GPU tests (default: up to 8 where "
@@ -165,6 +167,10 @@ def plan(args: argparse.Namespace, env: Dict[str, str], out: Path, scratch: Path
              240, what="the GPU-marked tests"),
         Step("selftest", [py, "-m", "pgap_kernels.info", "--selftest"], 90,
              what="every backend's self-check on every device"),
+        Step("host", [py, str(BENCH / "bench_host_overhead.py"), "--device", device, "--backends",
+                      ",".join(backends), "--repeats", "3" if dry else "20"]
+             + (["--small"] if dry else []) + csv("host"), 60,
+             what="host time per op while the GPU is busy (no op waits for it)"),
         Step("perturb", [py, str(BENCH / "bench_perturb.py"), "--device", device, "--dtypes",
                          "fp32,bf16", "--backends", ",".join(backends)] + perturb
              + csv("perturb") + plot("perturb"), 120, what="perturb_ GB/s vs copy and eager"),

@@ -9,6 +9,7 @@ from .._stream import seed_to_int64
 from .._lowrank_validation import SketchArgs
 from .._subspace_validation import SubspaceArgs
 from .._validation import PerturbArgs
+from ._device_tables import on_device
 
 META_FIELDS = 7  # data, mean, numel, offset, key, chunk_begin, src (see csrc/cuda/perturb.h)
 # w, basis, m, n, r, offset, key, tile_begin, col_spans, rounding_index (see csrc/cuda/subspace.h)
@@ -70,7 +71,8 @@ def subspace_table(args: SubspaceArgs, rows: int, cols: int, span: int) -> Tuple
 
 def stream_tables(args: Union[PerturbArgs, SketchArgs, SubspaceArgs], device: torch.device
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Seeds (as int64 bit patterns) and float32 coefficients of ``args``, on ``device``."""
+    """Seeds (as int64 bit patterns) and float32 coefficients of ``args``, on ``device``
+    (copied without blocking the host: :func:`on_device`)."""
     seeds = torch.tensor([seed_to_int64(s) for s in args.seeds] or [0], dtype=torch.int64)
     coeffs = torch.tensor(args.coeffs or [0.0], dtype=torch.float32)
-    return seeds.to(device), coeffs.to(device)
+    return on_device(seeds, device), on_device(coeffs, device)

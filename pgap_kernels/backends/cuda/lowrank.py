@@ -6,6 +6,7 @@ import torch
 from ... import _native
 from ..._lowrank_validation import LowrankArgs
 from .._batches import group_indices
+from .._device_tables import on_device
 from .._groups import DTYPE_CODES
 
 
@@ -16,8 +17,7 @@ def _device_index(device: torch.device) -> int:
 def lowrank_update(args: LowrankArgs) -> None:
     """In place on CUDA matrices of one device; see ``LowrankArgs``.
 
-    The pointer tables are allocated on the current stream, so the caching allocator keeps them
-    alive until the kernel that reads them has run.
+    The pointer tables come from :func:`on_device` (no host wait).
     """
     lib, _ = _native.load()
     device = args.weights[0].device
@@ -29,7 +29,8 @@ def lowrank_update(args: LowrankArgs) -> None:
                               [args.lefts[p].data_ptr() for p in ps],
                               [args.rights[p].data_ptr() for p in ps],
                               [args.keys[p] for p in ps],
-                              [args.offsets[p] for p in ps]], dtype=torch.int64).to(device)
+                              [args.offsets[p] for p in ps]], dtype=torch.int64)
+        table = on_device(table, device)
         lib.cuda_lowrank_update(DTYPE_CODES[dtype], table[0].data_ptr(), table[1].data_ptr(),
                                 table[2].data_ptr(), len(ps), m, n, k, args.decay,
                                 table[3].data_ptr(), table[4].data_ptr(),

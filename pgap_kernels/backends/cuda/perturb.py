@@ -6,14 +6,14 @@ import torch
 from ... import _native
 from ..._validation import PerturbArgs
 from .._groups import split_by_dtype
+from .._device_tables import on_device
 from .._tables import chunk_table, stream_tables
 
 
 def perturb_group(args: PerturbArgs) -> None:
     """On CUDA tensors of one device, in place or from ``args.sources``; see :class:`PerturbArgs`.
 
-    The launch tables are allocated on the current stream, so the caching allocator keeps
-    them alive until the kernel that reads them has run.
+    The launch tables come from :func:`on_device` (no host wait).
     """
     lib, _ = _native.load()
     device = args.tensors[0].device
@@ -21,7 +21,7 @@ def perturb_group(args: PerturbArgs) -> None:
     stream = torch.cuda.current_stream(device)
     for code, group in split_by_dtype(args):
         meta, total_chunks = chunk_table(group, lib.CUDA_CHUNK_BLOCKS)
-        meta = meta.to(device)
+        meta = on_device(meta, device)
         lib.cuda_perturb(code, meta.data_ptr(), meta.shape[0], total_chunks, seeds.data_ptr(),
                          coeffs.data_ptr(), len(group.seeds), group.decay, group.mean_coeff,
                          group.means is not None, group.rounding_seed is not None,

@@ -8,6 +8,7 @@ import torch
 from ... import _native
 from ..._lowrank_validation import SketchArgs
 from .._batches import group_indices
+from .._device_tables import on_device
 from .._tables import stream_tables
 from .lowrank import _device_index
 
@@ -28,7 +29,8 @@ def gaussian_sketch(args: SketchArgs) -> List[torch.Tensor]:
         table = torch.tensor([[args.problems[p].key for p in ps],
                               [args.problems[p].offset for p in ps],
                               [args.omegas[p].data_ptr() for p in ps],
-                              [outs[p].data_ptr() for p in ps]], dtype=torch.int64).to(device)
+                              [outs[p].data_ptr() for p in ps]], dtype=torch.int64)
+        table = on_device(table, device)
         lib.cuda_gaussian_sketch(table[0].data_ptr(), table[1].data_ptr(), table[2].data_ptr(),
                                  table[3].data_ptr(), len(ps), m, n, q, seeds.data_ptr(),
                                  coeffs.data_ptr(), len(args.seeds), args.transpose,

@@ -7,6 +7,7 @@ from ... import _native
 from ..._subspace_validation import SubspaceArgs
 from .._batches import group_indices
 from .._groups import DTYPE_CODES
+from .._device_tables import on_device
 from .._tables import stream_tables, subspace_span, subspace_table
 from .lowrank import _device_index
 
@@ -16,8 +17,7 @@ TILES_PER_SM = 8  # enough CTAs to keep every SM busy (2 resident per SM), few e
 def subspace_update(args: SubspaceArgs) -> None:
     """In place on CUDA matrices of one device; see :class:`SubspaceArgs`.
 
-    The launch tables are allocated on the current stream, so the caching allocator keeps them
-    alive until the kernel that reads them has run.
+    The launch tables come from :func:`on_device` (no host wait).
     """
     lib, _ = _native.load()
     device = args.tensors[0].device
@@ -29,7 +29,7 @@ def subspace_update(args: SubspaceArgs) -> None:
         group = args.subset(ps)
         span = subspace_span(group, rows, cols, target)
         meta, total = subspace_table(group, rows, cols, span)
-        meta = meta.to(device)
+        meta = on_device(meta, device)
         lib.cuda_subspace_perturb(DTYPE_CODES[dtype], meta.data_ptr(), len(ps), total, span,
                                   seeds.data_ptr(), coeffs.data_ptr(), len(args.seeds), args.decay,
                                   args.rounding_seed is not None, args.rounding_seed or 0,

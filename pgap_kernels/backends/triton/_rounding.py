@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..._stream import ROUNDING_DOMAIN, optional_seed_to_int64
+from .._device_tables import on_device
 from ._stream import counters
 
 _DOMAIN = tl.constexpr(ROUNDING_DOMAIN)
@@ -20,7 +21,7 @@ _DOMAIN = tl.constexpr(ROUNDING_DOMAIN)
 
 def rounding_seed_table(rounding_seed, device: torch.device) -> torch.Tensor:
     """The rounding seed (int64 bit pattern; 0 when rounding to nearest) as a one-element tensor."""
-    return torch.tensor([optional_seed_to_int64(rounding_seed) or 0], dtype=torch.int64, device=device)
+    return on_device(torch.tensor([optional_seed_to_int64(rounding_seed) or 0], dtype=torch.int64), device)
 
 
 @triton.jit

@@ -12,6 +12,7 @@ import triton.language as tl
 
 from ..._stream import as_float32
 from ..._validation import PerturbArgs
+from .._device_tables import on_device
 from .._groups import split_by_dtype
 from .._tables import META_FIELDS, chunk_table, stream_tables
 from ._rounding import round_stochastic, rounding_block_words, rounding_seed_table
@@ -94,7 +95,7 @@ def perturb_group(args: PerturbArgs) -> None:
     decay = as_float32(args.decay)  # OVERWRITE on the value the kernel multiplies by
     for code, group in split_by_dtype(args):
         meta, total_chunks = chunk_table(group, BLOCKS)
-        meta = meta.to(device)
+        meta = on_device(meta, device)
         n = meta.shape[0]
         _perturb_kernel[(total_chunks,)](
             meta, seeds, coeffs, len(group.seeds), n,

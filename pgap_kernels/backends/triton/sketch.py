@@ -26,6 +26,7 @@ import triton.language as tl
 
 from ..._lowrank_validation import SketchArgs
 from .._batches import group_indices
+from .._device_tables import on_device
 from .._tables import stream_tables
 from . import interpreting
 from ._stream import element_normal, sum_block_normals
@@ -165,7 +166,8 @@ def gaussian_sketch(args: SketchArgs) -> List[torch.Tensor]:
         table = torch.tensor([[args.problems[p].key for p in ps],
                               [args.problems[p].offset for p in ps],
                               [om.data_ptr() for om in omegas],
-                              [d.data_ptr() for d in dests]], dtype=torch.int64).to(device)
+                              [d.data_ptr() for d in dests]], dtype=torch.int64)
+        table = on_device(table, device)
         _sketch_kernel[(tiles * splits * len(ps),)](
             table[0], table[1], table[2], table[3], m, n, q,
             seeds, coeffs, len(args.seeds), splits, split_len,

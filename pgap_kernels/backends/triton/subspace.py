@@ -7,8 +7,8 @@ matrix of a sketch with r columns, so the tile generator of the sketch kernel dr
 once per program when r <= BLOCK_K (SINGLE_K), else one BLOCK_K slice at a time for each column
 chunk. The product runs as ``tl.dot(..., input_precision="ieee")`` (float32, never TF32); the
 columns of Xi past r meet zero rows of V, so they add exact zeros. The epilogue loads the W tile,
-applies decay, adds and stores in place with one rounding. Nothing m x n is allocated and Xi
-never reaches global memory.
+computes fma(decay, W, acc) (as native and cuda) and stores it in place with one rounding.
+Nothing m x n is allocated and Xi never reaches global memory.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import triton.language as tl
 from ..._stream import as_float32
 from ..._subspace_validation import SubspaceArgs
 from .._batches import group_indices
+from .._device_tables import on_device
 from .._tables import SUBSPACE_META_FIELDS, stream_tables, subspace_span, subspace_table
 from . import interpreting
 from ._rounding import rounding_seed_table
@@ -118,9 +119,9 @@ def subspace_update(args: SubspaceArgs) -> None:
         blocks = all(v.shape[1] % 4 == 0 for v in group.bases) and all(o % 4 == 0 for o in group.offsets)
         aligned = all(t.shape[1] % 16 == 0 and t.data_ptr() % 16 == 0 for t in group.tensors)
         _subspace_kernel[(total,)](
-            meta.to(device), seeds, coeffs, len(args.seeds), len(ps), span, decay, rseed,
+            on_device(meta, device), seeds, coeffs, len(args.seeds), len(ps), span, decay, rseed,
             DTYPE=TL_DTYPES[dtype], OVERWRITE=decay == 0.0,
             STOCHASTIC=args.rounding_seed is not None and dtype != torch.float32, BLOCKS=blocks,
             SINGLE_K=max_rank <= block_k, ALIGNED=aligned, SEARCH_STEPS=max(1, len(ps).bit_length()),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-            enable_fp_fusion=False)  # the stream and decay*W + acc without contracted multiply-adds
+            enable_fp_fusion=False)  # no contracted multiply-adds but the explicit fma(decay, W, acc)
