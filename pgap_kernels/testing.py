@@ -6,7 +6,7 @@ rounding of the result to its dtype (a round-to-nearest-even tie can flip one ul
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -17,17 +17,41 @@ ULP = {torch.float32: 2.0 ** -23, torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 
 TINY = {torch.float32: 2.0 ** -149, torch.bfloat16: 2.0 ** -133, torch.float16: 2.0 ** -24}
 
 
+def assert_within(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float = 0.0,
+                  atol: Union[float, torch.Tensor] = 0.0, equal_nan: bool = False,
+                  what: str = "values") -> None:
+    """``|actual - expected| <= atol + rtol * |expected|`` elementwise, in float64 on the CPU.
+
+    Equal values (infinities included) always pass; NaN passes against NaN only with
+    ``equal_nan``. ``atol`` may be a tensor that broadcasts against the values (per column, say).
+    On failure: AssertionError with the count and the first offending element.
+
+    Deliberately lean: ``torch.testing.assert_close`` imports torch.distributed.tensor and sympy
+    on its first call (about 55 MB and 0.6 s), a cost the first-use self-check must not add to
+    a user's first op call.
+    """
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
+    if a.shape != e.shape:
+        raise AssertionError(f"shapes differ: got {tuple(a.shape)}, expected {tuple(e.shape)}")
+    bound = (atol.double().cpu() if isinstance(atol, torch.Tensor) else atol) + rtol * e.abs()
+    ok = (a == e) | ((a - e).abs() <= bound)
+    if equal_nan:
+        ok |= a.isnan() & e.isnan()
+    if bool(ok.all()):
+        return
+    bad = (~ok).reshape(-1)
+    i = int(bad.nonzero()[0])
+    limit = torch.broadcast_to(torch.as_tensor(bound, dtype=torch.float64), a.shape).reshape(-1)[i]
+    index = tuple(int(x) for x in torch.unravel_index(torch.tensor(i), a.shape)) if a.dim() else ()
+    raise AssertionError(f"{int(bad.sum())} of {a.numel()} {what} out of tolerance; first at "
+                         f"{index}: got {a.reshape(-1)[i].item()!r}, expected "
+                         f"{e.reshape(-1)[i].item()!r}, allowed difference {float(limit):.3g}")
+
+
 def assert_xi_close(actual: torch.Tensor, exact: torch.Tensor) -> None:
     """|actual - exact| <= XI_TOL * (1 + |exact|) elementwise (float32 vs exact values)."""
-    a = actual.detach().double().cpu()
-    e = exact.detach().double().cpu()
-    err = (a - e).abs()
-    bound = XI_TOL * (1.0 + e.abs())
-    bad = err > bound
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        raise AssertionError(f"{int(bad.sum())} of {a.numel()} values outside 1e-5*(1+|xi|); "
-                             f"first at {i}: got {a.view(-1)[i].item()!r}, exact {e.view(-1)[i].item()!r}")
+    assert_within(actual, exact, rtol=XI_TOL, atol=XI_TOL, what="stream values (1e-5*(1+|xi|))")
 
 
 def perturb_tolerance(dtype: torch.dtype, coeffs: Sequence[float]) -> dict:
@@ -40,8 +64,7 @@ def assert_perturb_close(actual: torch.Tensor, expected: torch.Tensor,
                          coeffs: Sequence[float]) -> None:
     """Two backends' outputs agree within :func:`perturb_tolerance` for their dtype."""
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    torch.testing.assert_close(actual.detach().float().cpu(), expected.detach().float().cpu(),
-                               **perturb_tolerance(actual.dtype, coeffs))
+    assert_within(actual, expected, **perturb_tolerance(actual.dtype, coeffs))
 
 
 def assert_lowrank_close(actual: torch.Tensor, expected: torch.Tensor, magnitude: float) -> None:
@@ -52,9 +75,8 @@ def assert_lowrank_close(actual: torch.Tensor, expected: torch.Tensor, magnitude
     an ulp of the result.
     """
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    torch.testing.assert_close(actual.detach().float().cpu(), expected.detach().float().cpu(),
-                               rtol=2 * ULP[actual.dtype], atol=1e-5 * magnitude + 2 * TINY[actual.dtype],
-                               equal_nan=True)
+    assert_within(actual, expected, rtol=2 * ULP[actual.dtype],
+                  atol=1e-5 * magnitude + 2 * TINY[actual.dtype], equal_nan=True)
 
 
 def sketch_atol(coeffs: Sequence[float], omega: torch.Tensor) -> torch.Tensor:
@@ -72,14 +94,7 @@ def assert_sketch_close(actual: torch.Tensor, expected: torch.Tensor, coeffs: Se
                         omega: torch.Tensor) -> None:
     """Two sketches of the same implicit Gaussian sum agree within :func:`sketch_atol`."""
     assert actual.shape == expected.shape and actual.dtype == torch.float32
-    err = (actual.detach().double().cpu() - expected.detach().double().cpu()).abs()
-    bound = sketch_atol(coeffs, omega).expand_as(err)
-    bad = err > bound
-    if bool(bad.any()):
-        i, j = (int(x) for x in bad.nonzero()[0])
-        raise AssertionError(f"{int(bad.sum())} of {err.numel()} sketch entries out of tolerance; "
-                             f"first at ({i}, {j}): got {actual[i, j].item()!r}, "
-                             f"expected {expected[i, j].item()!r}, bound {bound[i, j].item():.3g}")
+    assert_within(actual, expected, atol=sketch_atol(coeffs, omega), what="sketch entries")
 
 
 # -- peak memory of one call (tests and benchmarks) -------------------------------------------
