@@ -15,6 +15,7 @@ import torch
 
 import pgap_kernels as pk
 from pgap_kernels._lowrank_validation import lowrank_factors
+from pgap_kernels._native import build_info as native_build_info
 from pgap_kernels.testing import assert_sketch_close
 
 from conftest import GPU_REASON, HAS_CUDA, require
@@ -140,6 +141,27 @@ def test_lowrank_misaligned_weight(dtype):
     _run_lowrank("cuda", W, U.cuda(), Z.cuda(), V.cuda(), -1.5, 0.9)
     assert torch.equal(base[0], first)  # the element before W is untouched
     _assert_lowrank_close(W, expected, mag, dtype)
+
+
+@pytest.mark.parametrize("m,n,k", [(3, 5, 1), (257, 129, 7), (1000, 3001, 16), (2048, 2304, 64)])
+@pytest.mark.parametrize("decay", [0.9, -1.3])
+def test_lowrank_float32_equals_native_bit_for_bit(m, n, k, decay):
+    """The same fmaf chain over k, ascending, and the same epilogue fma(decay, W, acc) as the
+    AVX2/AVX-512 host kernels: the same bits for a float32 W (decay*W + acc, rounded twice,
+    misses by an ulp). Z = I makes L = scale*U@Z exact, so both backends get the same factors.
+    Shapes: small and large tiles, n % 4 != 0 (scalar epilogue)."""
+    require("cuda", "cuda")
+    require("cpu", "native")
+    if native_build_info()["host_isa"] == "generic":
+        pytest.skip("the generic host build does not fuse multiply-adds")
+    U, _, V = _factors(m, n, k, k, seed=m + k)
+    Z = torch.eye(k)
+    W0 = torch.randn(m, n, generator=_gen(k))
+    cpu = W0.clone()
+    _run_lowrank("native", cpu, U, Z, V, 0.75, decay)
+    W = W0.cuda()
+    _run_lowrank("cuda", W, U.cuda(), Z.cuda(), V.cuda(), 0.75, decay)
+    assert torch.equal(W.cpu(), cpu)
 
 
 def test_lowrank_batch_of_mixed_shapes_and_dtypes():

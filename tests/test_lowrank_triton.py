@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import pgap_kernels as pk
+from pgap_kernels._native import build_info as native_build_info
 from pgap_kernels.testing import ULP
 
 from conftest import require
@@ -99,6 +100,28 @@ def test_lowrank_batch_of_mixed_shapes_and_dtypes(device):
     got, want = _lowrank_both(Ws, Us, Zs, Vs, scales, 0.9)
     for p in range(len(specs)):
         _assert_lowrank_close(got[p], want[p], Ws[p], Us[p], Zs[p], Vs[p], scales[p], 0.9)
+
+
+@pytest.mark.parametrize("decay", [0.9, -1.7])
+def test_epilogue_is_one_fma_as_native(device, decay):
+    """W <- fma(decay, W, acc) rounded once, as native (AVX2/AVX-512) and cuda do: with an exact
+    product (small integers, Z = I) every float32 element equals native's bit for bit, which
+    decay*W + acc (two roundings) misses by an ulp in many elements."""
+    require("cpu", "native")
+    if native_build_info()["host_isa"] == "generic":
+        pytest.skip("the generic host build does not fuse multiply-adds")
+    gen = torch.Generator().manual_seed(21)
+    m, n, k = 19, 37, 5
+    U = torch.randint(-4, 5, (m, k), generator=gen).float()
+    V = torch.randint(-4, 5, (n, k), generator=gen).float()
+    W = torch.randn(m, n, generator=gen)
+    native, got = W.clone(), W.to(device)
+    with pk.use_backend("native"):
+        pk.lowrank_perturb_(native, U, torch.eye(k), V, 0.25, decay=decay)
+    with pk.use_backend("triton"):
+        pk.lowrank_perturb_(got, U.to(device), torch.eye(k, device=device), V.to(device), 0.25,
+                            decay=decay)
+    assert torch.equal(got.cpu(), native)
 
 
 def _sketch_both(problems, seeds, coeffs, omegas, transpose):

@@ -151,7 +151,8 @@ lowrank_kernel(const int64_t* __restrict__ w_ptrs, const int64_t* __restrict__ l
       __syncthreads();  // also ends all reads before the next tile's first stash
     }
 
-    // Epilogue: one rounding of decay*W + acc (decay == 0: W is not read).
+    // Epilogue: one rounding of fmaf(decay, W, acc) (decay == 0: W is not read), the expression
+    // of the host kernels (std::fma) and of CUDA subspace; --fmad=false, so the fma is explicit.
     T* __restrict__ w = reinterpret_cast<T*>(w_ptrs[p]);
     const bool vec = n % 4 == 0 && w_ptrs[p] % static_cast<int64_t>(sizeof(Vec4<T>)) == 0;
     const uint32_t rkey = kStochastic ? static_cast<uint32_t>(keys[p]) : 0u;
@@ -176,16 +177,16 @@ lowrank_kernel(const int64_t* __restrict__ w_ptrs, const int64_t* __restrict__ l
             if (!kOverwrite) v = *reinterpret_cast<const Vec4<T>*>(w_row + col);
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-              const float base = kOverwrite ? 0.0f : decay * Conv<T>::load(v.v[j]);
-              v.v[j] = round_store<T, kStochastic>(base + c[j], x[j]);
+              const float out = kOverwrite ? c[j] : fmaf(decay, Conv<T>::load(v.v[j]), c[j]);
+              v.v[j] = round_store<T, kStochastic>(out, x[j]);
             }
             *reinterpret_cast<Vec4<T>*>(w_row + col) = v;
           } else {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
               if (col + j >= n) break;
-              const float base = kOverwrite ? 0.0f : decay * Conv<T>::load(w_row[col + j]);
-              w_row[col + j] = round_store<T, kStochastic>(base + c[j], x[j]);
+              const float out = kOverwrite ? c[j] : fmaf(decay, Conv<T>::load(w_row[col + j]), c[j]);
+              w_row[col + j] = round_store<T, kStochastic>(out, x[j]);
             }
           }
         }

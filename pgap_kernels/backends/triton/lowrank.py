@@ -2,7 +2,7 @@
 
 Each program owns a BLOCK_M x BLOCK_N tile of one W_p: it accumulates L_p @ R_p.T over k in
 BLOCK_K steps with ``tl.dot(..., input_precision="ieee")`` (true float32, never TF32), then its
-epilogue loads the W tile, applies decay, adds and stores in place with one rounding. The
+epilogue loads the W tile, computes fma(decay, W, acc) and stores in place with one rounding. The
 matrices of a group are reached through int64 pointer tables; nothing m x n is allocated.
 """
 from __future__ import annotations
@@ -35,14 +35,15 @@ def aligned_16(tensors: List[torch.Tensor]) -> bool:
 @triton.jit
 def update_tile(w, n, rows, cols, row_in, col_in, acc, decay, rseed, key, index,
                 DTYPE: tl.constexpr, OVERWRITE: tl.constexpr, STOCHASTIC: tl.constexpr):
-    """W[rows, cols] <- decay*W + acc (float32), one rounding to DTYPE, masked to the matrix
+    """W[rows, cols] <- fma(decay, W, acc) (float32, as native and cuda: one rounding of the
+    float32 result, not two as decay*W + acc), one rounding to DTYPE, masked to the matrix
     (n columns); OVERWRITE (decay == 0) stores acc without reading W (it may hold NaN).
     STOCHASTIC: W[i, j] rounds with the rounding word of element index + i*n + j under
     (rseed, key) (docs/rng.md, "Stochastic rounding"), else to nearest."""
     where = rows[:, None] * n + cols[None, :]
     mask = row_in[:, None] & col_in[None, :]
     if not OVERWRITE:
-        acc = acc + decay * tl.load(w + where, mask=mask).to(tl.float32)
+        acc = tl.fma(decay, tl.load(w + where, mask=mask).to(tl.float32), acc)
     if STOCHASTIC:
         acc = round_stochastic(acc, rounding_element_words(rseed, index + where, key), DTYPE)
     tl.store(w + where, acc.to(DTYPE), mask=mask)
@@ -104,4 +105,4 @@ def lowrank_update(args: LowrankArgs) -> None:
             STOCHASTIC=args.rounding_seed is not None and dtype != torch.float32,
             ALIGNED=aligned_16(mats),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-            enable_fp_fusion=False)  # decay*W + acc: two roundings in float32, as the reference
+            enable_fp_fusion=False)  # no contractions but the explicit fma(decay, W, acc)
