@@ -54,9 +54,12 @@ def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, 
     if ALIGNED:
         # offset % 4 == 0, numel % 4 == 0 and 16-byte aligned pointers (checked on the host):
         # each tile row is one whole, aligned Philox block, masked as a unit, so the loads and
-        # stores vectorize.
+        # stores vectorize. local[i, j] = first[i] + j: along dim 1 groups of 4 contiguous values
+        # start at multiples of 4; along dim 0 no two are contiguous (a step of 4), so every
+        # element is its own group and first[i] + 1 is odd: divisibility [1, 4], contiguity [1, 4]
+        # (tl.multiple_of: values[d] divides the first element of every contiguous group along d).
         first = (chunk - chunk_begin) * BLOCKS * 4 + tl.arange(0, BLOCKS).to(tl.int64) * 4
-        local = tl.max_contiguous(tl.multiple_of(first[:, None] + lane, [4, 4]), [1, 4])
+        local = tl.max_contiguous(tl.multiple_of(first[:, None] + lane, [1, 4]), [1, 4])
         mask = tl.broadcast_to((first < numel)[:, None], (BLOCKS, 4))
         data = tl.multiple_of(data, 16)
         mean = tl.multiple_of(mean, 16)
