@@ -14,6 +14,7 @@
 
 #include "cuda/lowrank.h"
 #include "cuda/dtype.cuh"
+#include "cuda/runtime.cuh"
 #include "pgap/normal.h"
 
 namespace pgap {
@@ -393,11 +394,6 @@ void launch_sketch(const int64_t* keys, const int64_t* offsets, const int64_t* o
                                                            per_problem, total);
 }
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("pgap ") + what + ": " + cudaGetErrorString(err));
-}
-
 int sm_count(int device) {
   int sms = 0;
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
@@ -414,7 +410,7 @@ void lowrank_update(DType dtype, const int64_t* w_ptrs, const int64_t* left_ptrs
                     float decay, const int64_t* keys, const int64_t* indices, bool stochastic,
                     uint64_t rounding_seed, int device, void* stream) {
   if (count == 0 || m == 0 || n == 0) return;
-  check(cudaSetDevice(device), "lowrank_update: cudaSetDevice");
+  const DeviceGuard guard(device, "lowrank_update: select the tensors' device");
   // 128x128 tiles (8x8 per thread) once they fill every SM twice; 64x64 (4x4) otherwise.
   const int64_t big_tiles = count * ceil_div(m, 128) * ceil_div(n, 128);
   const bool big = m >= 128 && n >= 128 && big_tiles >= 2 * static_cast<int64_t>(sm_count(device));
@@ -435,7 +431,7 @@ void gaussian_sketch(const int64_t* keys, const int64_t* offsets, const int64_t*
                      int device, void* stream) {
   const int64_t rows = transpose ? n : m;
   if (count == 0 || rows == 0 || q == 0) return;
-  check(cudaSetDevice(device), "gaussian_sketch: cudaSetDevice");
+  const DeviceGuard guard(device, "gaussian_sketch: select the tensors' device");
   // Column tile QT: the smallest of 32, 64, 128, 256 that holds q (256 beyond; every further
   // column tile generates A again). Row tile BR = 64 (TR = 4), halved while there are fewer
   // than two CTAs per SM (BR = 32 needs QT <= 128, BR = 16 needs QT <= 64), and QT halved

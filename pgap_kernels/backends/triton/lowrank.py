@@ -16,6 +16,7 @@ import triton.language as tl
 from ..._lowrank_validation import LowrankArgs
 from ..._stream import as_float32
 from .._batches import group_indices
+from .._device_tables import on_device
 from . import interpreting
 from ._rounding import round_stochastic, rounding_element_words, rounding_seed_table
 
@@ -97,7 +98,7 @@ def lowrank_update(args: LowrankArgs) -> None:
     for (dtype, m, n, k), ps in groups.items():
         mats = [x[p] for x in (args.weights, args.lefts, args.rights) for p in ps]
         rows = [t.data_ptr() for t in mats] + [args.keys[p] for p in ps] + [args.offsets[p] for p in ps]
-        table = torch.tensor(rows, dtype=torch.int64).view(5, len(ps)).to(device)
+        table = on_device(torch.tensor(rows, dtype=torch.int64).view(5, len(ps)), device)
         tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
         _lowrank_kernel[(tiles * len(ps),)](
             table[0], table[1], table[2], table[3], table[4], rseed, m, n, k, decay,
