@@ -68,6 +68,24 @@ def measure(backend: str, device: torch.device, busy_ms: float = 200.0, repeats:
     return rows
 
 
+def profile(backend: str, device: torch.device, op: str, small: bool, calls: int = 200) -> None:
+    """Print cProfile's top 25 functions by own time over ``calls`` calls of ``op``."""
+    import cProfile  # noqa: PLC0415
+    import pstats  # noqa: PLC0415
+
+    case = next(c for c in OP_CASES if c.name == op)
+    x = case.make(device, small)
+    with pk.use_backend(backend):
+        case.run(x)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(calls):
+            case.run(x)
+        prof.disable()
+    print(f"\n== cProfile: {calls} calls of {op} under {backend} on {device}")
+    pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(25)
+
+
 def report(rows: Sequence[HostTime], busy_ms: float, repeats: int) -> List[str]:
     lines = [f"  {'backend':<9} {'op':<18} {'host us/call':>12}  GPU still busy after {repeats} calls"]
     for r in rows:
@@ -91,6 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--csv", type=Path, default=None, help="write the rows here")
     p.add_argument("--small", action="store_true", help="tiny shapes (the CPU dry run)")
+    p.add_argument("--profile", default=None, metavar="OP",
+                   help="also print cProfile's top functions (by own time) for 200 calls of OP "
+                        "(e.g. perturbed) under each backend")
     return p.parse_args(argv)
 
 
@@ -105,6 +126,10 @@ def main(argv=None) -> int:
     rows = [row for b in args.backends.split(",") if b
             for row in measure(b, device, args.busy_ms, args.repeats, args.small)]
     print("\n".join(report(rows, args.busy_ms, args.repeats)))
+    if args.profile:
+        for b in args.backends.split(","):
+            if b:
+                profile(b, device, args.profile, args.small)
     if args.csv is not None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         with args.csv.open("w", newline="") as fh:

@@ -187,7 +187,7 @@ def plan(args: argparse.Namespace, env: Dict[str, str], out: Path, scratch: Path
     for backend in backends:
         steps.append(Step(f"zo_step[{backend}]",
                           [py, str(BENCH / "bench_zo_step.py"), "--device", device, "--methods",
-                           "forward", "baseline", "mezo", "--no-probe", "--no-progress"] + zo_model
+                           "forward", "baseline", "mezo", "mezo-inplace", "--no-probe", "--no-progress"] + zo_model
                           + csv(f"zo_step_{backend}") + plot(f"zo_step_{backend}"), 150,
                           {"PGAP_BACKEND": backend}, what=f"one ZO step, {backend} backend"))
     skipped = set(args.skip)

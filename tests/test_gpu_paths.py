@@ -205,3 +205,14 @@ def test_self_check_per_device(backend):
         result = selftest.run_checks(backend, torch.device("cuda", index))
         assert result.passed, result.message()
         assert torch.cuda.current_device() == 0
+
+
+def test_device_tables_are_cached_by_value_and_sign_of_zero():
+    """Equal values give the cached table (no new copy); 0.0 and -0.0 are different tables."""
+    device = torch.device("cuda")
+    a = _device_tables.on_device([[1, 2], [3, 4]], torch.int64, device)
+    assert _device_tables.on_device([[1, 2], [3, 4]], torch.int64, device) is a
+    pos = _device_tables.on_device([0.0, 1.5], torch.float32, device)
+    neg = _device_tables.on_device([-0.0, 1.5], torch.float32, device)
+    assert pos is not neg and torch.signbit(neg[0]).item() and not torch.signbit(pos[0]).item()
+    torch.testing.assert_close(a.cpu(), torch.tensor([[1, 2], [3, 4]]))

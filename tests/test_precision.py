@@ -60,6 +60,8 @@ def test_results_do_not_depend_on_the_setting(restore_precision, backend):
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
 
-def test_device_tables_leave_cpu_tables_alone():
-    table = torch.arange(6, dtype=torch.int64).view(2, 3)
-    assert _device_tables.on_device(table, torch.device("cpu")) is table
+def test_device_tables_on_the_cpu_are_plain_tensors():
+    table = _device_tables.on_device([[0, 1, 2], [3, 4, 5]], torch.int64, torch.device("cpu"))
+    assert torch.equal(table, torch.arange(6, dtype=torch.int64).view(2, 3))
+    coeffs = _device_tables.on_device([0.5, -0.0], torch.float32, torch.device("cpu"))
+    assert coeffs.dtype == torch.float32 and str(coeffs[1].item()) == "-0.0"

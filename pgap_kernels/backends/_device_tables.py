@@ -5,8 +5,9 @@ seeds, coefficients). ``torch.tensor(rows).to(device)`` copies from pageable mem
 waits for every kernel already queued on the stream (the forward pass): the host stalls on each
 op, and the op cannot be captured in a CUDA graph. :func:`on_device` instead
 
-* looks the table up by its bytes in a small per-process cache of device copies: a ZO loop
-  passes the same parameters every step, so its pointer tables are copied once; and
+* looks the table up by its values (a tuple of Python numbers: no tensor is built on a hit) in a
+  small per-process cache of device copies: a ZO loop passes the same parameters every step, so
+  its pointer tables are copied once; and
 * on a miss, stages the table in pinned memory and copies it with ``non_blocking=True``
   (stream-ordered; the pinned buffer stays referenced by the cache entry, so it outlives the copy
   and a graph replay of that copy).
@@ -19,13 +20,14 @@ CPU tensors (the Triton interpreter) are returned unchanged.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple, Union
 
 import torch
 
 CACHE_ENTRIES = 512  # per process; a table is a few hundred bytes to a few KiB
 
-_Key = Tuple[str, torch.dtype, Tuple[int, ...], bytes]
+Rows = Sequence[Union[int, float, Sequence[Union[int, float]]]]
+_Key = Tuple[int, torch.dtype, tuple]
 
 
 class _Entry:
@@ -41,18 +43,21 @@ class _Entry:
 _cache: "OrderedDict[_Key, _Entry]" = OrderedDict()
 
 
-def on_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``table`` (a small contiguous CPU tensor) on ``device``, for kernels queued on the current
-    stream of ``device`` from now on; never waits for the GPU. Do not write to the result."""
+def on_device(rows: Rows, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.tensor(rows, dtype=dtype)`` on ``device`` (a flat list of numbers, or a rectangular
+    list of lists), for kernels queued on the current stream of ``device`` from now on; never
+    waits for the GPU. Do not write to the result. On a CPU device: a new CPU tensor."""
     if device.type != "cuda":
-        return table.to(device)
-    table = table.contiguous()
-    key: _Key = (str(device), table.dtype, tuple(table.shape), table.numpy().tobytes())
+        return torch.tensor(rows, dtype=dtype, device=device)
+    frozen = tuple(tuple(r) for r in rows) if rows and isinstance(rows[0], (list, tuple)) else tuple(rows)
+    if dtype.is_floating_point:  # by bit pattern: 0.0 and -0.0 are equal keys but not equal tables
+        frozen = tuple(float(x).hex() for x in frozen)
+    key: _Key = (device.index if device.index is not None else torch.cuda.current_device(), dtype,
+                 frozen)
     stream = torch.cuda.current_stream(device)
-    capturing = torch.cuda.is_current_stream_capturing()
     entry = _cache.get(key)
     if entry is None:
-        host = table.pin_memory()
+        host = torch.tensor(rows, dtype=dtype).pin_memory()
         entry = _Entry(host, host.to(device, non_blocking=True))
         entry.streams.add(stream.cuda_stream)
         _cache[key] = entry
@@ -62,7 +67,7 @@ def on_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
         if stream.cuda_stream not in entry.streams:
             entry.device.record_stream(stream)
             entry.streams.add(stream.cuda_stream)
-    if capturing:
+    if torch.cuda.is_current_stream_capturing():
         entry.pinned_for_graph = True
     return entry.device
 

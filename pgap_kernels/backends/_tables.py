@@ -1,7 +1,7 @@
 """Multi-tensor launch tables shared by the GPU backends (cuda, triton)."""
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import List, Tuple, Union
 
 import torch
 
@@ -17,12 +17,13 @@ SUBSPACE_META_FIELDS = 10
 MAX_SUBSPACE_SPAN = 16  # column chunks per subspace tile: Xi drawn once per 16 chunks at most
 
 
-def chunk_table(args: PerturbArgs, blocks_per_chunk: int) -> Tuple[torch.Tensor, int]:
+def chunk_table(args: PerturbArgs, blocks_per_chunk: int) -> Tuple[List[List[int]], int]:
     """Per-tensor int64 metadata rows and the total number of chunks.
 
     A chunk is ``blocks_per_chunk`` Philox blocks (4 stream elements each) of one tensor;
     chunks of tensor p are numbered from ``chunk_begin[p]``. Empty tensors must be removed
-    beforehand. Returns a CPU tensor of shape (n_tensors, META_FIELDS).
+    beforehand. Returns the int64 rows (n_tensors lists of META_FIELDS ints; :func:`on_device`
+    puts them on the device).
     """
     rows, begin = [], 0
     for p, t in enumerate(args.tensors):
@@ -32,7 +33,7 @@ def chunk_table(args: PerturbArgs, blocks_per_chunk: int) -> Tuple[torch.Tensor,
         rows.append([t.data_ptr(), mean_ptr, numel, offset, args.keys[p], begin,
                      args.source(p).data_ptr()])
         begin += -(-span // blocks_per_chunk)
-    return torch.tensor(rows, dtype=torch.int64).reshape(-1, META_FIELDS), begin
+    return rows, begin
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -53,8 +54,8 @@ def subspace_span(args: SubspaceArgs, rows: int, cols: int, target: int) -> int:
     return span
 
 
-def subspace_table(args: SubspaceArgs, rows: int, cols: int, span: int) -> Tuple[torch.Tensor, int]:
-    """Per-matrix int64 rows (SUBSPACE_META_FIELDS columns, on the CPU) and the tile count.
+def subspace_table(args: SubspaceArgs, rows: int, cols: int, span: int) -> Tuple[List[List[int]], int]:
+    """Per-matrix int64 rows (lists of SUBSPACE_META_FIELDS ints) and the tile count.
 
     The tiles of matrix p are numbered from tile_begin[p], row block by row block, each row block
     cut into col_spans[p] tiles of ``span`` column chunks of ``cols`` columns. No empty matrix.
@@ -66,13 +67,12 @@ def subspace_table(args: SubspaceArgs, rows: int, cols: int, span: int) -> Tuple
         table.append([t.data_ptr(), v.data_ptr(), m, n, r, offset, key, begin, col_spans,
                       args.rounding_index(p)])
         begin += _cdiv(m, rows) * col_spans
-    return torch.tensor(table, dtype=torch.int64).reshape(-1, SUBSPACE_META_FIELDS), begin
+    return table, begin
 
 
 def stream_tables(args: Union[PerturbArgs, SketchArgs, SubspaceArgs], device: torch.device
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Seeds (as int64 bit patterns) and float32 coefficients of ``args``, on ``device``
     (copied without blocking the host: :func:`on_device`)."""
-    seeds = torch.tensor([seed_to_int64(s) for s in args.seeds] or [0], dtype=torch.int64)
-    coeffs = torch.tensor(args.coeffs or [0.0], dtype=torch.float32)
-    return on_device(seeds, device), on_device(coeffs, device)
+    seeds = [seed_to_int64(s) for s in args.seeds] or [0]
+    return on_device(seeds, torch.int64, device), on_device(args.coeffs or [0.0], torch.float32, device)

@@ -25,12 +25,11 @@ def lowrank_update(args: LowrankArgs) -> None:
     groups = group_indices(range(len(args.weights)), lambda p: (
         args.weights[p].dtype, *args.weights[p].shape, args.lefts[p].shape[1]))
     for (dtype, m, n, k), ps in groups.items():
-        table = torch.tensor([[args.weights[p].data_ptr() for p in ps],
-                              [args.lefts[p].data_ptr() for p in ps],
-                              [args.rights[p].data_ptr() for p in ps],
-                              [args.keys[p] for p in ps],
-                              [args.offsets[p] for p in ps]], dtype=torch.int64)
-        table = on_device(table, device)
+        table = on_device([[args.weights[p].data_ptr() for p in ps],
+                           [args.lefts[p].data_ptr() for p in ps],
+                           [args.rights[p].data_ptr() for p in ps],
+                           [args.keys[p] for p in ps],
+                           [args.offsets[p] for p in ps]], torch.int64, device)
         lib.cuda_lowrank_update(DTYPE_CODES[dtype], table[0].data_ptr(), table[1].data_ptr(),
                                 table[2].data_ptr(), len(ps), m, n, k, args.decay,
                                 table[3].data_ptr(), table[4].data_ptr(),

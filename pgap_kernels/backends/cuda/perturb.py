@@ -20,9 +20,9 @@ def perturb_group(args: PerturbArgs) -> None:
     seeds, coeffs = stream_tables(args, device)
     stream = torch.cuda.current_stream(device)
     for code, group in split_by_dtype(args):
-        meta, total_chunks = chunk_table(group, lib.CUDA_CHUNK_BLOCKS)
-        meta = on_device(meta, device)
-        lib.cuda_perturb(code, meta.data_ptr(), meta.shape[0], total_chunks, seeds.data_ptr(),
+        rows, total_chunks = chunk_table(group, lib.CUDA_CHUNK_BLOCKS)
+        meta = on_device(rows, torch.int64, device)
+        lib.cuda_perturb(code, meta.data_ptr(), len(rows), total_chunks, seeds.data_ptr(),
                          coeffs.data_ptr(), len(group.seeds), group.decay, group.mean_coeff,
                          group.means is not None, group.rounding_seed is not None,
                          group.rounding_seed or 0, device.index if device.index is not None

@@ -26,11 +26,10 @@ def gaussian_sketch(args: SketchArgs) -> List[torch.Tensor]:
         rows = n if args.transpose else m
         for p in ps:
             outs[p] = torch.empty(rows, q, dtype=torch.float32, device=device)
-        table = torch.tensor([[args.problems[p].key for p in ps],
-                              [args.problems[p].offset for p in ps],
-                              [args.omegas[p].data_ptr() for p in ps],
-                              [outs[p].data_ptr() for p in ps]], dtype=torch.int64)
-        table = on_device(table, device)
+        table = on_device([[args.problems[p].key for p in ps],
+                           [args.problems[p].offset for p in ps],
+                           [args.omegas[p].data_ptr() for p in ps],
+                           [outs[p].data_ptr() for p in ps]], torch.int64, device)
         lib.cuda_gaussian_sketch(table[0].data_ptr(), table[1].data_ptr(), table[2].data_ptr(),
                                  table[3].data_ptr(), len(ps), m, n, q, seeds.data_ptr(),
                                  coeffs.data_ptr(), len(args.seeds), args.transpose,

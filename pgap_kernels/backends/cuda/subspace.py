@@ -28,8 +28,8 @@ def subspace_update(args: SubspaceArgs) -> None:
     for dtype, ps in group_indices(range(len(args.tensors)), lambda p: args.tensors[p].dtype).items():
         group = args.subset(ps)
         span = subspace_span(group, rows, cols, target)
-        meta, total = subspace_table(group, rows, cols, span)
-        meta = on_device(meta, device)
+        table, total = subspace_table(group, rows, cols, span)
+        meta = on_device(table, torch.int64, device)
         lib.cuda_subspace_perturb(DTYPE_CODES[dtype], meta.data_ptr(), len(ps), total, span,
                                   seeds.data_ptr(), coeffs.data_ptr(), len(args.seeds), args.decay,
                                   args.rounding_seed is not None, args.rounding_seed or 0,

@@ -21,7 +21,7 @@ _DOMAIN = tl.constexpr(ROUNDING_DOMAIN)
 
 def rounding_seed_table(rounding_seed, device: torch.device) -> torch.Tensor:
     """The rounding seed (int64 bit pattern; 0 when rounding to nearest) as a one-element tensor."""
-    return on_device(torch.tensor([optional_seed_to_int64(rounding_seed) or 0], dtype=torch.int64), device)
+    return on_device([optional_seed_to_int64(rounding_seed) or 0], torch.int64, device)
 
 
 @triton.jit

@@ -98,7 +98,8 @@ def lowrank_update(args: LowrankArgs) -> None:
     for (dtype, m, n, k), ps in groups.items():
         mats = [x[p] for x in (args.weights, args.lefts, args.rights) for p in ps]
         rows = [t.data_ptr() for t in mats] + [args.keys[p] for p in ps] + [args.offsets[p] for p in ps]
-        table = on_device(torch.tensor(rows, dtype=torch.int64).view(5, len(ps)), device)
+        count = len(ps)
+        table = on_device([rows[i * count:(i + 1) * count] for i in range(5)], torch.int64, device)
         tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
         _lowrank_kernel[(tiles * len(ps),)](
             table[0], table[1], table[2], table[3], table[4], rseed, m, n, k, decay,

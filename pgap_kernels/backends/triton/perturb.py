@@ -7,6 +7,7 @@ The stream code lives in ``_stream.py``, shared with the other triton kernels.
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -97,9 +98,9 @@ def perturb_group(args: PerturbArgs) -> None:
     rseed = rounding_seed_table(args.rounding_seed, device)
     decay = as_float32(args.decay)  # OVERWRITE on the value the kernel multiplies by
     for code, group in split_by_dtype(args):
-        meta, total_chunks = chunk_table(group, BLOCKS)
-        meta = on_device(meta, device)
-        n = meta.shape[0]
+        rows, total_chunks = chunk_table(group, BLOCKS)
+        meta = on_device(rows, torch.int64, device)
+        n = len(rows)
         _perturb_kernel[(total_chunks,)](
             meta, seeds, coeffs, len(group.seeds), n,
             decay, as_float32(group.mean_coeff), rseed,

@@ -163,11 +163,10 @@ def gaussian_sketch(args: SketchArgs) -> List[torch.Tensor]:
         dests = ([torch.empty(splits, rows, q, dtype=torch.float32, device=device) for _ in ps]
                  if splits > 1 else [outs[p] for p in ps])
         omegas = [args.omegas[p] for p in ps]
-        table = torch.tensor([[args.problems[p].key for p in ps],
-                              [args.problems[p].offset for p in ps],
-                              [om.data_ptr() for om in omegas],
-                              [d.data_ptr() for d in dests]], dtype=torch.int64)
-        table = on_device(table, device)
+        table = on_device([[args.problems[p].key for p in ps],
+                           [args.problems[p].offset for p in ps],
+                           [om.data_ptr() for om in omegas],
+                           [d.data_ptr() for d in dests]], torch.int64, device)
         _sketch_kernel[(tiles * splits * len(ps),)](
             table[0], table[1], table[2], table[3], m, n, q,
             seeds, coeffs, len(args.seeds), splits, split_len,

@@ -114,12 +114,12 @@ def subspace_update(args: SubspaceArgs) -> None:
         max_rank = max(v.shape[1] for v in group.bases)
         block_m, block_n, block_k, warps = block_sizes(max_rank)
         span = subspace_span(group, block_m, block_n, target_programs(device))
-        meta, total = subspace_table(group, block_m, block_n, span)
+        table, total = subspace_table(group, block_m, block_n, span)
         # Whole Philox blocks per row of Xi when every row starts on one (offset, r % 4 == 0).
         blocks = all(v.shape[1] % 4 == 0 for v in group.bases) and all(o % 4 == 0 for o in group.offsets)
         aligned = all(t.shape[1] % 16 == 0 and t.data_ptr() % 16 == 0 for t in group.tensors)
         _subspace_kernel[(total,)](
-            on_device(meta, device), seeds, coeffs, len(args.seeds), len(ps), span, decay, rseed,
+            on_device(table, torch.int64, device), seeds, coeffs, len(args.seeds), len(ps), span, decay, rseed,
             DTYPE=TL_DTYPES[dtype], OVERWRITE=decay == 0.0,
             STOCHASTIC=args.rounding_seed is not None and dtype != torch.float32, BLOCKS=blocks,
             SINGLE_K=max_rank <= block_k, ALIGNED=aligned, SEARCH_STEPS=max(1, len(ps).bit_length()),
