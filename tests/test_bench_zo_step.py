@@ -10,8 +10,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_zo_step.py"
-METHODS = ["forward only", "baseline MeZO (eager)", "pgap.MeZO", "pgap.PGAP inplace",
-           "pgap.PGAP functional"]
+METHODS = ["forward only", "baseline MeZO (eager)", "pgap.MeZO", "pgap.MeZO inplace",
+           "pgap.PGAP inplace", "pgap.PGAP functional"]
 
 
 def test_bench_zo_step_quick_smoke(tmp_path):
