@@ -20,12 +20,11 @@ Words = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 def mulhilo32(a: torch.Tensor, m: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """High and low 32-bit words of a * m, for int64 tensors a in [0, 2^32) and constant m."""
-    a_lo, a_hi = a & MASK16, a >> 16
-    m_lo, m_hi = m & MASK16, m >> 16
-    ll = a_lo * m_lo
-    mid = a_lo * m_hi + a_hi * m_lo + (ll >> 16)
-    lo = ((mid & MASK16) << 16) | (ll & MASK16)
-    hi = a_hi * m_hi + (mid >> 16)
+    # a*m = p_hi*2^16 + p_lo with p_lo, p_hi < 2^48: each fits int64, the full product would not.
+    p_lo = (a & MASK16) * m
+    p_hi = (a >> 16) * m
+    lo = (p_lo + ((p_hi & MASK16) << 16)) & MASK32
+    hi = (p_hi + (p_lo >> 16)) >> 16
     return hi, lo
 
 
