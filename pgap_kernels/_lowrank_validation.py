@@ -15,9 +15,9 @@ import torch
 
 from ._precision import ieee_float32
 from ._stream import INDEX_LIMIT, KEY_LIMIT
-from ._validation import (FloatOrFloats, IntOrInts, _as_list, _is_real, check_finite,
-                          check_float_dtype, check_int, check_keys_offsets, check_rounding,
-                          check_seeds_coeffs)
+from ._validation import (FloatOrFloats, IntOrInts, _as_list, check_finite, check_float_dtype,
+                          check_int, check_keys_offsets, check_rounding, check_seeds_coeffs,
+                          real_or_list)
 
 
 @dataclass
@@ -157,7 +157,7 @@ def validate_lowrank(W, U, Z, V, scale: FloatOrFloats, decay: float, *,
     for name, lst in (("U", Us), ("Z", Zs), ("V", Vs)):
         if len(lst) != len(Ws):
             raise ValueError(f"{name} has {len(lst)} matrices but W has {len(Ws)}")
-    scales = [scale] if _is_real(scale) else _as_list(scale, "scale")
+    scales = real_or_list(scale, "scale")
     if len(scales) == 1 and len(Ws) != 1:
         scales = scales * len(Ws)
     if len(scales) != len(Ws):

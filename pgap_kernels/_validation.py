@@ -6,6 +6,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from ._stream import INDEX_LIMIT, KEY_LIMIT, SEED_LIMIT
@@ -15,7 +16,8 @@ ROUNDINGS = ("nearest", "stochastic")
 
 TensorList = Union[torch.Tensor, Iterable[torch.Tensor]]
 IntOrInts = Union[int, Sequence[int]]
-FloatOrFloats = Union[float, Sequence[float]]
+# A coefficient: a real number, or a 0-d/one-element CPU tensor or numpy array holding one.
+FloatOrFloats = Union[float, torch.Tensor, Sequence[Union[float, torch.Tensor]]]
 
 
 @dataclass
@@ -79,7 +81,42 @@ def check_int(value: object, name: str, low: int, high: int) -> int:
     return value
 
 
+def _is_scalar_array(x: object) -> bool:
+    """A torch tensor or numpy array holding exactly one number (0-d, or one element)."""
+    return isinstance(x, torch.Tensor) and x.numel() == 1 or isinstance(x, np.ndarray) and x.size == 1
+
+
+def _host_number(value: object, name: str) -> object:
+    """``value``, or the Python number inside a 0-d or one-element CPU tensor or numpy array.
+
+    A coefficient computed as a tensor (MeZO's ``projected_grad``) may be passed as is when it
+    lives on the CPU. A tensor on another device (CUDA) is refused: reading it would be a hidden
+    host synchronization, so the caller writes ``.item()`` where that wait is wanted.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} is a tensor of shape {tuple(value.shape)}; expected one number "
+                             "(a Python float, or a 0-d or one-element CPU tensor)")
+        if value.device.type != "cpu":
+            raise TypeError(f"{name} is a tensor on {value.device}; pass a Python number: g.item() "
+                            "for a tensor g, t.tolist() for a tensor t of coefficients (reading a tensor off the CPU is a host synchronization, "
+                            "which pgap_kernels never makes on its own)")
+        if value.dtype == torch.bool or value.dtype.is_complex:
+            raise TypeError(f"{name} is a {value.dtype} tensor; expected a real number")
+        return value.item()
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise ValueError(f"{name} is a numpy array of shape {value.shape}; expected one number")
+        if value.dtype.kind not in "iuf":
+            raise TypeError(f"{name} is a numpy array of dtype {value.dtype}; expected a real number")
+        return value.item()
+    return value
+
+
 def check_finite(value: object, name: str) -> float:
+    """``value`` as a finite float: a real number (numpy scalars included) or a 0-d/one-element
+    CPU tensor or numpy array; TypeError otherwise, ValueError for NaN or ±inf."""
+    value = _host_number(value, name)
     if not _is_real(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
@@ -88,10 +125,23 @@ def check_finite(value: object, name: str) -> float:
     return value
 
 
+def real_or_list(value: object, name: str) -> list:
+    """``[value]`` for one number (a real, or a tensor or numpy array of one element), else
+    ``value`` as a list (a sequence of numbers, or a 1-D tensor or array: its elements). The
+    elements are checked by :func:`check_finite`."""
+    if _is_real(value) or _is_scalar_array(value):
+        return [value]
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim != 1:
+        raise ValueError(f"{name} is an array of shape {tuple(value.shape)}; expected one number "
+                         "or a 1-D sequence of numbers")
+    return _as_list(value, name)
+
+
 def check_seeds_coeffs(seeds: IntOrInts, coeffs: FloatOrFloats) -> Tuple[List[int], List[float]]:
-    """Seeds in [0, 2**64) and finite coefficients, one per seed, as lists."""
+    """Seeds in [0, 2**64) and finite coefficients, one per seed, as lists. Coefficients may be
+    numbers or CPU tensors/arrays holding them (:func:`real_or_list`, :func:`check_finite`)."""
     seeds_l = [seeds] if _is_int(seeds) else _as_list(seeds, "seeds")
-    coeffs_l = [coeffs] if _is_real(coeffs) else _as_list(coeffs, "coeffs")
+    coeffs_l = real_or_list(coeffs, "coeffs")
     if len(seeds_l) != len(coeffs_l):
         raise ValueError(f"seeds has {len(seeds_l)} entries but coeffs has {len(coeffs_l)}; "
                          "they must have equal lengths")

@@ -26,7 +26,7 @@ class GaussianSum:
     ----------
     m, n : int >= 0
     seeds : int or sequence of int in [0, 2**64)
-    coeffs : float or sequence of float, one per seed
+    coeffs : float or sequence of float, one per seed (numbers as for :func:`perturb_`)
     key : int in [0, 2**32)
     offset : int >= 0 with offset + m*n < 2**63
     device : torch.device, str or int, optional

@@ -73,7 +73,8 @@ def lowrank_perturb_(W: MatrixOrMatrices, U: MatrixOrMatrices, Z: MatrixOrMatric
     U, Z, V : Tensor or sequence of them (one per W)
         U (m, r), Z (r, s), V (n, s), r, s >= 1, any float dtype, same device as W (read only;
         need not be contiguous).
-    scale : float or sequence of float (one per W)
+    scale : float or sequence of float (one per W); numbers as for :func:`perturb_`'s coeffs
+        (0-d/one-element CPU tensors and numpy values are accepted)
     decay : float
         Multiplies the old W; ``decay == 0`` overwrites W without reading it, as does any
         decay that is 0 in float32 (``|decay| <= 2**-150``, e.g. 1e-50).
@@ -175,7 +176,7 @@ def gaussian_sketch(m: int, n: int, seeds: IntOrInts, coeffs: FloatOrFloats, ome
     ----------
     m, n : int >= 0
     seeds : int or sequence of int in [0, 2**64)
-    coeffs : float or sequence of float, one per seed
+    coeffs : float or sequence of float, one per seed (numbers as for :func:`perturb_`)
     omega : Tensor (n, q), or (m, q) when ``transpose``; float32/bfloat16/float16, any device
         (read as float32).
     key : int in [0, 2**32)

@@ -82,7 +82,9 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
     seeds : int or sequence of int
         Stream seeds in [0, 2**64). Several seeds add several directions in one pass.
     coeffs : float or sequence of float
-        Finite coefficients, one per seed.
+        Finite coefficients, one per seed. A number may also be a 0-d/one-element CPU tensor
+        or numpy array (a 1-D CPU tensor is a sequence); a tensor on a GPU is refused, pass
+        ``g.item()`` (the host synchronization stays visible in the caller's code).
     keys : sequence of int, optional
         Per-tensor stream keys in [0, 2**32); default ``0, 1, ..., len(tensors)-1``.
     offsets : sequence of int, optional
@@ -177,7 +179,7 @@ def perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *, 
     seeds : int or sequence of int
         Stream seeds in [0, 2**64).
     coeffs : float or sequence of float
-        Finite coefficients, one per seed.
+        Finite coefficients, one per seed; numbers as for :func:`perturb_` (CPU tensors too).
     key : int
         Stream key in [0, 2**32) (``perturb_``'s ``keys[p]`` for this tensor).
     offset : int

@@ -71,7 +71,8 @@ def subspace_perturb_(tensors: MatrixOrMatrices, bases: MatrixOrMatrices, seeds:
         float32, r >= 1, on the matrices' device, any strides (read only; made contiguous, a
         copy of n x r floats, where they are not). Must not share memory with a matrix.
     seeds : int or sequence of int in [0, 2**64)
-    coeffs : float or sequence of float, one finite coefficient per seed
+    coeffs : float or sequence of float, one finite coefficient per seed (numbers as for
+        :func:`perturb_`: 0-d/one-element CPU tensors and numpy values are accepted)
     keys : sequence of int in [0, 2**32), optional
         Stream key per matrix; default the list positions 0, 1, ..., as for ``perturb_``.
     offsets : sequence of int >= 0, optional

@@ -1,6 +1,7 @@
 """Bad input raises TypeError/ValueError naming the argument, and modifies nothing."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,3 +159,71 @@ def test_overlapping_tensors_rejected(device, backend):
         # read-only means may share memory with each other
         pk.perturb_([t[:20], t[20:]], 1, 1.0, mean=[other[:20], other[:20]], mean_coeff=0.5)
         assert not torch.equal(t, before)
+
+
+# Coefficients given as tensors or numpy values (issue 26 item 4): MeZO computes g as a tensor.
+HOST_SCALARS = [
+    pytest.param(lambda c: torch.tensor(c), id="0-d tensor"),
+    pytest.param(lambda c: torch.tensor([c]), id="1-element tensor"),
+    pytest.param(lambda c: torch.tensor([[c]], dtype=torch.float64), id="1x1 float64 tensor"),
+    pytest.param(lambda c: np.float32(c), id="numpy float32"),
+    pytest.param(lambda c: np.array(c), id="0-d numpy array"),
+]
+
+
+def _ops_with_coefficient(c):
+    """Each public op that takes coeffs or scale, called with coefficient ``c`` on fresh inputs;
+    returns what it wrote."""
+    g = torch.Generator().manual_seed(3)
+    W, U, Z, V = (torch.randn(*s, generator=g) for s in ((6, 4), (6, 2), (2, 2), (4, 2)))
+    t = torch.zeros(7)
+    pk.perturb_(t, 11, c)
+    pk.lowrank_perturb_(W, U, Z, V, c)
+    S = torch.zeros(5, 4)
+    pk.subspace_perturb_(S, torch.randn(4, 2, generator=g), 5, c)
+    return {"perturb_": t, "perturbed": pk.perturbed(torch.zeros(7), 11, c),
+            "lowrank_perturb_": W, "subspace_perturb_": S,
+            "gaussian_sketch": pk.gaussian_sketch(5, 4, 9, c, torch.ones(4, 3), key=0, offset=0,
+                                                  transpose=False),
+            "GaussianSum": pk.GaussianSum(5, 4, [9], [c], key=0).materialize()}
+
+
+@pytest.mark.parametrize("make", HOST_SCALARS)
+def test_cpu_tensor_and_numpy_coefficients_act_as_numbers(make):
+    expected = _ops_with_coefficient(0.375)
+    got = _ops_with_coefficient(make(0.375))
+    for op, value in expected.items():
+        assert torch.equal(got[op], value), op
+    # inside a list, and a 1-D tensor as the list of coefficients
+    a, b = torch.zeros(9), torch.zeros(9)
+    pk.perturb_(a, [1, 2], [0.5, -0.25])
+    pk.perturb_(b, [1, 2], [make(0.5), -0.25])
+    assert torch.equal(a, b)
+    b.zero_()
+    pk.perturb_(b, [1, 2], torch.tensor([0.5, -0.25]))
+    assert torch.equal(a, b)
+
+
+def test_tensor_coefficient_off_the_cpu_asks_for_item():
+    # A meta tensor stands for a CUDA one: reading either would be a host synchronization.
+    ts = fresh()
+    assert_rejected(TypeError, r"coeffs\[0\] is a tensor on meta; pass a Python number: g\.item\(\)",
+                    ts, 1, torch.tensor(0.5, device="meta"))
+    W, U, Z, V = torch.zeros(6, 4), torch.ones(6, 2), torch.ones(2, 2), torch.ones(4, 2)
+    with pytest.raises(TypeError, match=r"scale\[0\] is a tensor on meta; .*\.item\(\)"):
+        pk.lowrank_perturb_(W, U, Z, V, torch.tensor(0.5, device="meta"))
+    assert not W.any()
+
+
+def test_bad_tensor_coefficients_rejected():
+    ts = fresh()
+    assert_rejected(TypeError, r"coeffs\[0\] is a torch.bool tensor; expected a real number",
+                    ts, 1, torch.tensor(True))
+    assert_rejected(ValueError, r"coeffs is an array of shape \(2, 2\); expected one number or a 1-D",
+                    ts, [1, 2], torch.ones(2, 2))
+    assert_rejected(ValueError, r"coeffs\[0\] is a tensor of shape \(2,\); expected one number",
+                    ts, [1], [torch.ones(2)])
+    assert_rejected(ValueError, r"coeffs\[0\] must be finite", ts, 1, torch.tensor(float("nan")))
+    assert_rejected(ValueError, "seeds has 1 entries but coeffs has 2", ts, 1, torch.ones(2))
+    assert_rejected(TypeError, r"decay is a numpy array of dtype complex128; expected a real number",
+                    ts, 1, 0.5, decay=np.array(1j))
