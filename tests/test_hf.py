@@ -27,7 +27,8 @@ def make_trainer(out, method, options, max_steps, **kw):
     model, _ = tiny_llama()
     args = TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
                              learning_rate=kw.pop("lr", 3e-3), lr_scheduler_type="constant",
-                             logging_steps=1, save_steps=kw.pop("save_steps", 1000),
+                             logging_steps=kw.pop("logging_steps", 1),
+                             save_steps=kw.pop("save_steps", 1000),
                              report_to=[], seed=0, use_cpu=True,
                              dataloader_num_workers=0, disable_tqdm=True, **kw)
     return ZOTrainer(model=model, args=args, train_dataset=Tokens(), zo_method=method,
@@ -118,3 +119,76 @@ def test_zotrainer_under_torchrun_two_ranks(tmp_path, method):
     for k, v in ranks[0]["weights"].items():
         assert torch.equal(v, ranks[1]["weights"][k]), k
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+# Errors in the user's words, raised before training starts (issue 26 item 5).
+@pytest.mark.parametrize("options, match", [
+    ({"eps": 1e-3}, r"zo_options must not contain 'eps': set it with ZOTrainer\(zo_eps=\.\.\.\)"),
+    ({"lr": 1e-3}, r"'lr': set it with TrainingArguments\(learning_rate=\.\.\.\)"),
+    ({"seed": 1}, r"'seed': set it with TrainingArguments\(seed=\.\.\.\)"),
+    ({"backend": "native"}, r"'backend': set it with ZOTrainer\(zo_backend=\.\.\.\)"),
+    ({"weight_decay": 0.1}, r"'weight_decay': set it with TrainingArguments\(weight_decay=\.\.\.\)"),
+    ({"rnak": 2}, r"zo_options has 'rnak', which zo_method='pgap' \(PGAP\) does not take; its "
+                  r"options are rank, window, probes, "),
+])
+def test_zotrainer_zo_options_errors_say_what_to_write(tmp_path, options, match):
+    with pytest.raises(ValueError, match=match):
+        make_trainer(tmp_path, "pgap", options, 2)
+
+
+def test_zotrainer_unknown_method_lists_the_methods(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown method 'sgd'; choose one of mezo, pgap, "):
+        make_trainer(tmp_path, "sgd", {}, 2)
+
+
+def _trainer_with_optimizers(tmp_path, make_opt, **kw):
+    model, _ = tiny_llama()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
+                             learning_rate=3e-3, lr_scheduler_type="constant", logging_steps=1,
+                             report_to=[], seed=0, use_cpu=True, disable_tqdm=True)
+    return ZOTrainer(model=model, args=args, train_dataset=Tokens(),
+                     optimizers=(make_opt(model), None), **kw)
+
+
+def test_zotrainer_takes_a_pgap_optimizer_and_refuses_others(tmp_path):
+    import pgap
+
+    trainer = _trainer_with_optimizers(tmp_path, lambda m: pgap.MeZO(m, lr=3e-3, seed=0))
+    trainer.train()
+    assert trainer.zo_optimizer.steps_done == 3
+    reference = make_trainer(tmp_path / "ref", "mezo", {}, 3)[0]  # same lr and seed, built by name
+    reference.train()
+    ref_model = reference.model.state_dict()
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, ref_model[k]), k
+    with pytest.raises(TypeError, match=r"optimizers\[0\] is a torch.optim.sgd.SGD; ZOTrainer steps "
+                                        r"with a pgap ZO optimizer: leave optimizers out"):
+        _trainer_with_optimizers(tmp_path, lambda m: torch.optim.SGD(m.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match=r"with optimizers=\(opt, \.\.\.\) give those options to opt"):
+        _trainer_with_optimizers(tmp_path, lambda m: pgap.MeZO(m, lr=1e-3),
+                                 zo_options={"mode": "inplace"})
+    with pytest.raises(ValueError, match="tunes parameters that are not the trainer's model's"):
+        _trainer_with_optimizers(tmp_path, lambda m: pgap.MeZO(tiny_llama()[0], lr=1e-3))
+
+
+def test_zotrainer_logs_the_projected_gradient_not_grad_norm(tmp_path):
+    """Trainer's grad_norm would be 0 at every log (issue 26 item 6): ZOTrainer logs g."""
+    trainer, _ = make_trainer(tmp_path, "mezo", {}, 4, logging_steps=2)
+    seen = []
+    step = trainer.training_step
+
+    def recording_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        seen.append(trainer.zo_optimizer.diagnostics()["projected_grad"])
+        return out
+
+    trainer.training_step = recording_step
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and len(seen) == 4
+    for log, (g1, g2) in zip(logs, [seen[:2], seen[2:]]):
+        assert "grad_norm" not in log
+        assert log["projected_grad"] == g2
+        assert log["projected_grad_rms"] == pytest.approx(((g1 * g1 + g2 * g2) / 2) ** 0.5, rel=1e-12)
+    assert type(trainer.optimizer).__name__ == "AcceleratedOptimizer"  # accelerate's wrapper
+    assert trainer.optimizer.optimizer is trainer.zo_optimizer

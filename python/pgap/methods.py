@@ -1,7 +1,8 @@
 """Building any pgap optimizer by name (the command line and the Trainer use this)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import inspect
+from typing import Any, Dict, List, Optional
 
 from torch import nn
 
@@ -14,13 +15,29 @@ from .pgap_optimizer import PGAP
 
 METHODS = {"mezo": MeZO, "pgap": PGAP, "mezo-gv": MeZOGV, "mezo-greedy": MeZOGreedy, "ldsd": LDSD,
            "agzo": AGZO}
+# Arguments every method takes that build_optimizer passes itself (not "options").
+COMMON_ARGUMENTS = ("model", "lr", "eps", "seed", "backend")
+
+
+def check_method(method: str) -> type:
+    """The optimizer class of ``method``; ValueError listing the methods when it is unknown."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[method]
+
+
+def option_names(method: str) -> List[str]:
+    """The names of ``method``'s own options: the keyword arguments of its optimizer beyond
+    ``COMMON_ARGUMENTS``, in signature order."""
+    params = inspect.signature(check_method(method).__init__).parameters
+    return [n for n, p in params.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in COMMON_ARGUMENTS]
 
 
 def build_optimizer(method: str, model: nn.Module, *, lr: float, eps: float, seed: int,
                     backend: Optional[str] = None, **options: Any) -> ZOOptimizer:
     """``METHODS[method](model, lr=..., eps=..., seed=..., backend=..., **options)``; options
     that are None are left at the optimizer's default."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    cls = check_method(method)
     kwargs: Dict[str, Any] = {k: v for k, v in options.items() if v is not None}
-    return METHODS[method](model, lr=lr, eps=eps, seed=seed, backend=backend, **kwargs)
+    return cls(model, lr=lr, eps=eps, seed=seed, backend=backend, **kwargs)
