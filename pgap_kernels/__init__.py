@@ -20,6 +20,8 @@ GaussianSum(m, n, seeds, coeffs, *, key, offset, device)            implicit sum
 randomized_svd(A, rank, *, oversample=10, n_iter=2, seed=0)        -> (U, S, V)
 randomized_svd_operator(matmul, rmatmul, m, n, rank, *, batch, ...)  same, from products only
 aligned_perturbation(Z0, S, xi, delta)                             P-GAP's aligned projection
+fnv1a32(name), name_keys(names)   stream keys from tensor names: pass keys=name_keys(names)
+                               whenever one model's tensors are split over several calls
 use_backend(name)              context manager forcing a backend
 available_backends(device)     backends that can run on a device
 STREAM_VERSION                 the random-stream contract, "philox4x32-10/v1" (docs/rng.md)
@@ -35,6 +37,7 @@ from ._stream import STREAM_VERSION
 from ._lowrank_validation import SketchProblem
 from .alignment import aligned_perturbation
 from .gaussian_sum import GaussianSum
+from .keys import fnv1a32, name_keys
 from .lowrank import gaussian_sketch, gaussian_sketch_batch, lowrank_perturb_
 from .ops import gaussian, perturb_, perturbed
 from .rsvd import randomized_svd, randomized_svd_operator
@@ -44,6 +47,6 @@ __version__ = "0.1.0"
 
 __all__ = ["GaussianSum", "STREAM_VERSION", "SketchProblem", "aligned_perturbation",
            "available_backends", "backend_status", "gaussian", "gaussian_sketch",
-           "gaussian_sketch_batch", "lowrank_perturb_", "perturb_", "perturbed", "randomized_svd", "randomized_svd_operator",
+           "gaussian_sketch_batch", "fnv1a32", "lowrank_perturb_", "name_keys", "perturb_", "perturbed", "randomized_svd", "randomized_svd_operator",
            "subspace_perturb_", "use_backend",
            "__version__"]

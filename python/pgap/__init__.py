@@ -9,7 +9,8 @@ AGZO(model, *, lr, eps=1e-3, rank=8, refresh=10, others="gaussian", ...)   activ
 ZOOptimizer                                                        their base (a torch.optim.Optimizer)
 save_optimizer(opt, path) / load_optimizer(opt, path)              safetensors checkpoints
 MissingDependencyError                                             an optional module is missing
-fnv1a32, derive_seed                                               the key and seed contract
+fnv1a32, name_keys, derive_seed                                    the key and seed contract
+pgap_decay_rule (the default), mezo_decay_rule                     weight-decay rules (decay_filter=)
 
 See docs/optimizers.md, docs/pgap.md and docs/guided.md.
 """
@@ -20,11 +21,13 @@ from .checkpoint import load_optimizer, save_optimizer
 from .guided import MeZOGreedy, MeZOGV
 from .ldsd import LDSD
 from .mezo import MeZO
+from .params import mezo_decay_rule, pgap_decay_rule
 from .pgap_optimizer import PGAP
-from .seeds import derive_seed, fnv1a32
+from .seeds import derive_seed, fnv1a32, name_keys
 
 __version__ = "0.1.0"
 
 __all__ = ["AGZO", "LDSD", "MeZO", "MeZOGV", "MeZOGreedy", "MissingDependencyError", "NonFiniteLossError",
-           "PGAP", "ZOOptimizer", "derive_seed", "fnv1a32", "load_optimizer", "save_optimizer",
+           "PGAP", "ZOOptimizer", "derive_seed", "fnv1a32", "load_optimizer", "mezo_decay_rule",
+           "name_keys", "pgap_decay_rule", "save_optimizer",
            "__version__"]

@@ -16,8 +16,10 @@ class MeZO(SeededZO):
 
     Each step, with z regenerated from ``(step seed, FNV-1a key of the name, element index)``:
     ``perturb_(+ε)``, forward L+, ``perturb_(−2ε)``, forward L−, g = (L+ − L−)/(2ε), then one pass
-    that restores, decays and updates: θ ← (1 − lr·wd)·θ − lr·g·z. Weight decay skips biases and
-    normalisation weights (``decay_filter`` changes that).
+    that restores, decays and updates: θ ← (1 − lr·wd)·θ − lr·g·z. Weight decay follows
+    :func:`pgap.pgap_decay_rule` (skips parameters below 2-D and names containing "bias" or
+    "norm"); ``decay_filter=pgap.mezo_decay_rule`` is MeZO's own rule, any
+    ``(name, param) -> bool`` another.
 
     Parameters
     ----------

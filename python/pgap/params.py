@@ -7,7 +7,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .seeds import fnv1a32
+from .seeds import name_keys
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -82,11 +82,24 @@ def shard_offset(name: str, p: torch.Tensor) -> int:
     return int(global_offset[0]) * row_numel if p.dim() else 0
 
 
-def default_decay_filter(name: str, param: torch.Tensor) -> bool:
-    """MeZO's rule: no weight decay on biases and normalisation weights (any parameter that is not
-    at least 2-D, or whose name contains "bias" or "norm")."""
+def pgap_decay_rule(name: str, param: torch.Tensor) -> bool:
+    """pgap's weight-decay rule, the default of every optimizer and of ``pgap-finetune``: decay a
+    parameter when it is at least 2-D and its name, lower-cased, contains neither "bias" nor
+    "norm". It skips every bias and normalisation weight, Llama's ``model.norm.weight`` and
+    ``*_layernorm.weight`` included. Not MeZO's rule (:func:`mezo_decay_rule`)."""
     lowered = name.lower()
     return param.dim() >= 2 and "bias" not in lowered and "norm" not in lowered
+
+
+MEZO_NO_DECAY = ("bias", "layer_norm", "layernorm")
+
+
+def mezo_decay_rule(name: str, param: torch.Tensor) -> bool:
+    """MeZO's weight-decay rule exactly (``large_models/trainer.py``, ``zo_update``): decay a
+    parameter unless its name contains "bias", "layer_norm" or "layernorm" (case-sensitive, any
+    shape). On Llama it decays ``model.norm.weight``, which :func:`pgap_decay_rule` does not.
+    Pass it as ``decay_filter=pgap.mezo_decay_rule``."""
+    return not any(marker in name for marker in MEZO_NO_DECAY)
 
 
 def collect_trainable(model: nn.Module, decay_filter: Optional[DecayFilter] = None) -> List[Trainable]:
@@ -103,12 +116,11 @@ def collect_trainable(model: nn.Module, decay_filter: Optional[DecayFilter] = No
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    decay_filter = decay_filter or default_decay_filter
+    decay_filter = decay_filter or pgap_decay_rule
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    keys = name_keys(name for name, _ in named)  # ValueError naming two names with one key
     found: List[Trainable] = []
-    seen_keys = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
+    for (name, p), key in zip(named, keys):
         if p.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"parameter {name!r} has dtype {p.dtype}; expected float32, bfloat16 "
                             "or float16 (freeze it with requires_grad_(False) to leave it out)")
@@ -116,11 +128,6 @@ def collect_trainable(model: nn.Module, decay_filter: Optional[DecayFilter] = No
         if not local.is_contiguous():
             raise ValueError(f"parameter {name!r} is not contiguous; call .data = p.contiguous() "
                              "before building the optimizer")
-        key = fnv1a32(name)
-        if key in seen_keys:
-            raise ValueError(f"parameters {seen_keys[key]!r} and {name!r} hash to the same stream "
-                             "key; rename one of them")
-        seen_keys[key] = name
         sharded = is_dtensor(p)
         offset = shard_offset(name, p) if sharded else 0
         found.append(Trainable(name, p, key, bool(decay_filter(name, p)), offset, sharded))

@@ -1,6 +1,7 @@
 """Stream keys and seeds of the ZO optimizers (documented in docs/optimizers.md).
 
-Keys: the 32-bit FNV-1a hash of a parameter's qualified name, so a parameter's perturbation does
+Keys: the 32-bit FNV-1a hash of a parameter's qualified name (``pgap_kernels.fnv1a32``,
+``pgap_kernels.name_keys``), so a parameter's perturbation does
 not depend on the parameter order or on which other parameters are trainable.
 
 Seeds: ``derive_seed(seed, step, stream) = splitmix64(splitmix64(splitmix64(seed) ^ step) ^ stream)``
@@ -10,6 +11,8 @@ other draws of a window. Equal (seed, step, stream) give equal seeds on every ma
 """
 from __future__ import annotations
 
+from pgap_kernels import fnv1a32, name_keys  # noqa: F401  (the key contract, re-exported)
+
 MASK64 = (1 << 64) - 1
 
 STEP_STREAM = 0
@@ -18,16 +21,6 @@ RSVD_STREAM = 1 << 32         # the randomized SVD's test matrix
 BASIS_STREAM = (1 << 32) + 1  # random orthonormal bases (subspace="random")
 ROUNDING_STREAM = (1 << 32) + 16  # stochastic rounding of update pass i uses ROUNDING_STREAM + i
 
-_FNV_OFFSET = 0x811C9DC5
-_FNV_PRIME = 0x01000193
-
-
-def fnv1a32(text: str) -> int:
-    """32-bit FNV-1a hash of ``text``'s UTF-8 bytes, in [0, 2**32)."""
-    h = _FNV_OFFSET
-    for byte in text.encode("utf-8"):
-        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
-    return h
 
 
 def splitmix64(x: int) -> int:
