@@ -320,3 +320,78 @@ def test_runs_without_matplotlib_and_accelerate_with_no_plot(tiny_model, tmp_pat
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "summary.json").exists() and not (out / "loss.png").exists()
+
+
+def _classifier_and_model(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pgap.prompts import PromptClassifier
+
+    tok = AutoTokenizer.from_pretrained(tiny_model / "model")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model / "model").eval()
+    clf = PromptClassifier(tok, "{text} It was", [" terrible", " great"])
+    rng = random.Random(3)
+    examples = [Example(" ".join(rng.choice(FILL + POS + NEG) for _ in range(n)), n % 2)
+                for n in (1, 5, 3, 5, 8, 2, 7, 4, 6, 3)]
+    return clf, model, examples
+
+
+def _full_logit_scores(clf, model, batch):
+    """The scores as computed before logits_to_keep: logits at every position, then gathered."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   use_cache=False).logits
+    last = batch["attention_mask"].sum(dim=1) - 1
+    return logits[torch.arange(len(last)), last][:, clf.label_ids].float()
+
+
+def test_scores_run_the_output_layer_at_the_last_positions_only(tiny_model):
+    """The same scores as the full logits, with lm_head applied to the distinct last-prompt
+    positions only (issue 23, item 1)."""
+    clf, model, examples = _classifier_and_model(tiny_model)
+    batch = clf.encode(examples)
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        fast = clf.scores(model, batch)
+    hook.remove()
+    with torch.no_grad():
+        full = _full_logit_scores(clf, model, batch)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    distinct = len(set((batch["attention_mask"].sum(dim=1) - 1).tolist()))
+    assert seen == [(len(examples), distinct, model.config.hidden_size)]
+    assert distinct < batch["input_ids"].shape[1]
+
+
+def test_models_without_logits_to_keep_fall_back_and_say_so(tiny_model):
+    from pgap import prompts
+
+    clf, model, examples = _classifier_and_model(tiny_model)
+
+    class PlainForward(torch.nn.Module):  # a model whose forward knows nothing of logits_to_keep
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask=None, use_cache=False):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+    plain = PlainForward(model)
+    prompts._KEEPS_LOGITS.pop(PlainForward, None)
+    batch = clf.encode(examples)
+    with pytest.warns(RuntimeWarning, match="takes no logits_to_keep"):
+        with torch.no_grad():
+            got = clf.scores(plain, batch)
+    with torch.no_grad():
+        torch.testing.assert_close(got, _full_logit_scores(clf, model, batch), rtol=1e-5, atol=1e-5)
+
+
+def test_length_bucketed_evaluation_counts_the_same(tiny_model):
+    """correct() batches by prompt length; the count equals scoring each example alone, also
+    with ``count`` (only the first examples are counted)."""
+    clf, model, examples = _classifier_and_model(tiny_model)
+    with torch.no_grad():
+        alone = [int(clf.scores(model, clf.encode([ex])).argmax(dim=1).item() == ex.label)
+                 for ex in examples]
+    assert clf.correct(model, examples, batch_size=3) == sum(alone)
+    assert clf.correct(model, examples, batch_size=4, count=6) == sum(alone[:6])
+    assert clf.correct(model, examples, batch_size=4, count=0) == 0

@@ -2,12 +2,35 @@
 with the text filled in, and the class scores are the next-token logits of the label words."""
 from __future__ import annotations
 
+import inspect
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .data import Example
+
+_KEEPS_LOGITS: Dict[type, bool] = {}
+
+
+def keeps_logits(model) -> bool:
+    """Whether ``model.forward`` takes ``logits_to_keep`` (transformers' causal LMs since 4.49):
+    then the output layer runs on the kept positions only. A PEFT wrapper is judged by its base
+    model. Cached per class."""
+    cls = type(model)
+    if cls not in _KEEPS_LOGITS:
+        params = inspect.signature(model.forward).parameters
+        found = "logits_to_keep" in params
+        base = getattr(model, "get_base_model", None)
+        if not found and callable(base) and any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            found = "logits_to_keep" in inspect.signature(base().forward).parameters
+        _KEEPS_LOGITS[cls] = found
+        if not found:
+            warnings.warn(f"{cls.__name__}.forward takes no logits_to_keep: the prompt scores use "
+                          "the logits of every position (slower; results are the same)",
+                          RuntimeWarning, stacklevel=3)
+    return _KEEPS_LOGITS[cls]
 
 
 class PromptClassifier:
@@ -37,29 +60,46 @@ class PromptClassifier:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
             tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0)
 
+    def prompt_ids(self, example: Example) -> List[int]:
+        """The token ids of ``example``'s prompt, truncated from the left to ``max_length``."""
+        ids = self.tokenizer(self.template.format(text=example.text), add_special_tokens=False)["input_ids"]
+        return ids[-self.max_length:]
+
     def encode(self, examples: Sequence[Example]) -> Dict[str, torch.Tensor]:
         """input_ids / attention_mask (batch, longest prompt; right padding, prompts truncated
         from the left to ``max_length``) and labels (batch,)."""
-        seqs: List[List[int]] = []
-        for ex in examples:
-            ids = self.tokenizer(self.template.format(text=ex.text), add_special_tokens=False)["input_ids"]
-            seqs.append(ids[-self.max_length:])
+        return self.pack([self.prompt_ids(ex) for ex in examples], [ex.label for ex in examples])
+
+    def pack(self, seqs: Sequence[List[int]], labels: Sequence[int]) -> Dict[str, torch.Tensor]:
+        """:meth:`encode` of prompts already turned into token ids."""
         width = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):
             input_ids[i, :len(s)] = torch.tensor(s)
             mask[i, :len(s)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask,
-                "labels": torch.tensor([ex.label for ex in examples])}
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": torch.tensor(list(labels))}
 
     def scores(self, model, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Label-word logits at each prompt's last token: (batch, num_labels), float32."""
+        """Label-word logits at each prompt's last token: (batch, num_labels), float32.
+
+        The output layer (the model's own ``lm_head``, so hooks, views, LoRA and FSDP2 see the
+        call they always see) runs only at the distinct last-prompt positions of the batch, not at
+        every position, where the model takes ``logits_to_keep``; other models get the full
+        logits (:func:`keeps_logits` warns once).
+        """
         device = next(model.parameters()).device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        last = mask.sum(dim=1) - 1
-        rows = logits[torch.arange(ids.shape[0], device=device), last]
+        last = batch["attention_mask"].sum(dim=1) - 1  # on the CPU: no device sync for unique
+        rows_at = torch.arange(ids.shape[0], device=device)
+        if keeps_logits(model):
+            positions, column = torch.unique(last, return_inverse=True)
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False,
+                           logits_to_keep=positions.to(device)).logits  # (batch, positions, vocab)
+            rows = logits[rows_at, column.to(device)]
+        else:
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            rows = logits[rows_at, last.to(device)]
         return rows[:, self.label_ids.to(device)].float()
 
     def loss(self, model, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -75,16 +115,21 @@ class PromptClassifier:
                 count: Optional[int] = None) -> int:
         """How many of the first ``count`` (default all) of ``examples`` have their label as the
         highest-scoring label word (the rest are scored but not counted: padding that keeps
-        FSDP ranks at the same number of forwards)."""
+        FSDP ranks at the same number of forwards).
+
+        Batches are formed by prompt length (less padding); each example's prediction does not
+        depend on the batch it lands in beyond float rounding.
+        """
         was = model.training
         model.eval()
+        seqs = [self.prompt_ids(ex) for ex in examples]
+        counted = len(examples) if count is None else max(0, min(count, len(examples)))
+        order = sorted(range(len(examples)), key=lambda j: len(seqs[j]))
         correct = 0
-        for i in range(0, len(examples), batch_size):
-            batch = self.encode(examples[i:i + batch_size])
-            pred = self.scores(model, batch).argmax(dim=1).cpu()
-            hits = pred == batch["labels"]
-            if count is not None:
-                hits = hits[:max(0, count - i)]
-            correct += int(hits.sum())
+        for i in range(0, len(order), batch_size):
+            chunk = order[i:i + batch_size]
+            batch = self.pack([seqs[j] for j in chunk], [examples[j].label for j in chunk])
+            hits = self.scores(model, batch).argmax(dim=1).cpu() == batch["labels"]
+            correct += sum(int(h) for j, h in zip(chunk, hits) if j < counted)
         model.train(was)
         return correct
