@@ -113,14 +113,28 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+GPU_QUEUE_MS = 50.0  # GPU work queued ahead of each timed round (see time_ms)
+
+
+def queue_ahead(device: torch.device, ms: float = GPU_QUEUE_MS) -> None:
+    """Keep the GPU busy for about ``ms`` (``torch.cuda._sleep``), so the calls the host queues
+    meanwhile run back to back on the GPU, whatever their host cost."""
+    khz = getattr(torch.cuda.get_device_properties(device), "clock_rate", 0) or 2_000_000
+    torch.cuda._sleep(int(khz * ms))
+
+
 def time_ms(fns: Mapping[str, Callable[[], object]], device: torch.device, warmup: int,
             repeats: int) -> Dict[str, List[float]]:
     """Per-call times in ms of each function in ``fns``, interleaved round-robin.
 
     First ``warmup`` untimed rounds, then ``repeats`` timed rounds; each round calls every
     function once, in order, so slow drifts of machine load hit all of them alike. On CUDA each
-    call is bracketed by CUDA events (GPU time; calls are queued back to back, one
-    synchronisation per round); on the CPU by :func:`time.perf_counter`.
+    call is bracketed by CUDA events: GPU time. Each round starts behind GPU_QUEUE_MS of queued
+    GPU work (:func:`queue_ahead`), so the host queues the whole round before the GPU reaches
+    it: without that, a call whose host cost (validation, dispatch, launch tables: 0.15-0.3 ms
+    on an H200's host) exceeds its kernel's time left the GPU idle inside its events, and the
+    "GPU time" was the host's. Host time per call is measured by bench_host_overhead.py. On the
+    CPU: :func:`time.perf_counter`.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -131,6 +145,7 @@ def time_ms(fns: Mapping[str, Callable[[], object]], device: torch.device, warmu
         if device.type == "cuda":
             events = {name: (torch.cuda.Event(enable_timing=True),
                              torch.cuda.Event(enable_timing=True)) for name in fns}
+            queue_ahead(device)
             for name, fn in fns.items():
                 events[name][0].record()
                 fn()

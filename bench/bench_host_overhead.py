@@ -38,11 +38,6 @@ class HostTime(NamedTuple):
     gpu_busy_after: Optional[bool]  # None on the CPU
 
 
-def _sleep_cycles(device: torch.device, ms: float) -> int:
-    khz = getattr(torch.cuda.get_device_properties(device), "clock_rate", 0) or 2_000_000
-    return int(khz * ms)
-
-
 def measure(backend: str, device: torch.device, busy_ms: float = 200.0, repeats: int = 20,
             small: bool = False) -> List[HostTime]:
     """Host time per call of every op case under ``backend`` on ``device`` (``small``: tiny
@@ -56,7 +51,7 @@ def measure(backend: str, device: torch.device, busy_ms: float = 200.0, repeats:
             busy: Optional[bool] = None
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-                torch.cuda._sleep(_sleep_cycles(device, busy_ms))
+                common.queue_ahead(device, busy_ms)
             start = time.perf_counter()
             for _ in range(repeats):
                 case.run(x)
