@@ -42,14 +42,24 @@ def _check_name(name: str, source: str) -> str:
     return name
 
 
+_modules: Dict[str, ModuleType] = {}  # imported backend modules: one dict lookup per op call
+
+
+def _module(path: str) -> ModuleType:
+    module = _modules.get(path)
+    if module is None:
+        module = _modules[path] = importlib.import_module(path)
+    return module
+
+
 def backend_module(name: str) -> ModuleType:
     """The package ``pgap_kernels.backends.<name>`` (cheap: kernels load on first use)."""
-    return importlib.import_module(f"pgap_kernels.backends.{_check_name(name, 'backend')}")
+    return _module(f"pgap_kernels.backends.{_check_name(name, 'backend')}")
 
 
 def backend_op(name: str, op: str) -> ModuleType:
     """The module ``pgap_kernels.backends.<name>.<op>``, imported on first use (kernels load then)."""
-    return importlib.import_module(f"pgap_kernels.backends.{_check_name(name, 'backend')}.{op}")
+    return _module(f"pgap_kernels.backends.{_check_name(name, 'backend')}.{op}")
 
 
 def as_device(device: DeviceLike) -> torch.device:
