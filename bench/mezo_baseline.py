@@ -31,7 +31,9 @@ from typing import Callable, List, Tuple, Union
 import torch
 from torch import nn
 
-NO_DECAY_MARKERS = ("bias", "layer_norm", "layernorm")
+from pgap.params import MEZO_NO_DECAY
+
+NO_DECAY_MARKERS = MEZO_NO_DECAY  # MeZO's own test, kept once in pgap.params
 
 
 class MeZOBaseline:
