@@ -168,8 +168,8 @@ def plan(args: argparse.Namespace, env: Dict[str, str], out: Path, scratch: Path
         Step("selftest", [py, "-m", "pgap_kernels.info", "--selftest"], 90,
              what="every backend's self-check on every device"),
         Step("host", [py, str(BENCH / "bench_host_overhead.py"), "--device", device, "--backends",
-                      ",".join(backends), "--repeats", "3" if dry else "20"]
-             + (["--small"] if dry else []) + csv("host"), 60,
+                      ",".join(backends), "--repeats", "3" if dry else "20",
+                      "--profile", "perturbed"] + (["--small"] if dry else []) + csv("host"), 60,
              what="host time per op while the GPU is busy (no op waits for it)"),
         Step("perturb", [py, str(BENCH / "bench_perturb.py"), "--device", device, "--dtypes",
                          "fp32,bf16", "--backends", ",".join(backends)] + perturb
