@@ -416,3 +416,24 @@ def test_real_smollm2_scores_at_last_positions_equal_full_logits(dtype):
     with torch.no_grad():
         torch.testing.assert_close(clf.scores(model, batch), _full_logit_scores(clf, model, batch),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_decay_rule_switch_chooses_which_parameters_decay(tiny_model, tmp_path, monkeypatch):
+    """--decay-rule pgap (default) leaves Llama's final norm undecayed; --decay-rule mezo is
+    MeZO's own name test, which decays it (issue 26, item 2)."""
+    seen = {}
+    real = finetune.build_optimizer
+
+    def capture(*args, **kwargs):
+        opt = real(*args, **kwargs)
+        seen[kwargs["decay_filter"].__name__] = {t.name: t.decays for t in opt.trainables}
+        return opt
+
+    monkeypatch.setattr(finetune, "build_optimizer", capture)
+    for rule in ("pgap", "mezo"):
+        args = ["--method", "mezo", "--steps", "1", "--weight-decay", "0.1", "--no-plot"]
+        args += [] if rule == "pgap" else ["--decay-rule", "mezo"]
+        assert finetune.main(cli(tiny_model, tmp_path / rule, *args)) == 0
+    assert seen["pgap_decay_rule"]["model.norm.weight"] is False
+    assert seen["mezo_decay_rule"]["model.norm.weight"] is True
+    assert seen["pgap_decay_rule"]["model.layers.0.mlp.up_proj.weight"] is True

@@ -46,6 +46,7 @@ from .distributed import exit_ranks
 from .lora import DEFAULT_TARGETS, apply_lora, load_lora
 from .methods import METHODS, build_optimizer
 from .models import model_needs
+from .params import mezo_decay_rule, pgap_decay_rule
 from .prompts import PromptClassifier
 from .sharding import full_state_dict, shard_model
 
@@ -83,6 +84,7 @@ METHOD_OPTIONS = ("rank", "window", "probes", "mode", "delta", "svd_iters", "sca
                   "num_probes", "top_frac", "sigma", "lr_mu", "weight_decay",
                   "refresh", "oversample", "others", "sigma_power", "rounding")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DECAY_RULES = {"pgap": pgap_decay_rule, "mezo": mezo_decay_rule}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -106,6 +108,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--decay-rule", choices=sorted(DECAY_RULES), default="pgap",
+                   help="which parameters --weight-decay applies to: pgap (default: matrices "
+                        "whose name has no 'norm', pgap.pgap_decay_rule) or mezo (MeZO's own "
+                        "test: names without 'bias', 'layer_norm', 'layernorm'; "
+                        "pgap.mezo_decay_rule)")
     g = p.add_argument_group("method options (left at the optimizer's default when omitted)")
     g.add_argument("--rank", type=int)
     g.add_argument("--window", type=int)
@@ -415,6 +422,7 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
         options["delta"] = tuple(options["delta"])
     if args.method == "pgap":
         options["total_steps"] = args.steps
+    options["decay_filter"] = DECAY_RULES[args.decay_rule]
     try:
         opt = build_optimizer(args.method, model, lr=args.lr, eps=args.eps, seed=args.seed,
                               backend=args.backend, **options)
