@@ -341,10 +341,30 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.pending(lambda: apply(-eps))
         with capture() if capture is not None else contextlib.nullcontext():
             plus = self.evaluate_finite(closure, "at θ+ε·P")
+        self._check_views_reached()
         apply(-2.0 * eps)
         self.pending(lambda: apply(eps))
         minus = self.evaluate_finite(closure, "at θ−ε·P")
         return plus, minus
+
+    def _check_views_reached(self) -> None:
+        """Once, after the first perturbed forward with views: raise ValueError (the step then
+        restores the weights) naming the trainable parameters that the forward did not read
+        through their module's forward. Functional mode would show them nothing, so they would
+        never train, silently: a closure that reads ``layer.weight`` directly, or a parameter
+        no forward uses."""
+        if self.views is None or not self.views.shown or getattr(self, "_views_reached", False):
+            return
+        missed = self.views.unshown()
+        if missed:
+            listed = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
+            raise ValueError(
+                f"mode='functional': the forward never ran the module that owns {listed}, so "
+                "they saw their stored weights, not the perturbation, and would not train. "
+                "Perturbed views need each trainable parameter read inside the forward of a "
+                "module that owns it (docs/optimizers.md). Use mode='inplace', or freeze the "
+                "parameters the loss does not use (requires_grad_(False)).")
+        self._views_reached = True
 
     def evaluate_finite(self, closure: Closure, where: str) -> float:
         """:meth:`evaluate`; raises :class:`NonFiniteLossError` saying ``where`` the loss was

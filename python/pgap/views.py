@@ -53,6 +53,7 @@ class PerturbedViews:
         self.mean_coeff = 0.0
         self.only: Optional[set] = None
         self.shown = False
+        self.showed: set = set()  # trainables whose perturbed copy a forward used since show()
         self.live_bytes = 0  # bytes of the copies alive now, and the most ever alive at once
         self.peak_bytes = 0
         self._arena: Optional[torch.Tensor] = None  # uint8 room for the copies, reused
@@ -91,6 +92,7 @@ class PerturbedViews:
         self.seeds, self.coeffs, self.mean_coeff = tuple(seeds), tuple(coeffs), float(mean_coeff)
         self.only = None if only is None else {t.name for t in only}
         self.shown = bool(self.seeds) or self.mean_coeff != 0.0
+        self.showed = set()
         self._kept.clear()
         self.kept_bytes = 0
 
@@ -148,6 +150,7 @@ class PerturbedViews:
                         raise RuntimeError(f"parameter {t.name!r} is still sharded inside its module's "
                                            "forward; perturbed views need FSDP2's unsharded parameters")
                     copy, size = self._copy(p, t)
+                    self.showed.add(t.name)
                     self._swapped[t.name] = (p, p.data)
                     p.data = copy
                     swapped.append((t.name, size))
@@ -172,6 +175,13 @@ class PerturbedViews:
         base = self._arena.untyped_storage().data_ptr()
         return any(isinstance(x, torch.Tensor) and x.device == self._arena.device and
                    x.untyped_storage().data_ptr() == base for x in items)
+
+    def unshown(self) -> List[str]:
+        """Names of the covered trainables (those among ``only``, when given) that no forward
+        since the last :meth:`show` ran through its module: a closure that skipped their module
+        or read them directly would have seen θ, not θ + d."""
+        return [t.name for t in self.covered if t.name not in self.showed
+                and (self.only is None or t.name in self.only)]
 
     def restore_all(self) -> None:
         """Put every stored tensor back. Forward hooks with ``always_call`` do this when a forward
