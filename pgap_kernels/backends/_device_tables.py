@@ -84,9 +84,3 @@ def _evict() -> None:
 def cache_info() -> Dict[str, int]:
     """Entries and graph-pinned entries in the cache (for tests and diagnostics)."""
     return {"entries": len(_cache), "graph_pinned": sum(e.pinned_for_graph for e in _cache.values())}
-
-
-def clear_cache() -> None:
-    """Forget every cached table (tables still queued for kernels stay alive through the
-    caching allocator's stream bookkeeping)."""
-    _cache.clear()

@@ -267,12 +267,14 @@ class ZOOptimizer(torch.optim.Optimizer):
     # -- perturbed views (functional modes): the weights never hold a perturbation ----------
     views: Optional[PerturbedViews] = None
     _shown: Dict[int, float]
+    _views_reached: bool
 
     def attach_views(self, model: nn.Module, trainables: Sequence[Trainable], **kwargs: Any) -> None:
         """Show the perturbations of ``trainables`` to the forwards through
         :class:`PerturbedViews` instead of writing them (kwargs: ``means``)."""
         self.views = PerturbedViews(model, trainables, **kwargs)
         self._shown = {}
+        self._views_reached = False  # set once the first perturbed forward was checked
 
     def move(self, trainables: Sequence[Trainable], seeds: Sequence[int], coeffs: Sequence[float]) -> None:
         """θ += Σ_j coeffs[j]·z(seeds[j]) over ``trainables``: in place, or (with views) added to
@@ -353,7 +355,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         through their module's forward. Functional mode would show them nothing, so they would
         never train, silently: a closure that reads ``layer.weight`` directly, or a parameter
         no forward uses."""
-        if self.views is None or not self.views.shown or getattr(self, "_views_reached", False):
+        if self.views is None or not self.views.shown or self._views_reached:
             return
         missed = self.views.unshown()
         if missed:

@@ -8,6 +8,7 @@ from ..._validation import PerturbArgs
 from .._groups import split_by_dtype
 from .._device_tables import on_device
 from .._tables import chunk_table, stream_tables
+from .lowrank import _device_index
 
 
 def perturb_group(args: PerturbArgs) -> None:
@@ -25,5 +26,4 @@ def perturb_group(args: PerturbArgs) -> None:
         lib.cuda_perturb(code, meta.data_ptr(), len(rows), total_chunks, seeds.data_ptr(),
                          coeffs.data_ptr(), len(group.seeds), group.decay, group.mean_coeff,
                          group.means is not None, group.rounding_seed is not None,
-                         group.rounding_seed or 0, device.index if device.index is not None
-                         else torch.cuda.current_device(), stream.cuda_stream)
+                         group.rounding_seed or 0, _device_index(device), stream.cuda_stream)

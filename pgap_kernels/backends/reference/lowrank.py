@@ -5,6 +5,7 @@ import torch
 
 from ..._lowrank_validation import LowrankArgs
 from ..._precision import ieee_float32
+from ..._stream import as_float32
 from .rounding import store
 
 TILE_ELEMENTS = 1 << 18  # float32 working tile: rows * n stays near this (1 MiB)
@@ -24,8 +25,8 @@ def lowrank_update(args: LowrankArgs) -> None:
     The float32 temporary is one tile (about 1 MiB), never m x n. A decay that is 0 in float32
     (e.g. 1e-50) overwrites W without reading it.
     """
-    decay = torch.tensor(args.decay, dtype=torch.float32)
-    overwrite = float(decay) == 0.0
+    decay = torch.tensor(as_float32(args.decay), dtype=torch.float32)
+    overwrite = float(decay) == 0.0  # 0 in float32 (e.g. 1e-50): W is not read
     for p, (w, left, right) in enumerate(zip(args.weights, args.lefts, args.rights)):
         rt = right.t()
         n = w.shape[1]
