@@ -7,6 +7,8 @@ perturb_(tensors, seeds, coeffs, *, keys=None, offsets=None, decay=1.0, mean=Non
          rounding="nearest", rounding_seed=None)
 perturbed(tensor, seeds, coeffs, *, key=0, offset=0, mean=None, mean_coeff=0.0, out=None) -> Tensor
                                out-of-place perturb_ (decay 1): tensor is read, never written
+perturbed_many(tensors, seeds, coeffs, *, keys=None, offsets=None, mean=None, mean_coeff=0.0,
+               out=None) -> List[Tensor]    perturbed over many tensors in one call
 lowrank_perturb_(W, U, Z, V, scale, *, decay=1.0, rounding="nearest", rounding_seed=None,
                  keys=None, offsets=None)                           W <- decay*W + scale*U@Z@V.T
 subspace_perturb_(tensors, bases, seeds, coeffs, *, keys=None, offsets=None, decay=1.0,
@@ -39,7 +41,7 @@ from .alignment import aligned_perturbation
 from .gaussian_sum import GaussianSum
 from .keys import fnv1a32, name_keys
 from .lowrank import gaussian_sketch, gaussian_sketch_batch, lowrank_perturb_
-from .ops import gaussian, perturb_, perturbed
+from .ops import gaussian, perturb_, perturbed, perturbed_many
 from .rsvd import randomized_svd, randomized_svd_operator
 from .subspace import subspace_perturb_
 
@@ -47,6 +49,6 @@ __version__ = "0.1.0"
 
 __all__ = ["GaussianSum", "STREAM_VERSION", "SketchProblem", "aligned_perturbation",
            "available_backends", "backend_status", "gaussian", "gaussian_sketch",
-           "gaussian_sketch_batch", "fnv1a32", "lowrank_perturb_", "name_keys", "perturb_", "perturbed", "randomized_svd", "randomized_svd_operator",
+           "gaussian_sketch_batch", "fnv1a32", "lowrank_perturb_", "name_keys", "perturb_", "perturbed", "perturbed_many", "randomized_svd", "randomized_svd_operator",
            "subspace_perturb_", "use_backend",
            "__version__"]

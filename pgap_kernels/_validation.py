@@ -256,21 +256,52 @@ def _check_mean_coeff(mean_coeff: float, has_mean: bool) -> float:
     return mean_coeff
 
 
-def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
-                     keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
-                     decay: float, mean: Optional[TensorList], mean_coeff: float,
-                     rounding: str = "nearest", rounding_seed: Optional[int] = None) -> PerturbArgs:
-    """Check every argument of ``perturb_``; raise TypeError/ValueError naming the culprit."""
+def _check_stream_terms(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
+                        keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
+                        mean: Optional[TensorList], mean_coeff: float, decay: float) -> PerturbArgs:
+    """The arguments ``perturb_`` and ``perturbed_many`` share, checked, as one pass over
+    ``tensors`` (round to nearest, in place until the caller sets ``sources``)."""
     tensors = _check_tensors(tensors)
     seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
     keys_l, offsets_l = check_keys_offsets(keys, offsets, [t.numel() for t in tensors])
     decay = check_finite(decay, "decay")
     means = _check_means(mean, tensors)
     mean_coeff = _check_mean_coeff(mean_coeff, means is not None)
-    seed = check_rounding(rounding, rounding_seed, seeds_l[0] if seeds_l else None,
-                          "it defaults to seeds[0], and seeds is empty")
-    return PerturbArgs(tensors, means, seeds_l, coeffs_l, keys_l, offsets_l, decay, mean_coeff,
-                       rounding_seed=seed)
+    return PerturbArgs(tensors, means, seeds_l, coeffs_l, keys_l, offsets_l, decay, mean_coeff)
+
+
+def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
+                     keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
+                     decay: float, mean: Optional[TensorList], mean_coeff: float,
+                     rounding: str = "nearest", rounding_seed: Optional[int] = None) -> PerturbArgs:
+    """Check every argument of ``perturb_``; raise TypeError/ValueError naming the culprit."""
+    args = _check_stream_terms(tensors, seeds, coeffs, keys, offsets, mean, mean_coeff, decay)
+    args.rounding_seed = check_rounding(rounding, rounding_seed, args.seeds[0] if args.seeds else None,
+                                        "it defaults to seeds[0], and seeds is empty")
+    return args
+
+
+def validate_perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
+                            keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
+                            mean: Optional[TensorList], mean_coeff: float,
+                            out: Optional[TensorList]) -> PerturbArgs:
+    """Check every argument of ``perturbed_many``; raise TypeError/ValueError naming the culprit.
+
+    Returns one out-of-place pass (decay 1) from ``tensors`` (the sources, read only) into
+    ``out`` (new tensors like them when None). Overlaps are checked by the op on the real tensors.
+    """
+    args = _check_stream_terms(tensors, seeds, coeffs, keys, offsets, mean, mean_coeff, 1.0)
+    sources = args.tensors
+    if out is None:
+        outs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in sources]
+    else:
+        outs = _as_list([out] if isinstance(out, torch.Tensor) else out, "out")
+        if len(outs) != len(sources):
+            raise ValueError(f"out has {len(outs)} tensors but tensors has {len(sources)}")
+        for p, (o, t) in enumerate(zip(outs, sources)):
+            _check_like(o, t, f"out[{p}]", f"tensors[{p}]")
+    args.tensors, args.sources = outs, sources
+    return args
 
 
 def validate_perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *,

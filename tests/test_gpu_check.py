@@ -38,7 +38,8 @@ def test_dry_run_executes_every_step(tmp_path):
         assert status == expected, (step, status, summary)
     for field in ("device:", "driver:", "torch", "git revision:"):
         assert field in summary
-    for csv in ("host.csv", "perturb.csv", "lowrank.csv", "zo_step_native.csv", "zo_step_triton.csv"):
+    for csv in ("host.csv", "perturb.csv", "lowrank.csv", "perturbed.csv", "zo_step_native.csv",
+                "zo_step_triton.csv"):
         assert (out / csv).exists() and (out / csv).read_text().count("\n") >= 2, csv
     assert "PASS" in (out / "selftest.log").read_text()
     assert "- " in summary.split("## Targets")[1]  # the benchmarks' target lines are collected

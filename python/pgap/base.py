@@ -367,6 +367,7 @@ class ZOOptimizer(torch.optim.Optimizer):
                 "module that owns it (docs/optimizers.md). Use mode='inplace', or freeze the "
                 "parameters the loss does not use (requires_grad_(False)).")
         self._views_reached = True
+        self.views.stop_witnessing()
 
     def evaluate_finite(self, closure: Closure, where: str) -> float:
         """:meth:`evaluate`; raises :class:`NonFiniteLossError` saying ``where`` the loss was

@@ -2,24 +2,35 @@
 
 :class:`PerturbedViews` hooks every module that owns trainable parameters. While a combination
 ``d = mean_coeff·μ + Σ_j c_j·z(s_j)`` is shown, each such module's forward runs on
-``pgap_kernels.perturbed(θ_p, ...)`` copies of its own parameters (one fused pass per parameter,
-the same numbers ``perturb_`` would have written), swapped in by a forward pre-hook and swapped
-out by a forward hook that also runs when the forward raises. The stored tensors are never
-written, so an interrupted forward cannot leave the model perturbed, and bf16/fp16 weights do
-not pick up the rounding noise of ±ε·z. Only the copies of the module running now are alive, in
-one reused arena (kept between forwards, so that no forward allocates), except that a parameter
-owned by several modules (a tied embedding / ``lm_head``) is copied once per shown combination
-and kept until the next one: the extra memory is that parameter plus one module's parameters.
+perturbed copies of its parameters, the same numbers ``perturb_`` would have written, swapped in
+by a forward pre-hook and swapped out by a forward hook that also runs when the forward raises.
+The stored tensors are never written, so an interrupted forward cannot leave the model
+perturbed, and bf16/fp16 weights do not pick up the rounding noise of ±ε·z.
 
-Requirement: a parameter must be read inside the forward of a module that owns it (true for
-``nn.Linear``, ``nn.Embedding``, the norms and every Hugging Face decoder we know of). A
-parameter read elsewhere would see θ, not θ + d. FSDP2: the hooks run inside FSDP2's
+Units. The hooks sit on *units*: ``unit="block"`` (default) takes the largest modules whose
+trainable parameters fit in a budget (``max(largest trainable, total/16)`` bytes: a decoder
+layer, the embedding, the final norm), and copies all of a unit's parameters in one
+``pgap_kernels.perturbed_many`` call when the unit's forward starts (on a GPU every call costs
+~100 µs of host time: ~30 calls per forward instead of one per parameter). ``unit="module"``
+hooks every module that owns a trainable directly (one call per module; used for FSDP2-sharded
+models, whose unsharded parameters exist only inside the wrapped modules' forwards).
+Only the copies of the units running now are alive, in one reused arena (kept between
+forwards, so that no forward allocates), except that a parameter owned by several modules (a
+tied embedding / ``lm_head``) is copied once per shown combination and kept until the next one:
+the extra memory is that parameter plus one unit's parameters.
+
+Requirement: a parameter must be read inside the forward of a module that owns it, while its
+unit's forward runs (true for ``nn.Linear``, ``nn.Embedding``, the norms and every Hugging Face
+decoder we know of). A parameter read elsewhere would see θ, not θ + d: until the first check
+(:meth:`PerturbedViews.unshown`, the optimizers' first step) light hooks on the owning modules
+record which parameters a forward read under their perturbed copies, so a closure that breaks
+the requirement is refused instead of training nothing. FSDP2: the hooks run inside FSDP2's
 unshard/reshard, so they copy the unsharded parameter (stream index 0 on: the sharded run's
 global indices); a mean term (LDSD) on sharded parameters is not supported.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -30,6 +41,63 @@ from .params import Trainable, is_dtensor
 
 MeansFor = Callable[[Trainable], Optional[torch.Tensor]]
 ALIGN = 64  # bytes: each copy starts on a cache line of the arena
+UNIT_CHOICES = ("block", "module")
+BLOCK_SHARE = 16  # unit="block": a unit holds at most 1/16 of the trainable bytes (or the largest one)
+Entry = Tuple[nn.Module, str, Trainable]  # (the module that owns it, its name there, the trainable)
+
+
+def _nbytes(t: Trainable) -> int:
+    return t.param.numel() * t.param.element_size()
+
+
+def _runs_forward(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs a forward (``nn.ModuleList``/``ModuleDict`` have none)."""
+    return type(module).forward is not nn.Module.forward
+
+
+def find_units(model: nn.Module, trainables: Sequence[Trainable], unit: str = "block",
+               budget: Optional[int] = None) -> List[Tuple[nn.Module, List[Entry]]]:
+    """The modules to hook and, for each, the trainables it shows (see the module docstring).
+
+    ``unit="module"``: every module owning a trainable, with the ones it owns. ``"block"``: from
+    the root down, a module that runs a forward and whose trainables take at most ``budget``
+    bytes (default ``max(largest trainable, total/16)``) is a unit with every trainable under
+    it; a larger one shows its own and its children are visited. A trainable owned by several
+    modules (tied) appears in each owner's unit.
+    """
+    by_param = {id(t.param): t for t in trainables}
+
+    def owned(module: nn.Module) -> List[Entry]:
+        return [(module, name, by_param[id(p)]) for name, p in module.named_parameters(recurse=False)
+                if id(p) in by_param]
+
+    if unit == "module":
+        return [(m, entries) for m in model.modules() for entries in [owned(m)] if entries]
+    if budget is None:
+        budget = max([_nbytes(t) for t in trainables] + [sum(map(_nbytes, trainables)) // BLOCK_SHARE])
+    units: List[Tuple[nn.Module, List[Entry]]] = []
+    seen: set = set()
+
+    def visit(module: nn.Module) -> None:
+        if id(module) in seen:
+            return
+        below = [m for m in module.modules() if id(m) not in seen]
+        entries = [e for m in below for e in owned(m)]
+        if not entries:
+            return
+        size = sum(_nbytes(t) for t in {e[2].name: e[2] for e in entries}.values())
+        if _runs_forward(module) and size <= budget:
+            seen.update(id(m) for m in below)
+            units.append((module, entries))
+            return
+        seen.add(id(module))
+        if owned(module):
+            units.append((module, owned(module)))
+        for child in module.children():
+            visit(child)
+
+    visit(model)
+    return units
 
 
 class PerturbedViews:
@@ -38,50 +106,60 @@ class PerturbedViews:
     ``show(seeds, coeffs, mean_coeff)`` sets what the next forwards see; ``hide()`` shows θ
     again (the state outside a step); ``only=`` limits what is shown to some trainables (P-GAP's
     and AGZO's vectors, whose matrices go through their side paths). ``means(t)`` gives μ of
-    trainable ``t`` when the shown combination has a mean term (LDSD).
+    trainable ``t`` when the shown combination has a mean term (LDSD). ``unit``: "block",
+    "module", or "auto" (default: "module" when a trainable is FSDP2-sharded, else "block");
+    ``unit_bytes``: the block budget of :func:`find_units` (default there).
     """
 
     def __init__(self, model: nn.Module, trainables: Sequence[Trainable],
-                 means: Optional[MeansFor] = None) -> None:
+                 means: Optional[MeansFor] = None, unit: str = "auto",
+                 unit_bytes: Optional[int] = None) -> None:
         if means is not None and any(t.sharded for t in trainables):
             raise ValueError("perturbed views (mode='functional') do not support a mean term (LDSD) "
                              "on FSDP2-sharded parameters; use mode='inplace'")
-        by_param = {id(t.param): t for t in trainables}
+        if unit == "auto":
+            unit = "module" if any(t.sharded for t in trainables) else "block"
+        if unit not in UNIT_CHOICES:
+            raise ValueError(f"unit must be one of 'auto', {', '.join(map(repr, UNIT_CHOICES))}; got {unit!r}")
+        self.unit = unit
         self.means = means
         self.seeds: Tuple[int, ...] = ()
         self.coeffs: Tuple[float, ...] = ()
         self.mean_coeff = 0.0
         self.only: Optional[set] = None
         self.shown = False
-        self.showed: set = set()  # trainables whose perturbed copy a forward used since show()
+        self.showed: set = set()  # trainables a forward read under their copy since show()
         self.live_bytes = 0  # bytes of the copies alive now, and the most ever alive at once
         self.peak_bytes = 0
+        self.calls = 0  # perturbed_many calls made so far (one per unit forward showing copies)
         self._arena: Optional[torch.Tensor] = None  # uint8 room for the copies, reused
         # a parameter owned by several modules (a tied embedding / lm_head) is copied once per
-        # shown combination and kept until the next show/hide: its own allocation, not the arena
-        self._kept: Dict[str, torch.Tensor] = {}
+        # shown combination (the names in _kept) into its own buffer, not the arena; the buffer
+        # stays allocated, as the arena does (a fresh one per show would page-fault every time)
+        self._kept: set = set()
+        self._kept_buffers: Dict[str, torch.Tensor] = {}
         self.kept_bytes = 0
-        users: Dict[str, int] = {}
         # trainable name -> (the parameter object the module holds now, its stored data)
         self._swapped: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles = []
-        self._stacks: List[List[List[Tuple[str, int]]]] = []
+        self._witnesses = []  # hooks recording reads until stop_witnessing()
+        self._stacks: List[List[Tuple[List[str], int]]] = []
         self.covered: List[Trainable] = []
-        seen = set()
-        for module in model.modules():
-            owned = [(name, by_param[id(p)]) for name, p in module.named_parameters(recurse=False)
-                     if id(p) in by_param]
-            if not owned:
-                continue
-            for _, t in owned:
-                users[t.name] = users.get(t.name, 0) + 1
-                if t.name not in seen:
-                    seen.add(t.name)
-                    self.covered.append(t)
-            stack: List[List[Tuple[str, int]]] = []  # per call of this module: what its pre-hook swapped
+        users: Dict[str, int] = {}
+        for module, entries in find_units(model, trainables, unit, unit_bytes):
+            stack: List[Tuple[List[str], int]] = []  # per call of this unit: what its pre-hook swapped
             self._stacks.append(stack)
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook(owned, stack)))
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(entries, stack)))
             self._handles.append(module.register_forward_hook(self._post_hook(stack), always_call=True))
+        owners: Dict[int, Tuple[nn.Module, List[str]]] = {}
+        for module, entries in find_units(model, trainables, "module"):
+            owners[id(module)] = (module, [t.name for _, _, t in entries])
+            for _, _, t in entries:
+                users[t.name] = users.get(t.name, 0) + 1
+                if users[t.name] == 1:
+                    self.covered.append(t)
+        for module, names in owners.values():
+            self._witnesses.append(module.register_forward_pre_hook(self._witness(names)))
         self._shared = {name for name, n in users.items() if n > 1}
 
     # -- what the forwards see -------------------------------------------------------------
@@ -101,85 +179,143 @@ class PerturbedViews:
         self.show((), (), 0.0)
 
     # -- hooks -----------------------------------------------------------------------------
-    def _alloc(self, like: torch.Tensor) -> Tuple[torch.Tensor, int]:
-        """Room for a copy of ``like`` and the bytes it takes: the next slice of the arena (a
-        stack: copies are freed in the reverse order of their modules' calls), grown while no
-        copy is alive; a fresh tensor when a nested module finds the arena full."""
-        nbytes = like.numel() * like.element_size()
-        size = -(-nbytes // ALIGN) * ALIGN
-        top = self.live_bytes
-        if self._arena is None or top + size > self._arena.numel():
+    def _alloc(self, likes: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], int]:
+        """Room for copies of ``likes`` and the bytes they take: the next slices of the arena (a
+        stack: copies are freed in the reverse order of their units' calls), grown while no copy
+        is alive; fresh tensors when a nested unit finds the arena full (or devices differ)."""
+        sizes = [-(-x.numel() * x.element_size() // ALIGN) * ALIGN for x in likes]
+        total, top = sum(sizes), self.live_bytes
+        device = likes[0].device
+        if any(x.device != device for x in likes):
+            return [torch.empty_like(x) for x in likes], total
+        if self._arena is None or top + total > self._arena.numel() or self._arena.device != device:
             if top:
-                return torch.empty_like(like), size
-            self._arena = torch.empty(size, dtype=torch.uint8, device=like.device)
-        room = self._arena[top:top + nbytes].view(like.dtype).view(like.shape)
-        return room, size
+                return [torch.empty_like(x) for x in likes], total
+            self._arena = torch.empty(total, dtype=torch.uint8, device=device)
+        rooms = []
+        for x, size in zip(likes, sizes):
+            rooms.append(self._arena[top:top + x.numel() * x.element_size()].view(x.dtype).view(x.shape))
+            top += size
+        return rooms, total
 
-    def _copy(self, p: torch.Tensor, t: Trainable) -> Tuple[torch.Tensor, int]:
-        """The perturbed copy of ``p`` and the arena bytes it takes (0 for a kept copy)."""
-        if t.name in self._shared:
-            if t.name not in self._kept:
-                self._kept[t.name] = self._perturbed(p, t, torch.empty_like(p.data))
-                self.kept_bytes += p.numel() * p.element_size()
-            return self._kept[t.name], 0
-        out, size = self._alloc(p.data)
-        return self._perturbed(p, t, out), size
+    def _fill(self, sources: List[torch.Tensor], todo: List[Trainable], outs: List[torch.Tensor]) -> None:
+        """``outs[p]`` <- the shown combination on ``sources[p]`` (trainable ``todo[p]``), in as
+        few calls as the mean terms allow (one, unless only some trainables have a mean)."""
+        means = [self.means(t) if self.mean_coeff != 0.0 and self.means is not None else None
+                 for t in todo]
+        for with_mean in (False, True):
+            ps = [p for p, m in enumerate(means) if (m is not None) == with_mean]
+            if not ps:
+                continue
+            # an FSDP2 parameter is unsharded while its module runs: the whole tensor, index 0 on
+            pgap_kernels.perturbed_many(
+                [sources[p] for p in ps], list(self.seeds), list(self.coeffs),
+                keys=[todo[p].key for p in ps],
+                offsets=[0 if todo[p].sharded else todo[p].offset for p in ps],
+                mean=[means[p] for p in ps] if with_mean else None,
+                mean_coeff=self.mean_coeff if with_mean else 0.0, out=[outs[p] for p in ps])
+            self.calls += 1
 
-    def _perturbed(self, p: torch.Tensor, t: Trainable, out: torch.Tensor) -> torch.Tensor:
-        mean = self.means(t) if self.mean_coeff != 0.0 and self.means is not None else None
-        # an FSDP2 parameter is unsharded while its module runs: the whole tensor, index 0 on
-        pgap_kernels.perturbed(p.data, list(self.seeds), list(self.coeffs), key=t.key,
-                               offset=0 if t.sharded else t.offset, mean=mean,
-                               mean_coeff=self.mean_coeff if mean is not None else 0.0, out=out)
-        return out
-
-    def _pre_hook(self, owned: List[Tuple[str, Trainable]], stack: List[List[Tuple[str, int]]]):
+    def _pre_hook(self, entries: List[Entry], stack: List[Tuple[List[str], int]]):
         def hook(module: nn.Module, inputs) -> None:
-            swapped: List[Tuple[str, int]] = []
-            stack.append(swapped)  # even when empty: the post-hook pops one entry per call
             if not self.shown:
+                stack.append(([], 0))  # even when empty: the post-hook pops one entry per call
                 return
+            params: Dict[str, Tuple[torch.Tensor, Trainable]] = {}
+            for owner, pname, t in entries:
+                if t.name in self._swapped or t.name in params:  # tied: already shown
+                    continue
+                if self.only is not None and t.name not in self.only:
+                    continue
+                p = owner._parameters[pname]  # FSDP2: the unsharded parameter, now
+                if is_dtensor(p):
+                    raise RuntimeError(f"parameter {t.name!r} is still sharded inside its module's "
+                                       "forward; perturbed views need FSDP2's unsharded parameters")
+                params[t.name] = (p, t)
             with torch.no_grad():
-                for pname, t in owned:
-                    if t.name in self._swapped:  # a tied parameter already shown by an outer module
-                        continue
-                    if self.only is not None and t.name not in self.only:
-                        continue
-                    p = module._parameters[pname]  # FSDP2: the unsharded parameter, now
-                    if is_dtensor(p):
-                        raise RuntimeError(f"parameter {t.name!r} is still sharded inside its module's "
-                                           "forward; perturbed views need FSDP2's unsharded parameters")
-                    copy, size = self._copy(p, t)
-                    self.showed.add(t.name)
-                    self._swapped[t.name] = (p, p.data)
-                    p.data = copy
-                    swapped.append((t.name, size))
-                    self.live_bytes += size
-                    self.peak_bytes = max(self.peak_bytes, self.live_bytes + self.kept_bytes)
+                copies, size = self._copies(list(params.values()))
+            names = list(params)
+            for name, copy in zip(names, copies):
+                p = params[name][0]
+                self._swapped[name] = (p, p.data)
+                p.data = copy
+            stack.append((names, size))
+            self.live_bytes += size
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes + self.kept_bytes)
         return hook
 
-    def _post_hook(self, stack: List[List[Tuple[str, int]]]):
+    def _copies(self, params: List[Tuple[torch.Tensor, Trainable]]
+                ) -> Tuple[List[torch.Tensor], int]:
+        """The perturbed copies of ``params`` (in order) and the arena bytes they take: arena
+        slices, or for a tied parameter its kept copy (made on its first use since show())."""
+        arena_ps = [p for p, (_, t) in enumerate(params) if t.name not in self._shared]
+        rooms, size = self._alloc([params[p][0].data for p in arena_ps]) if arena_ps else ([], 0)
+        copies: List[Optional[torch.Tensor]] = [None] * len(params)
+        for p, room in zip(arena_ps, rooms):
+            copies[p] = room
+        todo = list(arena_ps)
+        for p, (x, t) in enumerate(params):
+            if t.name not in self._shared:
+                continue
+            buffer = self._kept_buffers.get(t.name)
+            if buffer is None or buffer.shape != x.shape or buffer.dtype != x.dtype or buffer.device != x.device:
+                buffer = self._kept_buffers[t.name] = torch.empty_like(x.data)
+            if t.name not in self._kept:
+                self._kept.add(t.name)
+                self.kept_bytes += x.numel() * x.element_size()
+                todo.append(p)
+            copies[p] = buffer
+        if todo:
+            self._fill([params[p][0].data for p in todo], [params[p][1] for p in todo],
+                       [copies[p] for p in todo])
+        return copies, size
+
+    def _post_hook(self, stack: List[Tuple[List[str], int]]):
         def hook(module: nn.Module, inputs, output) -> None:
-            if self._arena is not None and self._aliases_arena(output):
-                self._arena = None  # the output is a view of a copy: it keeps that memory
-            for name, size in stack.pop() if stack else ():
+            self._release_aliased(output)  # an output viewing a copy keeps that memory
+            names, size = stack.pop() if stack else ([], 0)
+            self.live_bytes -= size
+            for name in names:
                 entry = self._swapped.pop(name, None)
                 if entry is not None:
-                    self.live_bytes -= size
                     entry[0].data = entry[1]
         return hook
 
-    def _aliases_arena(self, output) -> bool:
-        """Whether ``output`` (a tensor or a tuple/list of them) views the arena's memory."""
-        items = output if isinstance(output, (tuple, list)) else (output,)
-        base = self._arena.untyped_storage().data_ptr()
-        return any(isinstance(x, torch.Tensor) and x.device == self._arena.device and
-                   x.untyped_storage().data_ptr() == base for x in items)
+    def _witness(self, names: List[str]):
+        def hook(module: nn.Module, inputs) -> None:
+            if self.shown:
+                self.showed.update(n for n in names if n in self._swapped)
+        return hook
+
+    def stop_witnessing(self) -> None:
+        """Remove the hooks that record which trainables a forward read under their copies (the
+        check of :meth:`unshown` is done; they cost Python time on every module call)."""
+        for h in self._witnesses:
+            h.remove()
+        self._witnesses.clear()
+
+    def _release_aliased(self, output) -> None:
+        """Drop the arena or a kept buffer that ``output`` (a tensor or a tuple/list of them)
+        views: the output keeps that memory, and the next copies go elsewhere."""
+        items = [x for x in (output if isinstance(output, (tuple, list)) else (output,))
+                 if isinstance(x, torch.Tensor)]
+        if not items:
+            return
+        pointers = {(x.device, x.untyped_storage().data_ptr()) for x in items}
+
+        def aliased(buffer: torch.Tensor) -> bool:
+            return (buffer.device, buffer.untyped_storage().data_ptr()) in pointers
+
+        if self._arena is not None and aliased(self._arena):
+            self._arena = None
+        for name in [n for n, b in self._kept_buffers.items() if aliased(b)]:
+            del self._kept_buffers[name]
 
     def unshown(self) -> List[str]:
         """Names of the covered trainables (those among ``only``, when given) that no forward
-        since the last :meth:`show` ran through its module: a closure that skipped their module
-        or read them directly would have seen θ, not θ + d."""
+        since the last :meth:`show` read through their module while their copy was in place: a
+        closure that skipped their module (or their unit) or read them directly would have seen
+        θ, not θ + d. Needs the witness hooks (before :meth:`stop_witnessing`)."""
         return [t.name for t in self.covered if t.name not in self.showed
                 and (self.only is None or t.name in self.only)]
 
@@ -199,7 +335,9 @@ class PerturbedViews:
     def remove(self) -> None:
         self.restore_all()
         self.hide()
+        self.stop_witnessing()
         self._arena = None
+        self._kept_buffers.clear()
         for h in self._handles:
             h.remove()
         self._handles.clear()

@@ -1,0 +1,128 @@
+"""perturbed_many: perturbed over many tensors in one call, bit for bit equal to one
+``perturbed`` per tensor on every backend (mixed dtypes and sizes, empty tensors, shards' offsets,
+a mean term); sources never written; validation and overlap checks before any write; the custom
+op pgap::perturbed_many_into (opcheck, torch.compile, FakeTensorMode)."""
+import pytest
+import torch
+
+import pgap_kernels as pk
+from pgap_kernels._stream import seed_to_int64
+
+from conftest import OP_CASES, require
+from test_perturbed import CARRY, COEFFS, SEEDS, bits, device_backend, values  # noqa: F401
+
+SIZES_DTYPES = [(1, torch.float32), (3, torch.bfloat16), (0, torch.float16), (4097, torch.float32),
+                ((7, 5), torch.bfloat16), (4097, torch.float16), (64, torch.bfloat16)]
+
+
+def _tensors(device, seed=0):
+    return [values(size, dtype, device, seed=seed + p) for p, (size, dtype) in enumerate(SIZES_DTYPES)]
+
+
+def test_equals_one_perturbed_per_tensor(device_backend):
+    device, backend = device_backend
+    xs = _tensors(device)
+    means = _tensors(device, seed=100)
+    before = [x.clone() for x in xs]
+    n = len(xs)
+    keys = [3, 0xFFFFFFFF, 9, 9, 1, 2, 77]
+    offsets = [0, CARRY, 5, 1 << 40, 11, 0, 3]
+    cases = [dict(seeds=7, coeffs=1e-3),
+             dict(seeds=SEEDS, coeffs=COEFFS, keys=keys, offsets=offsets),
+             dict(seeds=SEEDS[:2], coeffs=COEFFS[:2], keys=keys, mean=means, mean_coeff=-0.25)]
+    for case in cases:
+        with pk.use_backend(backend):
+            ys = pk.perturbed_many(xs, **case)
+            for p in range(n):
+                single = pk.perturbed(xs[p], case["seeds"], case["coeffs"],
+                                      key=case.get("keys", range(n))[p],
+                                      offset=case.get("offsets", [0] * n)[p],
+                                      mean=case["mean"][p] if "mean" in case else None,
+                                      mean_coeff=case.get("mean_coeff", 0.0))
+                assert ys[p].shape == xs[p].shape and ys[p].dtype == xs[p].dtype
+                assert torch.equal(bits(ys[p]), bits(single)), (case, p)
+        for b, x in zip(before, xs):
+            assert torch.equal(bits(b), bits(x)), "perturbed_many wrote a source"
+
+
+def test_out_is_written_and_returned_and_a_source_may_repeat():
+    x = values(10, torch.float32)
+    outs = [torch.empty(10), torch.empty(10)]
+    ys = pk.perturbed_many([x, x], [1, 2], [0.5, 0.5], keys=[4, 5], out=outs)
+    assert ys[0] is outs[0] and ys[1] is outs[1]
+    assert torch.equal(ys[1], pk.perturbed(x, [1, 2], [0.5, 0.5], key=5))
+    assert pk.perturbed_many([], 1, 1.0) == []
+
+
+def assert_rejected(exc, match, tensors, *args, **kwargs):
+    """``perturbed_many`` raises ``exc`` and writes no source, mean or out."""
+    groups = [g for g in (tensors, kwargs.get("mean"), kwargs.get("out")) if isinstance(g, list)]
+    watched = [x for g in groups for x in g if isinstance(x, torch.Tensor)]
+    before = [x.clone() for x in watched]
+    with pytest.raises(exc, match=match):
+        pk.perturbed_many(tensors, *args, **kwargs)
+    for b, x in zip(before, watched):
+        assert torch.equal(bits(b), bits(x)), "a tensor was modified"
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_bad_input(backend):
+    require("cpu", backend)
+    x, y = values(12, torch.float32), values(5, torch.bfloat16, seed=1)
+    big = values(40, torch.float32, seed=2)
+    with pk.use_backend(backend):
+        assert_rejected(TypeError, "tensors must be a sequence", 3.0, 1, 1.0)
+        assert_rejected(TypeError, r"tensors\[1\] has dtype torch.int64", [x, torch.zeros(3, dtype=torch.int64)], 1, 1.0)
+        assert_rejected(ValueError, r"tensors\[1\] must be contiguous", [x, torch.zeros(4, 4).t()], 1, 1.0)
+        assert_rejected(ValueError, "keys has 1 entries but tensors has 2", [x, y], 1, 1.0, keys=[0])
+        assert_rejected(ValueError, r"offsets\[1\] must lie in", [x, y], 1, 1.0, offsets=[0, (1 << 63) - 2])
+        assert_rejected(ValueError, r"seeds\[0\] must lie in", [x, y], -1, 1.0)
+        assert_rejected(ValueError, "mean_coeff is nonzero but mean is None", [x], 1, 1.0, mean_coeff=1.0)
+        assert_rejected(ValueError, "mean has 1 tensors but tensors has 2", [x, y], 1, 1.0, mean=[x], mean_coeff=1.0)
+        assert_rejected(ValueError, "out has 1 tensors but tensors has 2", [x, y], 1, 1.0, out=[torch.empty(12)])
+        assert_rejected(TypeError, r"out\[1\] has dtype", [x, y], 1, 1.0, out=[torch.empty(12), torch.empty(5)])
+        assert_rejected(ValueError, r"out\[0\] has shape", [x, y], 1, 1.0,
+                        out=[torch.empty(3), torch.empty(5, dtype=torch.bfloat16)])
+        assert_rejected(ValueError, r"tensors\[0\] overlaps out\[0\]|out\[0\] overlaps tensors\[0\]",
+                        [x], 1, 1.0, out=[x])
+        assert_rejected(ValueError, r"out\[1\] overlaps out\[0\]", [x, x.clone()], 1, 1.0,
+                        out=[big[24:36], big[28:40]])
+        assert_rejected(ValueError, "overlaps", [x], 1, 1.0, mean=[big[:12]], mean_coeff=1.0, out=[big[4:16]])
+
+
+def test_op_path_checks_overlap_before_writing():
+    x = values(12, torch.float32)
+    before = x.clone()
+    with pytest.raises(ValueError, match="overlaps"):
+        torch.ops.pgap.perturbed_many_into([x], [], [1], [1.0], [0], [0], 0.0, [x], "")
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("device,backend", OP_CASES)
+def test_opcheck(device, backend):
+    require(device, backend)
+    x = values(17, torch.float32, device)
+    h = values(9, torch.bfloat16, device, seed=1)
+    m = values(9, torch.bfloat16, device, seed=2)
+    for args in [([x, h], [], [seed_to_int64(3)], [0.5], [0, 1], [0, 0], 0.0,
+                  [torch.empty_like(x), torch.empty_like(h)], backend),
+                 ([h], [m], [seed_to_int64((1 << 64) - 1), 2], [0.5, -1.0], [7], [CARRY], 0.25,
+                  [torch.empty_like(h)], backend)]:
+        torch.library.opcheck(torch.ops.pgap.perturbed_many_into.default, args)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    w, b = values((6, 5), torch.float32), values(6, torch.float32, seed=1)
+
+    def both(w, b):
+        return pk.perturbed_many([w, b], 9, 1e-2, keys=[1, 2])
+
+    for e, c in zip(both(w, b), torch.compile(both, fullgraph=True)(w, b)):
+        assert torch.equal(e, c)
+
+
+def test_fake_tensor_mode_goes_through_the_op():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        ys = pk.perturbed_many([torch.empty(5, 3), torch.empty(2)], 1, 1.0)
+        assert [tuple(y.shape) for y in ys] == [(5, 3), (2,)]
