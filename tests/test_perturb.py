@@ -176,6 +176,12 @@ def test_host_isas_agree():
             # offsets straddle the 2^32 block boundary, where the counter carries into c1
             results[isa] = run("native", tensors, [1, 2], [0.3, -0.1], decay=0.99,
                                offsets=[1, (1 << 34) - 4 * 5 - 2, 3, (1 << 34) - 101, 5])
+            # stochastic rounding draws its words from the same Philox path (16, 8, 1 lanes)
+            rounded = [t.clone() for t in tensors[:4]]
+            with pk.use_backend("native"):
+                pk.perturb_(rounded, 3, 1e-2, offsets=[7, (1 << 34) - 4 * 17 - 1, 0, 2],
+                            rounding="stochastic", rounding_seed=(1 << 64) - 3)
+            results[isa] = results[isa] + rounded
     finally:
         lib.set_host_isa(info["host_isa"])
     first = next(iter(results.values()))

@@ -11,6 +11,7 @@
 #include "pgap/normal.h"
 #include "host/perturb.h"
 #include "host/philox_avx2.h"
+#include "host/philox_avx512.h"
 #include "pgap/perturb_args.h"
 #include "pgap/rounding.h"
 
@@ -29,8 +30,12 @@ static void philox_words(uint64_t seed, uint32_t key, uint32_t domain, uint64_t 
                          uint32_t* __restrict w0, uint32_t* __restrict w1,
                          uint32_t* __restrict w2, uint32_t* __restrict w3) {
   int64_t j = 0;
+#if defined(__AVX512F__)
+  j = philox_words_avx512(seed, key, domain, b0, nb, w0, w1, w2, w3);
+#endif
 #if defined(__AVX2__)
-  j = philox_words_avx2(seed, key, domain, b0, nb, w0, w1, w2, w3);
+  j += philox_words_avx2(seed, key, domain, b0 + static_cast<uint64_t>(j), nb - j, w0 + j, w1 + j,
+                         w2 + j, w3 + j);
 #endif
   for (; j < nb; ++j) {
     const Words4 w = block_words(seed, key, domain, b0 + static_cast<uint64_t>(j));
