@@ -1,0 +1,41 @@
+"""Which dtype a run should use when the user does not say: bf16 where the hardware computes
+in it natively (and ZO training in it is exact: functional views + stochastic rounding), else
+float32."""
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def native_bf16(device: Union[str, torch.device]) -> Tuple[bool, str]:
+    """Whether ``device`` computes bf16 matrix products natively, and why (one phrase).
+
+    CUDA: ``torch.cuda.is_bf16_supported(including_emulation=False)`` (Ampere and newer). CPU:
+    AVX512-BF16 or AMX tiles (oneDNN then runs bf16 GEMMs natively; measured 2.8x faster than
+    float32 for SmolLM2's forward on an AVX512-BF16 EPYC). Other devices: no.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return True, f"{torch.cuda.get_device_name(device)} computes in bf16 natively"
+        return False, f"{torch.cuda.get_device_name(device)} has no native bf16"
+    if device.type == "cpu":
+        if torch.cpu._is_amx_tile_supported():
+            return True, "this CPU has AMX tiles (native bf16 matrix products)"
+        if torch.cpu._is_avx512_bf16_supported():
+            return True, "this CPU has AVX512-BF16 (native bf16 matrix products)"
+        return False, "this CPU has neither AVX512-BF16 nor AMX (bf16 would be emulated, slower)"
+    return False, f"no bf16 rule for {device.type} devices"
+
+
+def resolve_dtype(name: str, device: Union[str, torch.device]) -> Tuple[torch.dtype, str]:
+    """``name`` ("auto", "fp32", "bf16", "fp16") as a torch dtype and the reason for it."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {', '.join(DTYPES)}; got {name!r}")
+        return DTYPES[name], "chosen with --dtype"
+    fast, why = native_bf16(device)
+    return (torch.bfloat16, f"auto: {why}") if fast else (torch.float32, f"auto: {why}")

@@ -1,0 +1,38 @@
+"""bench/bench_step_cost.py: its target lines judge the right rows; a real-model smoke run when
+PGAP_RUN_SLOW=1 (it needs the embedded SmolLM2)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+import bench_step_cost as bsc  # noqa: E402
+
+
+def _row(method, dtype, mode, default, steps_in_forwards):
+    return dict(method=method, dtype=dtype, mode=mode, default_mode="yes" if default else "",
+                step_in_forwards=steps_in_forwards, median_ms=100.0 * steps_in_forwards)
+
+
+def test_targets_judge_the_default_mode_and_in_place_rows():
+    rows = [_row("mezo", "bf16", "inplace", False, 9.0), _row("mezo", "bf16", "functional", True, 2.39),
+            _row("agzo", "bf16", "inplace", False, 2.0), _row("agzo", "bf16", "functional", True, 2.31),
+            _row("mezo", "fp32", "inplace", True, 2.2), _row("mezo", "fp32", "functional", False, 9.0)]
+    lines = bsc.target_lines(rows)
+    assert len(lines) == 3
+    assert lines[0].startswith("PASS: [bf16] mezo functional step = 2.39")
+    assert lines[1].startswith("FAIL: [bf16] agzo functional step = 2.31")
+    assert lines[2].startswith("PASS: [fp32] mezo inplace step = 2.20")
+
+
+@pytest.mark.skipif(os.environ.get("PGAP_RUN_SLOW") != "1", reason="real model: set PGAP_RUN_SLOW=1")
+def test_real_model_smoke(tmp_path):
+    out = subprocess.run([sys.executable, str(BENCH / "bench_step_cost.py"), "--dtypes", "bf16",
+                          "--methods", "mezo", "agzo", "--repeats", "1", "--warmup", "1", "--batch", "2",
+                          "--threads", "1", "--csv", str(tmp_path / "s.csv"), "--no-plot"],
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "s.csv").read_text().count("\n") == 6  # header, forward, 2 methods x 2 modes
