@@ -42,6 +42,7 @@ import torch.distributed as dist
 from ._deps import Need, extra_need, plot_or_warn, script_check
 from .checkpoint import load_optimizer, save_optimizer
 from .data import TaskData, load_rotten_tomatoes, load_text_label_file, task_needs
+from . import dtypes
 from .distributed import exit_ranks
 from .lora import DEFAULT_TARGETS, apply_lora, load_lora
 from .memory import PeakMemory
@@ -87,7 +88,7 @@ METHOD_OPTIONS = ("rank", "window", "probes", "mode", "delta", "svd_iters", "sca
                   "vector_lr_scale",
                   "num_probes", "top_frac", "sigma", "lr_mu", "weight_decay",
                   "refresh", "oversample", "others", "sigma_power", "rounding")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = dtypes.DTYPES
 DECAY_RULES = {"pgap": pgap_decay_rule, "mezo": mezo_decay_rule}
 
 
@@ -154,7 +155,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--eval-examples", type=int, default=None, help="dev examples per evaluation (default all)")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=["auto"] + sorted(DTYPES), default="auto",
+                   help="auto (default): bf16 where the device computes in it natively (a CPU with "
+                   "AVX512-BF16 or AMX, a CUDA GPU from Ampere on), else fp32; the run says which")
     p.add_argument("--output-dir", type=Path, default=Path("runs/pgap-finetune"))
     p.add_argument("--resume", action="store_true", help="continue from --output-dir/checkpoint")
     p.add_argument("--seed", type=int, default=0)
@@ -418,7 +421,10 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
                                  f"{state.get('ranks')} ranks, not {ranks.world}")
             if not args.lora:  # with LoRA the base comes from --model, the adapters from the checkpoint
                 model_path = str(out / "checkpoint" / "model")
-        tokenizer, model = load_causal_lm(model_path, DTYPES[args.dtype])
+        dtype, why = dtypes.resolve_dtype(args.dtype, "cuda" if args.fsdp and torch.cuda.is_available()
+                                          else "cpu")
+        say(f"pgap-finetune: dtype {str(dtype).replace('torch.', '')} ({why})")
+        tokenizer, model = load_causal_lm(model_path, dtype)
         if args.lora and resume_step is not None:
             model = load_lora(model, out / "checkpoint" / "model")
         elif args.lora:
