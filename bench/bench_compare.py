@@ -469,7 +469,7 @@ def plot_v2(path: Path, rows: List[dict]) -> None:
         if base is not None and g != base:
             diffs = [paired_ci(column(cells[x], "test_accuracy"), column(table[base].get(x, {}), "test_accuracy"))
                      for x in xs]
-            line, = diff_ax.plot(xs, [d[0] for d in diffs], "o-", label=label)
+            diff_ax.plot(xs, [d[0] for d in diffs], "o-", color=line.get_color(), label=label)
             _band(diff_ax, xs, diffs, line.get_color())
     zs = [float(r["test_accuracy"]) for r in rows if r["phase"] == "zero-shot"]
     if zs:
