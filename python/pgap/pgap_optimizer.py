@@ -23,7 +23,7 @@ from .subspace import (MatrixState, make_states, probe_operators, project_probe,
 
 XI_CHOICES = ("per_matrix", "shared")
 SUBSPACE_CHOICES = ("probe", "random", "activation")
-SCALE_CHOICES = ("none", "subzero")
+SCALE_CHOICES = ("auto", "none", "subzero")
 
 
 class PGAP(ZOOptimizer):
@@ -54,7 +54,12 @@ class PGAP(ZOOptimizer):
         Only matrices that an nn.Linear uses get a basis; the others are perturbed like the
         vectors. scale must be "none")
     align : bool, apply the alignment (False: Z = Z0)
-    scale : "none" or "subzero" (P multiplied by sqrt(m·n)/r)
+    scale : "auto" (default), "subzero" or "none". "subzero" multiplies each matrix's U·Z·V^T by
+        sqrt(m·n)/r (SubZero's scale: E||P||² = m·n as for MeZO's Gaussian, and the expected
+        step over random bases is MeZO's, so MeZO's lr is the natural one for every shape);
+        "none" is the paper's parametrization (||P||_F ≈ r: its lr is ~m·n/r² times MeZO's,
+        per matrix). "auto" = "subzero" for the probe and random subspaces, "none" for the
+        activation subspace (whose one-sided P is already MeZO-scaled)
     mode : "auto", "inplace" (W written 3 times per step by lowrank_perturb_) or "functional"
         (matrices used only as nn.Linear/nn.Embedding weights are never written inside a window:
         a rank-r side path in the forward, merged into W at the end of a window, on
@@ -65,16 +70,20 @@ class PGAP(ZOOptimizer):
     rounding : "stochastic" (default) or "nearest": how updates round into bf16/fp16 weights.
     svd_oversample, svd_iters : randomized SVD oversampling and power iterations
     vector_lr_scale : float >= 0, the lr of the parameters that are not matrices (biases, norm
-        weights: full Gaussian directions) relative to ``lr``. With scale="none" P-GAP's lr is
-        ~(m·n)/r² times MeZO's, far too large for full-dimensional directions: 0 freezes them,
-        a small value (e.g. MeZO's lr / P-GAP's lr) keeps them MeZO-like. Default 1.0 (one lr).
+        weights: full Gaussian directions, perturbed by the same step's seed in the same finite
+        difference) relative to ``lr``; it scales their update, not their perturbation. Default
+        1.0: with scale="subzero" every coordinate's perturbation has MeZO's size, so one lr and
+        one g move all parameters along exactly the perturbed direction, as MeZO does. With
+        scale="none" P-GAP's lr is ~(m·n)/r² times MeZO's, far too large for full-dimensional
+        directions: 0 freezes them, a small value (e.g. MeZO's lr / P-GAP's lr) keeps them
+        MeZO-like.
     """
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, rank: int = 8,
                  window: int = 100, probes: int = 10, probe_eps: Optional[float] = None,
                  delta: Union[float, Tuple[float, float]] = (2.0, 0.0),
                  total_steps: Optional[int] = None, xi: str = "per_matrix",
-                 subspace: str = "probe", align: bool = True, scale: str = "none",
+                 subspace: str = "probe", align: bool = True, scale: str = "auto",
                  mode: str = "auto", weight_decay: float = 0.0, seed: int = 0,
                  svd_oversample: int = 10, svd_iters: int = 1, vector_lr_scale: float = 1.0,
                  eval_mode: bool = True,
@@ -92,7 +101,7 @@ class PGAP(ZOOptimizer):
         if not isinstance(align, bool):
             raise TypeError(f"align must be a bool, got {type(align).__name__}")
         self.align = align
-        self.scale = check_choice(scale, "scale", SCALE_CHOICES)
+        self.scale = self._resolve_scale(check_choice(scale, "scale", SCALE_CHOICES), self.subspace)
         check_choice(mode, "mode", MODE_CHOICES)
         self.svd_oversample = check_int(svd_oversample, "svd_oversample", low=0)
         self.svd_iters = check_int(svd_iters, "svd_iters", low=0)
@@ -127,6 +136,16 @@ class PGAP(ZOOptimizer):
             value = check_real(delta, "delta", low=0.0)
             pair = (value, value)
         return pair
+
+    @staticmethod
+    def _resolve_scale(scale: str, subspace: str) -> str:
+        """"auto": the scale at which MeZO's lr is the natural one for every matrix, i.e.
+        E[g·P] = grad in expectation over the subspace: "subzero" (sqrt(m·n)/r) for the two-sided
+        probe and random subspaces, "none" for the one-sided activation subspace (its Z·V^T
+        already has E[g·P] = grad·V·V^T)."""
+        if scale != "auto":
+            return scale
+        return "none" if subspace == "activation" else "subzero"
 
     def hyperparameters(self) -> Dict[str, Any]:
         return dict(super().hyperparameters(), rank=self.rank, window=self.window,
