@@ -116,6 +116,9 @@ py::dict build_info() {
 #endif
   d["host_isas"] = host::supported_isas();
   d["host_isa"] = host::current_isa();
+  py::dict timings;
+  for (const auto& it : host::isa_choice_timings()) timings[py::str(it.first)] = it.second;
+  d["host_isa_seconds"] = timings;
   return d;
 }
 

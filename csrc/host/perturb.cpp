@@ -3,6 +3,8 @@
 
 #include <omp.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -34,27 +36,65 @@ bool cpu_has(const std::string& isa) {
   return false;  // other architectures: the generic build (auto-vectorized for the baseline ISA)
 }
 
-std::string best_isa() {
-  if (cpu_has("avx512")) return "avx512";
-  if (cpu_has("avx2")) return "avx2";
-  return "generic";
+ChunkFn chunk_fn_of(const std::string& isa) {
+  if (isa == "avx512") return avx512::perturb_chunk;
+  if (isa == "avx2") return avx2::perturb_chunk;
+  return generic::perturb_chunk;
+}
+
+// Seconds one thread takes for a bf16 perturbation with stochastic rounding of kTimedElements
+// elements (Philox, Box-Muller and the rounding words: every vectorized path), best of 3.
+constexpr int64_t kTimedElements = 16 * kHostChunk;
+
+double time_isa(const std::string& isa) {
+  std::vector<uint16_t> data(kTimedElements, 0x3F80u);  // bf16 1.0
+  const uint64_t seed = 12345u;
+  const float coeff = 1e-3f;
+  const TensorArgs ta{data.data(), data.data(), nullptr, kTimedElements, 0u, 7u};
+  const StreamArgs sa{&seed, &coeff, 1, 1.0f, 0.0f, RoundingArgs{true, 99u}};
+  const ChunkFn fn = chunk_fn_of(isa);
+  double best = 1e30;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t lo = 0; lo < kTimedElements; lo += kHostChunk)
+      fn(DType::kBFloat16, ta, sa, lo, lo + kHostChunk);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+std::vector<std::pair<std::string, double>>& isa_timings() {
+  static std::vector<std::pair<std::string, double>> timings;
+  return timings;
+}
+
+// The fastest build this CPU runs, by measurement (a few ms, once per process): AVX-512 is not
+// faster everywhere (some CPUs lower their clock for it, others split 512-bit operations in
+// two). Every build gives the same bits, so the choice changes speed only.
+std::string fastest_isa() {
+  std::string best = "generic";
+  double best_s = 1e30;
+  for (const std::string& isa : supported_isas()) {
+    const double s = time_isa(isa);
+    isa_timings().emplace_back(isa, s);
+    if (s < best_s) {
+      best_s = s;
+      best = isa;
+    }
+  }
+  return best;
 }
 
 std::string& selected_isa() {
   static std::string isa = [] {
     const char* env = std::getenv("PGAP_HOST_ISA");
     if (env && *env && cpu_has(env)) return std::string(env);
-    return best_isa();
+    return fastest_isa();
   }();
   return isa;
 }
 
-ChunkFn chunk_fn() {
-  const std::string& isa = selected_isa();
-  if (isa == "avx512") return avx512::perturb_chunk;
-  if (isa == "avx2") return avx2::perturb_chunk;
-  return generic::perturb_chunk;
-}
+ChunkFn chunk_fn() { return chunk_fn_of(selected_isa()); }
 
 constexpr int64_t kParallelThreshold = 1 << 15;  // elements below which one thread is faster
 
@@ -68,6 +108,11 @@ std::vector<std::string> supported_isas() {
 }
 
 std::string current_isa() { return selected_isa(); }
+
+std::vector<std::pair<std::string, double>> isa_choice_timings() {
+  selected_isa();
+  return isa_timings();
+}
 
 void set_isa(const std::string& isa) {
   if (isa != "generic" && isa != "avx2" && isa != "avx512")

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pgap/perturb_args.h"
@@ -17,7 +18,10 @@ void perturb(DType dtype, const std::vector<TensorArgs>& tensors, const StreamAr
              int num_threads);
 
 std::vector<std::string> supported_isas();  // "generic", "avx2", "avx512" this CPU can run
-std::string current_isa();                  // the one in use
+std::string current_isa();                  // the one in use (the fastest, measured once; or PGAP_HOST_ISA)
+// (isa, seconds) of the measurement that chose it: one thread, 65536 bf16 elements with
+// stochastic rounding, best of 3; empty when PGAP_HOST_ISA chose
+std::vector<std::pair<std::string, double>> isa_choice_timings();
 void set_isa(const std::string& isa);       // for tests and benchmarks
 
 }  // namespace host
