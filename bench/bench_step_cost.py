@@ -9,8 +9,10 @@ at the last prompt position only), in one run, side by side:
 * one step of each method (MeZO, AGZO, P-GAP in the activation subspace at pgap-finetune's
   defaults, LDSD, MeZO-GV), ``mode="inplace"`` and ``mode="functional"``, for every ``--dtypes``.
 
-Each step is timed with ``time.perf_counter`` after ``--warmup`` untimed steps; the row gives the
-median and the mean over ``--repeats`` steps (the mean includes AGZO's and P-GAP's periodic basis
+Each step is timed with ``time.perf_counter`` after ``--warmup`` untimed steps and divided by the
+median of ``--repeats`` plain forwards timed just before the optimizer is built and again after it
+is closed (no optimizer hooks on the model; a shared machine's load drifts little in between);
+the row gives the median and the mean over ``--repeats`` steps of that ratio (the mean includes AGZO's and P-GAP's periodic basis
 refreshes at their share), the forwards the optimizer counted per step (P-GAP's probes, LDSD's
 and MeZO-GV's extra forwards included), ``step / forward``: the step in forwards, and the
 overhead: the mean step in forwards minus the forwards counted. Target lines (issue 23): bf16 default-mode MeZO <= 2.4 forwards and AGZO <= 2.3,
@@ -31,7 +33,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -59,13 +61,14 @@ def options(method: str) -> Dict[str, object]:
     return {k: v for k, v in DEFAULTS[method].items() if k != "lr"}
 
 
-def time_steps(step: Callable[[], object], warmup: int, repeats: int) -> List[float]:
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> List[float]:
+    """ms of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
-        step()
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        step()
+        fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
 
@@ -81,35 +84,42 @@ def measure(dtype_name: str, args) -> List[dict]:
     def loss():
         return clf.loss(model, batch)
 
-    with torch.no_grad():
-        forward = time_steps(loss, args.warmup, args.repeats * 2)
+    def plain():
+        with torch.no_grad():
+            return loss()
+
+    forward = time_calls(plain, args.warmup, args.repeats)
     fwd_ms = common.median(forward)
     base = dict(model="smollm2-135m (embedded)", dtype=dtype_name, batch=args.batch,
                 warmup=args.warmup, repeats=args.repeats)
     rows = [dict(base, method="forward", mode="", default_mode="", forwards_per_step=1,
                  median_ms=fwd_ms, mean_ms=statistics.fmean(forward), iqr_ms=common.iqr(forward),
-                 forward_ms=fwd_ms, step_in_forwards=1.0, mean_in_forwards=statistics.fmean(forward) / fwd_ms,
+                 forward_ms=fwd_ms, step_in_forwards=1.0, mean_in_forwards=1.0,
                  overhead_in_forwards=0.0)]
     for method in args.methods:
         for mode in MODES:
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            fwds = time_calls(plain, 0, args.repeats)  # the reference, before and after the steps
             opt = build_optimizer(method, model, lr=1e-9, eps=1e-3, seed=0, mode=mode, **options(method))
             default = build_default_mode(method, model)
             opt.set_token_mask(batch["attention_mask"])
             f0 = opt.forwards
-            times = time_steps(lambda: opt.step(loss), args.warmup, args.repeats)
+            times = time_calls(lambda: opt.step(loss), args.warmup, args.repeats)
             per_step = (opt.forwards - f0) / (args.warmup + args.repeats)
             if hasattr(opt, "close"):
                 opt.close()
             model.load_state_dict(state)
-            med = common.median(times)
+            fwds += time_calls(plain, 0, args.repeats)
+            med, fwd = common.median(times), common.median(fwds)
+            ratios = [t / fwd for t in times]
             rows.append(dict(base, method=method, mode=mode, default_mode="yes" if mode == default else "",
                              forwards_per_step=f"{per_step:.2f}", median_ms=med,
-                             mean_ms=statistics.fmean(times), iqr_ms=common.iqr(times), forward_ms=fwd_ms,
-                             step_in_forwards=med / fwd_ms,
-                             mean_in_forwards=statistics.fmean(times) / fwd_ms,
-                             overhead_in_forwards=statistics.fmean(times) / fwd_ms - per_step))
-            print(f"  {dtype_name} {method:8s} {mode:10s} {med:8.1f} ms = {med / fwd_ms:.2f} forwards"
+                             mean_ms=statistics.fmean(times), iqr_ms=common.iqr(times), forward_ms=fwd,
+                             step_in_forwards=common.median(ratios),
+                             mean_in_forwards=statistics.fmean(ratios),
+                             overhead_in_forwards=statistics.fmean(ratios) - per_step))
+            print(f"  {dtype_name} {method:8s} {mode:10s} {rows[-1]['median_ms']:8.1f} ms = "
+                  f"{rows[-1]['step_in_forwards']:.2f} forwards"
                   f"{' (default mode)' if mode == default else ''}", flush=True)
     return rows
 
