@@ -144,11 +144,14 @@ def test_fsdp2_functional_mode_follows_the_unsharded_inplace_run(tmp_path, metho
     assert_same_run(results, reference(options=dict(options, mode="inplace"), **kw))
 
 
-@pytest.mark.parametrize("method, options", [("mezo", {}), ("pgap", PGAP)])
-def test_fsdp2_llama_with_parameters_on_the_root_module(tmp_path, method, options):
+# P-GAP at MeZO's lr on the tiny Llama (3e-3, tests/test_optimizers.py): at its default
+# sqrt(m·n)/r scale, 1e-2 takes steps ~3x larger, and the sharded rSVD's other rounding then
+# reached 1.6e-5 in a q_proj entry (TOL's atol is 1e-5)
+@pytest.mark.parametrize("method, options, lr", [("mezo", {}, 1e-2), ("pgap", PGAP, 3e-3)])
+def test_fsdp2_llama_with_parameters_on_the_root_module(tmp_path, method, options, lr):
     """The root FSDP module keeps its parameters (embedding, norm, tied head) unsharded after a
     forward; the optimizer reshards so that its writes reach the next forward."""
-    kw = dict(method=method, options=options, steps=3, llama=True)
+    kw = dict(method=method, options=options, steps=3, llama=True, lr=lr)
     results = run_ranks(tmp_path, "train", sharded=True, **kw)
     assert_same_run(results, reference(**kw))
 

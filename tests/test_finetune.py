@@ -98,7 +98,10 @@ def test_method_defaults_fill_only_what_the_user_left_out():
     a = finetune.parse_args(["--method", "pgap"])
     assert (a.lr, a.subspace, a.window, a.probes) == (3e-5, "activation", 50, 4)
     b = finetune.parse_args(["--method", "pgap", "--subspace", "probe", "--probes", "7"])
-    assert (b.lr, b.probes, b.vector_lr_scale) == (1e-3, 7, 3e-3)
+    assert (b.lr, b.probes, b.vector_lr_scale) == (3e-5, 7, None)  # MeZO's lr at the default scale
+    assert finetune.parse_args(["--method", "subzero"]).lr == finetune.DEFAULTS["subzero"]["lr"]
+    with pytest.raises(SystemExit):  # SubZero has no probes
+        finetune.parse_args(["--method", "subzero", "--probes", "4"])
     assert finetune.parse_args(["--method", "pgap", "--fsdp"]).subspace is None
     assert finetune.parse_args(["--method", "mezo", "--lr", "1e-4"]).lr == 1e-4
     assert finetune.parse_args(["--method", "agzo"]).lr == finetune.DEFAULTS["agzo"]["lr"]

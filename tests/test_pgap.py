@@ -6,6 +6,7 @@ import torch
 
 import pgap
 import pgap_kernels as pk
+from pgap.methods import METHODS
 from pgap.seeds import PROBE_STREAM, derive_seed, fnv1a32, random_sign
 from zo_problems import (Recorder, loss_of, mlp_problem, poisoned, resumed_run, teacher_problem,
                          tiny_llama, weights)
@@ -101,6 +102,20 @@ def test_subzero_scale_and_random_bases_are_orthonormal():
         eye = torch.eye(st.rank)
         torch.testing.assert_close(st.U.T @ st.U, eye, atol=1e-5, rtol=0)
         torch.testing.assert_close(st.V.T @ st.V, eye, atol=1e-5, rtol=0)
+
+
+def test_subzero_is_pgap_in_a_random_subspace_without_probes():
+    runs = []
+    for make in (lambda m: pgap.SubZero(m, lr=1e-2, rank=3, window=4, seed=5),
+                 lambda m: pgap.PGAP(m, lr=1e-2, rank=3, window=4, seed=5, subspace="random",
+                                     align=False)):
+        model, closure = mlp_problem()
+        opt = make(model)
+        runs.append(([opt.step(closure) for _ in range(6)], weights(model), opt.forwards))
+    assert runs[0][0] == runs[1][0] and runs[0][2] == runs[1][2] == 12  # 2 forwards per step
+    for k in runs[0][1]:
+        assert torch.equal(runs[0][1][k], runs[1][1][k]), k
+    assert METHODS["subzero"] is pgap.SubZero
 
 
 def test_delta_schedule_is_linear_then_constant():

@@ -60,7 +60,8 @@ DEFAULTS = {
     "mezo": {"lr": 3e-5},
     "agzo": {"lr": 3e-5},
     "pgap": {"lr": 3e-5, "subspace": "activation", "window": 50, "probes": 4},
-    "pgap:probe": {"lr": 1e-3, "window": 50, "probes": 4, "vector_lr_scale": 3e-3},
+    "pgap:probe": {"lr": 3e-5, "window": 50, "probes": 4},  # MeZO's lr at the sqrt(m·n)/r scale
+    "subzero": {"lr": 3e-5},  # P-GAP's control at the same scale: MeZO's lr, not swept
     "ldsd": {"lr": 3e-5},
     "mezo-gv": {"lr": 3e-5},
     "mezo-greedy": {"lr": 3e-5},

@@ -12,10 +12,10 @@ from .firstorder import FIRST_ORDER
 from .guided import MeZOGreedy, MeZOGV
 from .ldsd import LDSD
 from .mezo import MeZO
-from .pgap_optimizer import PGAP
+from .pgap_optimizer import PGAP, SubZero
 
 METHODS = {"mezo": MeZO, "pgap": PGAP, "mezo-gv": MeZOGV, "mezo-greedy": MeZOGreedy, "ldsd": LDSD,
-           "agzo": AGZO}
+           "agzo": AGZO, "subzero": SubZero}
 # The first-order baselines (backprop; pgap.firstorder) next to the ZO methods: pgap-finetune and
 # bench_compare train any of these; ZOTrainer takes the ZO methods only.
 ALL_METHODS = {**METHODS, **FIRST_ORDER}

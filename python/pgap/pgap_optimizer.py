@@ -463,3 +463,23 @@ class PGAP(ZOOptimizer):
         self._rhos = list(extra.get("rhos", []))
         self._window_diag = dict(extra.get("window", {}))
         self._s_norms = dict(extra.get("s_norms", {}))
+
+
+class SubZero(PGAP):
+    """SubZero (Yu et al., 2024), P-GAP's control: random low-rank perturbations without probes or
+    alignment. :class:`PGAP` with ``subspace="random"``, ``align=False``: each matrix gets
+    P = (sqrt(m·n)/r)·U·Z·V^T with U, V the Q factors of stream Gaussians, refreshed every
+    ``window`` steps, Z an r×r stream Gaussian; every other parameter a plain stream Gaussian in
+    the same two-point step. 2 forwards per step, MeZO's lr. The options are :class:`PGAP`'s that
+    apply (``scale="none"`` gives the unscaled U·Z·V^T)."""
+
+    def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, rank: int = 8,
+                 window: int = 100, scale: str = "auto", mode: str = "auto",
+                 weight_decay: float = 0.0, seed: int = 0, vector_lr_scale: float = 1.0,
+                 eval_mode: bool = True, backend: Optional[str] = None,
+                 decay_filter: Optional[DecayFilter] = None,
+                 process_group: Optional[ProcessGroup] = None, rounding: str = "stochastic") -> None:
+        super().__init__(model, lr=lr, eps=eps, rank=rank, window=window, subspace="random",
+                         align=False, scale=scale, mode=mode, weight_decay=weight_decay, seed=seed,
+                         vector_lr_scale=vector_lr_scale, eval_mode=eval_mode, backend=backend,
+                         decay_filter=decay_filter, process_group=process_group, rounding=rounding)
