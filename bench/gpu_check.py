@@ -159,7 +159,7 @@ def plan(args: argparse.Namespace, env: Dict[str, str], out: Path, scratch: Path
                 if dry else ["--shapes", "OPT-1.3B mlp", "LLaMA-7B mlp", "--ranks", "4", "8", "32",
                              "--repeats", "10"])
     zo_model = (["--quick", "--repeats", "1", "--warmup", "0"] if dry else
-                ["--models", "opt-1.3b", "--dtype", "bf16", "--repeats", "5", "--warmup", "2"])
+                ["--models", "opt-1.3b", "--dtype", "bf16", "--repeats", "10", "--warmup", "3"])
     steps = [
         Step("build", build, 240, build_env, what="compile _C for this GPU only" if not dry
              else "compile _C without CUDA into a scratch folder"),
