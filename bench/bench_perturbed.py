@@ -60,14 +60,15 @@ def wall_ms(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def rotated_rounds(fns: Dict[str, Callable[[], object]], device: torch.device, warmup: int,
+def rotated_rounds(timers: Dict[str, Callable[[], float]], warmup: int,
                    repeats: int) -> Dict[str, List[float]]:
-    """:func:`wall_ms` of every function per round, the order rotated each round."""
-    names = list(fns)
+    """Each timer (a call returning its own ms) once per round, the order rotated each round;
+    the first ``warmup`` rounds are dropped."""
+    names = list(timers)
     times: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(warmup + repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            ms = wall_ms(fns[name], device)
+            ms = timers[name]()
             if r >= warmup:
                 times[name].append(ms)
     return times
@@ -92,7 +93,8 @@ def copy_section(model, device: torch.device, backend: str, warmup: int, repeats
             o.copy_(x)
 
     with pk.use_backend(backend):
-        times = rotated_rounds({"loop": loop, "perturbed_many": many, "copy_": copy}, device,
+        times = rotated_rounds({name: (lambda fn=fn: wall_ms(fn, device)) for name, fn in
+                                (("loop", loop), ("perturbed_many", many), ("copy_", copy))},
                                warmup, repeats)
     nbytes = 2 * sum(x.numel() * x.element_size() for x in src)
     calls = {"loop": len(src), "perturbed_many": 1, "copy_": len(src)}
@@ -128,14 +130,8 @@ def forward_section(model, closure, device: torch.device, backend: str, warmup: 
         peaks[variant] = max(peaks.get(variant, 0), views.peak_bytes)
         return ms
 
-    names = list(calls)
-    times: Dict[str, List[float]] = {n: [] for n in names}
     with pk.use_backend(backend), torch.no_grad():
-        for r in range(warmup + repeats):
-            for name in names[r % 3:] + names[:r % 3]:
-                ms = run(name)
-                if r >= warmup:
-                    times[name].append(ms)
+        times = rotated_rounds({name: (lambda name=name: run(name)) for name in calls}, warmup, repeats)
     ref = common.median(times["plain"])
     return [dict(section="forward", variant=v, calls=max(calls[v], default=0),
                  median_ms=common.median(t), min_ms=min(t), iqr_ms=common.iqr(t), GB_per_s="",

@@ -31,20 +31,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
+from pgap.base import resolve_mode  # noqa: E402
 from pgap.data import load_rotten_tomatoes, task_needs  # noqa: E402
 from pgap.dtypes import DTYPES  # noqa: E402
 from pgap.finetune import DEFAULTS  # noqa: E402
 from pgap.methods import build_optimizer  # noqa: E402
 from pgap.models import load_causal_lm, model_needs  # noqa: E402
+from pgap.params import collect_trainable  # noqa: E402
 from pgap.prompts import PromptClassifier  # noqa: E402
 
 METHODS = ("mezo", "agzo", "pgap", "ldsd", "mezo-gv")
@@ -62,15 +63,8 @@ def options(method: str) -> Dict[str, object]:
 
 
 def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> List[float]:
-    """ms of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    """ms of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (CPU)."""
+    return common.time_ms({"fn": fn}, torch.device("cpu"), warmup, repeats)["fn"]
 
 
 def measure(dtype_name: str, args) -> List[dict]:
@@ -128,9 +122,6 @@ def measure(dtype_name: str, args) -> List[dict]:
 
 def build_default_mode(method: str, model) -> str:
     """The mode ``mode="auto"`` resolves to for ``method`` on ``model`` (views not attached)."""
-    from pgap.base import resolve_mode  # noqa: PLC0415
-    from pgap.params import collect_trainable  # noqa: PLC0415
-
     low_rank = method in ("agzo", "pgap")
     return resolve_mode("auto", collect_trainable(model, None), side_paths=low_rank)
 

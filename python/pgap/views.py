@@ -30,7 +30,7 @@ global indices); a mean term (LDSD) on sharded parameters is not supported.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -91,8 +91,9 @@ def find_units(model: nn.Module, trainables: Sequence[Trainable], unit: str = "b
             units.append((module, entries))
             return
         seen.add(id(module))
-        if owned(module):
-            units.append((module, owned(module)))
+        own = owned(module)
+        if own:
+            units.append((module, own))
         for child in module.children():
             visit(child)
 
@@ -151,14 +152,12 @@ class PerturbedViews:
             self._stacks.append(stack)
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(entries, stack)))
             self._handles.append(module.register_forward_hook(self._post_hook(stack), always_call=True))
-        owners: Dict[int, Tuple[nn.Module, List[str]]] = {}
-        for module, entries in find_units(model, trainables, "module"):
-            owners[id(module)] = (module, [t.name for _, _, t in entries])
+        for module, entries in find_units(model, trainables, "module"):  # every owning module once
             for _, _, t in entries:
                 users[t.name] = users.get(t.name, 0) + 1
                 if users[t.name] == 1:
                     self.covered.append(t)
-        for module, names in owners.values():
+            names = [t.name for _, _, t in entries]
             self._witnesses.append(module.register_forward_pre_hook(self._witness(names)))
         self._shared = {name for name, n in users.items() if n > 1}
 
