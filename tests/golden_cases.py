@@ -70,6 +70,17 @@ def fingerprint(t: torch.Tensor) -> Dict[str, Any]:
 
 
 def trajectory(optimizer: str, setting: str) -> Dict[str, Any]:
+    """Losses and fingerprints of ``STEPS`` steps, computed on one thread: torch's CPU matmuls
+    and reductions round differently with the thread count (OMP_NUM_THREADS)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _trajectory(optimizer, setting)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _trajectory(optimizer: str, setting: str) -> Dict[str, Any]:
     dtype, kwargs = SETTINGS[setting]
     model, closure = mlp_problem(seed=0, dtype=dtype)
     opt = OPTIMIZERS[optimizer](model, **kwargs)
