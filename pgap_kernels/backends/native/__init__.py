@@ -4,6 +4,9 @@ from typing import Optional
 import torch
 
 from ... import _native
+from .. import LOWRANK, PERTURB, SKETCH, SUBSPACE
+
+OPS = (PERTURB, LOWRANK, SKETCH, SUBSPACE)  # the registry line: one module per op here
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:

@@ -5,6 +5,10 @@ from typing import Optional
 
 import torch
 
+from .. import LOWRANK, PERTURB, SKETCH, SUBSPACE
+
+OPS = (PERTURB, LOWRANK, SKETCH, SUBSPACE)  # the registry line: one module per op here
+
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
