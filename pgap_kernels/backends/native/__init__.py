@@ -4,9 +4,10 @@ from typing import Optional
 import torch
 
 from ... import _native
-from .. import LOWRANK, PERTURB, SKETCH, SUBSPACE
+import pgap_kernels.backends as registry
 
-OPS = (PERTURB, LOWRANK, SKETCH, SUBSPACE)  # the registry line: one module per op here
+# The registry line: the ops this backend implements, one module each (backends/<name>/<op>.py).
+OPS = (registry.PERTURB, registry.LOWRANK, registry.SKETCH, registry.SUBSPACE)
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:
