@@ -233,7 +233,7 @@ def print_targets(lines: Sequence[str]) -> None:
 def start_timing_run(args) -> "tuple[torch.device, Dict[str, str]]":
     """Set ``--threads``, pin glibc's mmap threshold on the CPU (for peak-memory readings), and
     print the header line. Returns (device, run metadata)."""
-    from pgap_kernels.testing import TIMING_MMAP_THRESHOLD, pin_mmap_threshold  # noqa: PLC0415
+    from pgap_kernels.memory import TIMING_MMAP_THRESHOLD, pin_mmap_threshold  # noqa: PLC0415
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)

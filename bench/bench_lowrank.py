@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 import pgap_kernels as pk  # noqa: E402
-from pgap_kernels.testing import peak_added_bytes  # noqa: E402
+from pgap_kernels.memory import peak_added_bytes  # noqa: E402
 
 SHAPES: Dict[str, Tuple[int, int]] = {
     "SmolLM2-135M": (576, 1536), "OPT-1.3B attn": (2048, 2048), "OPT-1.3B mlp": (2048, 8192),

@@ -32,7 +32,7 @@ private method is gone, it is the window-start step minus the median regular ste
 cost per step is probe time / ``--window``.
 
 Peak memory is what one extra step adds on top of what the process held before it
-(``pgap_kernels.testing.peak_added_bytes``: CPU peak RSS, CUDA peak allocated bytes); it
+(``pgap_kernels.memory.peak_added_bytes``: CPU peak RSS, CUDA peak allocated bytes); it
 includes the forward's activations (compare with the ``forward only`` row). The probe phase's
 peak is that of the untimed step 0 of the regular timing (a window start, the first of its mode).
 
@@ -64,7 +64,7 @@ import _common as common  # noqa: E402
 from mezo_baseline import MeZOBaseline  # noqa: E402
 
 import pgap  # noqa: E402
-from pgap_kernels.testing import peak_added_bytes, release_free_memory  # noqa: E402
+from pgap_kernels.memory import peak_added_bytes, release_free_memory  # noqa: E402
 
 MODELS = ("smollm2-135m", "opt-1.3b", "tiny")
 DEFAULT_MODELS = ["smollm2-135m", "opt-1.3b"]

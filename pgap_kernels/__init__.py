@@ -36,13 +36,14 @@ fails when it is used, with the reason.
 """
 from ._dispatch import available_backends, backend_status, use_backend
 from ._stream import STREAM_VERSION
-from ._lowrank_validation import SketchProblem
 from .alignment import aligned_perturbation
+from .args import SketchProblem
 from .gaussian_sum import GaussianSum
 from .keys import fnv1a32, name_keys
-from .lowrank import gaussian_sketch, gaussian_sketch_batch, lowrank_perturb_
-from .ops import gaussian, perturb_, perturbed, perturbed_many
+from .lowrank import lowrank_perturb_
+from .perturb import gaussian, perturb_, perturbed, perturbed_many
 from .rsvd import randomized_svd, randomized_svd_operator
+from .sketch import gaussian_sketch, gaussian_sketch_batch
 from .subspace import subspace_perturb_
 
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ REBUILD_HINT = "rebuild it with `pip install -e .` (or `make test`) from the pga
 def load() -> Tuple[Optional[ModuleType], str]:
     """Return ``(module, "")`` or ``(None, reason)``; never raises."""
     try:
-        from pgap_kernels import _C  # noqa: PLC0415
+        from pgap_kernels import _C  # noqa: PLC0415  (lazy on purpose: import never needs _C)
     except ImportError as exc:  # not built, or built for another Python
         return None, f"pgap_kernels._C could not be imported ({exc}); {REBUILD_HINT}"
     return _C, ""

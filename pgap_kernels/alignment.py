@@ -5,7 +5,7 @@ from typing import Union
 
 import torch
 
-from ._validation import check_finite
+from ._checks import check_finite
 
 Scalar = Union[float, torch.Tensor]
 

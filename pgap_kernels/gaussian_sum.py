@@ -5,12 +5,11 @@ from typing import List, Tuple
 
 import torch
 
-from ._dispatch import DeviceLike, as_device
-from ._lowrank_validation import SketchProblem, check_problem
-from ._validation import (FloatOrFloats, IntOrInts, check_finite, check_float_dtype,
-                          check_seeds_coeffs)
-from .lowrank import gaussian_sketch, gaussian_sketch_batch
-from .ops import perturb_
+from ._checks import (DeviceLike, FloatOrFloats, IntOrInts, as_device, check_finite,
+                      check_float_dtype, check_problem, check_seeds_coeffs)
+from .args import SketchProblem
+from .perturb import perturb_
+from .sketch import gaussian_sketch, gaussian_sketch_batch
 
 
 class GaussianSum:

@@ -20,7 +20,7 @@ from ._dispatch import AUTO_ORDER, backend_status
 def triton_version() -> Optional[str]:
     """The installed triton's version, or None (imports triton: call it only when reporting)."""
     try:
-        import triton  # noqa: PLC0415
+        import triton  # noqa: PLC0415  (lazy on purpose: optional, ~1 s to import)
     except ImportError:
         return None
     return str(triton.__version__)

@@ -1,26 +1,83 @@
-"""Public low-rank ops: in-place U·Z·Vᵀ perturbation and implicit Gaussian-sum sketches.
+"""Front end of the low-rank op ``lowrank_perturb_``: in-place U·Z·Vᵀ perturbation.
 
-Validation runs here, before anything is modified; the backend chosen for the device then runs
-(see :mod:`pgap_kernels._dispatch`). Neither op ever allocates an m x n temporary. Both are
-``torch.library`` custom ops (``pgap::lowrank_perturb_``, ``pgap::gaussian_sketch_batch``), so
-torch.compile traces them without a graph break; plain eager calls skip the op's dispatch.
+Validation runs here, before anything is modified, into a
+:class:`~pgap_kernels.args.LowrankArgs`; the backend chosen for the device then runs its
+``backends/<name>/lowrank.py`` ``lowrank_update`` (see :mod:`pgap_kernels._dispatch`). It never
+allocates an m x n temporary. It is the ``torch.library`` custom op ``pgap::lowrank_perturb_``,
+so torch.compile traces it without a graph break; plain eager calls skip the op's dispatch.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
+from ._checks import (FloatOrFloats, MatrixOrMatrices, check_disjoint, check_finite,
+                      check_keys_offsets, check_matrix, check_rounding, check_weight, matrix_list,
+                      real_or_list)
 from ._dispatch import run_backend
 from ._library import define_op, plain_eager_call
-from ._lowrank_validation import (LowrankArgs, SketchArgs, SketchProblem, check_disjoint,
-                                  lowrank_factors, validate_lowrank, validate_sketch)
-from ._stream import (optional_seed_from_int64, optional_seed_to_int64, seed_from_int64,
-                      seed_to_int64)
-from ._validation import FloatOrFloats, IntOrInts
+from ._stream import optional_seed_from_int64, optional_seed_to_int64
+from .args import LowrankArgs, lowrank_factors
+from .backends import LOWRANK
 
-MatrixOrMatrices = Union[torch.Tensor, Sequence[torch.Tensor]]
-ProblemLike = Union[SketchProblem, Tuple[int, int], Tuple[int, int, int], Tuple[int, int, int, int]]
+
+class LowrankCall(NamedTuple):
+    """The checked arguments of ``lowrank_perturb_``, as lists (one entry per W)."""
+
+    Ws: List[torch.Tensor]
+    Us: List[torch.Tensor]
+    Zs: List[torch.Tensor]
+    Vs: List[torch.Tensor]
+    scales: List[float]
+    decay: float
+    keys: List[int]
+    offsets: List[int]
+    rounding_seed: Optional[int]
+
+
+def validate_lowrank(W, U, Z, V, scale: FloatOrFloats, decay: float, *,
+                     keys: Optional[Sequence[int]] = None, offsets: Optional[Sequence[int]] = None,
+                     rounding: str = "nearest", rounding_seed: Optional[int] = None) -> LowrankCall:
+    """Check the arguments of ``lowrank_perturb_``; return them as lists (scale per matrix).
+
+    W: (m, n) contiguous, U: (m, r), Z: (r, s), V: (n, s), r, s >= 1, float dtypes, one device;
+    keys in [0, 2**32) (default the positions), offsets (rounding index of W's element 0) in
+    [0, 2**63 - m*n) (default 0); rounding_seed required for stochastic rounding.
+    Memory overlaps (a W listed twice) need data pointers: :func:`check_disjoint`, run by the op
+    on the real tensors.
+    """
+    single = isinstance(W, torch.Tensor)
+    Ws = matrix_list(W, "W")
+    Us, Zs, Vs = (matrix_list(x, name) for x, name in ((U, "U"), (Z, "Z"), (V, "V")))
+    if single and not all(isinstance(x, torch.Tensor) for x in (U, Z, V)):
+        raise TypeError("W is a single tensor, so U, Z and V must be single tensors too")
+    for name, lst in (("U", Us), ("Z", Zs), ("V", Vs)):
+        if len(lst) != len(Ws):
+            raise ValueError(f"{name} has {len(lst)} matrices but W has {len(Ws)}")
+    scales = real_or_list(scale, "scale")
+    if len(scales) == 1 and len(Ws) != 1:
+        scales = scales * len(Ws)
+    if len(scales) != len(Ws):
+        raise ValueError(f"scale has {len(scales)} entries but W has {len(Ws)} matrices")
+    scales = [check_finite(c, f"scale[{p}]") for p, c in enumerate(scales)]
+    decay = check_finite(decay, "decay")
+    device = None
+    for p, (w, u, z, v) in enumerate(zip(Ws, Us, Zs, Vs)):
+        tag = "" if single else f"[{p}]"
+        device = check_weight(w, f"W{tag}", device).device
+        for x, name in ((u, "U"), (z, "Z"), (v, "V")):
+            check_matrix(x, f"{name}{tag}", device)
+        (m, n), (mu, r), (rz, s), (nv, sv) = w.shape, u.shape, z.shape, v.shape
+        if mu != m or nv != n or rz != r or sv != s:
+            raise ValueError(f"shape mismatch at position {p}: W {tuple(w.shape)}, U {tuple(u.shape)}, "
+                             f"Z {tuple(z.shape)}, V {tuple(v.shape)}; expected W (m, n), U (m, r), "
+                             "Z (r, s), V (n, s)")
+        if r < 1 or s < 1:
+            raise ValueError(f"Z{tag} has shape {(r, s)}; the ranks r and s must be at least 1")
+    keys_l, offsets_l = check_keys_offsets(keys, offsets, [w.numel() for w in Ws], what="W")
+    seed = check_rounding(rounding, rounding_seed, None, "lowrank_perturb_ has no seeds to default to")
+    return LowrankCall(Ws, Us, Zs, Vs, scales, decay, keys_l, offsets_l, seed)
 
 
 def _lowrank_impl(weights: List[torch.Tensor], us: List[torch.Tensor], zs: List[torch.Tensor],
@@ -43,7 +100,7 @@ def _lowrank_impl(weights: List[torch.Tensor], us: List[torch.Tensor], zs: List[
     factors = [lowrank_factors(us[p], zs[p], vs[p], scales[p]) for p in keep]
     check_disjoint([(f"W[{p}]", weights[p]) for p in keep],
                    [(f"V[{p}]", right) for p, (_, right) in zip(keep, factors)])
-    run_backend("lowrank", "lowrank_update", weights[keep[0]].device,
+    run_backend(LOWRANK, weights[keep[0]].device,
                 LowrankArgs([weights[p] for p in keep], [f[0] for f in factors],
                             [f[1] for f in factors], decay, [keys[p] for p in keep],
                             [offsets[p] for p in keep], optional_seed_from_int64(rounding_seed)),
@@ -115,76 +172,3 @@ def lowrank_perturb_(W: MatrixOrMatrices, U: MatrixOrMatrices, Z: MatrixOrMatric
         return
     torch.ops.pgap.lowrank_perturb_(Ws, Us, Zs, Vs, call.scales, call.decay, "", call.keys,
                                     call.offsets, rseed)
-
-
-def _sketch_impl(ms: List[int], ns: List[int], keys: List[int], offsets: List[int],
-                 seeds: List[int], coeffs: List[float], omegas: List[torch.Tensor], transpose: bool,
-                 backend: str) -> List[torch.Tensor]:
-    """Body of ``pgap::gaussian_sketch_batch`` on CPU and CUDA (seeds as int64 bit patterns,
-    omegas contiguous float32 on one device, at least one problem)."""
-    problems = [SketchProblem(*p) for p in zip(ms, ns, keys, offsets)]
-    args = SketchArgs(problems, [seed_from_int64(s) for s in seeds], list(coeffs), list(omegas),
-                      transpose)
-    return run_backend("sketch", "gaussian_sketch", omegas[0].device, args, backend=backend)
-
-
-def _sketch_fake(ms, ns, keys, offsets, seeds, coeffs, omegas, transpose, backend) -> List[torch.Tensor]:
-    return [om.new_empty((n if transpose else m, om.shape[1]), dtype=torch.float32)
-            for m, n, om in zip(ms, ns, omegas)]
-
-
-define_op("gaussian_sketch_batch", _sketch_impl, _sketch_fake)
-
-
-@torch.no_grad()
-def gaussian_sketch_batch(problems: Sequence[ProblemLike], seeds: IntOrInts, coeffs: FloatOrFloats,
-                          omegas: Sequence[torch.Tensor], *, transpose: bool = False
-                          ) -> List[torch.Tensor]:
-    """:func:`gaussian_sketch` for many problems sharing seeds and coefficients.
-
-    Parameters
-    ----------
-    problems : sequence of (m, n[, key[, offset]]) or :class:`SketchProblem`
-    seeds, coeffs : as for :func:`gaussian_sketch`
-    omegas : sequence of Tensor, one per problem, all on one device
-        (n_p, q_p), or (m_p, q_p) when ``transpose``.
-
-    Returns
-    -------
-    list of float32 Tensor, (m_p, q_p) or (n_p, q_p), on the omegas' device.
-    """
-    args = validate_sketch(problems, seeds, coeffs, omegas, transpose)
-    if not args.problems:
-        return []
-    columns = [list(c) for c in zip(*args.problems)]  # ms, ns, keys, offsets
-    if plain_eager_call(args.omegas):
-        return _sketch_impl(*columns, args.seeds, args.coeffs, args.omegas, transpose, "")
-    return torch.ops.pgap.gaussian_sketch_batch(*columns, [seed_to_int64(s) for s in args.seeds],
-                                                args.coeffs, args.omegas, transpose, "")
-
-
-def gaussian_sketch(m: int, n: int, seeds: IntOrInts, coeffs: FloatOrFloats, omega: torch.Tensor, *,
-                    key: int = 0, offset: int = 0, transpose: bool = False) -> torch.Tensor:
-    """``A @ omega`` (or ``A.T @ omega``) for the implicit m x n Gaussian sum A.
-
-    ``A[a, b] = sum_j coeffs[j] * xi(seeds[j], key, offset + a*n + b)``: exactly the matrix that
-    ``perturb_(W, seeds, coeffs, keys=[key], offsets=[offset], decay=0)`` writes into a
-    contiguous m x n tensor W. Its tiles are generated inside the kernel: memory is
-    O((m + n) q), never m x n.
-
-    Parameters
-    ----------
-    m, n : int >= 0
-    seeds : int or sequence of int in [0, 2**64)
-    coeffs : float or sequence of float, one per seed (numbers as for :func:`perturb_`)
-    omega : Tensor (n, q), or (m, q) when ``transpose``; float32/bfloat16/float16, any device
-        (read as float32).
-    key : int in [0, 2**32)
-    offset : int >= 0, with offset + m*n < 2**63
-    transpose : bool
-
-    Returns
-    -------
-    float32 Tensor (m, q), or (n, q) when ``transpose``, on omega's device.
-    """
-    return gaussian_sketch_batch([(m, n, key, offset)], seeds, coeffs, [omega], transpose=transpose)[0]

@@ -5,10 +5,10 @@ from typing import Callable, List, Sequence, Tuple, Union
 
 import torch
 
+from ._checks import FLOAT_DTYPES, check_int
 from ._stream import SEED_LIMIT
-from ._validation import FLOAT_DTYPES, check_int
 from .gaussian_sum import GaussianSum, batch_key, sketch_many
-from .ops import gaussian
+from .perturb import gaussian
 
 RSVD_KEY = 0x52535644  # stream key of the test matrices ("RSVD")
 

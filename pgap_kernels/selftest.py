@@ -14,23 +14,28 @@ The first time a backend is about to run on a device (chosen automatically, or f
   bfloat16 and float16, on inputs whose float32 results every backend computes alike: bit for
   bit with ``reference``.
 
+Every case calls the backend's op functions directly, on argument classes built here
+(:mod:`pgap_kernels.args`), through the registry (:mod:`pgap_kernels.backends`): never through
+the public ops or the dispatcher, which runs this check.
+
 The result is cached per (backend, device) for the process. ``reference`` is the oracle and is
 not self-checked (the test suite checks it against a float64 NumPy oracle). ``PGAP_SELFTEST=0``
 turns the check off: a backend that computes wrong numbers is then used silently.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from . import backends
+from .args import (LowrankArgs, PerturbArgs, SketchArgs, SketchProblem, SubspaceArgs,
+                   lowrank_factors)
 from .testing import XI_TOL, assert_lowrank_close, assert_perturb_close, assert_sketch_close
 
 # docs/rng.md "Test vectors": (seed, key, index, xi to nine decimals).
@@ -48,8 +53,6 @@ KNOWN_ANSWERS: Tuple[Tuple[int, int, int, float], ...] = (
 
 DTYPES = (torch.float32, torch.bfloat16)
 
-_checking: contextvars.ContextVar[bool] = contextvars.ContextVar("pgap_selftest_running",
-                                                                 default=False)
 _lock = threading.Lock()
 _cache: Dict[Tuple[str, str], "CheckResult"] = {}
 
@@ -78,11 +81,6 @@ class CheckResult:
 def enabled() -> bool:
     """False when ``PGAP_SELFTEST=0`` (or ``false``/``off``/``no``)."""
     return os.environ.get("PGAP_SELFTEST", "1").strip().lower() not in ("0", "false", "off", "no")
-
-
-def running() -> bool:
-    """True inside a self-check (its own op calls must not check again)."""
-    return _checking.get()
 
 
 def device_name(device: torch.device) -> str:
@@ -117,27 +115,15 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-@contextlib.contextmanager
-def _inside_check() -> Iterator[None]:
-    token = _checking.set(True)
-    try:
-        yield
-    finally:
-        _checking.reset(token)
-
-
 def run_checks(backend: str, device: torch.device) -> CheckResult:
     """Run every case for ``backend`` on ``device`` now (uncached); stops at the first failure."""
-    from ._dispatch import use_backend  # noqa: PLC0415  (the dispatcher imports this module)
-
     start = time.perf_counter()
     done = 0
     for case in CASES:
         try:
-            with _inside_check(), torch.no_grad():
-                expected = None if case.oracle is None else _compute(case.oracle, "reference", device,
-                                                                     use_backend)
-                case.compare(_compute(case.run, backend, device, use_backend), expected)
+            with torch.no_grad():
+                expected = None if case.oracle is None else _compute(case.oracle, "reference", device)
+                case.compare(_compute(case.run, backend, device), expected)
         except Exception as exc:  # noqa: BLE001 - any failure of the backend is reported
             error = " ".join(f"{type(exc).__name__}: {exc}".split())
             return CheckResult(backend, device_name(device), False, time.perf_counter() - start,
@@ -146,10 +132,11 @@ def run_checks(backend: str, device: torch.device) -> CheckResult:
     return CheckResult(backend, device_name(device), True, time.perf_counter() - start, done)
 
 
-def _compute(fn: Callable[[torch.device], object], backend: str, device: torch.device,
-             use_backend) -> object:
-    with use_backend(backend):
-        out = fn(device)
+Run = Callable[[str, torch.device], object]  # a case on (backend, device)
+
+
+def _compute(fn: Run, backend: str, device: torch.device) -> object:
+    out = fn(backend, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return out
@@ -169,11 +156,24 @@ def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.unsqueeze(2) * b.unsqueeze(0)).sum(1)
 
 
-def _known_answers(device: torch.device) -> torch.Tensor:
-    from .ops import gaussian  # noqa: PLC0415
+def _perturb_(backend: str, device: torch.device, tensors: List[torch.Tensor], seeds: Sequence[int],
+              coeffs: Sequence[float], keys: Sequence[int], offsets: Sequence[int], decay: float,
+              means: Optional[List[torch.Tensor]] = None, mean_coeff: float = 0.0,
+              rounding_seed: Optional[int] = None) -> None:
+    """``perturb_`` on ``backend``: its arguments as the public op passes them to a backend."""
+    args = PerturbArgs(tensors, means, list(seeds), list(coeffs), list(keys), list(offsets), decay,
+                       mean_coeff, rounding_seed=rounding_seed)
+    backends.call(backend, backends.PERTURB, device, args)
 
-    return torch.cat([gaussian(1, seed, key=key, offset=index, device=device).cpu()
-                      for seed, key, index, _ in KNOWN_ANSWERS])
+
+def _known_answers(backend: str, device: torch.device) -> torch.Tensor:
+    """``gaussian(1, seed, key=key, offset=index)``: one element written with decay 0."""
+    out = []
+    for seed, key, index, _ in KNOWN_ANSWERS:
+        t = torch.empty(1, device=device)
+        _perturb_(backend, device, [t], [seed], [1.0], [key], [index], 0.0)
+        out.append(t.cpu())
+    return torch.cat(out)
 
 
 def _compare_known(actual: torch.Tensor, _expected: object) -> None:
@@ -196,16 +196,14 @@ GPU_PERTURB_CASE = ((4100,), torch.float32)
 PERTURB_SEEDS, PERTURB_COEFFS = [7, (1 << 64) - 3], [0.5, -1.25]
 
 
-def _perturb(device: torch.device) -> List[torch.Tensor]:
+def _perturb(backend: str, device: torch.device) -> List[torch.Tensor]:
     """One call over fp32 and bf16 tensors of odd sizes (two dtype groups)."""
-    from .ops import perturb_  # noqa: PLC0415
-
     cases = PERTURB_CASES + ((GPU_PERTURB_CASE,) if device.type == "cuda" else ())
     ts = [_values(s, d, device, p) for p, (s, d) in enumerate(cases)]
     means = [_values(s, d, device, 10 + p) for p, (s, d) in enumerate(cases)]
     keys, offsets = [3, 0xFFFFFFFF, 11, 12, 13], [0, (1 << 32) * 4 - 9, 5, 1 << 40, 8]
-    perturb_(ts, PERTURB_SEEDS, PERTURB_COEFFS, keys=keys[:len(cases)], offsets=offsets[:len(cases)],
-             decay=0.75, mean=means, mean_coeff=0.5)
+    _perturb_(backend, device, ts, PERTURB_SEEDS, PERTURB_COEFFS, keys[:len(cases)],
+              offsets[:len(cases)], 0.75, means, 0.5)
     return ts
 
 
@@ -217,15 +215,16 @@ def _compare_perturb(actual: List[torch.Tensor], expected: List[torch.Tensor]) -
 PERTURBED = ((5, 27), torch.bfloat16, 0xFFFFFFFF, (1 << 32) * 4 - 60)  # shape, dtype, key, offset
 
 
-def _perturbed(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+def _perturbed(backend: str, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """The out-of-place pass (2 seeds, a mean term, across the c0 -> c1 carry); returns the
     result and the source, which must be left as it was."""
-    from .ops import perturbed  # noqa: PLC0415
-
     shape, dtype, key, offset = PERTURBED
     x, mean = _values(shape, dtype, device, 40), _values(shape, dtype, device, 41)
-    return perturbed(x, PERTURB_SEEDS, PERTURB_COEFFS, key=key, offset=offset, mean=mean,
-                     mean_coeff=0.5), x
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    args = PerturbArgs([out], [mean], list(PERTURB_SEEDS), list(PERTURB_COEFFS), [key], [offset],
+                       1.0, 0.5, sources=[x])
+    backends.call(backend, backends.PERTURB, device, args)
+    return out, x
 
 
 def _compare_perturbed(actual: Tuple[torch.Tensor, torch.Tensor],
@@ -238,17 +237,26 @@ def _compare_perturbed(actual: Tuple[torch.Tensor, torch.Tensor],
 LOWRANK = (37, 29, 3, 2)  # m, n, r, s
 
 
-def _lowrank(dtype: torch.dtype) -> Callable[[torch.device], Tuple[torch.Tensor, float]]:
-    def body(device: torch.device) -> Tuple[torch.Tensor, float]:
-        from .lowrank import lowrank_perturb_  # noqa: PLC0415
+def _lowrank_(backend: str, device: torch.device, Ws: List[torch.Tensor],
+              factors: Sequence[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]], decay: float,
+              keys: Sequence[int], offsets: Sequence[int], rounding_seed: Optional[int] = None) -> None:
+    """``lowrank_perturb_`` on ``backend``: (U, Z, V, scale) per W folded into float32 L, R as the
+    public op folds them."""
+    lrs = [lowrank_factors(*f) for f in factors]
+    args = LowrankArgs(Ws, [lr[0] for lr in lrs], [lr[1] for lr in lrs], decay, list(keys),
+                       list(offsets), rounding_seed)
+    backends.call(backend, backends.LOWRANK, device, args)
 
+
+def _lowrank(dtype: torch.dtype) -> Run:
+    def body(backend: str, device: torch.device) -> Tuple[torch.Tensor, float]:
         m, n, r, s = LOWRANK
         W = _values((m, n), dtype, device, 1)
         U, Z, V = (_values(shape, torch.float32, device, salt)
                    for shape, salt in (((m, r), 2), ((r, s), 3), ((n, s), 4)))
         scale = 0.3
         magnitude = float(_product(_product(scale * U, Z).abs(), V.abs().T).max())
-        lowrank_perturb_(W, U, Z, V, scale, decay=0.9)
+        _lowrank_(backend, device, [W], [(U, Z, V, scale)], 0.9, [0], [0])
         return W, magnitude
     return body
 
@@ -266,25 +274,22 @@ def _sketch_omegas(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     return _values((n, q), torch.float32, device, 6), _values((m, q), torch.float32, device, 7)
 
 
-def _sketch(device: torch.device) -> Tuple[torch.Tensor, ...]:
+def _sketch(backend: str, device: torch.device) -> Tuple[torch.Tensor, ...]:
     """A @ omega and A.T @ omega' for the implicit Gaussian sum A (both directions)."""
-    from .lowrank import gaussian_sketch  # noqa: PLC0415
-
     m, n, _ = SKETCH
     omega, omega_t = _sketch_omegas(device)
-    return tuple(gaussian_sketch(m, n, SKETCH_SEEDS, SKETCH_COEFFS, w, key=SKETCH_KEY,
-                                 offset=SKETCH_OFFSET, transpose=t)
+    problem = SketchProblem(m, n, SKETCH_KEY, SKETCH_OFFSET)
+    return tuple(backends.call(backend, backends.SKETCH, device,
+                               SketchArgs([problem], list(SKETCH_SEEDS), list(SKETCH_COEFFS), [w], t))[0]
                  for w, t in ((omega, False), (omega_t, True)))
 
 
-def _sketch_dense(device: torch.device) -> Tuple[torch.Tensor, ...]:
+def _sketch_dense(backend: str, device: torch.device) -> Tuple[torch.Tensor, ...]:
     """The sketches' definition: A materialized by perturb_ (decay 0), then two matmuls (cheaper
     than the reference backend's tiled sketch, which is written for large shapes)."""
-    from .ops import perturb_  # noqa: PLC0415
-
     m, n, _ = SKETCH
     A = torch.empty(m, n, device=device)
-    perturb_(A, SKETCH_SEEDS, SKETCH_COEFFS, keys=[SKETCH_KEY], offsets=[SKETCH_OFFSET], decay=0.0)
+    _perturb_(backend, device, [A], SKETCH_SEEDS, SKETCH_COEFFS, [SKETCH_KEY], [SKETCH_OFFSET], 0.0)
     omega, omega_t = _sketch_omegas(device)
     return _product(A, omega), _product(A.T, omega_t)
 
@@ -298,13 +303,20 @@ SUBSPACE = ((23, 17, 3, torch.float32), (5, 9, 1, torch.bfloat16))  # (m, n, r, 
 SUBSPACE_SEEDS, SUBSPACE_COEFFS = [3, (1 << 63) + 1], [0.75, -0.5]
 
 
-def _subspace(device: torch.device) -> Tuple[torch.Tensor, ...]:
-    from .subspace import subspace_perturb_  # noqa: PLC0415
+def _subspace_(backend: str, device: torch.device, Ws: List[torch.Tensor], Vs: List[torch.Tensor],
+               coeffs: Sequence[float], keys: Sequence[int], offsets: Sequence[int], decay: float,
+               rounding_seed: Optional[int] = None) -> None:
+    """``subspace_perturb_`` with SUBSPACE_SEEDS on ``backend`` (no empty matrix here)."""
+    args = SubspaceArgs(Ws, Vs, list(SUBSPACE_SEEDS), list(coeffs), list(keys), list(offsets), decay,
+                        rounding_seed)
+    backends.call(backend, backends.SUBSPACE, device, args)
 
+
+def _subspace(backend: str, device: torch.device) -> Tuple[torch.Tensor, ...]:
     Ws = [_values((m, n), d, device, 20 + p) for p, (m, n, _, d) in enumerate(SUBSPACE)]
     Vs = [_values((n, r), torch.float32, device, 30 + p) for p, (_, n, r, _) in enumerate(SUBSPACE)]
-    subspace_perturb_(Ws, Vs, SUBSPACE_SEEDS, SUBSPACE_COEFFS, keys=[4, 0xFFFFFFFE],
-                      offsets=[0, 7 * SUBSPACE[1][2]], decay=0.5)
+    _subspace_(backend, device, Ws, Vs, SUBSPACE_COEFFS, [4, 0xFFFFFFFE], [0, 7 * SUBSPACE[1][2]],
+               0.5)
     return tuple(Ws)
 
 
@@ -337,40 +349,33 @@ def _compare_all_bits(actual, expected) -> None:
 SR_SEED = (1 << 64) - 5
 
 
-def _perturb_sr(device: torch.device) -> List[torch.Tensor]:
+def _perturb_sr(backend: str, device: torch.device) -> List[torch.Tensor]:
     """bf16 and fp16 tensors, decay and a mean term, no seeds, across the rounding counter's carry."""
-    from .ops import perturb_  # noqa: PLC0415
-
     cases = (((7, 19), torch.bfloat16), ((150,), torch.float16))
     ts = [_values(s, d, device, 50 + p) for p, (s, d) in enumerate(cases)]
     means = [_values(s, d, device, 60 + p) for p, (s, d) in enumerate(cases)]
-    perturb_(ts, [], [], keys=[0xFFFFFFFF, 2], offsets=[(1 << 32) * 4 - 70, 9], decay=0.75,
-             mean=means, mean_coeff=0.0123, rounding="stochastic", rounding_seed=SR_SEED)
+    _perturb_(backend, device, ts, [], [], [0xFFFFFFFF, 2], [(1 << 32) * 4 - 70, 9], 0.75, means,
+              0.0123, SR_SEED)
     return ts
 
 
-def _lowrank_sr(device: torch.device) -> Tuple[torch.Tensor, ...]:
+def _lowrank_sr(backend: str, device: torch.device) -> Tuple[torch.Tensor, ...]:
     """U@Z@V.T of small integers times 2^-10 (exact in float32) added to bf16 and fp16 W."""
-    from .lowrank import lowrank_perturb_  # noqa: PLC0415
-
     m, n, r, s = LOWRANK
     Ws = [_values((m, n), d, device, 70 + p) for p, d in enumerate((torch.bfloat16, torch.float16))]
     U, Z, V = ((_values(shape, torch.float32, device, salt) * 4).round()
                for shape, salt in (((m, r), 72), ((r, s), 73), ((n, s), 74)))
-    lowrank_perturb_(Ws, [U, U], [Z, Z], [V, V], 2.0 ** -10, rounding="stochastic",
-                     rounding_seed=SR_SEED, keys=[3, 0xFFFFFFFF], offsets=[0, 5 * n])
+    _lowrank_(backend, device, Ws, [(U, Z, V, 2.0 ** -10)] * 2, 1.0, [3, 0xFFFFFFFF], [0, 5 * n],
+              SR_SEED)
     return tuple(Ws)
 
 
-def _subspace_sr(device: torch.device) -> Tuple[torch.Tensor, ...]:
+def _subspace_sr(backend: str, device: torch.device) -> Tuple[torch.Tensor, ...]:
     """Zero coefficients, decay 0.999: a bf16 matrix and an fp16 row shard (offset 7*r)."""
-    from .subspace import subspace_perturb_  # noqa: PLC0415
-
     Ws = [_values((m, n), d, device, 80 + p)
           for p, (m, n, _, d) in enumerate(((23, 17, 3, torch.bfloat16), (5, 9, 2, torch.float16)))]
     Vs = [_values((17, 3), torch.float32, device, 82), _values((9, 2), torch.float32, device, 83)]
-    subspace_perturb_(Ws, Vs, SUBSPACE_SEEDS, [0.0, 0.0], keys=[4, 0xFFFFFFFE], offsets=[0, 7 * 2],
-                      decay=0.999, rounding="stochastic", rounding_seed=SR_SEED)
+    _subspace_(backend, device, Ws, Vs, [0.0, 0.0], [4, 0xFFFFFFFE], [0, 7 * 2], 0.999, SR_SEED)
     return tuple(Ws)
 
 
@@ -379,15 +384,15 @@ _NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 @dataclass(frozen=True)
 class Case:
-    """One self-check case: ``run(device)`` under the checked backend is compared by
-    ``compare(actual, expected)`` with ``oracle(device)`` under reference (no oracle: the
+    """One self-check case: ``run(backend, device)`` with the checked backend is compared by
+    ``compare(actual, expected)`` with ``oracle("reference", device)`` (no oracle: the
     comparison holds fixed known answers)."""
 
     op: str
     name: str
-    run: Callable[[torch.device], object]
+    run: Run
     compare: Callable[[object, object], None]
-    oracle: Optional[Callable[[torch.device], object]] = None
+    oracle: Optional[Run] = None
 
 
 CASES: List[Case] = [Case("stream", "known-answer vectors of docs/rng.md", _known_answers, _compare_known)]

@@ -3,21 +3,84 @@
 ``W_p <- decay*W_p + (sum_j c_j Xi(s_j, key_p)) @ V_p.T`` with Xi an m x r matrix of the random
 stream and V_p an n x r float32 basis: the perturbation of a matrix restricted to the span of
 V's columns, generated inside the kernel, never stored m x n (docs/subspace.md).
+
+Validation runs here, before anything is modified, into a
+:class:`~pgap_kernels.args.SubspaceArgs`; the backend chosen for the device then runs its
+``backends/<name>/subspace.py`` ``subspace_update`` (see :mod:`pgap_kernels._dispatch`).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 import torch
 
+from ._checks import (FloatOrFloats, IntOrInts, MatrixOrMatrices, check_disjoint, check_finite,
+                      check_keys_offsets, check_matrix, check_rounding, check_seeds_coeffs,
+                      check_weight, matrix_list)
 from ._dispatch import run_backend
 from ._library import define_op, plain_eager_call
-from ._stream import (optional_seed_from_int64, optional_seed_to_int64, seed_from_int64,
-                      seed_to_int64)
-from ._subspace_validation import SubspaceArgs, check_subspace_memory, validate_subspace
-from ._validation import FloatOrFloats, IntOrInts
+from ._stream import (INDEX_LIMIT, optional_seed_from_int64, optional_seed_to_int64,
+                      seed_from_int64, seed_to_int64)
+from .args import SubspaceArgs
+from .backends import SUBSPACE
 
-MatrixOrMatrices = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+def validate_subspace(tensors, bases, seeds: IntOrInts, coeffs: FloatOrFloats, *,
+                      keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
+                      decay: float, rounding: str = "nearest",
+                      rounding_seed: Optional[int] = None) -> SubspaceArgs:
+    """Check every argument of ``subspace_perturb_``; raise TypeError/ValueError naming it.
+
+    Shapes, dtypes, devices and ranges only: memory overlaps need data pointers and are checked
+    by :func:`check_subspace_memory` on the real tensors, still before anything is modified.
+    Bases become contiguous (a copy only where they are not).
+    """
+    single = isinstance(tensors, torch.Tensor)
+    ts = matrix_list(tensors, "tensors")
+    if single and not isinstance(bases, torch.Tensor):
+        raise TypeError("tensors is a single tensor, so bases must be a single tensor too")
+    bs = matrix_list(bases, "bases")
+    if len(bs) != len(ts):
+        raise ValueError(f"bases has {len(bs)} matrices but tensors has {len(ts)}")
+    device = None
+    spans = []
+    for p, (t, v) in enumerate(zip(ts, bs)):
+        device = check_weight(t, f"tensors[{p}]", device).device
+        check_matrix(v, f"bases[{p}]", device)
+        if v.dtype != torch.float32:
+            raise TypeError(f"bases[{p}] has dtype {v.dtype}; expected float32")
+        (m, n), (nv, r) = t.shape, v.shape
+        if nv != n:
+            raise ValueError(f"bases[{p}] has shape {tuple(v.shape)} but tensors[{p}] has shape "
+                             f"{tuple(t.shape)}; expected a basis (n, r) = ({n}, r) for an (m, n) tensor")
+        if r < 1:
+            raise ValueError(f"bases[{p}] has shape {tuple(v.shape)}; its rank r (columns) must be at least 1")
+        if m * r >= INDEX_LIMIT:
+            raise ValueError(f"tensors[{p}]: m*r = {m * r} stream indices must stay below 2**63")
+        spans.append(m * r)
+    seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
+    keys_l, offsets_l = check_keys_offsets(keys, offsets, spans)
+    decay = check_finite(decay, "decay")
+    seed = check_rounding(rounding, rounding_seed, seeds_l[0] if seeds_l else None,
+                          "it defaults to seeds[0], and seeds is empty")
+    if seed is not None:
+        for p, (t, v, offset) in enumerate(zip(ts, bs, offsets_l)):
+            (m, n), r = t.shape, v.shape[1]
+            if offset % r:
+                raise ValueError(f"offsets[{p}] = {offset} is not a multiple of r = {r}; "
+                                 "rounding='stochastic' places W's rows by offsets[p] / r")
+            if (offset // r + m) * n >= INDEX_LIMIT:
+                raise ValueError(f"tensors[{p}]: the rounding index (offsets[{p}]/r + m)*n = "
+                                 f"{(offset // r + m) * n} must stay below 2**63")
+    return SubspaceArgs(ts, [v.contiguous() for v in bs], seeds_l, coeffs_l, keys_l, offsets_l,
+                        decay, seed)
+
+
+def check_subspace_memory(args: SubspaceArgs) -> None:
+    """No tensor listed twice or overlapping another, and no basis overlapping a tensor."""
+    check_disjoint([(f"tensors[{p}]", t) for p, t in enumerate(args.tensors)],
+                   [(f"bases[{p}]", v) for p, v in enumerate(args.bases)])
+
 
 
 def _run(backend: str, args: SubspaceArgs) -> None:
@@ -25,7 +88,7 @@ def _run(backend: str, args: SubspaceArgs) -> None:
     check_subspace_memory(args)
     args = args.nonempty()
     if args.tensors:
-        run_backend("subspace", "subspace_update", args.tensors[0].device, args, backend=backend)
+        run_backend(SUBSPACE, args.tensors[0].device, args, backend=backend)
 
 
 def _subspace_impl(tensors: List[torch.Tensor], bases: List[torch.Tensor], seeds: List[int],

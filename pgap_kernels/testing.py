@@ -1,4 +1,4 @@
-"""Tolerances and comparison helpers shared by the tests and the benchmarks.
+"""Tolerances and comparison helpers shared by the tests, the benchmarks and the self-check.
 
 The stream contract: every backend's xi is within ``XI_TOL * (1 + |xi|)`` of the exact value.
 A perturbed tensor may differ between backends by the xi error times the coefficients, plus one
@@ -6,7 +6,7 @@ rounding of the result to its dtype (a round-to-nearest-even tie can flip one ul
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 
@@ -95,64 +95,3 @@ def assert_sketch_close(actual: torch.Tensor, expected: torch.Tensor, coeffs: Se
     """Two sketches of the same implicit Gaussian sum agree within :func:`sketch_atol`."""
     assert actual.shape == expected.shape and actual.dtype == torch.float32
     assert_within(actual, expected, atol=sketch_atol(coeffs, omega), what="sketch entries")
-
-
-# -- peak memory of one call (tests and benchmarks) -------------------------------------------
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-TIMING_MMAP_THRESHOLD = 32 << 20  # where glibc's dynamic threshold settles in a long-running process
-MEMORY_MMAP_THRESHOLD = 64 << 10
-
-
-def _libc():
-    import ctypes  # noqa: PLC0415
-    return ctypes.CDLL("libc.so.6")
-
-
-def pin_mmap_threshold(nbytes: int) -> bool:
-    """Make glibc serve every allocation of ``nbytes`` or more with its own mmap, returned to the
-    OS when freed. Timing runs with TIMING_MMAP_THRESHOLD (a warmed-up process); the memory
-    measurement lowers it so that the peak RSS of a call sees its temporaries (otherwise freed
-    heap memory is silently reused and a temporary adds nothing to the peak). True on success."""
-    try:
-        return bool(_libc().mallopt(M_MMAP_THRESHOLD, nbytes))
-    except (OSError, AttributeError):
-        return False
-
-
-def release_free_memory() -> None:
-    """Return freed heap pages to the OS (glibc ``malloc_trim``), so reusing them counts in RSS."""
-    try:
-        _libc().malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _proc_status(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def peak_added_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
-    """Bytes one call of ``fn`` adds at its peak to what the process held before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    try:
-        pin_mmap_threshold(MEMORY_MMAP_THRESHOLD)
-        release_free_memory()
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-        before = _proc_status("VmRSS")
-        fn()
-        return max(0, _proc_status("VmHWM") - before)
-    except (OSError, RuntimeError):
-        return None
-    finally:
-        pin_mmap_threshold(TIMING_MMAP_THRESHOLD)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import pgap_kernels as pk
-from pgap_kernels._lowrank_validation import lowrank_factors
+from pgap_kernels.args import lowrank_factors
 from pgap_kernels._native import build_info as native_build_info
 from pgap_kernels.testing import assert_sketch_close
 

@@ -86,7 +86,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
     import pgap_kernels as pk
-    from pgap_kernels.testing import peak_added_bytes
+    from pgap_kernels.memory import peak_added_bytes
     torch.set_num_threads(2)
     m = n = 4096
     seeds, coeffs = list(range(10)), [0.1] * 10

@@ -321,7 +321,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
     import pgap_kernels as pk
-    from pgap_kernels.testing import peak_added_bytes
+    from pgap_kernels.memory import peak_added_bytes
     torch.set_num_threads(2)
     backend = sys.argv[1]
     w, v = torch.randn(4096, 4096), torch.randn(4096, 8)

@@ -5,7 +5,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import torch
 
-from .._validation import PerturbArgs
+from ..args import PerturbArgs
 
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc DType
 

@@ -6,9 +6,7 @@ from typing import List, Tuple, Union
 import torch
 
 from .._stream import seed_to_int64
-from .._lowrank_validation import SketchArgs
-from .._subspace_validation import SubspaceArgs
-from .._validation import PerturbArgs
+from ..args import PerturbArgs, SketchArgs, SubspaceArgs
 from ._device_tables import on_device
 
 META_FIELDS = 7  # data, mean, numel, offset, key, chunk_begin, src (see csrc/cuda/perturb.h)

@@ -4,6 +4,10 @@ from typing import Optional
 import torch
 
 from ... import _native
+import pgap_kernels.backends as registry
+
+# The registry line: the ops this backend implements, one module each (backends/<name>/<op>.py).
+OPS = (registry.PERTURB, registry.LOWRANK, registry.SKETCH, registry.SUBSPACE)
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:

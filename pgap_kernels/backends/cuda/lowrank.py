@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ... import _native
-from ..._lowrank_validation import LowrankArgs
+from ...args import LowrankArgs
 from .._batches import group_indices
 from .._device_tables import on_device
 from .._groups import DTYPE_CODES

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ... import _native
-from ..._validation import PerturbArgs
+from ...args import PerturbArgs
 from .._groups import split_by_dtype
 from .._device_tables import on_device
 from .._tables import chunk_table, stream_tables

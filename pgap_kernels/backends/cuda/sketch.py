@@ -6,7 +6,7 @@ from typing import List
 import torch
 
 from ... import _native
-from ..._lowrank_validation import SketchArgs
+from ...args import SketchArgs
 from .._batches import group_indices
 from .._device_tables import on_device
 from .._tables import stream_tables

@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 
 from ... import _native
-from ..._lowrank_validation import LowrankArgs
+from ...args import LowrankArgs
 from .._groups import DTYPE_CODES
 
 
 def lowrank_update(args: LowrankArgs) -> None:
-    """In place on CPU matrices; see :class:`pgap_kernels._lowrank_validation.LowrankArgs`."""
+    """In place on CPU matrices; see :class:`pgap_kernels.args.LowrankArgs`."""
     lib, _ = _native.load()
     threads = torch.get_num_threads()
     stochastic = args.rounding_seed is not None

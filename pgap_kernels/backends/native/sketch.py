@@ -6,11 +6,11 @@ from typing import List
 import torch
 
 from ... import _native
-from ..._lowrank_validation import SketchArgs
+from ...args import SketchArgs
 
 
 def gaussian_sketch(args: SketchArgs) -> List[torch.Tensor]:
-    """float32 sketches on the CPU; see :class:`pgap_kernels._lowrank_validation.SketchArgs`."""
+    """float32 sketches on the CPU; see :class:`pgap_kernels.args.SketchArgs`."""
     lib, _ = _native.load()
     threads = torch.get_num_threads()
     outs = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ... import _native
-from ..._subspace_validation import SubspaceArgs
+from ...args import SubspaceArgs
 from .._groups import DTYPE_CODES
 
 

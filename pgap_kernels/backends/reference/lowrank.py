@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._lowrank_validation import LowrankArgs
+from ...args import LowrankArgs
 from ..._precision import ieee_float32
 from ..._stream import as_float32
 from .rounding import store

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..._stream import as_float32
-from ..._validation import PerturbArgs
+from ...args import PerturbArgs
 from .philox import normals
 from .rounding import store
 

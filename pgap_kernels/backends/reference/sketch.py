@@ -5,7 +5,7 @@ from typing import List
 
 import torch
 
-from ..._lowrank_validation import SketchArgs, SketchProblem
+from ...args import SketchArgs, SketchProblem
 from ..._precision import ieee_float32
 from .lowrank import rows_per_tile
 from .philox import normals

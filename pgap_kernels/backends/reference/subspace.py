@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._lowrank_validation import LowrankArgs, SketchProblem
-from ..._subspace_validation import SubspaceArgs
+from ...args import LowrankArgs, SketchProblem, SubspaceArgs
 from .lowrank import lowrank_update, rows_per_tile
 from .sketch import gaussian_rows
 

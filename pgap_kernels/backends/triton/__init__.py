@@ -5,6 +5,11 @@ from typing import Optional
 
 import torch
 
+import pgap_kernels.backends as registry
+
+# The registry line: the ops this backend implements, one module each (backends/<name>/<op>.py).
+OPS = (registry.PERTURB, registry.LOWRANK, registry.SKETCH, registry.SUBSPACE)
+
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

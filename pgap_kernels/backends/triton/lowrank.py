@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._lowrank_validation import LowrankArgs
+from ...args import LowrankArgs
 from ..._stream import as_float32
 from .._batches import group_indices
 from .._device_tables import on_device

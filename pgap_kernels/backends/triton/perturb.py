@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ..._stream import as_float32
-from ..._validation import PerturbArgs
+from ...args import PerturbArgs
 from .._device_tables import on_device
 from .._groups import split_by_dtype
 from .._tables import META_FIELDS, chunk_table, stream_tables

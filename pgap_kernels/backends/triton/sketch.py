@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._lowrank_validation import SketchArgs
+from ...args import SketchArgs
 from .._batches import group_indices
 from .._device_tables import on_device
 from .._tables import stream_tables

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ..._stream import as_float32
-from ..._subspace_validation import SubspaceArgs
+from ...args import SubspaceArgs
 from .._batches import group_indices
 from .._device_tables import on_device
 from .._tables import SUBSPACE_META_FIELDS, stream_tables, subspace_span, subspace_table

@@ -1,50 +1,30 @@
-"""Argument checks for the public ops, run before any tensor is touched."""
+"""Argument checks shared by the public ops, run before any tensor is touched.
+
+Each op's front-end module (``perturb.py``, ``lowrank.py``, ``sketch.py``, ``subspace.py``)
+combines these into its own ``validate_*`` function, which returns the op's argument class
+(:mod:`pgap_kernels.args`).
+"""
 from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ._stream import INDEX_LIMIT, KEY_LIMIT, SEED_LIMIT
+from .args import SketchProblem
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ROUNDINGS = ("nearest", "stochastic")
 
+DeviceLike = Union[str, int, torch.device, None]
 TensorList = Union[torch.Tensor, Iterable[torch.Tensor]]
+MatrixOrMatrices = Union[torch.Tensor, Sequence[torch.Tensor]]
 IntOrInts = Union[int, Sequence[int]]
 # A coefficient: a real number, or a 0-d/one-element CPU tensor or numpy array holding one.
 FloatOrFloats = Union[float, torch.Tensor, Sequence[Union[float, torch.Tensor]]]
-
-
-@dataclass
-class PerturbArgs:
-    """Normalized, validated arguments of :func:`pgap_kernels.perturb_` and
-    :func:`pgap_kernels.perturbed`.
-
-    ``tensors`` are written; the decay term reads ``sources[p]`` (same shape, dtype and device,
-    disjoint from every written tensor) or, when ``sources`` is None, ``tensors[p]`` itself.
-    With a ``rounding_seed``, 16-bit results round stochastically: element i of tensor p with the
-    rounding word of element ``offsets[p] + i`` under (rounding_seed, ``keys[p]``).
-    """
-
-    tensors: List[torch.Tensor]
-    means: Optional[List[torch.Tensor]]
-    seeds: List[int]
-    coeffs: List[float]
-    keys: List[int]
-    offsets: List[int]
-    decay: float
-    mean_coeff: float
-    sources: Optional[List[torch.Tensor]] = None
-    rounding_seed: Optional[int] = None  # None: round to nearest; else stochastic (docs/rng.md)
-
-    def source(self, p: int) -> torch.Tensor:
-        """The tensor the decay term of tensor p reads."""
-        return self.tensors[p] if self.sources is None else self.sources[p]
 
 
 def _is_int(x: object) -> bool:
@@ -59,7 +39,7 @@ def _is_real(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def _as_list(value, name: str) -> list:
+def as_list(value, name: str) -> list:
     """A list from any iterable (e.g. ``model.parameters()``), but not from a str or bytes."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise TypeError(f"{name} must be a sequence, got {type(value).__name__}")
@@ -134,13 +114,13 @@ def real_or_list(value: object, name: str) -> list:
     if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim != 1:
         raise ValueError(f"{name} is an array of shape {tuple(value.shape)}; expected one number "
                          "or a 1-D sequence of numbers")
-    return _as_list(value, name)
+    return as_list(value, name)
 
 
 def check_seeds_coeffs(seeds: IntOrInts, coeffs: FloatOrFloats) -> Tuple[List[int], List[float]]:
     """Seeds in [0, 2**64) and finite coefficients, one per seed, as lists. Coefficients may be
     numbers or CPU tensors/arrays holding them (:func:`real_or_list`, :func:`check_finite`)."""
-    seeds_l = [seeds] if _is_int(seeds) else _as_list(seeds, "seeds")
+    seeds_l = [seeds] if _is_int(seeds) else as_list(seeds, "seeds")
     coeffs_l = real_or_list(coeffs, "coeffs")
     if len(seeds_l) != len(coeffs_l):
         raise ValueError(f"seeds has {len(seeds_l)} entries but coeffs has {len(coeffs_l)}; "
@@ -181,14 +161,14 @@ def check_keys_offsets(keys: Optional[Sequence[int]], offsets: Optional[Sequence
     if keys is None:
         keys_l = list(range(n))
     else:
-        keys_l = _as_list(keys, "keys")
+        keys_l = as_list(keys, "keys")
         if len(keys_l) != n:
             raise ValueError(f"keys has {len(keys_l)} entries but {what} has {n}")
     keys_l = [check_int(k, f"keys[{p}]", 0, KEY_LIMIT) for p, k in enumerate(keys_l)]
     if offsets is None:
         offsets_l = [0] * n
     else:
-        offsets_l = _as_list(offsets, "offsets")
+        offsets_l = as_list(offsets, "offsets")
         if len(offsets_l) != n:
             raise ValueError(f"offsets has {len(offsets_l)} entries but {what} has {n}")
     offsets_l = [check_int(o, f"offsets[{p}]", 0, INDEX_LIMIT - spans[p])
@@ -196,7 +176,7 @@ def check_keys_offsets(keys: Optional[Sequence[int]], offsets: Optional[Sequence
     return keys_l, offsets_l
 
 
-def _check_tensor(t, name: str) -> torch.Tensor:
+def check_tensor(t, name: str) -> torch.Tensor:
     """A contiguous float32/bfloat16/float16 tensor."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -206,7 +186,7 @@ def _check_tensor(t, name: str) -> torch.Tensor:
     return t
 
 
-def _check_like(x, t: torch.Tensor, name: str, like: str) -> torch.Tensor:
+def check_like(x, t: torch.Tensor, name: str, like: str) -> torch.Tensor:
     """A contiguous tensor ``x`` shaped, typed and placed like ``t`` (called ``like``)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -221,13 +201,14 @@ def _check_like(x, t: torch.Tensor, name: str, like: str) -> torch.Tensor:
     return x
 
 
-def _check_tensors(tensors: TensorList) -> List[torch.Tensor]:
+def check_tensors(tensors: TensorList) -> List[torch.Tensor]:
+    """One tensor or an iterable of them, as a list, each passing :func:`check_tensor`, all on one device."""
     if isinstance(tensors, torch.Tensor):
         tensors = [tensors]
-    tensors = _as_list(tensors, "tensors")
+    tensors = as_list(tensors, "tensors")
     device = None
     for p, t in enumerate(tensors):
-        _check_tensor(t, f"tensors[{p}]")
+        check_tensor(t, f"tensors[{p}]")
         if device is None:
             device = t.device
         elif t.device != device:
@@ -236,94 +217,83 @@ def _check_tensors(tensors: TensorList) -> List[torch.Tensor]:
     return tensors
 
 
-def _check_means(mean, tensors: List[torch.Tensor]) -> Optional[List[torch.Tensor]]:
-    if mean is None:
-        return None
-    if isinstance(mean, torch.Tensor):
-        mean = [mean]
-    mean = _as_list(mean, "mean")
-    if len(mean) != len(tensors):
-        raise ValueError(f"mean has {len(mean)} tensors but tensors has {len(tensors)}")
-    for p, (m, t) in enumerate(zip(mean, tensors)):
-        _check_like(m, t, f"mean[{p}]", f"tensors[{p}]")
-    return mean
+def as_device(device: DeviceLike) -> torch.device:
+    """A ``torch.device`` from a device, a name or a CUDA index (None: the CPU)."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, int):
+        return torch.device("cuda", device)
+    return torch.device(device)
 
 
-def _check_mean_coeff(mean_coeff: float, has_mean: bool) -> float:
-    mean_coeff = check_finite(mean_coeff, "mean_coeff")
-    if not has_mean and mean_coeff != 0.0:
-        raise ValueError("mean_coeff is nonzero but mean is None; pass mean=... or mean_coeff=0")
-    return mean_coeff
+def matrix_list(value, name: str) -> List[torch.Tensor]:
+    """``[value]`` for one tensor, else ``value`` as a list."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return as_list(value, name)
 
 
-def _check_stream_terms(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
-                        keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
-                        mean: Optional[TensorList], mean_coeff: float, decay: float) -> PerturbArgs:
-    """The arguments ``perturb_`` and ``perturbed_many`` share, checked, as one pass over
-    ``tensors`` (round to nearest, in place until the caller sets ``sources``)."""
-    tensors = _check_tensors(tensors)
-    seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
-    keys_l, offsets_l = check_keys_offsets(keys, offsets, [t.numel() for t in tensors])
-    decay = check_finite(decay, "decay")
-    means = _check_means(mean, tensors)
-    mean_coeff = _check_mean_coeff(mean_coeff, means is not None)
-    return PerturbArgs(tensors, means, seeds_l, coeffs_l, keys_l, offsets_l, decay, mean_coeff)
+def check_matrix(t, name: str, device: Optional[torch.device]) -> torch.Tensor:
+    """A 2-D float32/bfloat16/float16 tensor on ``device`` (any device when None)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_float_dtype(t.dtype, name)
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(t.shape)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the weights are on {device}; "
+                         "all tensors must share one device")
+    return t
 
 
-def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
-                     keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
-                     decay: float, mean: Optional[TensorList], mean_coeff: float,
-                     rounding: str = "nearest", rounding_seed: Optional[int] = None) -> PerturbArgs:
-    """Check every argument of ``perturb_``; raise TypeError/ValueError naming the culprit."""
-    args = _check_stream_terms(tensors, seeds, coeffs, keys, offsets, mean, mean_coeff, decay)
-    args.rounding_seed = check_rounding(rounding, rounding_seed, args.seeds[0] if args.seeds else None,
-                                        "it defaults to seeds[0], and seeds is empty")
-    return args
+def check_weight(t, name: str, device: Optional[torch.device]) -> torch.Tensor:
+    """A matrix that an op writes in place: :func:`check_matrix` and contiguous."""
+    check_matrix(t, name, device)
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous() on a copy)")
+    return t
 
 
-def validate_perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
-                            keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
-                            mean: Optional[TensorList], mean_coeff: float,
-                            out: Optional[TensorList]) -> PerturbArgs:
-    """Check every argument of ``perturbed_many``; raise TypeError/ValueError naming the culprit.
+def _span(t: torch.Tensor) -> Tuple[int, int]:
+    """[first, last) byte addresses a (possibly strided, non-empty) tensor can touch."""
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
 
-    Returns one out-of-place pass (decay 1) from ``tensors`` (the sources, read only) into
-    ``out`` (new tensors like them when None). Overlaps are checked by the op on the real tensors.
+
+def check_disjoint(written: Sequence[Tuple[str, torch.Tensor]],
+                   read: Sequence[Tuple[str, torch.Tensor]] = ()) -> None:
+    """Raise ValueError if two written tensors, or a read and a written one, share memory.
+
+    Run on real tensors (it reads data pointers) before anything is modified: a tensor written
+    twice, or read while it is written, would race inside one kernel launch. Read-only tensors
+    may share memory with each other. Empty tensors are ignored.
     """
-    args = _check_stream_terms(tensors, seeds, coeffs, keys, offsets, mean, mean_coeff, 1.0)
-    sources = args.tensors
-    if out is None:
-        outs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in sources]
-    else:
-        outs = _as_list([out] if isinstance(out, torch.Tensor) else out, "out")
-        if len(outs) != len(sources):
-            raise ValueError(f"out has {len(outs)} tensors but tensors has {len(sources)}")
-        for p, (o, t) in enumerate(zip(outs, sources)):
-            _check_like(o, t, f"out[{p}]", f"tensors[{p}]")
-    args.tensors, args.sources = outs, sources
-    return args
+    spans = sorted([(_span(t), name, True) for name, t in written if t.numel()]
+                   + [(_span(t), name, False) for name, t in read if t.numel()])
+    # The span reaching furthest so far among the written ones, and among the read ones: a span
+    # overlaps an earlier one of a kind iff it starts before that furthest end.
+    furthest = {True: None, False: None}
+    for (lo, hi), name, writes in spans:
+        for kind in (True, False) if writes else (True,):
+            rival = furthest[kind]
+            if rival is not None and lo < rival[0][1]:
+                if kind and writes and rival[0] == (lo, hi):
+                    raise ValueError(f"{name} and {rival[1]} are the same tensor, which appears "
+                                     "twice; each tensor may be updated once per call")
+                raise ValueError(f"{name} overlaps {rival[1]} in memory, and the call writes "
+                                 "one of them; pass tensors that do not share storage")
+        if furthest[writes] is None or hi > furthest[writes][0][1]:
+            furthest[writes] = ((lo, hi), name)
 
 
-def validate_perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *,
-                       key: int, offset: int, mean: Optional[torch.Tensor], mean_coeff: float,
-                       out: Optional[torch.Tensor]) -> PerturbArgs:
-    """Check every argument of ``perturbed``; raise TypeError/ValueError naming the culprit.
-
-    Returns the arguments of one out-of-place pass (decay 1) from ``tensor`` into ``out``, a new
-    tensor like ``tensor`` when None. Memory overlaps need data pointers: the op checks them on
-    the real tensors (:func:`pgap_kernels._lowrank_validation.check_disjoint`), still before
-    anything is written.
-    """
-    tensor = _check_tensor(tensor, "tensor")
-    seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
-    key = check_int(key, "key", 0, KEY_LIMIT)
-    offset = check_int(offset, "offset", 0, INDEX_LIMIT - tensor.numel())
-    if mean is not None:
-        _check_like(mean, tensor, "mean", "tensor")
-    mean_coeff = _check_mean_coeff(mean_coeff, mean is not None)
-    if out is None:
-        out = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-    else:
-        _check_like(out, tensor, "out", "tensor")
-    return PerturbArgs([out], None if mean is None else [mean], seeds_l, coeffs_l, [key], [offset],
-                       1.0, mean_coeff, sources=[tensor])
+def check_problem(problem, name: str) -> SketchProblem:
+    """A :class:`SketchProblem` from a 2-, 3- or 4-tuple (m, n[, key[, offset]])."""
+    if isinstance(problem, (str, bytes)) or not isinstance(problem, Sequence) or not 2 <= len(problem) <= 4:
+        raise TypeError(f"{name} must be a tuple (m, n[, key[, offset]]), got {problem!r}")
+    m = check_int(problem[0], f"{name}.m", 0, INDEX_LIMIT)
+    n = check_int(problem[1], f"{name}.n", 0, INDEX_LIMIT)
+    key = check_int(problem[2] if len(problem) > 2 else 0, f"{name}.key", 0, KEY_LIMIT)
+    if m * n >= INDEX_LIMIT:
+        raise ValueError(f"{name}: m*n = {m * n} must stay below 2**63")
+    offset = check_int(problem[3] if len(problem) > 3 else 0, f"{name}.offset", 0, INDEX_LIMIT - m * n)
+    return SketchProblem(m, n, key, offset)

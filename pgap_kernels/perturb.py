@@ -1,7 +1,10 @@
-"""Public ops of pgap_kernels, registered once as ``torch.library`` custom ops (namespace pgap).
+"""Front end of the seeded perturbation op: ``perturb_``, ``perturbed``, ``perturbed_many`` and
+``gaussian``, registered once as ``torch.library`` custom ops (namespace pgap).
 
-Validation runs here, before any tensor is modified; the custom op then runs the backend chosen
-for the tensors' device (see :mod:`pgap_kernels._dispatch`).
+Validation runs here (with the shared checks of :mod:`pgap_kernels._checks`), before any tensor
+is modified, into a :class:`~pgap_kernels.args.PerturbArgs`; the custom op then runs the
+backend chosen for the tensors' device (see :mod:`pgap_kernels._dispatch`), whose
+``backends/<name>/perturb.py`` implements ``perturb_group``.
 """
 from __future__ import annotations
 
@@ -9,21 +12,121 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from ._dispatch import DeviceLike, as_device, run_backend
+from ._checks import (DeviceLike, FloatOrFloats, IntOrInts, TensorList, as_device, as_list,
+                      check_disjoint, check_finite, check_float_dtype, check_int,
+                      check_keys_offsets, check_like, check_rounding, check_seeds_coeffs,
+                      check_tensor, check_tensors)
+from ._dispatch import run_backend
 from ._library import define_op, plain_eager_call
-from ._lowrank_validation import check_disjoint
 from ._stream import (INDEX_LIMIT, KEY_LIMIT, optional_seed_from_int64, optional_seed_to_int64,
                       seed_from_int64, seed_to_int64)
-from ._validation import (FloatOrFloats, IntOrInts, PerturbArgs, TensorList, check_float_dtype,
-                          check_int, validate_perturb, validate_perturbed,
-                          validate_perturbed_many)
+from .args import PerturbArgs
+from .backends import PERTURB
 
 ShapeLike = Union[int, Sequence[int], torch.Size]
 
 
+# -- argument checks (shared ones in _checks) --------------------------------------------------
+
+def _check_means(mean, tensors: List[torch.Tensor]) -> Optional[List[torch.Tensor]]:
+    if mean is None:
+        return None
+    if isinstance(mean, torch.Tensor):
+        mean = [mean]
+    mean = as_list(mean, "mean")
+    if len(mean) != len(tensors):
+        raise ValueError(f"mean has {len(mean)} tensors but tensors has {len(tensors)}")
+    for p, (m, t) in enumerate(zip(mean, tensors)):
+        check_like(m, t, f"mean[{p}]", f"tensors[{p}]")
+    return mean
+
+
+def _check_mean_coeff(mean_coeff: float, has_mean: bool) -> float:
+    mean_coeff = check_finite(mean_coeff, "mean_coeff")
+    if not has_mean and mean_coeff != 0.0:
+        raise ValueError("mean_coeff is nonzero but mean is None; pass mean=... or mean_coeff=0")
+    return mean_coeff
+
+
+def _check_stream_terms(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
+                        keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
+                        mean: Optional[TensorList], mean_coeff: float, decay: float) -> PerturbArgs:
+    """The arguments ``perturb_`` and ``perturbed_many`` share, checked, as one pass over
+    ``tensors`` (round to nearest, in place until the caller sets ``sources``)."""
+    tensors = check_tensors(tensors)
+    seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
+    keys_l, offsets_l = check_keys_offsets(keys, offsets, [t.numel() for t in tensors])
+    decay = check_finite(decay, "decay")
+    means = _check_means(mean, tensors)
+    mean_coeff = _check_mean_coeff(mean_coeff, means is not None)
+    return PerturbArgs(tensors, means, seeds_l, coeffs_l, keys_l, offsets_l, decay, mean_coeff)
+
+
+def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
+                     keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
+                     decay: float, mean: Optional[TensorList], mean_coeff: float,
+                     rounding: str = "nearest", rounding_seed: Optional[int] = None) -> PerturbArgs:
+    """Check every argument of ``perturb_``; raise TypeError/ValueError naming the culprit."""
+    args = _check_stream_terms(tensors, seeds, coeffs, keys, offsets, mean, mean_coeff, decay)
+    args.rounding_seed = check_rounding(rounding, rounding_seed, args.seeds[0] if args.seeds else None,
+                                        "it defaults to seeds[0], and seeds is empty")
+    return args
+
+
+def validate_perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
+                            keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
+                            mean: Optional[TensorList], mean_coeff: float,
+                            out: Optional[TensorList]) -> PerturbArgs:
+    """Check every argument of ``perturbed_many``; raise TypeError/ValueError naming the culprit.
+
+    Returns one out-of-place pass (decay 1) from ``tensors`` (the sources, read only) into
+    ``out`` (new tensors like them when None). Overlaps are checked by the op on the real tensors.
+    """
+    args = _check_stream_terms(tensors, seeds, coeffs, keys, offsets, mean, mean_coeff, 1.0)
+    sources = args.tensors
+    if out is None:
+        outs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in sources]
+    else:
+        outs = as_list([out] if isinstance(out, torch.Tensor) else out, "out")
+        if len(outs) != len(sources):
+            raise ValueError(f"out has {len(outs)} tensors but tensors has {len(sources)}")
+        for p, (o, t) in enumerate(zip(outs, sources)):
+            check_like(o, t, f"out[{p}]", f"tensors[{p}]")
+    args.tensors, args.sources = outs, sources
+    return args
+
+
+def validate_perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *,
+                       key: int, offset: int, mean: Optional[torch.Tensor], mean_coeff: float,
+                       out: Optional[torch.Tensor]) -> PerturbArgs:
+    """Check every argument of ``perturbed``; raise TypeError/ValueError naming the culprit.
+
+    Returns the arguments of one out-of-place pass (decay 1) from ``tensor`` into ``out``, a new
+    tensor like ``tensor`` when None. Memory overlaps need data pointers: the op checks them on
+    the real tensors (:func:`pgap_kernels._checks.check_disjoint`), still before
+    anything is written.
+    """
+    tensor = check_tensor(tensor, "tensor")
+    seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
+    key = check_int(key, "key", 0, KEY_LIMIT)
+    offset = check_int(offset, "offset", 0, INDEX_LIMIT - tensor.numel())
+    if mean is not None:
+        check_like(mean, tensor, "mean", "tensor")
+    mean_coeff = _check_mean_coeff(mean_coeff, mean is not None)
+    if out is None:
+        out = torch.empty_like(tensor, memory_format=torch.contiguous_format)
+    else:
+        check_like(out, tensor, "out", "tensor")
+    return PerturbArgs([out], None if mean is None else [mean], seeds_l, coeffs_l, [key], [offset],
+                       1.0, mean_coeff, sources=[tensor])
+
+
+# -- the ops -----------------------------------------------------------------------------------
+
+
 def _run(backend: str, args: PerturbArgs) -> None:
     """Run ``backend`` ("" = the one chosen for the tensors' device now) on valid arguments."""
-    run_backend("perturb", "perturb_group", args.tensors[0].device, args, backend=backend)
+    run_backend(PERTURB, args.tensors[0].device, args, backend=backend)
 
 
 def _run_perturb(backend: str, args: PerturbArgs) -> None:
