@@ -7,7 +7,8 @@ from torch import nn
 
 import pgap
 import pgap_kernels as pk
-from pgap.seeds import derive_seed, fnv1a32, random_sign, splitmix64
+from pgap.seeds import (LOWRANK_PASSES, ROUNDING_STREAM, SEEDED_PASSES, RoundingPasses, derive_seed,
+                        fnv1a32, random_sign, splitmix64)
 from zo_problems import loss_of, mlp_problem, poisoned, teacher_problem, tiny_llama, weights
 
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-6}
@@ -18,6 +19,20 @@ TRAJECTORY_TOL = {"rtol": 1e-4, "atol": 5e-5}
 
 
 # -- keys and seeds ----------------------------------------------------------------------------
+def test_rounding_passes_are_named_and_cannot_share_an_index():
+    with pytest.raises(ValueError, match="'a' and 'b' share index 1"):
+        RoundingPasses(a=1, b=1)
+    with pytest.raises(ValueError, match="index must be an int >= 0"):
+        RoundingPasses(a=-1)
+    with pytest.raises(KeyError, match="no rounding pass 'merge'"):
+        SEEDED_PASSES.index("merge")
+    # the indices every trajectory recorded so far was rounded with
+    assert [SEEDED_PASSES.index(n) for n in SEEDED_PASSES] == [0, 1]
+    assert {n: LOWRANK_PASSES.index(n) for n in LOWRANK_PASSES} == {
+        "matrices": 0, "vectors": 1, "matrices_undecayed": 2, "vectors_undecayed": 3, "merge": 15}
+    assert LOWRANK_PASSES.seed(7, 3, "merge") == derive_seed(7, 3, ROUNDING_STREAM + 15)
+
+
 def test_fnv1a32_known_vectors():
     # FNV-1a 32-bit test vectors (Fowler/Noll/Vo reference)
     assert fnv1a32("") == 0x811C9DC5

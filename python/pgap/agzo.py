@@ -19,7 +19,7 @@ from .base import MODE_CHOICES, Closure, ZOOptimizer, resolve_mode
 from .distributed import ProcessGroup
 from .functional import SideState, eligible_modules
 from .params import DecayFilter, Trainable
-from .seeds import BASIS_STREAM, derive_seed
+from .seeds import BASIS_STREAM, LOWRANK_PASSES, derive_seed, group_pass
 
 OTHERS_CHOICES = ("gaussian", "frozen")
 
@@ -61,6 +61,8 @@ class AGZO(ZOOptimizer):
         functional for bf16/fp16 weights without weight decay, else in place.
     rounding : "stochastic" (default) or "nearest": how updates round into bf16/fp16 weights.
     """
+
+    rounding_passes = LOWRANK_PASSES
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, rank: int = 8,
                  refresh: int = 10, oversample: int = 4, first_iters: int = 2,
@@ -196,11 +198,11 @@ class AGZO(ZOOptimizer):
             decay, coeff = self.restore_update(g, bool(decays))
             self._subspace([i for i, b in enumerate(self.bases)
                             if decays is None or b.trainable.decays == decays], seed, coeff, decay,
-                           rounding=self.update_rounding(2 * i))
+                           rounding=self.update_rounding(group_pass("matrices", i)))
             decay, coeff = self.restore_update(g, bool(decays), carried=self.carried)
             if coeff != 0.0 or decay != 1.0:
                 self.perturb([t for t in self._others() if decays is None or t.decays == decays],
-                             [seed], [coeff], decay=decay, rounding=self.update_rounding(2 * i + 1))
+                             [seed], [coeff], decay=decay, rounding=self.update_rounding(group_pass("vectors", i)))
         if self._side is not None:
             self._side.coeff = 0.0
             for side in self._sides.values():

@@ -7,7 +7,7 @@ import math
 import signal
 import threading
 import warnings
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from .distributed import (LossReducer, ProcessGroup, check_same_on_all_ranks, fs
                           reshard, resolve_group)
 from .params import DecayFilter, Trainable, collect_trainable
 from .views import PerturbedViews
-from .seeds import PROBE_STREAM, ROUNDING_STREAM, STEP_STREAM, derive_seed
+from .seeds import PROBE_STREAM, STEP_STREAM, RoundingPasses, derive_seed
 
 LossValue = Union[torch.Tensor, float]
 Closure = Callable[[], Union[LossValue, Tuple[LossValue, float]]]
@@ -28,7 +28,6 @@ STATE_FORMAT = "pgap.optimizer/1"
 ROUNDING_CHOICES = ("stochastic", "nearest")
 MODE_CHOICES = ("auto", "inplace", "functional")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-MERGE_ROUNDING = 15  # update_rounding index of the side paths' merge (the update passes use 0..3)
 
 
 def resolve_mode(mode: str, trainables: Sequence[Trainable], side_paths: bool = False,
@@ -255,14 +254,16 @@ class ZOOptimizer(torch.optim.Optimizer):
                                   mean_coeff=mean_coeff if means is not None else 0.0,
                                   **(rounding or {}))
 
-    def update_rounding(self, index: int = 0) -> Dict[str, Any]:
-        """Keyword arguments of the kernels for update pass ``index`` of this step: stochastic
-        rounding into bf16/fp16 weights (``rounding="stochastic"``, the default) with its own
-        seed ``derive_seed(seed, step, ROUNDING_STREAM + index)``, or {} (round to nearest)."""
+    rounding_passes: ClassVar[RoundingPasses] = RoundingPasses()  # subclasses name their passes
+
+    def update_rounding(self, name: str) -> Dict[str, Any]:
+        """Keyword arguments of the kernels for update pass ``name`` (one of
+        :attr:`rounding_passes`) of this step: stochastic rounding into bf16/fp16 weights
+        (``rounding="stochastic"``, the default) with that pass's own seed, or {} (nearest)."""
         if self.rounding != "stochastic" or not self.low_precision:
             return {}
         return {"rounding": "stochastic",
-                "rounding_seed": derive_seed(self.seed, self.steps_done, ROUNDING_STREAM + index)}
+                "rounding_seed": self.rounding_passes.seed(self.seed, self.steps_done, name)}
 
     # -- perturbed views (functional modes): the weights never hold a perturbation ----------
     views: Optional[PerturbedViews] = None
@@ -435,7 +436,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         P-GAP and AGZO); a no-op otherwise. Call it on every rank before saving on one."""
         if self._side is not None:
             with self._kernels():
-                self._side.merge(self.update_rounding(MERGE_ROUNDING))
+                self._side.merge(self.update_rounding("merge"))
 
     # -- diagnostics -----------------------------------------------------------------------
     def diagnostics(self) -> Dict[str, Any]:

@@ -17,7 +17,8 @@ from .base import MODE_CHOICES, Closure, ZOOptimizer, resolve_mode
 from .functional import eligible_modules
 from .distributed import ProcessGroup
 from .params import DecayFilter, Trainable
-from .seeds import BASIS_STREAM, RSVD_STREAM, derive_seed, fnv1a32, random_sign
+from .seeds import (BASIS_STREAM, LOWRANK_PASSES, RSVD_STREAM, derive_seed, fnv1a32, group_pass,
+                    random_sign)
 from .subspace import (MatrixState, make_states, probe_operators, project_probe, set_probe_bases,
                        set_random_bases)
 
@@ -78,6 +79,8 @@ class PGAP(ZOOptimizer):
         directions: 0 freezes them, a small value (e.g. MeZO's lr / P-GAP's lr) keeps them
         MeZO-like.
     """
+
+    rounding_passes = LOWRANK_PASSES
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, rank: int = 8,
                  window: int = 100, probes: int = 10, probe_eps: Optional[float] = None,
@@ -359,10 +362,10 @@ class PGAP(ZOOptimizer):
         for i, decays in enumerate((True, False) if self.weight_decay > 0 else (None,)):
             decay, coeff = self.restore_update(g, bool(decays))
             self._lowrank([s for s in inplace if decays is None or s.trainable.decays == decays],
-                          coeff, decay, rounding=self.update_rounding(2 * i))
+                          coeff, decay, rounding=self.update_rounding(group_pass("matrices", i)))
             decay, coeff = self.restore_update(g, bool(decays), self.vector_lr_scale,
                                                carried=self.carried)
-            self._update_vectors(seed, coeff, decays, decay, self.update_rounding(2 * i + 1))
+            self._update_vectors(seed, coeff, decays, decay, self.update_rounding(group_pass("vectors", i)))
         if self._side is not None:
             self._side.coeff = 0.0
             for s in self._side.states:

@@ -17,6 +17,7 @@ from torch import nn
 
 from .base import Closure, ZOOptimizer, resolve_mode
 from .params import Trainable
+from .seeds import SEEDED_PASSES, group_pass
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class SeededZO(ZOOptimizer):
 
     _last: Optional[Combination] = None  # the last step's direction (diagnostics, state)
     has_mean = False  # directions with a stored mean μ (LDSD): _means returns tensors
+    rounding_passes = SEEDED_PASSES
 
     def __init__(self, model: nn.Module, *, mode: str = "auto", **kwargs) -> None:
         super().__init__(model, **kwargs)
@@ -156,7 +158,8 @@ class SeededZO(ZOOptimizer):
         for i, (decays, group) in enumerate(self.decay_groups()):
             decay, coeff = self.restore_update(g, decays, carried=self.carried)
             if coeff != 0.0 or decay != 1.0:
-                self.pass_(direction.scaled(coeff), decay, group, rounding=self.update_rounding(i))
+                self.pass_(direction.scaled(coeff), decay, group,
+                           rounding=self.update_rounding(group_pass("update", i)))
 
     # -- diagnostics -----------------------------------------------------------------------
     def last_direction(self) -> Dict[str, torch.Tensor]:
