@@ -17,7 +17,7 @@ from ._checks import check_choice, check_int, check_real
 from .activation import ActivationBasis, ActivationSketcher, make_bases, random_start
 from .base import MODE_CHOICES, Closure, ZOOptimizer, resolve_mode
 from .distributed import ProcessGroup
-from .functional import SideState, eligible_modules
+from .side_paths import SideState, eligible_modules
 from .params import DecayFilter, Trainable
 from .seeds import BASIS_STREAM, LOWRANK_PASSES, derive_seed, group_pass
 

@@ -15,7 +15,7 @@ from torch import nn
 import pgap_kernels
 
 from ._checks import check_choice, check_int, check_real
-from .functional import SidePath
+from .side_paths import SidePath
 from .distributed import (LossReducer, ProcessGroup, check_same_on_all_ranks, fsdp_modules,
                           reshard, resolve_group)
 from .params import DecayFilter, Trainable, collect_trainable

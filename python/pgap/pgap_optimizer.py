@@ -14,12 +14,12 @@ import pgap_kernels
 from ._checks import check_choice, check_int, check_real
 from .activation import ActivationBasis, ActivationSketcher, make_bases, random_start
 from .base import MODE_CHOICES, Closure, ZOOptimizer, resolve_mode
-from .functional import eligible_modules
+from .side_paths import eligible_modules
 from .distributed import ProcessGroup
 from .params import DecayFilter, Trainable
 from .seeds import (BASIS_STREAM, LOWRANK_PASSES, RSVD_STREAM, derive_seed, fnv1a32, group_pass,
                     random_sign)
-from .subspace import (MatrixState, make_states, probe_operators, project_probe, set_probe_bases,
+from .probe_bases import (MatrixState, make_states, probe_operators, project_probe, set_probe_bases,
                        set_random_bases)
 
 XI_CHOICES = ("per_matrix", "shared")

@@ -1,5 +1,6 @@
-"""Functional modes: W_eff = W + U (A + c Z) V^T applied as a rank-r side path of the forward
-(hooks on nn.Linear / nn.Embedding), so W is written only when the accumulated update is merged.
+"""Side paths (the functional modes of P-GAP and AGZO): W_eff = W + U (A + c Z) V^T applied as a
+rank-r side path of the forward (hooks on nn.Linear / nn.Embedding), so W is written only when
+the accumulated update is merged.
 P-GAP uses U (m x r), A and Z (r x r); AGZO uses no U (the identity: A and Z are m x r)."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 import pgap_kernels
 
 from .params import Trainable
-from .subspace import MatrixState
+from .probe_bases import MatrixState
 
 
 @dataclass
