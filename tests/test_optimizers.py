@@ -148,6 +148,23 @@ def test_lr_scheduler_moves_lr_and_state_keeps_it():
     assert opt2.lr == pytest.approx(0.25) and opt2.steps_done == 4
 
 
+def test_state_dict_runs_torch_hooks_registered_by_users():
+    model, closure = teacher_problem()
+    opt = pgap.MeZO(model, lr=0.5)
+    opt.step(closure)
+    seen = []
+    opt.register_state_dict_pre_hook(lambda o: seen.append("pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: seen.append(("post", sd["format"], sd["step"])))
+    state = opt.state_dict()
+    assert seen == ["pre", ("post", "pgap.optimizer/1", 1)]
+    assert state["param_groups"] == [{"lr": 0.5}]  # torch's "params" indices are not saved
+    opt2 = pgap.MeZO(teacher_problem()[0], lr=1.0)
+    opt2.register_load_state_dict_post_hook(lambda o: seen.append(("loaded", o.steps_done, o.lr)))
+    opt2.load_state_dict(state)
+    assert seen[-1] == ("loaded", 1, 0.5)
+    assert [len(g["params"]) for g in opt2.param_groups] == [len(opt2.trainables)]
+
+
 # -- determinism, resume, backends ---------------------------------------------------------------
 def _run(factory, make_opt, steps):
     model, closure = factory()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -12,22 +12,23 @@ from torch import nn
 import pgap_kernels
 
 from ._checks import check_choice, check_int, check_real
-from .activation import ActivationBasis, ActivationSketcher, make_bases, random_start
-from .base import MODE_CHOICES, Closure, ZOOptimizer, resolve_mode
-from .side_paths import eligible_modules
+from .activation import ActivationBasis
+from .base import Closure
 from .distributed import ProcessGroup
-from .params import DecayFilter, Trainable
-from .seeds import (BASIS_STREAM, LOWRANK_PASSES, RSVD_STREAM, derive_seed, fnv1a32, group_pass,
-                    random_sign)
+from .lowrank_zo import LowRankZO
+from .params import MODE_CHOICES, DecayFilter
 from .probe_bases import (MatrixState, make_states, probe_operators, project_probe, set_probe_bases,
-                       set_random_bases)
+                          set_random_bases)
+from .seeds import BASIS_STREAM, RSVD_STREAM, derive_seed, fnv1a32, random_sign
+from .side_paths import eligible_modules
+from .state import checked_state_tensors, field_tensors
 
 XI_CHOICES = ("per_matrix", "shared")
 SUBSPACE_CHOICES = ("probe", "random", "activation")
 SCALE_CHOICES = ("auto", "none", "subzero")
 
 
-class PGAP(ZOOptimizer):
+class PGAP(LowRankZO):
     """P-GAP: projected gradient-aligned perturbations.
 
     Every ``window`` steps (starting at step 0) a probe phase runs ``probes`` two-sided Gaussian
@@ -80,8 +81,6 @@ class PGAP(ZOOptimizer):
         MeZO-like.
     """
 
-    rounding_passes = LOWRANK_PASSES
-
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, rank: int = 8,
                  window: int = 100, probes: int = 10, probe_eps: Optional[float] = None,
                  delta: Union[float, Tuple[float, float]] = (2.0, 0.0),
@@ -111,17 +110,14 @@ class PGAP(ZOOptimizer):
         self.vector_lr_scale = check_real(vector_lr_scale, "vector_lr_scale", low=0.0)
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
-                         process_group=process_group, rounding=rounding)
-        self.mode = resolve_mode(mode, self.trainables, side_paths=True, weight_decay=self.weight_decay)
+                         process_group=process_group, rounding=rounding, mode=mode,
+                         vector_lr_scale=self.vector_lr_scale)
         self._eyes: Dict[int, torch.Tensor] = {}
-        self.activation: List[ActivationBasis] = []
-        self._sketcher: Optional[ActivationSketcher] = None
         if self.subspace == "activation":
             self._setup_activation(model)
         else:
             self.matrices: List[MatrixState] = make_states(self.trainables, self.rank, self.scale)
-        matrix_ids = {id(s.trainable.param) for s in self.matrices}
-        self.vectors: List[Trainable] = [t for t in self.trainables if id(t.param) not in matrix_ids]
+        self._split([s.trainable for s in self.matrices])
         if self.mode == "functional":
             self._setup_functional(model)
         self._rhos: List[float] = []
@@ -180,18 +176,8 @@ class PGAP(ZOOptimizer):
             raise ValueError('subspace="activation" needs scale="none"')
         if any(t.sharded for t in self.trainables):
             raise ValueError('subspace="activation" does not support sharded (FSDP2) parameters yet')
-        self.activation = make_bases(model, self.trainables, self.rank, oversample=0)
-        start = derive_seed(self.seed, 0, BASIS_STREAM)
-        for b in self.activation:
-            b.Q = random_start(b, start)
         self.matrices = [MatrixState(b.trainable, b.rank, 1.0, fnv1a32(b.name + "#Z"))
-                         for b in self.activation]
-        self._sketcher = ActivationSketcher(self.activation)
-
-    def set_token_mask(self, mask: Optional[torch.Tensor]) -> None:
-        """subspace="activation": padded tokens (mask 0) stay out of the activation bases."""
-        if self._sketcher is not None:
-            self._sketcher.set_token_mask(mask)
+                         for b in self._activation_bases(model, self.rank, oversample=0)]
 
     def _factors(self, s: MatrixState) -> Tuple[torch.Tensor, torch.Tensor]:
         """(left, middle) of P = left·middle·V^T: (U, Z), or (Z, I) when one-sided."""
@@ -214,33 +200,19 @@ class PGAP(ZOOptimizer):
                 s.functional, s.modules = True, mods
                 rows = s.shape[0] if self.one_sided else s.rank
                 s.A = torch.zeros(rows, s.rank, device=self.device)
-        self._attach_side_path(model, self.matrices)
-        self.attach_views(model, self.trainables)  # probes: all; the two-point pair: the vectors
-
-    def close(self) -> None:
-        """Merge and remove the functional-mode hooks (the model then runs without them) and the
-        activation sketches' hooks."""
-        if self._sketcher is not None:
-            self._sketcher.remove()
-        super().close()
+        # views of every trainable: the probes show them all; the two-point pair the vectors
+        self._attach_functional(model, self.matrices, self.trainables)
 
     # -- passes ----------------------------------------------------------------------------
-    def _inplace_matrices(self) -> List[MatrixState]:
-        return [s for s in self.matrices if not s.functional]
-
-    def _perturb_all(self, seeds: Sequence[int], coeffs: Sequence[float]) -> None:
+    def _perturb_all(self, seeds: List[int], coeffs: List[float]) -> None:
         """Full-dimensional Gaussian pass over every trainable parameter (probe phase; shown
         through the views in functional mode)."""
-        self.move(self.trainables, seeds, coeffs)
+        self._move(self.trainables, seeds, coeffs)
 
-    def _update_vectors(self, seed: int, coeff: float, decays: Optional[bool], decay: float,
-                        rounding: Dict[str, Any]) -> None:
-        if coeff != 0.0 or decay != 1.0:
-            self.perturb([t for t in self.vectors if decays is None or t.decays == decays], [seed],
-                         [coeff], decay=decay, rounding=rounding)
-
-    def _lowrank(self, states: Sequence[MatrixState], coeff: float, decay: float = 1.0,
-                 rounding: Optional[Dict[str, Any]] = None) -> None:
+    def _matrix_pass(self, decays: Optional[bool], seed: int, coeff: float, decay: float = 1.0,
+                     rounding: Optional[Dict[str, Any]] = None) -> None:
+        """W ← decay·W + coeff·left·middle·Vᵀ on the in-place matrices (``lowrank_perturb_``)."""
+        states = [s for s in self.matrices if not s.functional and (decays is None or s.trainable.decays == decays)]
         if states:
             factors = [self._factors(s) for s in states]
             extra = dict(rounding, keys=[s.trainable.key for s in states],
@@ -248,13 +220,6 @@ class PGAP(ZOOptimizer):
             pgap_kernels.lowrank_perturb_([s.trainable.local for s in states], [f[0] for f in factors],
                                           [f[1] for f in factors], [s.V for s in states],
                                           [coeff] * len(states), decay=decay, **extra)
-
-    def _apply(self, seed: int, coeff: float) -> None:
-        """θ += coeff·P: matrices in place or through the side path, the rest by perturb_."""
-        self._lowrank(self._inplace_matrices(), coeff)
-        if self._side is not None:
-            self._side.coeff += coeff
-        self.move(self.vectors, [seed], [coeff])
 
     # -- probe phase -----------------------------------------------------------------------
     def _probe(self, closure: Closure) -> List[int]:
@@ -286,12 +251,12 @@ class PGAP(ZOOptimizer):
     def _sketching(self):
         """Capture the activation sketches during the block and turn them into bases after it
         (subspace="activation"; otherwise nothing). On an exception the sketches are dropped."""
-        if self._sketcher is None:
+        if self.sketcher is None:
             yield
             return
-        with self._sketcher.capture():
+        with self.sketcher.capture():
             yield
-        self._sketcher.finish(self.reducer)
+        self.sketcher.finish(self.reducer)
 
     def _refresh(self, closure: Closure) -> None:
         """Start a window: merge (functional), probe, and set U, V, S_r of every matrix."""
@@ -302,7 +267,7 @@ class PGAP(ZOOptimizer):
         seeds = self._probe(closure) if self.uses_probes else []
         operators = probe_operators(self.matrices, seeds, self._rhos) if seeds else []
         if self.subspace == "activation":
-            for s, b, op in zip(self.matrices, self.activation, operators):
+            for s, b, op in zip(self.matrices, self.bases, operators):
                 s.V = b.V
                 s.S = (op @ b.V).contiguous()  # (1/h)·Σ rho_j·Xi_j·V, m × r, never m × n
         elif self.subspace == "probe":
@@ -355,38 +320,17 @@ class PGAP(ZOOptimizer):
                           delta=delta)
         return 0.5 * (plus + minus)
 
-    def _update(self, seed: int, g: float) -> None:
-        """From θ − ε·P to (1 − lr·wd)·θ − lr·g·P (functional matrices: A −= lr·g·Z)."""
-        inplace = self._inplace_matrices()
-        self.hide_views()
-        for i, decays in enumerate((True, False) if self.weight_decay > 0 else (None,)):
-            decay, coeff = self.restore_update(g, bool(decays))
-            self._lowrank([s for s in inplace if decays is None or s.trainable.decays == decays],
-                          coeff, decay, rounding=self.update_rounding(group_pass("matrices", i)))
-            decay, coeff = self.restore_update(g, bool(decays), self.vector_lr_scale,
-                                               carried=self.carried)
-            self._update_vectors(seed, coeff, decays, decay, self.update_rounding(group_pass("vectors", i)))
-        if self._side is not None:
-            self._side.coeff = 0.0
-            for s in self._side.states:
-                s.A.add_(s.Z, alpha=-self.lr * g)
-                s.accumulated = True
-
     # -- atomic steps ----------------------------------------------------------------------
     def _step_state(self) -> Dict[str, Any]:
         """Bases, S_r, Z (replaced, never mutated, before the update passes) and the window's
-        statistics; the side path's coefficient."""
-        return dict(super()._step_state(),
-                    matrices=[(s.U, s.V, s.S, s.Z) for s in self.matrices],
-                    activation=[(b.Q, b.V, b.sigma) for b in self.activation],
+        statistics (and, in LowRankZO, the activation bases)."""
+        return dict(super()._step_state(), matrices=[(s.U, s.V, s.S, s.Z) for s in self.matrices],
                     window=(self._rhos, self._window_diag, self._s_norms))
 
     def _restore_step_state(self, saved: Dict[str, Any]) -> None:
         super()._restore_step_state(saved)
         for s, (U, V, S, Z) in zip(self.matrices, saved["matrices"]):
             s.U, s.V, s.S, s.Z = U, V, S, Z
-        for b, (Q, V, sigma) in zip(self.activation, saved["activation"]):
-            b.Q, b.V, b.sigma, b.sketch = Q, V, sigma, None
         self._rhos, self._window_diag, self._s_norms = saved["window"]
 
     # -- diagnostics -----------------------------------------------------------------------
@@ -411,10 +355,7 @@ class PGAP(ZOOptimizer):
         for s in self.matrices:
             left, mid = self._factors(s)
             out[s.name] = left @ mid @ s.V.T
-        with self._kernels():
-            for t in self.vectors:
-                out[t.name] = pgap_kernels.gaussian(tuple(t.local.shape), seed, key=t.key,
-                                                    offset=t.offset, device=self.device)
+        out.update(self._vector_directions(seed))
         return {t.name: out[t.name] for t in self.trainables}
 
     def _alignment_extras(self, grads: Dict[str, torch.Tensor]) -> Dict[str, Any]:
@@ -433,9 +374,8 @@ class PGAP(ZOOptimizer):
 
     # -- state -----------------------------------------------------------------------------
     def _state_tensors(self) -> Dict[str, torch.Tensor]:
-        return dict(self.field_tensors(((s.name, s) for s in self.matrices), ("U", "V", "S", "Z")),
-                    **self.field_tensors(((f"{b.name}.activation", b) for b in self.activation),
-                                         ("Q", "sigma")))
+        return dict(field_tensors(((s.name, s) for s in self.matrices), ("U", "V", "S", "Z")),
+                    **field_tensors(((f"{b.name}.activation", b) for b in self.bases), ("Q", "sigma")))
 
     def _load_state_tensors(self, tensors: Dict[str, torch.Tensor]) -> None:
         shapes = {}
@@ -444,15 +384,15 @@ class PGAP(ZOOptimizer):
             left = m if self.one_sided else s.rank
             shapes.update({f"{s.name}.U": (m, s.rank), f"{s.name}.V": (n, s.rank),
                            f"{s.name}.S": (left, s.rank), f"{s.name}.Z": (left, s.rank)})
-        for b in self.activation:
+        for b in self.bases:
             shapes.update({f"{b.name}.activation.Q": (b.shape[1], b.rank),
                            f"{b.name}.activation.sigma": (b.rank,)})
-        loaded = self.checked_state_tensors(tensors, shapes)
+        loaded = checked_state_tensors(tensors, shapes, self.device)
         self.merge()
         for s in self.matrices:
             for f in ("U", "V", "S", "Z"):
                 setattr(s, f, loaded.get(f"{s.name}.{f}"))
-        for b, s in zip(self.activation, self.matrices):
+        for b, s in zip(self.bases, self.matrices):
             for f in ("Q", "sigma"):
                 if f"{b.name}.activation.{f}" in loaded:
                     setattr(b, f, loaded[f"{b.name}.activation.{f}"])
