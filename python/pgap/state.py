@@ -52,7 +52,7 @@ def from_pgap_state(opt, state: Dict[str, Any]) -> Dict[str, Any]:
     changed = {k: (v, mine.get(k)) for k, v in state["hyperparameters"].items() if mine.get(k) != v}
     if changed:
         warnings.warn(f"loading a state saved with other hyperparameters (saved, now): {changed}",
-                      stacklevel=4)
+                      stacklevel=5)
     opt._load_state_tensors(dict(state["tensors"]))
     opt._load_extra_state(dict(state["extra"]))
     groups = [dict(g, **saved) for g, saved in zip(_unpacked_groups(opt), state["param_groups"])]
