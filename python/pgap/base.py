@@ -16,7 +16,7 @@ from torch import nn
 import pgap_kernels
 
 from . import state as state_hooks
-from ._checks import check_choice, check_int, check_real
+from ._checks import check_backend, check_choice, check_int, check_real
 from .alignment import GradientAlignment
 from .distributed import LossReducer, ProcessGroup, check_same_on_all_ranks, fsdp_modules, reshard, resolve_group
 from .mechanism import Mechanism
@@ -102,7 +102,7 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         self.reducer: Optional[LossReducer] = LossReducer(group) if group is not None else None
         self._ranks_checked = False
         self._fsdp = fsdp_modules(model) if any(t.sharded for t in self.trainables) else []
-        self.backend = self._check_backend(backend)
+        self.backend = check_backend(backend, self.device)
         super().__init__([t.param for t in self.trainables], {"lr": lr})
         self.register_state_dict_pre_hook(state_hooks.before_state_dict)
         self.register_state_dict_post_hook(state_hooks.to_pgap_state)
@@ -116,16 +116,6 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         # set by a training loop (pgap.hf.ZOTrainer) that runs step(closure) itself and then
         # calls step() without a closure, which must do nothing
         self.external_loop = False
-
-    def _check_backend(self, backend: Optional[str]) -> Optional[str]:
-        if backend is None:
-            return None
-        status = pgap_kernels.backend_status(self.device)
-        if backend not in status:
-            raise ValueError(f"backend must be one of {sorted(status)} or None, got {backend!r}")
-        if status[backend] is not None:
-            raise ValueError(f"backend {backend!r} cannot run on {self.device}: {status[backend]}")
-        return backend
 
     @property
     def lr(self) -> float:
