@@ -18,7 +18,7 @@ from .activation import ActivationBasis
 from .base import Closure
 from .distributed import ProcessGroup
 from .lowrank_zo import LowRankZO
-from .params import MODE_CHOICES, DecayFilter
+from .params import MODE_CHOICES, DecayFilter, Trainable
 from .side_paths import SideState, eligible_modules
 from .state import checked_state_tensors, field_tensors
 
@@ -169,7 +169,8 @@ class AGZO(LowRankZO):
                                        offsets=[b.trainable.row_offset * b.rank for b in bases],
                                        decay=decay, **(rounding or {}))
 
-    def _perturbed_vectors(self):
+    def _perturbed_vectors(self) -> List[Trainable]:
+        """The vectors that move: all with others="gaussian", none when "frozen"."""
         return self.vectors if self.others == "gaussian" else []
 
     # -- the step --------------------------------------------------------------------------

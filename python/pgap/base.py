@@ -21,7 +21,7 @@ from .alignment import GradientAlignment
 from .distributed import LossReducer, ProcessGroup, check_same_on_all_ranks, fsdp_modules, reshard, resolve_group
 from .mechanism import Mechanism
 from .passes import SeededPasses
-from .params import LOW_PRECISION, MODE_CHOICES, DecayFilter, Trainable, collect_trainable, resolve_mode  # noqa: F401
+from .params import LOW_PRECISION, DecayFilter, Trainable, collect_trainable
 
 LossValue = Union[torch.Tensor, float]
 Closure = Callable[[], Union[LossValue, Tuple[LossValue, float]]]

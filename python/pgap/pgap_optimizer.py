@@ -12,7 +12,6 @@ from torch import nn
 import pgap_kernels
 
 from ._checks import check_choice, check_int, check_real
-from .activation import ActivationBasis
 from .base import Closure
 from .distributed import ProcessGroup
 from .params import MODE_CHOICES, DecayFilter

@@ -14,7 +14,6 @@ import pgap_kernels
 
 from .mechanism import Mechanism, RoundingFor
 from .params import Trainable
-from .probe_bases import MatrixState
 
 
 @dataclass
