@@ -148,6 +148,41 @@ def test_lr_scheduler_moves_lr_and_state_keeps_it():
     assert opt2.lr == pytest.approx(0.25) and opt2.steps_done == 4
 
 
+def test_attached_mechanisms_are_driven_by_the_step_protocol():
+    from pgap.mechanism import Mechanism
+
+    calls = []
+
+    class Recorder(Mechanism):
+        def forward_checked(self):
+            calls.append("checked")
+
+        def abort(self):
+            calls.append("abort")
+
+        def merge(self, rounding_for):
+            calls.append(("merge", rounding_for("update")))
+
+        def set_token_mask(self, mask):
+            calls.append(("mask", mask))
+
+        def close(self):
+            calls.append("close")
+
+    model, closure = mlp_problem()
+    opt = pgap.MeZO(model, lr=1e-2, mode="inplace")
+    opt.attach(Recorder())
+    opt.step(closure)
+    assert calls == ["checked"]  # after the first perturbed forward, once per step
+    with pytest.raises(pgap.NonFiniteLossError):
+        opt.step(lambda: torch.tensor(float("nan")))
+    assert calls == ["checked", "abort"]
+    opt.set_token_mask(None)
+    opt.close()
+    assert calls[2:] == [("mask", None), ("merge", {}), "close"]  # float32: no rounding arguments
+    assert opt.mechanisms == []
+
+
 def test_state_dict_runs_torch_hooks_registered_by_users():
     model, closure = teacher_problem()
     opt = pgap.MeZO(model, lr=0.5)
