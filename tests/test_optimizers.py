@@ -7,7 +7,8 @@ from torch import nn
 
 import pgap
 import pgap_kernels as pk
-from pgap.seeds import derive_seed, fnv1a32, random_sign, splitmix64
+from pgap.seeds import (LOWRANK_PASSES, ROUNDING_STREAM, SEEDED_PASSES, RoundingPasses, derive_seed,
+                        fnv1a32, random_sign, splitmix64)
 from zo_problems import loss_of, mlp_problem, poisoned, teacher_problem, tiny_llama, weights
 
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-6}
@@ -18,6 +19,20 @@ TRAJECTORY_TOL = {"rtol": 1e-4, "atol": 5e-5}
 
 
 # -- keys and seeds ----------------------------------------------------------------------------
+def test_rounding_passes_are_named_and_cannot_share_an_index():
+    with pytest.raises(ValueError, match="'a' and 'b' share index 1"):
+        RoundingPasses(a=1, b=1)
+    with pytest.raises(ValueError, match="index must be an int >= 0"):
+        RoundingPasses(a=-1)
+    with pytest.raises(KeyError, match="no rounding pass 'merge'"):
+        SEEDED_PASSES.index("merge")
+    # the indices every trajectory recorded so far was rounded with
+    assert [SEEDED_PASSES.index(n) for n in SEEDED_PASSES] == [0, 1]
+    assert {n: LOWRANK_PASSES.index(n) for n in LOWRANK_PASSES} == {
+        "matrices": 0, "vectors": 1, "matrices_undecayed": 2, "vectors_undecayed": 3, "merge": 15}
+    assert LOWRANK_PASSES.seed(7, 3, "merge") == derive_seed(7, 3, ROUNDING_STREAM + 15)
+
+
 def test_fnv1a32_known_vectors():
     # FNV-1a 32-bit test vectors (Fowler/Noll/Vo reference)
     assert fnv1a32("") == 0x811C9DC5
@@ -131,6 +146,58 @@ def test_lr_scheduler_moves_lr_and_state_keeps_it():
     opt2 = pgap.MeZO(teacher_problem()[0], lr=1.0)
     opt2.load_state_dict(state)
     assert opt2.lr == pytest.approx(0.25) and opt2.steps_done == 4
+
+
+def test_attached_mechanisms_are_driven_by_the_step_protocol():
+    from pgap.mechanism import Mechanism
+
+    calls = []
+
+    class Recorder(Mechanism):
+        def forward_checked(self):
+            calls.append("checked")
+
+        def abort(self):
+            calls.append("abort")
+
+        def merge(self, rounding_for):
+            calls.append(("merge", rounding_for("update")))
+
+        def set_token_mask(self, mask):
+            calls.append(("mask", mask))
+
+        def close(self):
+            calls.append("close")
+
+    model, closure = mlp_problem()
+    opt = pgap.MeZO(model, lr=1e-2, mode="inplace")
+    opt.attach(Recorder())
+    opt.step(closure)
+    assert calls == ["checked"]  # after the first perturbed forward, once per step
+    with pytest.raises(pgap.NonFiniteLossError):
+        opt.step(lambda: torch.tensor(float("nan")))
+    assert calls == ["checked", "abort"]
+    opt.set_token_mask(None)
+    opt.close()
+    assert calls[2:] == [("mask", None), ("merge", {}), "close"]  # float32: no rounding arguments
+    assert opt.mechanisms == []
+
+
+def test_state_dict_runs_torch_hooks_registered_by_users():
+    model, closure = teacher_problem()
+    opt = pgap.MeZO(model, lr=0.5)
+    opt.step(closure)
+    seen = []
+    opt.register_state_dict_pre_hook(lambda o: seen.append("pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: seen.append(("post", sd["format"], sd["step"])))
+    state = opt.state_dict()
+    assert seen == ["pre", ("post", "pgap.optimizer/1", 1)]
+    assert state["param_groups"] == [{"lr": 0.5}]  # torch's "params" indices are not saved
+    opt2 = pgap.MeZO(teacher_problem()[0], lr=1.0)
+    opt2.register_load_state_dict_post_hook(lambda o: seen.append(("loaded", o.steps_done, o.lr)))
+    opt2.load_state_dict(state)
+    assert seen[-1] == ("loaded", 1, 0.5)
+    assert [len(g["params"]) for g in opt2.param_groups] == [len(opt2.trainables)]
 
 
 # -- determinism, resume, backends ---------------------------------------------------------------

@@ -23,7 +23,8 @@ from .guided import MeZOGreedy, MeZOGV
 from .ldsd import LDSD
 from .mezo import MeZO
 from .params import mezo_decay_rule, pgap_decay_rule
-from .pgap_optimizer import PGAP, SubZero
+from .pgap_optimizer import PGAP
+from .subzero import SubZero
 from .seeds import derive_seed, fnv1a32, name_keys
 
 __version__ = "0.1.0"

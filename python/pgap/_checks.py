@@ -5,6 +5,10 @@ import math
 import numbers
 from typing import Iterable, Optional
 
+import torch
+
+import pgap_kernels
+
 
 def check_real(value: object, name: str, *, low: Optional[float] = None, strict: bool = False) -> float:
     """A finite real number, optionally ``> low`` (strict) or ``>= low``."""
@@ -35,3 +39,15 @@ def check_choice(value: object, name: str, choices: Iterable[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def check_backend(backend: Optional[str], device: torch.device) -> Optional[str]:
+    """None, or a pgap_kernels backend that can run on ``device``."""
+    if backend is None:
+        return None
+    status = pgap_kernels.backend_status(device)
+    if backend not in status:
+        raise ValueError(f"backend must be one of {sorted(status)} or None, got {backend!r}")
+    if status[backend] is not None:
+        raise ValueError(f"backend {backend!r} cannot run on {device}: {status[backend]}")
+    return backend

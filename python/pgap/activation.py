@@ -30,6 +30,7 @@ from torch import nn
 import pgap_kernels
 
 from .distributed import LossReducer
+from .mechanism import Mechanism
 from .params import Trainable
 from .seeds import fnv1a32
 
@@ -107,7 +108,7 @@ def canonical_signs(u: torch.Tensor) -> torch.Tensor:
     return u * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
-class ActivationSketcher:
+class ActivationSketcher(Mechanism):
     """Forward pre-hooks that feed the bases' sketches while :meth:`capture` is active.
 
     ``token_mask`` (set with :meth:`set_token_mask`): a (batch, seq) mask; a hook input shaped
@@ -190,7 +191,7 @@ class ActivationSketcher:
             b.sketch = None
         return changed
 
-    def remove(self) -> None:
+    def close(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()

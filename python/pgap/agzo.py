@@ -14,17 +14,18 @@ from torch import nn
 import pgap_kernels
 
 from ._checks import check_choice, check_int, check_real
-from .activation import ActivationBasis, ActivationSketcher, make_bases, random_start
-from .base import MODE_CHOICES, Closure, ZOOptimizer, resolve_mode
+from .activation import ActivationBasis
+from .base import Closure
 from .distributed import ProcessGroup
-from .functional import SideState, eligible_modules
-from .params import DecayFilter, Trainable
-from .seeds import BASIS_STREAM, derive_seed
+from .lowrank_zo import LowRankZO
+from .params import MODE_CHOICES, DecayFilter, Trainable
+from .side_paths import SideState, eligible_modules
+from .state import checked_state_tensors, field_tensors
 
 OTHERS_CHOICES = ("gaussian", "frozen")
 
 
-class AGZO(ZOOptimizer):
+class AGZO(LowRankZO):
     """Activation-guided ZO-SGD.
 
     Every matrix W (m × n) that an ``nn.Linear`` uses as its weight (a tied ``lm_head``
@@ -78,16 +79,8 @@ class AGZO(ZOOptimizer):
         check_choice(mode, "mode", MODE_CHOICES)
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
-                         process_group=process_group, rounding=rounding)
-        self.mode = resolve_mode(mode, self.trainables, side_paths=True, weight_decay=self.weight_decay)
-        self.bases: List[ActivationBasis] = make_bases(model, self.trainables, self.rank,
-                                                       self.oversample)
-        start = derive_seed(self.seed, 0, BASIS_STREAM)
-        for b in self.bases:
-            b.Q = random_start(b, start)
-        in_basis = {id(b.trainable.param) for b in self.bases}
-        self.vectors: List[Trainable] = [t for t in self.trainables if id(t.param) not in in_basis]
-        self.sketcher = ActivationSketcher(self.bases)
+                         process_group=process_group, rounding=rounding, mode=mode)
+        self._split([b.trainable for b in self._activation_bases(model, self.rank, self.oversample)])
         self._directions: List[torch.Tensor] = []
         self._refresh_diag: Dict[str, Any] = {}
         self._sides: Dict[int, SideState] = {}  # basis index -> its side-path state
@@ -99,15 +92,9 @@ class AGZO(ZOOptimizer):
                     oversample=self.oversample, first_iters=self.first_iters, others=self.others,
                     sigma_power=self.sigma_power, mode=self.mode)
 
-    def set_token_mask(self, mask: Optional[torch.Tensor]) -> None:
-        """The (batch, seq) attention mask of the next step's batch: padded tokens (mask 0) are
-        left out of the activation sketches. None: every token counts."""
-        self.sketcher.set_token_mask(mask)
-
     def close(self) -> None:
         """Merge (functional mode) and remove every hook: the sketches (the optimizer cannot
         refresh its bases afterwards) and the side paths (the model then runs without them)."""
-        self.sketcher.remove()
         super().close()
         self._sides = {}
 
@@ -120,9 +107,7 @@ class AGZO(ZOOptimizer):
                 m = b.shape[0]
                 self._sides[i] = SideState(b.trainable, None, torch.zeros(m, b.rank, device=self.device),
                                            modules=mods)
-        self._attach_side_path(model, list(self._sides.values()))
-        if self._others():
-            self.attach_views(model, self._others())
+        self._attach_functional(model, list(self._sides.values()), self._perturbed_vectors())
 
     def _set_directions(self) -> None:
         """B of every basis, also as the side paths' right factor (merge before calling)."""
@@ -165,6 +150,12 @@ class AGZO(ZOOptimizer):
         return step <= self.first_iters or (self.refresh > 0 and step % self.refresh == 0)
 
     # -- passes ----------------------------------------------------------------------------
+    def _matrix_pass(self, decays: Optional[bool], seed: int, coeff: float, decay: float = 1.0,
+                     rounding: Optional[Dict[str, Any]] = None) -> None:
+        """W ← decay·W + coeff·Ξ·Bᵀ on the in-place basis matrices (``subspace_perturb_``)."""
+        self._subspace([i for i, b in enumerate(self.bases) if decays is None or b.trainable.decays == decays],
+                       seed, coeff, decay, rounding)
+
     def _subspace(self, indices: Sequence[int], seed: int, coeff: float, decay: float = 1.0,
                   rounding: Optional[Dict[str, Any]] = None) -> None:
         """θ ← decay·θ + coeff·Ξ·Bᵀ on the in-place basis matrices among ``indices``."""
@@ -178,34 +169,9 @@ class AGZO(ZOOptimizer):
                                        offsets=[b.trainable.row_offset * b.rank for b in bases],
                                        decay=decay, **(rounding or {}))
 
-    def _others(self) -> List[Trainable]:
+    def _perturbed_vectors(self) -> List[Trainable]:
+        """The vectors that move: all with others="gaussian", none when "frozen"."""
         return self.vectors if self.others == "gaussian" else []
-
-    def _apply(self, seed: int, coeff: float) -> None:
-        """θ += coeff·P over every perturbed parameter (functional matrices: the side path)."""
-        self._subspace(range(len(self.bases)), seed, coeff)
-        if self._side is not None:
-            self._side.coeff += coeff
-        self.move(self._others(), [seed], [coeff])
-
-    def _update(self, seed: int, g: float) -> None:
-        """From θ − ε·P to (1 − lr·wd)·θ − lr·g·P, one pass per weight-decay group (the other
-        parameters hold no ε·P when they have views)."""
-        self.hide_views()
-        for i, decays in enumerate((True, False) if self.weight_decay > 0 else (None,)):
-            decay, coeff = self.restore_update(g, bool(decays))
-            self._subspace([i for i, b in enumerate(self.bases)
-                            if decays is None or b.trainable.decays == decays], seed, coeff, decay,
-                           rounding=self.update_rounding(2 * i))
-            decay, coeff = self.restore_update(g, bool(decays), carried=self.carried)
-            if coeff != 0.0 or decay != 1.0:
-                self.perturb([t for t in self._others() if decays is None or t.decays == decays],
-                             [seed], [coeff], decay=decay, rounding=self.update_rounding(2 * i + 1))
-        if self._side is not None:
-            self._side.coeff = 0.0
-            for side in self._sides.values():
-                side.A.add_(side.Z, alpha=-self.lr * g)
-                side.accumulated = True
 
     # -- the step --------------------------------------------------------------------------
     def _step(self, closure: Closure) -> float:
@@ -231,16 +197,13 @@ class AGZO(ZOOptimizer):
 
     # -- atomic steps ----------------------------------------------------------------------
     def _step_state(self) -> Dict[str, Any]:
-        """Bases and directions (replaced, never mutated, before the update passes), the
-        refresh statistics, the side paths' Ξ."""
-        return dict(super()._step_state(), bases=[(b.Q, b.V, b.sigma) for b in self.bases],
-                    directions=list(self._directions), refresh=dict(self._refresh_diag),
-                    xi={i: side.Z for i, side in self._sides.items()})
+        """Directions (replaced, never mutated, before the update passes), the refresh
+        statistics, the side paths' Ξ (and, in LowRankZO, the bases)."""
+        return dict(super()._step_state(), directions=list(self._directions),
+                    refresh=dict(self._refresh_diag), xi={i: side.Z for i, side in self._sides.items()})
 
     def _restore_step_state(self, saved: Dict[str, Any]) -> None:
         super()._restore_step_state(saved)
-        for b, (Q, V, sigma) in zip(self.bases, saved["bases"]):
-            b.Q, b.V, b.sigma, b.sketch = Q, V, sigma, None
         self._directions = saved["directions"]
         self._refresh_diag = saved["refresh"]
         for i, side in self._sides.items():
@@ -251,18 +214,13 @@ class AGZO(ZOOptimizer):
         if self.steps_done == 0 or not self._directions:
             raise RuntimeError("no step taken yet")
         seed = self.step_seed(self.steps_done - 1)
-        out: Dict[str, torch.Tensor] = {}
+        out = self._vector_directions(seed)
         with self._kernels():
             for b, B in zip(self.bases, self._directions):
                 m = b.trainable.local.shape[0]
                 xi = pgap_kernels.gaussian((m, b.rank), seed, key=b.trainable.key,
                                            offset=b.trainable.row_offset * b.rank, device=self.device)
                 out[b.name] = xi @ B.T
-            for t in self.vectors:
-                out[t.name] = (pgap_kernels.gaussian(tuple(t.local.shape), seed, key=t.key,
-                                                     offset=t.offset, device=self.device)
-                               if self.others == "gaussian" else
-                               torch.zeros(t.local.shape, device=self.device))
         return {t.name: out[t.name] for t in self.trainables}
 
     def _alignment_extras(self, grads: Dict[str, torch.Tensor]) -> Dict[str, Any]:
@@ -277,7 +235,7 @@ class AGZO(ZOOptimizer):
 
     # -- state -----------------------------------------------------------------------------
     def _state_tensors(self) -> Dict[str, torch.Tensor]:
-        return self.field_tensors(((b.name, b) for b in self.bases), ("Q", "V", "sigma"))
+        return field_tensors(((b.name, b) for b in self.bases), ("Q", "V", "sigma"))
 
     def _load_state_tensors(self, tensors: Dict[str, torch.Tensor]) -> None:
         shapes = {}
@@ -285,7 +243,7 @@ class AGZO(ZOOptimizer):
             n = b.shape[1]
             shapes.update({f"{b.name}.Q": (n, b.width), f"{b.name}.V": (n, b.rank),
                            f"{b.name}.sigma": (b.width,)})
-        loaded = self.checked_state_tensors(tensors, shapes)
+        loaded = checked_state_tensors(tensors, shapes, self.device)
         for b in self.bases:
             for f in ("Q", "V", "sigma"):
                 if f"{b.name}.{f}" in loaded:

@@ -12,6 +12,7 @@ from .base import Closure
 from .distributed import ProcessGroup
 from .params import DecayFilter, Trainable
 from .seeded import Combination, SeededZO
+from .seeds import group_pass
 
 BASE_CHOICES = ("sgd", "momentum")
 
@@ -118,7 +119,7 @@ class LDSD(SeededZO):
             if self.lr == 0.0 and decay == 1.0:
                 continue
             self.perturb(group, [], [], decay=decay, means=[self.buf[t.name] for t in group],
-                         mean_coeff=-self.lr, rounding=self.update_rounding(i))
+                         mean_coeff=-self.lr, rounding=self.update_rounding(group_pass("update", i)))
 
     def _update_mu(self, seeds: List[int], losses: List[float]) -> None:
         """μ ← μ − (lr_mu/(k·σ))·Σ_i c_i·ξ_i with leave-one-out c_i, ξ_i = probe i's draws."""

@@ -12,7 +12,8 @@ from .firstorder import FIRST_ORDER
 from .guided import MeZOGreedy, MeZOGV
 from .ldsd import LDSD
 from .mezo import MeZO
-from .pgap_optimizer import PGAP, SubZero
+from .pgap_optimizer import PGAP
+from .subzero import SubZero
 
 METHODS = {"mezo": MeZO, "pgap": PGAP, "mezo-gv": MeZOGV, "mezo-greedy": MeZOGreedy, "ldsd": LDSD,
            "agzo": AGZO, "subzero": SubZero}

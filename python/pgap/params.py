@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ._checks import check_choice
 from .seeds import name_keys
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 DecayFilter = Callable[[str, torch.Tensor], bool]
+MODE_CHOICES = ("auto", "inplace", "functional")
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True)
@@ -138,3 +141,17 @@ def collect_trainable(model: nn.Module, decay_filter: Optional[DecayFilter] = No
         raise ValueError(f"trainable parameters lie on several devices {sorted(map(str, devices))}; "
                          "pgap optimizers need them on one device")
     return found
+
+
+def resolve_mode(mode: str, trainables: Sequence[Trainable], side_paths: bool = False,
+                 weight_decay: float = 0.0, sharded_ok: bool = False) -> str:
+    """"inplace" or "functional" for ``mode`` ("auto": functional when a trainable parameter is
+    bf16/fp16, unless one is FSDP2-sharded and the optimizer is not ``sharded_ok``, or the
+    optimizer has low-rank ``side_paths`` and weight decay; else in place)."""
+    mode = check_choice(mode, "mode", MODE_CHOICES)
+    if mode != "auto":
+        return mode
+    low = any(t.param.dtype in LOW_PRECISION for t in trainables)
+    blocked = ((not sharded_ok and any(t.sharded for t in trainables)) or
+               (side_paths and weight_decay > 0))
+    return "functional" if low and not blocked else "inplace"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -12,21 +12,19 @@ from torch import nn
 import pgap_kernels
 
 from ._checks import check_choice, check_int, check_real
-from .activation import ActivationBasis, ActivationSketcher, make_bases, random_start
-from .base import MODE_CHOICES, Closure, ZOOptimizer, resolve_mode
-from .functional import eligible_modules
+from .base import Closure
 from .distributed import ProcessGroup
-from .params import DecayFilter, Trainable
+from .params import MODE_CHOICES, DecayFilter
+from .probe_bases import MatrixState, probe_operators, project_probe, set_probe_bases, set_random_bases
 from .seeds import BASIS_STREAM, RSVD_STREAM, derive_seed, fnv1a32, random_sign
-from .subspace import (MatrixState, make_states, probe_operators, project_probe, set_probe_bases,
-                       set_random_bases)
+from .windowed import WindowedLowRankZO
 
 XI_CHOICES = ("per_matrix", "shared")
 SUBSPACE_CHOICES = ("probe", "random", "activation")
 SCALE_CHOICES = ("auto", "none", "subzero")
 
 
-class PGAP(ZOOptimizer):
+class PGAP(WindowedLowRankZO):
     """P-GAP: projected gradient-aligned perturbations.
 
     Every ``window`` steps (starting at step 0) a probe phase runs ``probes`` two-sided Gaussian
@@ -108,22 +106,9 @@ class PGAP(ZOOptimizer):
         self.vector_lr_scale = check_real(vector_lr_scale, "vector_lr_scale", low=0.0)
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
-                         process_group=process_group, rounding=rounding)
-        self.mode = resolve_mode(mode, self.trainables, side_paths=True, weight_decay=self.weight_decay)
-        self._eyes: Dict[int, torch.Tensor] = {}
-        self.activation: List[ActivationBasis] = []
-        self._sketcher: Optional[ActivationSketcher] = None
-        if self.subspace == "activation":
-            self._setup_activation(model)
-        else:
-            self.matrices: List[MatrixState] = make_states(self.trainables, self.rank, self.scale)
-        matrix_ids = {id(s.trainable.param) for s in self.matrices}
-        self.vectors: List[Trainable] = [t for t in self.trainables if id(t.param) not in matrix_ids]
-        if self.mode == "functional":
-            self._setup_functional(model)
-        self._rhos: List[float] = []
-        self._window_diag: Dict[str, Any] = {}
-        self._s_norms: Dict[str, float] = {}
+                         process_group=process_group, rounding=rounding, mode=mode,
+                         vector_lr_scale=self.vector_lr_scale, rank=self.rank, window=self.window,
+                         scale=self.scale)
 
     # -- options ---------------------------------------------------------------------------
     @staticmethod
@@ -172,86 +157,22 @@ class PGAP(ZOOptimizer):
         """True when U is the identity (subspace="activation"): S, Z and A are m × r."""
         return self.subspace == "activation"
 
-    def _setup_activation(self, model: nn.Module) -> None:
+    def _make_matrices(self, model: nn.Module) -> List[MatrixState]:
+        """subspace="activation": one state per activation basis (V from the sketches, U = I)."""
+        if self.subspace != "activation":
+            return super()._make_matrices(model)
         if self.scale != "none":
             raise ValueError('subspace="activation" needs scale="none"')
         if any(t.sharded for t in self.trainables):
             raise ValueError('subspace="activation" does not support sharded (FSDP2) parameters yet')
-        self.activation = make_bases(model, self.trainables, self.rank, oversample=0)
-        start = derive_seed(self.seed, 0, BASIS_STREAM)
-        for b in self.activation:
-            b.Q = random_start(b, start)
-        self.matrices = [MatrixState(b.trainable, b.rank, 1.0, fnv1a32(b.name + "#Z"))
-                         for b in self.activation]
-        self._sketcher = ActivationSketcher(self.activation)
-
-    def set_token_mask(self, mask: Optional[torch.Tensor]) -> None:
-        """subspace="activation": padded tokens (mask 0) stay out of the activation bases."""
-        if self._sketcher is not None:
-            self._sketcher.set_token_mask(mask)
-
-    def _factors(self, s: MatrixState) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(left, middle) of P = left·middle·V^T: (U, Z), or (Z, I) when one-sided."""
-        if self.one_sided:
-            return s.Z, self._eye(s.rank)
-        return s.U, s.Z
-
-    def _eye(self, r: int) -> torch.Tensor:
-        """The r × r identity on the device, made once per r."""
-        if r not in self._eyes:
-            self._eyes[r] = torch.eye(r, device=self.device)
-        return self._eyes[r]
-
-    # -- functional mode -------------------------------------------------------------------
-    def _setup_functional(self, model: nn.Module) -> None:
-        users = eligible_modules(model, self.matrices)
-        for s in self.matrices:
-            mods = users.get(id(s.trainable.param))
-            if mods:
-                s.functional, s.modules = True, mods
-                rows = s.shape[0] if self.one_sided else s.rank
-                s.A = torch.zeros(rows, s.rank, device=self.device)
-        self._attach_side_path(model, self.matrices)
-        self.attach_views(model, self.trainables)  # probes: all; the two-point pair: the vectors
-
-    def close(self) -> None:
-        """Merge and remove the functional-mode hooks (the model then runs without them) and the
-        activation sketches' hooks."""
-        if self._sketcher is not None:
-            self._sketcher.remove()
-        super().close()
+        return [MatrixState(b.trainable, b.rank, 1.0, fnv1a32(b.name + "#Z"))
+                for b in self._activation_bases(model, self.rank, oversample=0)]
 
     # -- passes ----------------------------------------------------------------------------
-    def _inplace_matrices(self) -> List[MatrixState]:
-        return [s for s in self.matrices if not s.functional]
-
-    def _perturb_all(self, seeds: Sequence[int], coeffs: Sequence[float]) -> None:
+    def _perturb_all(self, seeds: List[int], coeffs: List[float]) -> None:
         """Full-dimensional Gaussian pass over every trainable parameter (probe phase; shown
         through the views in functional mode)."""
-        self.move(self.trainables, seeds, coeffs)
-
-    def _update_vectors(self, seed: int, coeff: float, decays: Optional[bool], decay: float,
-                        rounding: Dict[str, Any]) -> None:
-        if coeff != 0.0 or decay != 1.0:
-            self.perturb([t for t in self.vectors if decays is None or t.decays == decays], [seed],
-                         [coeff], decay=decay, rounding=rounding)
-
-    def _lowrank(self, states: Sequence[MatrixState], coeff: float, decay: float = 1.0,
-                 rounding: Optional[Dict[str, Any]] = None) -> None:
-        if states:
-            factors = [self._factors(s) for s in states]
-            extra = dict(rounding, keys=[s.trainable.key for s in states],
-                         offsets=[s.trainable.offset for s in states]) if rounding else {}
-            pgap_kernels.lowrank_perturb_([s.trainable.local for s in states], [f[0] for f in factors],
-                                          [f[1] for f in factors], [s.V for s in states],
-                                          [coeff] * len(states), decay=decay, **extra)
-
-    def _apply(self, seed: int, coeff: float) -> None:
-        """θ += coeff·P: matrices in place or through the side path, the rest by perturb_."""
-        self._lowrank(self._inplace_matrices(), coeff)
-        if self._side is not None:
-            self._side.coeff += coeff
-        self.move(self.vectors, [seed], [coeff])
+        self._move(self.trainables, seeds, coeffs)
 
     # -- probe phase -----------------------------------------------------------------------
     def _probe(self, closure: Closure) -> List[int]:
@@ -283,12 +204,12 @@ class PGAP(ZOOptimizer):
     def _sketching(self):
         """Capture the activation sketches during the block and turn them into bases after it
         (subspace="activation"; otherwise nothing). On an exception the sketches are dropped."""
-        if self._sketcher is None:
+        if self.sketcher is None:
             yield
             return
-        with self._sketcher.capture():
+        with self.sketcher.capture():
             yield
-        self._sketcher.finish(self.reducer)
+        self.sketcher.finish(self.reducer)
 
     def _refresh(self, closure: Closure) -> None:
         """Start a window: merge (functional), probe, and set U, V, S_r of every matrix."""
@@ -299,7 +220,7 @@ class PGAP(ZOOptimizer):
         seeds = self._probe(closure) if self.uses_probes else []
         operators = probe_operators(self.matrices, seeds, self._rhos) if seeds else []
         if self.subspace == "activation":
-            for s, b, op in zip(self.matrices, self.activation, operators):
+            for s, b, op in zip(self.matrices, self.bases, operators):
                 s.V = b.V
                 s.S = (op @ b.V).contiguous()  # (1/h)·Σ rho_j·Xi_j·V, m × r, never m × n
         elif self.subspace == "probe":
@@ -310,109 +231,26 @@ class PGAP(ZOOptimizer):
             set_random_bases(self.matrices, derive_seed(self.seed, step, BASIS_STREAM))
             if operators:
                 project_probe(self.matrices, operators, self.reducer)
-        norms = torch.stack([torch.linalg.matrix_norm(s.S) for s in self.matrices]).tolist()
-        self._window_diag["window_start"] = step
-        self._s_norms = {s.name: v for s, v in zip(self.matrices, norms)}
+        self._window_started(step)
+
+    def _aligned(self, z0: torch.Tensor, idx: List[int], seed: int) -> torch.Tensor:
+        """Z = aligned_perturbation(Z0, S_r, xi, delta_t) when ``align`` (else Z0)."""
+        if not self.align:
+            return z0
+        shared = random_sign(seed)
+        xi = torch.tensor([shared if self.xi == "shared" else
+                           random_sign(seed, self.matrices[i].trainable.key) for i in idx], device=self.device)
+        S = torch.stack([self.matrices[i].S for i in idx])
+        return pgap_kernels.aligned_perturbation(z0, S, xi, self.delta_at(self.steps_done))
 
     # -- the step --------------------------------------------------------------------------
-    def _directions(self, seed: int, delta: float) -> None:
-        """Set each matrix's Z = scale·aligned(Z0) for the step with ``seed`` (batched per r)."""
-        if not self.matrices:
-            return
-        dev = self.device
-        Z0 = [torch.empty(s.shape[0] if self.one_sided else s.rank, s.rank, device=dev)
-              for s in self.matrices]
-        pgap_kernels.perturb_(Z0, seed, 1.0, keys=[s.z_key for s in self.matrices], decay=0.0)
-        by_rank: Dict[tuple, List[int]] = {}
-        for i, s in enumerate(self.matrices):
-            by_rank.setdefault(tuple(Z0[i].shape), []).append(i)
-        for idx in by_rank.values():
-            z0 = torch.stack([Z0[i] for i in idx])
-            if self.align:
-                shared = random_sign(seed)
-                xi = torch.tensor([shared if self.xi == "shared" else
-                                   random_sign(seed, self.matrices[i].trainable.key) for i in idx],
-                                  device=dev)
-                S = torch.stack([self.matrices[i].S for i in idx])
-                z0 = pgap_kernels.aligned_perturbation(z0, S, xi, delta)
-            for j, i in enumerate(idx):
-                self.matrices[i].Z = (z0[j] * self.matrices[i].scale).contiguous()
-
     def _step(self, closure: Closure) -> float:
         if self.steps_done % self.window == 0:
             self._refresh(closure)
         seed = self.step_seed()
         delta = self.delta_at(self.steps_done)
-        self._directions(seed, delta)
-        plus, minus = self.two_point(closure, lambda c: self._apply(seed, c), self.eps)
-        g = (plus - minus) / (2.0 * self.eps)
-        with self.committing():
-            self._update(seed, g)
-        self._diag = dict(self._window_diag, loss_plus=plus, loss_minus=minus, projected_grad=g,
-                          delta=delta)
-        return 0.5 * (plus + minus)
-
-    def _update(self, seed: int, g: float) -> None:
-        """From θ − ε·P to (1 − lr·wd)·θ − lr·g·P (functional matrices: A −= lr·g·Z)."""
-        inplace = self._inplace_matrices()
-        self.hide_views()
-        for i, decays in enumerate((True, False) if self.weight_decay > 0 else (None,)):
-            decay, coeff = self.restore_update(g, bool(decays))
-            self._lowrank([s for s in inplace if decays is None or s.trainable.decays == decays],
-                          coeff, decay, rounding=self.update_rounding(2 * i))
-            decay, coeff = self.restore_update(g, bool(decays), self.vector_lr_scale,
-                                               carried=self.carried)
-            self._update_vectors(seed, coeff, decays, decay, self.update_rounding(2 * i + 1))
-        if self._side is not None:
-            self._side.coeff = 0.0
-            for s in self._side.states:
-                s.A.add_(s.Z, alpha=-self.lr * g)
-                s.accumulated = True
-
-    # -- atomic steps ----------------------------------------------------------------------
-    def _step_state(self) -> Dict[str, Any]:
-        """Bases, S_r, Z (replaced, never mutated, before the update passes) and the window's
-        statistics; the side path's coefficient."""
-        return dict(super()._step_state(),
-                    matrices=[(s.U, s.V, s.S, s.Z) for s in self.matrices],
-                    activation=[(b.Q, b.V, b.sigma) for b in self.activation],
-                    window=(self._rhos, self._window_diag, self._s_norms))
-
-    def _restore_step_state(self, saved: Dict[str, Any]) -> None:
-        super()._restore_step_state(saved)
-        for s, (U, V, S, Z) in zip(self.matrices, saved["matrices"]):
-            s.U, s.V, s.S, s.Z = U, V, S, Z
-        for b, (Q, V, sigma) in zip(self.activation, saved["activation"]):
-            b.Q, b.V, b.sigma, b.sketch = Q, V, sigma, None
-        self._rhos, self._window_diag, self._s_norms = saved["window"]
-
-    # -- diagnostics -----------------------------------------------------------------------
-    def diagnostics(self, per_matrix: bool = False) -> Dict[str, Any]:
-        """Last step's losses, projected gradient, delta, and the window's probe statistics
-        (rho mean/std/min/max, min/median/max of ||S_r||_F); ``per_matrix`` adds each matrix's
-        ||S_r||_F under "s_norms"."""
-        out = super().diagnostics()
-        if self._s_norms:
-            norms = list(self._s_norms.values())
-            out.update(s_norm_min=min(norms), s_norm_median=statistics.median(norms),
-                       s_norm_max=max(norms))
-        if per_matrix:
-            out["s_norms"] = dict(self._s_norms)
-        return out
-
-    def last_direction(self) -> Dict[str, torch.Tensor]:
-        if self.steps_done == 0 or any(s.Z is None for s in self.matrices):
-            raise RuntimeError("no step taken yet")
-        seed = self.step_seed(self.steps_done - 1)
-        out = {}
-        for s in self.matrices:
-            left, mid = self._factors(s)
-            out[s.name] = left @ mid @ s.V.T
-        with self._kernels():
-            for t in self.vectors:
-                out[t.name] = pgap_kernels.gaussian(tuple(t.local.shape), seed, key=t.key,
-                                                    offset=t.offset, device=self.device)
-        return {t.name: out[t.name] for t in self.trainables}
+        self._directions(seed)
+        return self._pair_and_update(closure, seed, delta=delta)
 
     def _alignment_extras(self, grads: Dict[str, torch.Tensor]) -> Dict[str, Any]:
         """Per matrix, the cosine between the window's estimate U·S_r·V^T and the backprop
@@ -427,59 +265,3 @@ class PGAP(ZOOptimizer):
             cos[s.name] = float((est * G).sum()) / (gn * en) if gn > 0 and en > 0 else float("nan")
             captured[s.name] = float(inside.norm()) / gn if gn > 0 else float("nan")
         return {"subspace_cosine": cos, "captured": captured}
-
-    # -- state -----------------------------------------------------------------------------
-    def _state_tensors(self) -> Dict[str, torch.Tensor]:
-        return dict(self.field_tensors(((s.name, s) for s in self.matrices), ("U", "V", "S", "Z")),
-                    **self.field_tensors(((f"{b.name}.activation", b) for b in self.activation),
-                                         ("Q", "sigma")))
-
-    def _load_state_tensors(self, tensors: Dict[str, torch.Tensor]) -> None:
-        shapes = {}
-        for s in self.matrices:
-            m, n = s.trainable.local.shape
-            left = m if self.one_sided else s.rank
-            shapes.update({f"{s.name}.U": (m, s.rank), f"{s.name}.V": (n, s.rank),
-                           f"{s.name}.S": (left, s.rank), f"{s.name}.Z": (left, s.rank)})
-        for b in self.activation:
-            shapes.update({f"{b.name}.activation.Q": (b.shape[1], b.rank),
-                           f"{b.name}.activation.sigma": (b.rank,)})
-        loaded = self.checked_state_tensors(tensors, shapes)
-        self.merge()
-        for s in self.matrices:
-            for f in ("U", "V", "S", "Z"):
-                setattr(s, f, loaded.get(f"{s.name}.{f}"))
-        for b, s in zip(self.activation, self.matrices):
-            for f in ("Q", "sigma"):
-                if f"{b.name}.activation.{f}" in loaded:
-                    setattr(b, f, loaded[f"{b.name}.activation.{f}"])
-            b.V = s.V
-
-    def _extra_state(self) -> Dict[str, Any]:
-        return {"rhos": list(self._rhos), "window": dict(self._window_diag),
-                "s_norms": dict(self._s_norms)}
-
-    def _load_extra_state(self, extra: Dict[str, Any]) -> None:
-        self._rhos = list(extra.get("rhos", []))
-        self._window_diag = dict(extra.get("window", {}))
-        self._s_norms = dict(extra.get("s_norms", {}))
-
-
-class SubZero(PGAP):
-    """SubZero (Yu et al., 2024), P-GAP's control: random low-rank perturbations without probes or
-    alignment. :class:`PGAP` with ``subspace="random"``, ``align=False``: each matrix gets
-    P = (sqrt(m·n)/r)·U·Z·V^T with U, V the Q factors of stream Gaussians, refreshed every
-    ``window`` steps, Z an r×r stream Gaussian; every other parameter a plain stream Gaussian in
-    the same two-point step. 2 forwards per step, MeZO's lr. The options are :class:`PGAP`'s that
-    apply (``scale="none"`` gives the unscaled U·Z·V^T)."""
-
-    def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, rank: int = 8,
-                 window: int = 100, scale: str = "auto", mode: str = "auto",
-                 weight_decay: float = 0.0, seed: int = 0, vector_lr_scale: float = 1.0,
-                 eval_mode: bool = True, backend: Optional[str] = None,
-                 decay_filter: Optional[DecayFilter] = None,
-                 process_group: Optional[ProcessGroup] = None, rounding: str = "stochastic") -> None:
-        super().__init__(model, lr=lr, eps=eps, rank=rank, window=window, subspace="random",
-                         align=False, scale=scale, mode=mode, weight_decay=weight_decay, seed=seed,
-                         vector_lr_scale=vector_lr_scale, eval_mode=eval_mode, backend=backend,
-                         decay_filter=decay_filter, process_group=process_group, rounding=rounding)

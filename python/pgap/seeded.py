@@ -15,8 +15,10 @@ import torch
 
 from torch import nn
 
-from .base import Closure, ZOOptimizer, resolve_mode
-from .params import Trainable
+from .base import Closure, ZOOptimizer
+from .params import Trainable, resolve_mode
+from .seeds import SEEDED_PASSES, group_pass
+from .views import Views
 
 
 @dataclass(frozen=True)
@@ -51,15 +53,17 @@ class SeededZO(ZOOptimizer):
     pass). ``"auto"`` (default) is functional for bf16/fp16 weights, in place for float32.
     """
 
-    _last: Optional[Combination] = None  # the last step's direction (diagnostics, state)
     has_mean = False  # directions with a stored mean μ (LDSD): _means returns tensors
+    rounding_passes = SEEDED_PASSES
 
     def __init__(self, model: nn.Module, *, mode: str = "auto", **kwargs) -> None:
         super().__init__(model, **kwargs)
+        self._last: Optional[Combination] = None  # the last step's direction (diagnostics, state)
         self.mode = resolve_mode(mode, self.trainables, sharded_ok=not self.has_mean)
+        self.views: Optional[Views] = None  # functional mode: what the forwards see
         if self.mode == "functional":
-            self.attach_views(model, self.trainables,
-                              means=self._mean_of if self.has_mean else None)
+            self.views = self.attach(Views(model, self.trainables,
+                                           means=self._mean_of if self.has_mean else None))
 
     def hyperparameters(self):
         return dict(super().hyperparameters(), mode=self.mode)
@@ -71,9 +75,14 @@ class SeededZO(ZOOptimizer):
     def show(self, combo: Optional[Combination]) -> None:
         """Functional mode: the next forwards see θ + combo (θ when None)."""
         if combo is None:
-            self.hide_views()
+            self.views.hide()
         else:
             self.views.show(combo.seeds, combo.coeffs, combo.mean_coeff)
+
+    @property
+    def carried(self) -> float:
+        """How much of −d the weights hold after the two-point pair: ε in place, 0 with views."""
+        return 0.0 if self.views is not None else self.eps
 
     # -- passes ----------------------------------------------------------------------------
     def _means(self, trainables: Sequence[Trainable]) -> Optional[List[torch.Tensor]]:
@@ -156,7 +165,8 @@ class SeededZO(ZOOptimizer):
         for i, (decays, group) in enumerate(self.decay_groups()):
             decay, coeff = self.restore_update(g, decays, carried=self.carried)
             if coeff != 0.0 or decay != 1.0:
-                self.pass_(direction.scaled(coeff), decay, group, rounding=self.update_rounding(i))
+                self.pass_(direction.scaled(coeff), decay, group,
+                           rounding=self.update_rounding(group_pass("update", i)))
 
     # -- diagnostics -----------------------------------------------------------------------
     def last_direction(self) -> Dict[str, torch.Tensor]:

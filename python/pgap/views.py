@@ -37,6 +37,7 @@ from torch import nn
 
 import pgap_kernels
 
+from .mechanism import Mechanism
 from .params import Trainable, is_dtensor
 
 MeansFor = Callable[[Trainable], Optional[torch.Tensor]]
@@ -340,3 +341,56 @@ class PerturbedViews:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+class Views(PerturbedViews, Mechanism):
+    """:class:`PerturbedViews` as an optimizer's mechanism: :meth:`move` adds to what the forwards
+    see (calls add up per seed), the first perturbed forward is checked to have read every shown
+    parameter through its module, a failed step puts every stored tensor back."""
+
+    def __init__(self, model: nn.Module, trainables: Sequence[Trainable], **kwargs) -> None:
+        self._shown: Dict[int, float] = {}  # seed -> the coefficient shown now (move's running sums)
+        self.reached = False  # set once the first perturbed forward was checked
+        super().__init__(model, trainables, **kwargs)
+
+    def move(self, trainables: Sequence[Trainable], seeds: Sequence[int], coeffs: Sequence[float]) -> None:
+        """Add Σ_j coeffs[j]·z(seeds[j]) to what the next forwards see; the ``trainables`` of the
+        last call are the ones shown. Mutates the shown combination only."""
+        for seed, coeff in zip(seeds, coeffs):
+            total = self._shown.get(seed, 0.0) + coeff
+            if total == 0.0:
+                self._shown.pop(seed, None)
+            else:
+                self._shown[seed] = total
+        self.show(list(self._shown), list(self._shown.values()), only=trainables)
+
+    def hide(self) -> None:
+        """The next forwards see the stored weights θ (the running sums of :meth:`move` reset)."""
+        self._shown = {}
+        super().hide()
+
+    def forward_checked(self) -> None:
+        """Once, after the first perturbed forward: ValueError naming the trainable parameters
+        that the forward did not read through their module's forward. Functional mode would show
+        them nothing, so they would never train, silently: a closure that reads
+        ``layer.weight`` directly, or a parameter no forward uses."""
+        if not self.shown or self.reached:
+            return
+        missed = self.unshown()
+        if missed:
+            listed = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
+            raise ValueError(
+                f"mode='functional': the forward never ran the module that owns {listed}, so "
+                "they saw their stored weights, not the perturbation, and would not train. "
+                "Perturbed views need each trainable parameter read inside the forward of a "
+                "module that owns it (docs/optimizers.md). Use mode='inplace', or freeze the "
+                "parameters the loss does not use (requires_grad_(False)).")
+        self.reached = True
+        self.stop_witnessing()
+
+    def abort(self) -> None:
+        self.restore_all()
+        self.hide()
+
+    def close(self) -> None:
+        self.remove()

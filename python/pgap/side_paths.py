@@ -1,18 +1,19 @@
-"""Functional modes: W_eff = W + U (A + c Z) V^T applied as a rank-r side path of the forward
-(hooks on nn.Linear / nn.Embedding), so W is written only when the accumulated update is merged.
+"""Side paths (the functional modes of P-GAP and AGZO): W_eff = W + U (A + c Z) V^T applied as a
+rank-r side path of the forward (hooks on nn.Linear / nn.Embedding), so W is written only when
+the accumulated update is merged.
 P-GAP uses U (m x r), A and Z (r x r); AGZO uses no U (the identity: A and Z are m x r)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 import pgap_kernels
 
+from .mechanism import Mechanism, RoundingFor
 from .params import Trainable
-from .subspace import MatrixState
 
 
 @dataclass
@@ -52,19 +53,29 @@ def eligible_modules(model: nn.Module, states: Sequence) -> Dict[int, List[nn.Mo
     return {k: v for k, v in users.items() if k not in blocked}
 
 
-class SidePath:
+class SidePath(Mechanism):
     """Forward hooks adding x V M^T U^T (Linear) or U[idx] M V^T (Embedding) to the output, with
-    M = A + coeff * Z for each functional matrix (computed in float32, cast to the output dtype;
-    a state whose U is None has no left factor). ``coeff`` is the current perturbation
-    coefficient (±ε inside a step, 0 otherwise)."""
+    M = A + coeff * Z for each functional matrix among ``states`` (computed in float32, cast to
+    the output dtype; a state whose U is None has no left factor). ``coeff`` is the current
+    perturbation coefficient (±ε inside a step, 0 otherwise). ``before_state_dict`` runs before
+    ``model.state_dict()`` (the optimizer's merge). Raises ValueError for sharded matrices among
+    ``states`` or, with ``weight_decay`` > 0, a decayed functional matrix."""
 
-    def __init__(self, states: Sequence) -> None:
+    def __init__(self, model: nn.Module, states: Sequence, weight_decay: float,
+                 before_state_dict: Callable[[], None]) -> None:
+        if any(s.trainable.sharded for s in states):
+            raise ValueError("mode='functional' does not support sharded (FSDP2) matrices; use "
+                             "mode='inplace'")
+        if weight_decay > 0 and any(s.functional and s.trainable.decays for s in states):
+            raise ValueError("mode='functional' does not support weight_decay > 0 on the matrices "
+                             "it keeps functional; use mode='inplace' or weight_decay=0")
         self.states = [s for s in states if s.functional]
         self.coeff = 0.0
         self._handles = []
         for s in self.states:
             for module in s.modules:
                 self._handles.append(module.register_forward_hook(self._hook(s)))
+        self._handles.append(model.register_state_dict_pre_hook(lambda *a, **kw: before_state_dict()))
 
     def _matrix(self, s) -> Optional[torch.Tensor]:
         if self.coeff != 0.0 and s.Z is not None:
@@ -88,10 +99,22 @@ class SidePath:
             return output + side.to(output.dtype)
         return hook
 
-    def merge(self, rounding: Optional[Dict] = None) -> None:
+    def accumulate(self, alpha: float) -> None:
+        """The update of a step: A += alpha·Z for every functional matrix; the perturbation
+        coefficient goes back to 0."""
+        self.coeff = 0.0
+        for s in self.states:
+            s.A.add_(s.Z, alpha=alpha)
+            s.accumulated = True
+
+    def abort(self) -> None:
+        self.coeff = 0.0
+
+    def merge(self, rounding_for: RoundingFor) -> None:
         """W += U A V^T (A V^T without U) for every matrix with a non-zero A (one batched
-        ``lowrank_perturb_``, rounded as ``rounding`` says: kernel keyword arguments, with the
-        matrices' stream keys and offsets added); A is zeroed."""
+        ``lowrank_perturb_``, rounded as the "merge" pass says, with the matrices' stream keys
+        and offsets); A is zeroed."""
+        rounding = rounding_for("merge")
         todo = [s for s in self.states if s.V is not None and s.accumulated]
         if todo:
             lefts = [s.A if s.U is None else s.U for s in todo]
@@ -105,7 +128,7 @@ class SidePath:
             s.A.zero_()
             s.accumulated = False
 
-    def remove(self) -> None:
+    def close(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
