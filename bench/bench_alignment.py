@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 import pgap  # noqa: E402
-from pgap.data import load_rotten_tomatoes, task_needs  # noqa: E402
-from pgap.models import load_causal_lm, model_needs  # noqa: E402
-from pgap.prompts import PromptClassifier  # noqa: E402
+from pgap.finetune.data import load_rotten_tomatoes, task_needs  # noqa: E402
+from pgap.finetune.models import load_causal_lm, model_needs  # noqa: E402
+from pgap.finetune.prompts import PromptClassifier  # noqa: E402
 
 FIELDS = ["model", "subspace", "probes", "rank", "batch", "matrices", "captured_median",
           "captured_p10", "captured_p90", "cosine_median", "cosine_p10", "cosine_p90",

@@ -143,9 +143,9 @@ def part_cosine(args, out: List[dict], targets: List[str]) -> None:
 
 # -- parts with the model -------------------------------------------------------------------
 def load(args, dtype: torch.dtype):
-    from pgap.data import load_rotten_tomatoes  # noqa: PLC0415
-    from pgap.models import load_causal_lm  # noqa: PLC0415
-    from pgap.prompts import PromptClassifier  # noqa: PLC0415
+    from pgap.finetune.data import load_rotten_tomatoes  # noqa: PLC0415
+    from pgap.finetune.models import load_causal_lm  # noqa: PLC0415
+    from pgap.finetune.prompts import PromptClassifier  # noqa: PLC0415
 
     tok, model = load_causal_lm(None, dtype)
     task = load_rotten_tomatoes(n_train=64, n_dev=8, n_test=8, seed=args.seed)
@@ -236,8 +236,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-csv", action="store_true")
     args = p.parse_args(argv)
     if any(part in MODEL_PARTS for part in args.parts):
-        from pgap.data import task_needs  # noqa: PLC0415
-        from pgap.models import model_needs  # noqa: PLC0415
+        from pgap.finetune.data import task_needs  # noqa: PLC0415
+        from pgap.finetune.models import model_needs  # noqa: PLC0415
         common.require("bench_bf16.py", ("transformers",),
                        needs=model_needs(None) + task_needs("rotten_tomatoes"))
     if args.threads:

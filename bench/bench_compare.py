@@ -6,14 +6,14 @@ Protocol v2 (the default; bench/results/compare_v2.csv, docs/finetune.md "Protoc
 
 - data split by movie (no movie, and no sentence, in two splits; ``--data-seed`` 0): test 2,000
   sentences, dev 500 (to choose lr), train 1,000 (batches drawn from it by each run's seed);
-- paired seeds: at a seed every method trains on the same batches (pgap.finetune.batch_indices)
+- paired seeds: at a seed every method trains on the same batches (pgap.finetune.train.batch_indices)
   and is tested on the same 2,000 sentences;
 - ``--phase sweep``: dev only, evaluations at 300 and 600 forwards (lr pruning, one seed);
   ``--phase final``: test and dev at 300 / 600 / 900 / 1,200 forwards (5 seeds); evaluation when
   the next step would take the run past a checkpoint;
 - each evaluation is one row, appended as it happens: test accuracy and cross-entropy, dev
   accuracy and cross-entropy, the mean training loss since the last checkpoint, the peak memory
-  of the training steps (pgap.memory: peak RSS on the CPU), method, lr, seed, dtype, forwards,
+  of the training steps (pgap.finetune.memory: peak RSS on the CPU), method, lr, seed, dtype, forwards,
   git revision; the per-step training losses go to ``<csv stem>_loss.csv``;
 - resumable: a run whose checkpoints are all in the CSV is skipped; a run killed part-way is
   restarted from step 0 (its trajectory is a function of the seed), and the checkpoints it
@@ -50,12 +50,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 from pgap.base import NonFiniteLossError  # noqa: E402
-from pgap.data import load_rotten_tomatoes, task_needs  # noqa: E402
-from pgap.finetune import DTYPES, Ranks, evaluate, train_step  # noqa: E402
-from pgap.memory import PeakMemory  # noqa: E402
+from pgap.dtypes import DTYPES  # noqa: E402
+from pgap.finetune.data import load_rotten_tomatoes, task_needs  # noqa: E402
+from pgap.finetune.memory import PeakMemory  # noqa: E402
+from pgap.finetune.models import load_causal_lm, model_needs  # noqa: E402
+from pgap.finetune.prompts import PromptClassifier  # noqa: E402
+from pgap.finetune.train import Ranks, evaluate, train_step  # noqa: E402
 from pgap.methods import ALL_METHODS, build_optimizer  # noqa: E402
-from pgap.models import load_causal_lm, model_needs  # noqa: E402
-from pgap.prompts import PromptClassifier  # noqa: E402
 
 FIELDS_V2 = ["protocol", "phase", "git_rev", "timestamp", "method", "options", "lr", "eps", "seed", "dtype",
              "batch", "checkpoint", "step", "forwards", "status", "train_loss", "test_examples",

@@ -42,7 +42,7 @@ import _common as common  # noqa: E402
 from bench_zo_step import build_model  # noqa: E402
 
 from pgap.distributed import exit_ranks  # noqa: E402
-from pgap.sharding import shard_model  # noqa: E402
+from pgap.finetune.sharding import shard_model  # noqa: E402
 
 CONFIGS = (("1 process", 1, False), ("DP x2", 2, False), ("FSDP2 x2", 2, True))
 FIELDS = ["model", "method", "config", "ranks", "sharded", "threads_per_rank", "batch", "seq",

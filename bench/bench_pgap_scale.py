@@ -64,10 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_config(name: str, args: argparse.Namespace, task, meta: Dict[str, str]) -> List[Dict[str, Any]]:
-    from pgap.finetune import train_step, Ranks  # noqa: PLC0415
+    from pgap.finetune.models import load_causal_lm  # noqa: PLC0415
+    from pgap.finetune.prompts import PromptClassifier  # noqa: PLC0415
+    from pgap.finetune.train import Ranks, train_step  # noqa: PLC0415
     from pgap.methods import build_optimizer  # noqa: PLC0415
-    from pgap.models import load_causal_lm  # noqa: PLC0415
-    from pgap.prompts import PromptClassifier  # noqa: PLC0415
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     tokenizer, model = load_causal_lm(None, dtype)
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         return 0
     require("bench_pgap_scale.py", ("transformers",))
     torch.set_num_threads(args.threads)
-    from pgap.data import load_rotten_tomatoes  # noqa: PLC0415
+    from pgap.finetune.data import load_rotten_tomatoes  # noqa: PLC0415
 
     task = load_rotten_tomatoes(n_train=1000, n_dev=0, n_test=0, seed=args.seed)
     meta = run_metadata()

@@ -40,13 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 from pgap.base import resolve_mode  # noqa: E402
-from pgap.data import load_rotten_tomatoes, task_needs  # noqa: E402
 from pgap.dtypes import DTYPES  # noqa: E402
-from pgap.finetune import DEFAULTS  # noqa: E402
+from pgap.finetune.cli import DEFAULTS  # noqa: E402
+from pgap.finetune.data import load_rotten_tomatoes, task_needs  # noqa: E402
+from pgap.finetune.models import load_causal_lm, model_needs  # noqa: E402
+from pgap.finetune.prompts import PromptClassifier  # noqa: E402
 from pgap.methods import build_optimizer  # noqa: E402
-from pgap.models import load_causal_lm, model_needs  # noqa: E402
 from pgap.params import collect_trainable  # noqa: E402
-from pgap.prompts import PromptClassifier  # noqa: E402
 
 METHODS = ("mezo", "agzo", "pgap", "ldsd", "mezo-gv")
 MODES = ("inplace", "functional")

@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
-from pgap.finetune import plot_accuracy  # noqa: E402
+from pgap.finetune.outputs import plot_accuracy  # noqa: E402
 
 
 def main() -> int:

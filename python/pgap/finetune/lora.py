@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._deps import require
+from .._deps import require
 
 DEFAULT_TARGETS = ("q_proj", "v_proj")  # MeZO's LoRA setting
 
@@ -17,7 +17,7 @@ DEFAULT_TARGETS = ("q_proj", "v_proj")  # MeZO's LoRA setting
 def _peft():
     """The peft module; MissingDependencyError (an ImportError) naming ``pip install
     "pgap-kernels[hf]"`` when it is not installed."""
-    require("for LoRA (pgap.lora)", ("peft",), "hf")
+    require("for LoRA (pgap.finetune.lora)", ("peft",), "hf")
     import peft  # noqa: PLC0415
 
     return peft

@@ -25,32 +25,29 @@ ends the command before any work with one line naming it and its install command
 from __future__ import annotations
 
 import argparse
-import datetime
 import inspect
 import json
 import math
-import os
-import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 
-from ._deps import Need, extra_need, plot_or_warn, script_check
-from .checkpoint import load_optimizer, save_optimizer
+from .. import dtypes
+from .._deps import Need, extra_need, plot_or_warn, script_check
+from ..checkpoint import load_optimizer
+from ..methods import ALL_METHODS, METHODS, build_optimizer
+from ..params import mezo_decay_rule, pgap_decay_rule
 from .data import TaskData, load_rotten_tomatoes, load_text_label_file, task_needs
-from . import dtypes
-from .distributed import exit_ranks
 from .lora import DEFAULT_TARGETS, apply_lora, load_lora
 from .memory import PeakMemory
-from .methods import ALL_METHODS, METHODS, build_optimizer
 from .models import model_needs
-from .params import mezo_decay_rule, pgap_decay_rule
+from .outputs import MetricsLog, optimizer_file, plot_metrics, save_checkpoint, save_model
 from .prompts import PromptClassifier
-from .sharding import full_state_dict, shard_model
+from .sharding import shard_model
+from .train import Ranks, evaluate, train_step
 
 # Each method's defaults (lr and options the user did not give): the best dev accuracy of
 # bench/bench_compare.py's sweep on the embedded SmolLM2 (batch 8, 600 forwards; README, "ZO
@@ -193,172 +190,6 @@ def load_task(args: argparse.Namespace) -> TaskData:
         raise ValueError("a file task needs --label-words (one single-token word per class)")
     return load_text_label_file(path, text_column=args.text_column, label_column=args.label_column,
                                 label_words=args.label_words, template=args.template, **sizes)
-
-
-def batch_indices(step: int, batch_size: int, n: int, seed: int) -> List[int]:
-    """Example indices of ``step``: consecutive slices of one seeded permutation per epoch, so any
-    step's batch is known without replaying the run (exact resume)."""
-    out, orders = [], {}
-    for pos in range(step * batch_size, (step + 1) * batch_size):
-        epoch, i = divmod(pos, n)
-        if epoch not in orders:  # one shuffle per epoch the batch touches
-            orders[epoch] = list(range(n))
-            random.Random(seed * 1_000_003 + epoch).shuffle(orders[epoch])
-        out.append(orders[epoch][i])
-    return out
-
-
-class Ranks:
-    """This process's place under ``torchrun`` (rank 0 of 1 without it); joins the gloo group
-    (timeout ``PGAP_DIST_TIMEOUT`` seconds, default 600) when WORLD_SIZE > 1."""
-
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.owns_group = False
-        if self.world > 1 and not dist.is_initialized():
-            timeout = datetime.timedelta(seconds=float(os.environ.get("PGAP_DIST_TIMEOUT", "600")))
-            dist.init_process_group("gloo", timeout=timeout)
-            self.owns_group = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def share(self, items: Sequence[Any]) -> List[Any]:
-        """This rank's items (every world-th, starting at its rank)."""
-        return list(items[self.rank::self.world])
-
-    def total(self, *values: float) -> List[float]:
-        """Each value summed over ranks."""
-        if self.world == 1:
-            return list(values)
-        buf = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(buf)
-        return buf.tolist()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def finish(self, code: int) -> int:
-        """``code``; a process that joined the group itself ends here (:func:`exit_ranks`)."""
-        if self.owns_group:
-            exit_ranks(code)
-        return code
-
-
-def evaluate(clf: PromptClassifier, model, examples: Sequence[Any], ranks: Ranks) -> Tuple[float, float]:
-    """(accuracy, mean cross-entropy) on ``examples``, each rank scoring its share (padded so
-    that every rank runs the same forwards, which FSDP's collectives need; the padding is not
-    counted)."""
-    if not examples:
-        return float("nan"), float("nan")
-    mine = ranks.share(examples)
-    width = -(-len(examples) // ranks.world)
-    padded = mine + [examples[0]] * (width - len(mine))
-    correct, loss, total = ranks.total(*clf.evaluate(model, padded, count=len(mine)), len(mine))
-    return correct / total, loss / total
-
-
-def train_step(opt, model, clf: PromptClassifier, train: Sequence[Any], step: int, batch_size: int,
-               seed: int, ranks: Ranks) -> float:
-    """Step ``step`` (0-based) of ``opt`` on its batch of ``train`` (:func:`batch_indices`; each
-    rank takes its share): the one training step of pgap-finetune and bench_compare.py."""
-    mine = ranks.share(batch_indices(step, batch_size, len(train), seed))
-    batch = clf.encode([train[i] for i in mine])
-    opt.set_token_mask(batch["attention_mask"])
-    return opt.step(lambda: (clf.loss(model, batch), len(mine)))
-
-
-class MetricsLog:
-    """Append-only metrics.jsonl (flushed each line); on resume, rows after the step dropped.
-    With ``write=False`` (ranks other than 0) rows are only kept in memory."""
-
-    def __init__(self, path: Path, resume_step: Optional[int], write: bool = True) -> None:
-        self.path, self.write = path, write
-        rows = []
-        if resume_step is not None and path.exists():
-            rows = [r for r in map(json.loads, path.read_text().splitlines())
-                    if r.get("step", 0) <= resume_step]
-        self.rows: List[Dict[str, Any]] = rows
-        if write:
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-    def add(self, **row: Any) -> None:
-        self.rows.append(row)
-        if self.write:
-            with self.path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-
-
-def plot_metrics(rows: List[Dict[str, Any]], out: Path, title: str) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    steps = [r for r in rows if r["kind"] == "step"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.5, label="step loss")
-    if len(steps) >= 10:
-        k = max(1, len(steps) // 20)
-        smooth = [sum(r["loss"] for r in steps[max(0, i - k):i + 1]) / len(steps[max(0, i - k):i + 1])
-                  for i in range(len(steps))]
-        ax.plot([r["step"] for r in steps], smooth, lw=1.5, label=f"running mean ({k + 1})")
-    _finish(plt, fig, ax, "step", "(L+ + L−)/2", title, out / "loss.png")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    plot_accuracy(ax, rows)
-    _finish(plt, fig, ax, "forward passes (training)", "accuracy", title, out / "accuracy.png")
-
-
-def plot_accuracy(ax, rows: List[Dict[str, Any]], label: str = "") -> None:
-    """Dev and test accuracy of one run's metrics rows against training forward passes."""
-    for split, style in (("test", "o-"), ("dev", "s--")):
-        pts = [r for r in rows if r["kind"] == "eval" and r["split"] == split]
-        if pts:
-            ax.plot([r["forwards"] for r in pts], [r["accuracy"] for r in pts], style,
-                    label=f"{label} ({split})" if label else split)
-
-
-def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def optimizer_file(ckpt: Path, args: argparse.Namespace, ranks: Ranks) -> Path:
-    """optimizer.safetensors, or one file per rank with --fsdp (each holds its shards' state)."""
-    return ckpt / (f"optimizer-rank{ranks.rank}.safetensors" if args.fsdp else "optimizer.safetensors")
-
-
-def save_model(model, tokenizer, path: Path, args: argparse.Namespace, ranks: Ranks) -> None:
-    """The full model (or the LoRA adapters) and tokenizer in ``path``, written by rank 0; with
-    --fsdp every rank takes part in gathering the shards first."""
-    state = full_state_dict(model) if args.fsdp else None
-    if ranks.main:
-        model.save_pretrained(path, state_dict=state)
-        tokenizer.save_pretrained(path)
-
-
-def save_checkpoint(out: Path, model, tokenizer, opt, step: int, args: argparse.Namespace,
-                    ranks: Ranks) -> None:
-    """checkpoint/: model/ (the full model, or only the adapters with LoRA), the optimizer state
-    and the step (every rank merges P-GAP's functional updates first)."""
-    ckpt = out / "checkpoint"
-    ckpt.mkdir(parents=True, exist_ok=True)
-    opt.merge()
-    save_model(model, tokenizer, ckpt / "model", args, ranks)  # functional P-GAP merges here too
-    if args.fsdp or ranks.main:
-        save_optimizer(opt, optimizer_file(ckpt, args, ranks))
-    if ranks.main:
-        (ckpt / "state.json").write_text(json.dumps({"step": step, "lora": args.lora,
-                                                     "fsdp": args.fsdp, "ranks": ranks.world}))
-    ranks.barrier()
 
 
 def needs(args: argparse.Namespace) -> List[Need]:
@@ -515,7 +346,3 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
         plot_or_warn("pgap-finetune", lambda: plot_metrics(log.rows, out,
                                                            f"{args.method} on {task.name}, lr {args.lr}"))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
