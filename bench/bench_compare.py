@@ -49,13 +49,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
-from pgap.base import NonFiniteLossError  # noqa: E402
 from pgap.dtypes import DTYPES  # noqa: E402
 from pgap.finetune.data import load_rotten_tomatoes, task_needs  # noqa: E402
 from pgap.finetune.memory import PeakMemory  # noqa: E402
 from pgap.finetune.models import load_causal_lm, model_needs  # noqa: E402
 from pgap.finetune.prompts import PromptClassifier  # noqa: E402
-from pgap.finetune.train import Ranks, evaluate, train_step  # noqa: E402
+from pgap.finetune.train import Ranks, evaluate, training_steps  # noqa: E402
 from pgap.methods import ALL_METHODS, build_optimizer  # noqa: E402
 
 FIELDS_V2 = ["protocol", "phase", "git_rev", "timestamp", "method", "options", "lr", "eps", "seed", "dtype",
@@ -159,7 +158,7 @@ def done_checkpoints(rows: Sequence[dict]) -> Dict[RunKey, set]:
 
 def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task, method: str,
             options: str, lr: float, seed: int, args, done: set) -> None:
-    """Train one (method, options, lr, seed) from ``initial`` with pgap-finetune's training step,
+    """Train one (method, options, lr, seed) from ``initial`` with pgap-finetune's training loop,
     evaluating (and appending a row) at every checkpoint not in ``done``."""
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -169,10 +168,12 @@ def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task
                 lr=lr, eps=args.eps, seed=seed, dtype=args.dtype, batch=args.batch_size)
     single = Ranks()
     peak = PeakMemory(next(model.parameters()).device)
+    steps = training_steps(opt, model, clf, task.train, args.batch_size, seed, single, peak,
+                           catch_nonfinite=True)
     curve: List[dict] = []  # this segment's per-step losses (written with the checkpoint's row)
     losses: List[float] = []
     todo = list(args.checkpoints)
-    status, step, per_step, t_train = "ok", 0, 2, 0.0
+    status, per_step, t_train = "ok", 2, 0.0
     while todo:
         # a checkpoint when the next step would cross it (its forwards: measured on the last step)
         if status != "ok" or opt.forwards + per_step > todo[0]:
@@ -197,16 +198,10 @@ def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task
                       f"{t_train:.0f} s + eval {row['eval_seconds']:.0f} s  peak {peak.mb:.0f} MB", flush=True)
             curve, losses = [], []
             continue
-        t = time.perf_counter()
         before = opt.forwards
-        try:
-            with peak.track():
-                loss = train_step(opt, model, clf, task.train, step, args.batch_size, seed, single)
-        except NonFiniteLossError:
-            loss = float("nan")
-        t_train += time.perf_counter() - t
-        per_step = max(per_step, opt.forwards - before) if step == 0 else opt.forwards - before
-        step += 1
+        step, loss, seconds = next(steps)
+        t_train += seconds
+        per_step = max(per_step, opt.forwards - before) if step == 1 else opt.forwards - before
         if not math.isfinite(loss):  # the weights stay at the last finite step's
             status = f"diverged at step {step}"
             continue

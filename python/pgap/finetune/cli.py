@@ -47,7 +47,7 @@ from .models import model_needs
 from .outputs import MetricsLog, optimizer_file, plot_metrics, save_checkpoint, save_model
 from .prompts import PromptClassifier
 from .sharding import shard_model
-from .train import Ranks, evaluate, train_step
+from .train import Ranks, evaluate, training_steps
 
 # Each method's defaults (lr and options the user did not give): the best dev accuracy of
 # bench/bench_compare.py's sweep on the embedded SmolLM2 (batch 8, 600 forwards; README, "ZO
@@ -303,25 +303,23 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
         log.add(kind="eval", split="test", step=0, forwards=0, accuracy=zero_shot, loss=zero_loss)
         say(f"zero-shot test accuracy {zero_shot:.3f} ({time.perf_counter() - t:.0f} s)")
     start = resume_step or 0
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=args.no_progress or not ranks.main,
+    peak = PeakMemory(next(model.parameters()).device)
+    steps = training_steps(opt, model, clf, task.train, args.batch_size, args.seed, ranks, peak,
+                           start=start, stop=args.steps)
+    bar = tqdm(steps, initial=start, total=args.steps, disable=args.no_progress or not ranks.main,
                desc=args.method, dynamic_ncols=True)
     dev_acc, t_train = float("nan"), 0.0
-    peak = PeakMemory(next(model.parameters()).device)
-    for step in bar:
-        t = time.perf_counter()
-        with peak.track():
-            loss = train_step(opt, model, clf, task.train, step, args.batch_size, args.seed, ranks)
-        dt = time.perf_counter() - t
+    for done, loss, dt in bar:
         t_train += dt
-        log.add(kind="step", step=step + 1, loss=loss, forwards=opt.forwards, seconds=dt, lr=opt.lr)
+        log.add(kind="step", step=done, loss=loss, forwards=opt.forwards, seconds=dt, lr=opt.lr)
         if not math.isfinite(loss):
             break
-        if args.eval_every and (step + 1) % args.eval_every == 0:
+        if args.eval_every and done % args.eval_every == 0:
             dev_acc, dev_loss = evaluate(clf, model, dev, ranks)
-            log.add(kind="eval", split="dev", step=step + 1, forwards=opt.forwards, accuracy=dev_acc,
+            log.add(kind="eval", split="dev", step=done, forwards=opt.forwards, accuracy=dev_acc,
                     loss=dev_loss)
-        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            save_checkpoint(out, model, tokenizer, opt, step + 1, args, ranks)
+        if args.save_every and done % args.save_every == 0 and done < args.steps:
+            save_checkpoint(out, model, tokenizer, opt, done, args, ranks)
         bar.set_postfix(loss=f"{loss:.4f}", step_s=f"{dt:.2f}", dev_acc=f"{dev_acc:.3f}")
     bar.close()
     final, final_loss = evaluate(clf, model, task.test, ranks)

@@ -1,18 +1,22 @@
-"""pgap-finetune's training loop and its pieces: which examples a step trains on
-(:func:`batch_indices`), the ranks under torchrun (:class:`Ranks`), one training step
+"""pgap-finetune's training loop (:func:`training_steps`) and its pieces: which examples a step
+trains on (:func:`batch_indices`), the ranks under torchrun (:class:`Ranks`), one training step
 (:func:`train_step`) and evaluation (:func:`evaluate`). bench/ experiments (bench_compare's
 protocol, bench_pgap_scale) train with these same functions."""
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import random
-from typing import Any, List, Sequence, Tuple
+import time
+from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 
+from .. import NonFiniteLossError
 from ..distributed import exit_ranks
+from .memory import PeakMemory
 from .prompts import PromptClassifier
 
 
@@ -90,3 +94,33 @@ def train_step(opt, model, clf: PromptClassifier, train: Sequence[Any], step: in
     batch = clf.encode([train[i] for i in mine])
     opt.set_token_mask(batch["attention_mask"])
     return opt.step(lambda: (clf.loss(model, batch), len(mine)))
+
+
+class Step(NamedTuple):
+    """One step of :func:`training_steps`: the steps done after it (1-based), its loss (nan when
+    it was not finite) and its seconds."""
+
+    step: int
+    loss: float
+    seconds: float
+
+
+def training_steps(opt, model, clf: PromptClassifier, train: Sequence[Any], batch_size: int, seed: int,
+                   ranks: Ranks, peak: PeakMemory, start: int = 0, stop: Optional[int] = None,
+                   catch_nonfinite: bool = False) -> Iterator[Step]:
+    """The training loop of pgap-finetune and bench_compare.py: steps ``start``, ``start + 1``, ...
+    (up to ``stop``, else until the caller stops asking) of :func:`train_step`, each timed and its
+    memory tracked by ``peak``; the caller evaluates and saves between steps, and stops after a
+    loss that is not finite (the weights stay at the last finite step's): a first-order
+    baseline's nan, or a ZO optimizer's :class:`NonFiniteLossError`, raised unless
+    ``catch_nonfinite`` (then yielded as a nan loss)."""
+    for step in itertools.count(start) if stop is None else range(start, stop):
+        t = time.perf_counter()
+        try:
+            with peak.track():
+                loss = train_step(opt, model, clf, train, step, batch_size, seed, ranks)
+        except NonFiniteLossError:
+            if not catch_nonfinite:
+                raise
+            loss = float("nan")
+        yield Step(step + 1, loss, time.perf_counter() - t)
