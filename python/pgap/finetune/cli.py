@@ -50,7 +50,7 @@ from .sharding import shard_model
 from .train import Ranks, evaluate, training_steps
 
 # Each method's defaults (lr and options the user did not give): the best dev accuracy of
-# bench/bench_compare.py's sweep on the embedded SmolLM2 (batch 8, 600 forwards; README, "ZO
+# bench/experiments/compare.py's sweep on the embedded SmolLM2 (batch 8, 600 forwards; README, "ZO
 # methods on the real task") for every method. "pgap:probe" applies to --subspace probe or
 # random, and to --fsdp without --subspace.
 DEFAULTS = {
@@ -105,9 +105,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--test", type=int, default=1000)
     p.add_argument("--method", default=None,
                    help=f"one of {', '.join(METHODS)} (default {DEFAULT_METHOD}, the best of "
-                        f"bench_compare.py's sweep; {FSDP_DEFAULT_METHOD} with --fsdp), or a "
-                        "first-order baseline: backprop-adamw, backprop-sgd (torch AdamW / SGD, "
-                        "3 forward-equivalents per step)")
+                        f"bench/experiments/compare.py's sweep; {FSDP_DEFAULT_METHOD} with "
+                        "--fsdp), or a first-order baseline: backprop-adamw, backprop-sgd (torch "
+                        "AdamW / SGD, 3 forward-equivalents per step)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")

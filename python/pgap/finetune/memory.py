@@ -1,4 +1,5 @@
-"""Peak memory of training steps, for comparing what methods need (pgap-finetune, bench_compare).
+"""Peak memory of training steps, for comparing what methods need (pgap-finetune,
+bench/experiments/compare.py).
 
 On a CUDA device: ``torch.cuda.max_memory_allocated`` (tensor memory, reset before each tracked
 block). On the CPU under Linux: the process's peak resident set size (VmHWM of

@@ -1,7 +1,7 @@
 """pgap-finetune's training loop (:func:`training_steps`) and its pieces: which examples a step
 trains on (:func:`batch_indices`), the ranks under torchrun (:class:`Ranks`), one training step
-(:func:`train_step`) and evaluation (:func:`evaluate`). bench/ experiments (bench_compare's
-protocol, bench_pgap_scale) train with these same functions."""
+(:func:`train_step`) and evaluation (:func:`evaluate`). bench/ experiments (compare's
+protocol v2, pgap_scale) train with these same functions."""
 from __future__ import annotations
 
 import datetime
@@ -89,7 +89,8 @@ def evaluate(clf: PromptClassifier, model, examples: Sequence[Any], ranks: Ranks
 def train_step(opt, model, clf: PromptClassifier, train: Sequence[Any], step: int, batch_size: int,
                seed: int, ranks: Ranks) -> float:
     """Step ``step`` (0-based) of ``opt`` on its batch of ``train`` (:func:`batch_indices`; each
-    rank takes its share): the one training step of pgap-finetune and bench_compare.py."""
+    rank takes its share): the one training step of pgap-finetune and
+    bench/experiments/compare.py."""
     mine = ranks.share(batch_indices(step, batch_size, len(train), seed))
     batch = clf.encode([train[i] for i in mine])
     opt.set_token_mask(batch["attention_mask"])
@@ -108,11 +109,11 @@ class Step(NamedTuple):
 def training_steps(opt, model, clf: PromptClassifier, train: Sequence[Any], batch_size: int, seed: int,
                    ranks: Ranks, peak: PeakMemory, start: int = 0, stop: Optional[int] = None,
                    catch_nonfinite: bool = False) -> Iterator[Step]:
-    """The training loop of pgap-finetune and bench_compare.py: steps ``start``, ``start + 1``, ...
-    (up to ``stop``, else until the caller stops asking) of :func:`train_step`, each timed and its
-    memory tracked by ``peak``; the caller evaluates and saves between steps, and stops after a
-    loss that is not finite (the weights stay at the last finite step's): a first-order
-    baseline's nan, or a ZO optimizer's :class:`NonFiniteLossError`, raised unless
+    """The training loop of pgap-finetune and bench/experiments/compare.py: steps ``start``,
+    ``start + 1``, ... (up to ``stop``, else until the caller stops asking) of :func:`train_step`,
+    each timed and its memory tracked by ``peak``; the caller evaluates and saves between steps,
+    and stops after a loss that is not finite (the weights stay at the last finite step's): a
+    first-order baseline's nan, or a ZO optimizer's :class:`NonFiniteLossError`, raised unless
     ``catch_nonfinite`` (then yielded as a nan loss)."""
     for step in itertools.count(start) if stop is None else range(start, stop):
         t = time.perf_counter()

@@ -1,5 +1,6 @@
-"""Shared helpers for the benchmarks in bench/: dependency checks, run metadata, timing and CSV
-output."""
+"""The one helper module of bench/ (kernels/, steps/, experiments/, tools/): dependency checks,
+run metadata, timing, CSV output and plots, the backends a benchmark can time, and the
+random-init benchmark models (:func:`build_model`)."""
 from __future__ import annotations
 
 import csv
@@ -12,10 +13,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
+import pgap_kernels as pk
 from pgap._deps import Need, extra_need, plot_or_warn, script_check
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +135,7 @@ def time_ms(fns: Mapping[str, Callable[[], object]], device: torch.device, warmu
     GPU work (:func:`queue_ahead`), so the host queues the whole round before the GPU reaches
     it: without that, a call whose host cost (validation, dispatch, launch tables: 0.15-0.3 ms
     on an H200's host) exceeds its kernel's time left the GPU idle inside its events, and the
-    "GPU time" was the host's. Host time per call is measured by bench_host_overhead.py. On the
+    "GPU time" was the host's. Host time per call is measured by bench/kernels/host_overhead.py. On the
     CPU: :func:`time.perf_counter`.
     """
     for _ in range(warmup):
@@ -245,3 +247,54 @@ def start_timing_run(args) -> "tuple[torch.device, Dict[str, str]]":
           f"{meta['cpu_model']} x{meta['cpu_count']} ({meta['torch_threads']} threads, host ISA "
           f"{meta['host_isa']}, load {meta['load_avg_1m']}) | GPU {meta['gpu']} | device {device}")
     return device, meta
+
+
+# -- backends ------------------------------------------------------------------------------
+REFERENCE_MAX_NUMEL = 1 << 21  # the pure-PyTorch backend is timed only up to this size
+
+
+def usable_backends(device: torch.device, numel: int, requested: Optional[List[str]]) -> List[str]:
+    """``requested`` (default: every backend available on ``device``) less those that cannot run
+    there, the reference backend beyond :data:`REFERENCE_MAX_NUMEL` elements, and triton on the
+    CPU (its interpreter is for tests only)."""
+    names = requested or pk.available_backends(device)
+    status = pk.backend_status(device)
+    return [b for b in names if status[b] is None
+            and (b != "reference" or numel <= REFERENCE_MAX_NUMEL)
+            and not (b == "triton" and device.type == "cpu")]  # the interpreter is for tests only
+
+
+# -- models ------------------------------------------------------------------------------------
+MODELS = ("smollm2-135m", "opt-1.3b", "tiny")
+
+
+def model_config(name: str):
+    """The transformers config of a benchmark model (random init, no download)."""
+    from transformers import LlamaConfig, OPTConfig  # noqa: PLC0415
+
+    if name == "smollm2-135m":
+        return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                           num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                           max_position_embeddings=2048, tie_word_embeddings=True, rms_norm_eps=1e-5)
+    if name == "opt-1.3b":
+        return OPTConfig(vocab_size=50272, hidden_size=2048, ffn_dim=8192, num_hidden_layers=24,
+                         num_attention_heads=32, max_position_embeddings=2048,
+                         word_embed_proj_dim=2048, do_layer_norm_before=True)
+    if name == "tiny":
+        return LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           tie_word_embeddings=True, rms_norm_eps=1e-5)
+    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+
+
+def build_model(name: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The benchmark model ``name`` (:data:`MODELS`), random-initialized from seed 0 on ``device``
+    in ``dtype``, in eval mode."""
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(model_config(name))
+    model.to(dtype=dtype)
+    model.eval()
+    return model

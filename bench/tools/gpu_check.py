@@ -6,13 +6,13 @@ time limit, all inside one overall budget (default 480 s):
 1. ``build``     -- compile ``pgap_kernels._C`` in place for this GPU's architecture only;
 2. ``pytest``    -- ``pytest -m gpu tests`` (TRITON_INTERPRET unset);
 3. ``selftest``  -- ``python -m pgap_kernels.info --selftest``;
-   ``host``      -- ``bench_host_overhead``: host time per op while the GPU is busy, and whether
+   ``host``      -- ``kernels.host_overhead``: host time per op while the GPU is busy, and whether
    any op waited for it;
-4. the quick benchmarks, each for the cuda and triton backends: ``bench_perturb`` (>= 256 MiB
+4. the quick benchmarks, each for the cuda and triton backends: ``kernels.perturb`` (>= 256 MiB
    tensors: GB/s, % of the measured copy bandwidth, ratio to eager ``randn`` + ``add_``),
-   ``bench_lowrank``, ``bench_subspace`` (OPT-1.3B and LLaMA-7B MLP shapes), ``bench_perturbed``
+   ``kernels.lowrank``, ``kernels.subspace`` (OPT-1.3B and LLaMA-7B MLP shapes), ``kernels.perturbed``
    (when that script exists, issue 14), and
-   ``bench_zo_step`` on the OPT-1.3B shape in bf16.
+   ``steps.zo_step`` on the OPT-1.3B shape in bf16.
 
 Everything goes to ``gpu-report/<date>-<device>/`` (``--out``): one log per step, the benchmarks'
 CSVs and plots, and ``summary.md`` (device, driver, CUDA, torch and triton versions, git revision,
@@ -40,11 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
-# the checkout's packages, also where they are not installed (an offline GPU machine); nothing is
-# imported before the GPU check, so that a machine without torch gets its one line
-sys.path[:0] = [str(ROOT), str(ROOT / "python"), str(BENCH)]
+# the checkout's packages (pgap_kernels, pgap, bench), also where they are not installed (an
+# offline GPU machine, run as ``python bench/tools/gpu_check.py``); nothing is imported before the
+# GPU check, so that a machine without torch gets its one line
+sys.path[:0] = [str(ROOT), str(ROOT / "python")]
 TARGET_LINE = re.compile(r"^\s*(PASS|FAIL)\b")
 
 
@@ -71,7 +72,7 @@ class Outcome:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="bench/tools/gpu_check.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=None,
                    help="report folder (default gpu-report/<date>-<device>/)")
@@ -167,26 +168,26 @@ def plan(args: argparse.Namespace, env: Dict[str, str], out: Path, scratch: Path
              240, what="the GPU-marked tests"),
         Step("selftest", [py, "-m", "pgap_kernels.info", "--selftest"], 90,
              what="every backend's self-check on every device"),
-        Step("host", [py, str(BENCH / "bench_host_overhead.py"), "--device", device, "--backends",
+        Step("host", [py, "-m", "bench.kernels.host_overhead", "--device", device, "--backends",
                       ",".join(backends), "--repeats", "3" if dry else "20",
                       "--profile", "perturbed"] + (["--small"] if dry else []) + csv("host"), 60,
              what="host time per op while the GPU is busy (no op waits for it)"),
-        Step("perturb", [py, str(BENCH / "bench_perturb.py"), "--device", device, "--dtypes",
+        Step("perturb", [py, "-m", "bench.kernels.perturb", "--device", device, "--dtypes",
                          "fp32,bf16", "--backends", ",".join(backends)] + perturb
              + csv("perturb") + plot("perturb"), 120, what="perturb_ GB/s vs copy and eager"),
-        Step("lowrank", [py, str(BENCH / "bench_lowrank.py"), "--device", device, "--sections",
+        Step("lowrank", [py, "-m", "bench.kernels.lowrank", "--device", device, "--sections",
                          "lowrank", "--backends", *backends, "--no-progress"] + lowrank
              + csv("lowrank") + plot("lowrank"), 90, what="lowrank_perturb_ vs eager"),
-        Step("subspace", [py, str(BENCH / "bench_subspace.py"), "--device", device, "--backends",
+        Step("subspace", [py, "-m", "bench.kernels.subspace", "--device", device, "--backends",
                           *backends, "--no-progress"] + subspace + csv("subspace") + plot("subspace"), 90,
-             script=BENCH / "bench_subspace.py", what="subspace_perturb_ GB/s vs eager"),
-        Step("perturbed", [py, str(BENCH / "bench_perturbed.py"), "--device", device,
+             script=BENCH / "kernels" / "subspace.py", what="subspace_perturb_ GB/s vs eager"),
+        Step("perturbed", [py, "-m", "bench.kernels.perturbed", "--device", device,
                            "--backends", *backends, "--quick"] + csv("perturbed") + plot("perturbed"),
-             90, script=BENCH / "bench_perturbed.py", what="the out-of-place perturbed copy"),
+             90, script=BENCH / "kernels" / "perturbed.py", what="the out-of-place perturbed copy"),
     ]
     for backend in backends:
         steps.append(Step(f"zo_step[{backend}]",
-                          [py, str(BENCH / "bench_zo_step.py"), "--device", device, "--methods",
+                          [py, "-m", "bench.steps.zo_step", "--device", device, "--methods",
                            "forward", "baseline", "mezo", "mezo-inplace", "--no-probe", "--no-progress"] + zo_model
                           + csv(f"zo_step_{backend}") + plot(f"zo_step_{backend}"), 150,
                           {"PGAP_BACKEND": backend}, what=f"one ZO step, {backend} backend"))
@@ -233,9 +234,9 @@ def run_step(step: Step, env: Dict[str, str], out: Path, remaining: float) -> Ou
 
 
 def git_revision() -> str:
-    import _common  # noqa: PLC0415  (imports torch: only once the GPU check has passed)
+    from bench import common  # noqa: PLC0415  (imports torch: only once the GPU check has passed)
 
-    return _common.git_revision()
+    return common.git_revision()
 
 
 def summary(env: Dict[str, str], outcomes: Sequence[Outcome], dry: bool, total: float) -> str:

@@ -1,6 +1,6 @@
 """Accuracy against forward passes for several pgap-finetune runs in one plot.
 
-    python bench/plot_finetune.py runs/demo-pgap runs/demo-mezo -o bench/results/finetune_rt.png
+    python -m bench.experiments.plot_finetune runs/demo-pgap runs/demo-mezo -o bench/results/finetune_rt.png
 """
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+from bench import common
 
-from pgap.finetune.outputs import plot_accuracy  # noqa: E402
+from pgap.finetune.outputs import plot_accuracy
 
 
 def main() -> int:
@@ -20,7 +19,7 @@ def main() -> int:
     p.add_argument("runs", nargs="+", type=Path, help="pgap-finetune output directories")
     p.add_argument("-o", "--output", type=Path, default=common.RESULTS_DIR / "finetune_rt.png")
     args = p.parse_args()
-    common.require("plot_finetune.py", ("matplotlib",))
+    common.require("bench/experiments/plot_finetune.py", ("matplotlib",))
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")

@@ -1,4 +1,4 @@
-// Where one host perturbation pass spends its time, phase by phase (bench/bench_stream_breakdown.py
+// Where one host perturbation pass spends its time, phase by phase (bench/kernels/stream_breakdown.py
 // compiles and runs it once per instruction set): Philox words, Box-Muller into the chunk buffer,
 // and the apply loop over the tensor, each timed over a 2^24-element float32 tensor in
 // kHostChunk chunks, as host/perturb_kernel.h runs them (one thread).

@@ -1,6 +1,6 @@
 """Where a host perturbation pass spends its time: Philox words, Box-Muller, the apply loop.
 
-Compiles bench/cpp/stream_breakdown.cpp once per instruction set this CPU runs (generic, avx2,
+Compiles bench/kernels/cpp/stream_breakdown.cpp once per instruction set this CPU runs (generic, avx2,
 avx512) with the flags CMakeLists.txt gives the host kernels (read from it, so the two cannot
 drift), runs each on a 2^24-element float32 tensor on one thread, and prints the three phases in
 ms and per element beside the yardstick of issue 23: an in-place ``w.add_(o)`` of the same size
@@ -12,7 +12,7 @@ memory-bound, the other two are arithmetic.
 
 Example::
 
-    python bench/bench_stream_breakdown.py
+    python -m bench.kernels.stream_breakdown
 """
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ from typing import Dict, List
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+from bench import common
 
 SOURCE = Path(__file__).resolve().parent / "cpp" / "stream_breakdown.cpp"
 NUMEL = 1 << 24
@@ -51,7 +50,7 @@ def cmake_flags(cmake: Path) -> Dict[str, List[str]]:
 
 def run_isa(isa: str, flags: List[str], compiler: str, workdir: Path) -> Dict[str, float]:
     exe = workdir / f"breakdown_{isa}"
-    root = SOURCE.parents[2]
+    root = common.REPO_ROOT
     subprocess.run([compiler, "-std=c++17", *flags, f"-DPGAP_ISA_NS={isa}", f"-I{root / 'csrc' / 'include'}",
                     f"-I{root / 'csrc'}", str(SOURCE), "-o", str(exe)], check=True)
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
@@ -82,7 +81,7 @@ def main(argv=None) -> int:
     meta = common.run_metadata()
     from pgap_kernels import _native  # noqa: PLC0415
     supported = _native.build_info().get("host_isas", ["generic"])
-    flags = cmake_flags(SOURCE.parents[2] / "CMakeLists.txt")
+    flags = cmake_flags(common.REPO_ROOT / "CMakeLists.txt")
     yardstick = add_ms(args.repeats)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""The baseline of bench/bench_zo_step.py: a re-implementation of MeZO's own code.
+"""The baseline of bench/steps/zo_step.py: a re-implementation of MeZO's own code.
 
 This re-implements, as the benchmark's baseline, the MeZO step of the authors' repository
 (princeton-nlp/MeZO, ``large_models/trainer.py``: ``zo_perturb_parameters``, ``zo_forward``,

@@ -11,7 +11,7 @@ are timed one after the other:
 
 * ``forward only``: the closure alone (the reference for the forwards inside a step);
 * ``baseline MeZO (eager)``: MeZO's own per-parameter loop (``torch.normal`` per parameter,
-  ``param.data = param.data + scale * z * eps``), re-implemented in bench/mezo_baseline.py;
+  ``param.data = param.data + scale * z * eps``), re-implemented in bench/steps/mezo_baseline.py;
 * ``pgap.MeZO``: the fused ``perturb_`` passes;
 * ``pgap.PGAP inplace`` / ``pgap.PGAP functional``: a regular (non-probe) P-GAP step. The
   optimizer is built with a window longer than the steps taken, step 0 (the window start: probe
@@ -43,8 +43,8 @@ bench/results/zo_step.csv and draws bench/results/zo_step_<device>.png.
 
 Example::
 
-    python bench/bench_zo_step.py --quick --no-csv --no-plot
-    python bench/bench_zo_step.py --models smollm2-135m --repeats 3 --warmup 1
+    python -m bench.steps.zo_step --quick --no-csv --no-plot
+    python -m bench.steps.zo_step --models smollm2-135m --repeats 3 --warmup 1
 """
 from __future__ import annotations
 
@@ -59,14 +59,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
-from mezo_baseline import MeZOBaseline  # noqa: E402
+from bench import common
+from bench.common import MODELS, build_model
+from bench.steps.mezo_baseline import MeZOBaseline
 
-import pgap  # noqa: E402
-from pgap_kernels.testing import peak_added_bytes, release_free_memory  # noqa: E402
+import pgap
+from pgap_kernels.testing import peak_added_bytes, release_free_memory
 
-MODELS = ("smollm2-135m", "opt-1.3b", "tiny")
 DEFAULT_MODELS = ["smollm2-135m", "opt-1.3b"]
 
 FORWARD = "forward only"
@@ -89,37 +88,6 @@ FIELDS = ["section", "device", "model", "params_M", "dtype", "batch", "seq", "at
           "step_ms", "step_min_ms", "step_iqr_ms", "forward_ms", "nonforward_ms",
           "nonforward_share", "fwd_vs_plain", "nonforward_vs_baseline", "probe_ms",
           "probe_forward_ms", "probe_nonforward_ms", "amortized_probe_ms", "peak_added_MiB"]
-
-
-# -- models ------------------------------------------------------------------------------------
-def model_config(name: str):
-    """The transformers config of a benchmark model (random init, no download)."""
-    from transformers import LlamaConfig, OPTConfig  # noqa: PLC0415
-
-    if name == "smollm2-135m":
-        return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                           num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                           max_position_embeddings=2048, tie_word_embeddings=True, rms_norm_eps=1e-5)
-    if name == "opt-1.3b":
-        return OPTConfig(vocab_size=50272, hidden_size=2048, ffn_dim=8192, num_hidden_layers=24,
-                         num_attention_heads=32, max_position_embeddings=2048,
-                         word_embed_proj_dim=2048, do_layer_norm_before=True)
-    if name == "tiny":
-        return LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                           tie_word_embeddings=True, rms_norm_eps=1e-5)
-    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
-
-
-def build_model(name: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(model_config(name))
-    model.to(dtype=dtype)
-    model.eval()
-    return model
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -599,7 +567,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    common.require("bench_zo_step.py", ("tqdm", "transformers"), plot=not args.no_plot)
+    common.require("bench/steps/zo_step.py", ("tqdm", "transformers"), plot=not args.no_plot)
     device, meta = common.start_timing_run(args)
     window = regular_window(args)
     print(f"models {','.join(args.models)} | {args.dtype} | batch {args.batch} x seq {args.seq} | "

@@ -3,7 +3,7 @@
 A ZO step queues a forward and then the library's ops. An op that copies its launch tables from
 pageable memory, or reads a result back, makes the host wait until everything queued before it
 has run: the host cannot queue the next forward early, and the op cannot be captured in a CUDA
-graph. Here, per backend and op (the cases of ``gpu_ops.py``): after warm-up calls (self-check,
+graph. Here, per backend and op (the cases of ``bench/kernels/gpu_ops.py``): after warm-up calls (self-check,
 Triton JIT, the launch-table cache), the GPU is kept busy with ``torch.cuda._sleep`` for
 ``--busy-ms``, then the op is called ``--repeats`` times. The host time per call is printed, and
 the line says PASS when the GPU was still busy after the last call (no call waited for it) and
@@ -11,7 +11,7 @@ FAIL otherwise. On the CPU (``--device cpu``, the dry run) only the host time is
 
 Example::
 
-    python bench/bench_host_overhead.py --backends cuda,triton
+    python -m bench.kernels.host_overhead --backends cuda,triton
 """
 from __future__ import annotations
 
@@ -24,11 +24,10 @@ from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
-from gpu_ops import OP_CASES  # noqa: E402
+from bench import common
+from bench.kernels.gpu_ops import OP_CASES
 
-import pgap_kernels as pk  # noqa: E402
+import pgap_kernels as pk
 
 
 class HostTime(NamedTuple):

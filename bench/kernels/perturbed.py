@@ -6,7 +6,7 @@ perturbation: every forward sees ``pgap_kernels.perturbed`` copies of the weight
 (:class:`pgap.views.PerturbedViews`). The copies themselves must be made: one pass that reads
 θ, draws z and writes θ + ε·z for every trainable parameter. Everything beyond that is overhead.
 
-Sections, on a random-init causal LM (``bench_zo_step``'s configs; nothing is downloaded):
+Sections, on a random-init causal LM (``bench.common.build_model``'s configs; nothing is downloaded):
 
 * ``copy``: that pass alone over every trainable parameter, per backend: ``perturbed`` called
   once per tensor (``loop``) against ``perturbed_many`` (one call); ``copy_`` per tensor as the
@@ -22,8 +22,8 @@ forward is at most 1.25x the ``perturbed_many`` pass ("views cost what they must
 
 Examples::
 
-    python bench/bench_perturbed.py --models smollm2-135m --threads 2
-    python bench/bench_perturbed.py --device cuda --backends cuda triton   # OPT-1.3B, bf16
+    python -m bench.kernels.perturbed --models smollm2-135m --threads 2
+    python -m bench.kernels.perturbed --device cuda --backends cuda triton   # OPT-1.3B, bf16
 """
 from __future__ import annotations
 
@@ -35,13 +35,12 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
-from bench_zo_step import MODELS, build_model  # noqa: E402
+from bench import common
+from bench.common import MODELS, build_model
 
-import pgap_kernels as pk  # noqa: E402
-from pgap.params import collect_trainable  # noqa: E402
-from pgap.views import PerturbedViews  # noqa: E402
+import pgap_kernels as pk
+from pgap.params import collect_trainable
+from pgap.views import PerturbedViews
 
 TARGET_OVERHEAD = 1.25  # block views' overhead per forward / one perturbed_many pass
 FIELDS = ["section", "device", "model", "params_M", "dtype", "batch", "seq", "backend", "variant",
@@ -215,7 +214,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    common.require("bench_perturbed.py", ("transformers",), plot=not args.no_plot)
+    common.require("bench/kernels/perturbed.py", ("transformers",), plot=not args.no_plot)
     device, meta = common.start_timing_run(args)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench_perturbed: no CUDA device; nothing measured")

@@ -20,7 +20,7 @@ bench/results/alignment.csv. Needs the embedded model (``make demo`` installs it
 
 Example::
 
-    python bench/bench_alignment.py --probes 10 50 --batch 16
+    python -m bench.experiments.alignment --probes 10 50 --batch 16
 """
 from __future__ import annotations
 
@@ -33,13 +33,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+from bench import common
 
-import pgap  # noqa: E402
-from pgap.finetune.data import load_rotten_tomatoes, task_needs  # noqa: E402
-from pgap.finetune.models import load_causal_lm, model_needs  # noqa: E402
-from pgap.finetune.prompts import PromptClassifier  # noqa: E402
+import pgap
+from pgap.finetune.data import load_rotten_tomatoes, task_needs
+from pgap.finetune.models import load_causal_lm, model_needs
+from pgap.finetune.prompts import PromptClassifier
 
 FIELDS = ["model", "subspace", "probes", "rank", "batch", "matrices", "captured_median",
           "captured_p10", "captured_p90", "cosine_median", "cosine_p10", "cosine_p90",
@@ -65,7 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--csv", type=Path, default=common.RESULTS_DIR / "alignment.csv")
     p.add_argument("--no-csv", action="store_true")
     args = p.parse_args(argv)
-    common.require("bench_alignment.py", ("transformers",),
+    common.require("bench/experiments/alignment.py", ("transformers",),
                    needs=model_needs(None) + task_needs("rotten_tomatoes"))
     meta = common.run_metadata()
     tok, model = load_causal_lm(None)

@@ -1,8 +1,8 @@
 """P-GAP's perturbation scale on the real model (issue 22, item 1): |g| of the first steps of
 P-GAP's probe and random subspaces against MeZO's, on the same batches.
 
-    python bench/bench_pgap_scale.py --steps 20 --dtype bf16 --threads 1
-    python bench/bench_pgap_scale.py --report     # the table of the CSV's rows
+    python -m bench.experiments.pgap_scale --steps 20 --dtype bf16 --threads 1
+    python -m bench.experiments.pgap_scale --report     # the table of the CSV's rows
 
 Every configuration starts from the embedded SmolLM2-135M and trains ``--steps`` steps of
 pgap-finetune's training step (batch 8, Rotten Tomatoes, ``--seed``'s batches and optimizer seed)
@@ -30,7 +30,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from _common import RESULTS_DIR, append_csv, require, run_metadata
+from bench.common import RESULTS_DIR, append_csv, require, run_metadata
 
 PGAP_COMMON = {"rank": 8, "window": 50, "probes": 4}
 CONFIGS: Dict[str, Dict[str, Any]] = {
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     if args.report:
         report(args.csv)
         return 0
-    require("bench_pgap_scale.py", ("transformers",))
+    require("bench/experiments/pgap_scale.py", ("transformers",))
     torch.set_num_threads(args.threads)
     from pgap.finetune.data import load_rotten_tomatoes  # noqa: PLC0415
 

@@ -4,21 +4,21 @@
 #   2. final, 5 paired seeds, 1,200 forwards: MeZO and AdamW at the sweep's lr ("best");
 #   3. P-GAP (activation subspace, pgap-finetune's default method): sweep, then final;
 #   4. the rest of the SGD sweep (the finals need only AdamW as the first-order ceiling).
-# Every step is resumable: run the script again and bench_compare.py skips the runs its CSV holds
-# (a run killed part-way restarts from step 0 and does not rewrite its checkpoints).
+# Every step is resumable: run the script again and bench/experiments/compare.py skips the runs
+# its CSV holds (a run killed part-way restarts from step 0 and does not rewrite its checkpoints).
 #
 # All rows of one table should come from one training code revision, so run the queue from a
 # clean clone pinned at a commit, writing into the checkout's CSV:
 #   git clone -q /work/main /work/pgap-v2 && git -C /work/pgap-v2 checkout -q <rev>
 #   cp /work/main/pgap_kernels/_C*.so /work/pgap-v2/pgap_kernels/
 #   cd /work/pgap-v2 && PY=/work/main/.venv/bin/python V2_CSV=/work/main/bench/results/compare_v2.csv \
-#     nohup nice -n 19 bench/run_protocol_v2.sh first-order >> /work/main/bench/results/compare_v2.log 2>&1 &
+#     nohup nice -n 19 bench/experiments/run_protocol_v2.sh first-order >> /work/main/bench/results/compare_v2.log 2>&1 &
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-python}
 CSV=${V2_CSV:-bench/results/compare_v2.csv}
 export PYTHONPATH="$PWD:$PWD/python${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1
-run() { echo "== $(date -u +%FT%TZ) $*"; "$PY" bench/bench_compare.py --csv "$CSV" --threads 1 "$@"; }
+run() { echo "== $(date -u +%FT%TZ) $*"; "$PY" -m bench.experiments.compare --csv "$CSV" --threads 1 "$@"; }
 
 # Two queues may run side by side (one thread each): `run_protocol_v2.sh first-order` (MeZO and the
 # backprop baselines) and `run_protocol_v2.sh pgap`; no argument runs both one after the other.

@@ -24,8 +24,8 @@ bench/results/perturb_<device>.png.
 
 Example::
 
-    python bench/bench_perturb.py --quick --no-csv
-    python bench/bench_perturb.py --device cpu --min-log2 16 --max-log2 26 --step 2
+    python -m bench.kernels.perturb --quick --no-csv
+    python -m bench.kernels.perturb --device cpu --min-log2 16 --max-log2 26 --step 2
 """
 from __future__ import annotations
 
@@ -38,10 +38,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+from bench import common
 
-import pgap_kernels  # noqa: E402
+import pgap_kernels
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
                                   "fp16": torch.float16}
@@ -400,7 +399,7 @@ def make_cases(args: argparse.Namespace,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    common.require("bench_perturb.py", ("tqdm",), plot=not args.no_plot)
+    common.require("bench/kernels/perturb.py", ("tqdm",), plot=not args.no_plot)
     from tqdm import tqdm  # noqa: PLC0415 - after the check
 
     if args.threads is not None:

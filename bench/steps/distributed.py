@@ -8,7 +8,7 @@ Configurations, each in its own spawned processes (gloo over a file rendezvous, 
 * ``FSDP2 x2``: as DP, with every decoder layer and the root wrapped by ``fully_shard`` (each
   rank holds half of every parameter; FSDP2 all-gathers the parameters for every forward).
 
-The model is a random-init Llama (``--model``, configs from bench_zo_step.py) on a fixed batch
+The model is a random-init Llama (``--model``, configs from bench/steps/zo_step.py) on a fixed batch
 of random tokens (``--batch`` sequences of ``--seq`` tokens in all). Each method runs ``--warmup``
 untimed steps (they include P-GAP's probe phase: ``--window`` is larger than the run) and then
 ``--steps`` timed steps; the table gives the median step time.
@@ -20,7 +20,7 @@ sends 2(W−1)/W of the gradient's bytes per rank per step).
 
 Example::
 
-    python bench/bench_distributed.py --model tiny --steps 2 --no-csv --no-plot
+    python -m bench.steps.distributed --model tiny --steps 2 --no-csv --no-plot
 """
 from __future__ import annotations
 
@@ -37,12 +37,11 @@ from typing import Any, Dict, List
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
-from bench_zo_step import build_model  # noqa: E402
+from bench import common
+from bench.common import build_model
 
-from pgap.distributed import exit_ranks  # noqa: E402
-from pgap.finetune.sharding import shard_model  # noqa: E402
+from pgap.distributed import exit_ranks
+from pgap.finetune.sharding import shard_model
 
 CONFIGS = (("1 process", 1, False), ("DP x2", 2, False), ("FSDP2 x2", 2, True))
 FIELDS = ["model", "method", "config", "ranks", "sharded", "threads_per_rank", "batch", "seq",
@@ -138,7 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-plot", action="store_true")
     p.set_defaults(device="cpu")  # gloo ranks on the CPU
     args = p.parse_args(argv)
-    common.require("bench_distributed.py", ("transformers",), plot=not args.no_plot)
+    common.require("bench/steps/distributed.py", ("transformers",), plot=not args.no_plot)
     _, meta = common.start_timing_run(args)
     rows = []
     for method in args.methods.split(","):

@@ -21,8 +21,8 @@ PASS/FAIL line per target; rows go to bench/results/bf16.csv.
   float32 and bf16 (interleaved repetitions, median; target ≤ 1.15×), and the views' peak bytes of
   copies alive at once (arena and kept tied copy) against the largest parameter (target ≤ 1×).
 
-    python bench/bench_bf16.py                       # all parts
-    python bench/bench_bf16.py --parts subulp cosine # the fast ones (no model)
+    python -m bench.experiments.bf16                       # all parts
+    python -m bench.experiments.bf16 --parts subulp cosine # the fast ones (no model)
 """
 from __future__ import annotations
 
@@ -36,11 +36,10 @@ from typing import Callable, Dict, List
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+from bench import common
 
-import pgap  # noqa: E402
-import pgap_kernels as pk  # noqa: E402
+import pgap
+import pgap_kernels as pk
 
 FIELDS = ["part", "setting", "metric", "value"]
 DEFAULT_CSV = common.RESULTS_DIR / "bf16.csv"
@@ -238,7 +237,7 @@ def main(argv=None) -> int:
     if any(part in MODEL_PARTS for part in args.parts):
         from pgap.finetune.data import task_needs  # noqa: PLC0415
         from pgap.finetune.models import model_needs  # noqa: PLC0415
-        common.require("bench_bf16.py", ("transformers",),
+        common.require("bench/experiments/bf16.py", ("transformers",),
                        needs=model_needs(None) + task_needs("rotten_tomatoes"))
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,20 +1,17 @@
 """Profile ``pgap.MeZO`` steps on a CUDA GPU (OPT-1.3B config, bf16, batch 16 x 256): the median
 step of 10 (after 3 warm-up steps) for the cuda and triton backends in functional and in-place
 mode beside a plain forward, and a torch.profiler table of three functional cuda steps (top ops by
-CPU and by CUDA time). Run from the repository root on a GPU machine after building ``_C``::
+CPU and by CUDA time). Run from the repository root on a GPU machine after building ``_C``
+(``pgap`` installed, or ``PYTHONPATH=python``)::
 
-    python bench/profile_mezo_step.py
+    python -m bench.steps.profile_mezo_step
 """
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "python"), str(ROOT)]
-from bench_zo_step import build_model  # noqa: E402
-import pgap  # noqa: E402
+import pgap
+from bench.common import build_model
 
 
 def main() -> None:

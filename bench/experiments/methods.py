@@ -29,7 +29,7 @@ bench/results/methods.png (loss vs forwards, mean over seeds with a min–max ba
 
 Example::
 
-    python bench/bench_methods.py --quick --no-csv --no-plot
+    python -m bench.experiments.methods --quick --no-csv --no-plot
 """
 from __future__ import annotations
 
@@ -44,10 +44,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+from bench import common
 
-import pgap  # noqa: E402
+import pgap
 
 Problem = Tuple[nn.Module, Callable[[], torch.Tensor]]
 
@@ -443,7 +442,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    common.require("bench_methods.py", ("tqdm", "transformers") if "tiny-lm" in args.problems else ("tqdm",),
+    common.require("bench/experiments/methods.py", ("tqdm", "transformers") if "tiny-lm" in args.problems else ("tqdm",),
                    plot=not args.no_plot)
     torch.set_num_threads(args.threads)
     meta = common.run_metadata()

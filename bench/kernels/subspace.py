@@ -21,7 +21,7 @@ bandwidth), CSV rows to bench/results/subspace.csv and a plot bench/results/subs
 
 Example::
 
-    python bench/bench_subspace.py --quick --no-csv --no-plot
+    python -m bench.kernels.subspace --quick --no-csv --no-plot
 """
 from __future__ import annotations
 
@@ -32,11 +32,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+from bench import common
+from bench.common import usable_backends  # reference only up to 2**21 elements
 
-import pgap_kernels as pk  # noqa: E402
-from bench_lowrank import usable_backends  # noqa: E402  (reference only up to 2**21 elements)
+import pgap_kernels as pk
 
 MODELS: Dict[str, Tuple[int, int, int]] = {  # hidden, intermediate, vocabulary
     "SmolLM2-135M": (576, 1536, 49152), "OPT-1.3B": (2048, 8192, 50272),
@@ -192,7 +191,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    common.require("bench_subspace.py", ("tqdm",), plot=not args.no_plot)
+    common.require("bench/kernels/subspace.py", ("tqdm",), plot=not args.no_plot)
     device, meta = common.start_timing_run(args)
     with torch.no_grad():
         rows = run(args, device)

@@ -22,7 +22,7 @@ to bench/results/lowrank.csv and a plot bench/results/lowrank_<device>.png.
 
 Example::
 
-    python bench/bench_lowrank.py --quick --no-csv --no-plot
+    python -m bench.kernels.lowrank --quick --no-csv --no-plot
 """
 from __future__ import annotations
 
@@ -33,11 +33,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+from bench import common
+from bench.common import usable_backends
 
-import pgap_kernels as pk  # noqa: E402
-from pgap_kernels.testing import peak_added_bytes  # noqa: E402
+import pgap_kernels as pk
+from pgap_kernels.testing import peak_added_bytes
 
 SHAPES: Dict[str, Tuple[int, int]] = {
     "SmolLM2-135M": (576, 1536), "OPT-1.3B attn": (2048, 2048), "OPT-1.3B mlp": (2048, 8192),
@@ -49,7 +49,6 @@ RSVD_RANKS = (8, 128)
 RSVD_SHAPES = ["SmolLM2-135M", "OPT-1.3B mlp"]
 PROBES = 10
 SCALE = 1e-3
-REFERENCE_MAX_NUMEL = 1 << 21  # the pure-PyTorch backend is timed only up to this size
 TARGET_SHAPE, TARGET_RANK = "OPT-1.3B mlp", 128
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16 tensor cores
 
@@ -128,14 +127,6 @@ def bf16_fraction(gflops: float, device: torch.device) -> str:
     name = torch.cuda.get_device_name(device)
     peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
     return "" if peak is None else f"{gflops / 1e3 / peak:.4f}"
-
-
-def usable_backends(device: torch.device, numel: int, requested: Optional[List[str]]) -> List[str]:
-    names = requested or pk.available_backends(device)
-    status = pk.backend_status(device)
-    return [b for b in names if status[b] is None
-            and (b != "reference" or numel <= REFERENCE_MAX_NUMEL)
-            and not (b == "triton" and device.type == "cpu")]  # the interpreter is for tests only
 
 
 def run(args: argparse.Namespace) -> List[dict]:
@@ -288,7 +279,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    common.require("bench_lowrank.py", ("tqdm",), plot=not args.no_plot)
+    common.require("bench/kernels/lowrank.py", ("tqdm",), plot=not args.no_plot)
     device, meta = common.start_timing_run(args)
     with torch.no_grad():
         rows = run(args)

@@ -24,9 +24,9 @@ Protocol v2 (the default; bench/results/compare_v2.csv, docs/finetune.md "Protoc
   seeds (t distribution), dev loss, peak memory, share of the first-order gain; per method vs
   MeZO the paired difference (same seeds) with its 95 % CI; a plot with CI bands.
 
-    python bench/bench_compare.py --phase sweep --grid mezo=1e-5,3e-5,1e-4 backprop-adamw=1e-5,3e-5,1e-4 --seeds 0 --threads 1
-    python bench/bench_compare.py --phase final --grid mezo=best backprop-adamw=best --seeds 0 1 2 3 4 --threads 1
-    python bench/bench_compare.py --report
+    python -m bench.experiments.compare --phase sweep --grid mezo=1e-5,3e-5,1e-4 backprop-adamw=1e-5,3e-5,1e-4 --seeds 0 --threads 1
+    python -m bench.experiments.compare --phase final --grid mezo=best backprop-adamw=best --seeds 0 1 2 3 4 --threads 1
+    python -m bench.experiments.compare --report
 
 Protocol v1 (issue 13; bench/results/compare.csv, compare_bf16.csv: 300 random test sentences,
 std over seeds) is no longer run; ``--report --csv bench/results/compare.csv`` still reads its
@@ -46,16 +46,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+from bench import common
 
-from pgap.dtypes import DTYPES  # noqa: E402
-from pgap.finetune.data import load_rotten_tomatoes, task_needs  # noqa: E402
-from pgap.finetune.memory import PeakMemory  # noqa: E402
-from pgap.finetune.models import load_causal_lm, model_needs  # noqa: E402
-from pgap.finetune.prompts import PromptClassifier  # noqa: E402
-from pgap.finetune.train import Ranks, evaluate, training_steps  # noqa: E402
-from pgap.methods import ALL_METHODS, build_optimizer  # noqa: E402
+from pgap.dtypes import DTYPES
+from pgap.finetune.data import load_rotten_tomatoes, task_needs
+from pgap.finetune.memory import PeakMemory
+from pgap.finetune.models import load_causal_lm, model_needs
+from pgap.finetune.prompts import PromptClassifier
+from pgap.finetune.train import Ranks, evaluate, training_steps
+from pgap.methods import ALL_METHODS, build_optimizer
 
 FIELDS_V2 = ["protocol", "phase", "git_rev", "timestamp", "method", "options", "lr", "eps", "seed", "dtype",
              "batch", "checkpoint", "step", "forwards", "status", "train_loss", "test_examples",
@@ -83,7 +82,7 @@ def parse_grid(items: Sequence[str]) -> List[Tuple[str, str, List[str]]]:
         except ValueError:
             ok = False
         if not ok:
-            raise SystemExit(f"bench_compare.py: error: --grid item {item!r}: expected "
+            raise SystemExit(f"bench/experiments/compare.py: error: --grid item {item!r}: expected "
                              f"METHOD[:opt=v;...]=LR[,LR...] (an LR may be 'best': the sweep's "
                              f"choice) with METHOD in {', '.join(ALL_METHODS)}")
         out.append((method, options, lrs.split(",")))
@@ -238,7 +237,7 @@ def resolve_lrs(grid, rows: Sequence[dict], dtype: str) -> List[Tuple[str, str, 
         for lr in lrs:
             if lr == "best":
                 if (method, options) not in chosen:
-                    raise SystemExit(f"bench_compare.py: error: {run_label(method, options)}=best: no "
+                    raise SystemExit(f"bench/experiments/compare.py: error: {run_label(method, options)}=best: no "
                                      f"{dtype} sweep rows in the CSV to choose from")
                 out.append((method, options, chosen[(method, options)]))
             else:
@@ -274,7 +273,7 @@ def run_v2(args, grid) -> int:
     if not todo:
         print("bench_compare: every run of this grid is in the CSV")
         return 0
-    common.require("bench_compare.py", ("transformers",),
+    common.require("bench/experiments/compare.py", ("transformers",),
                    needs=model_needs(None) + task_needs("rotten_tomatoes"))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -638,7 +637,7 @@ def report(args) -> int:
     """Summarize the CSV: protocol v2's report, or v1's for a v1 CSV (recognized by its header)."""
     rows = load_rows(args.csv)
     if not rows:
-        print(f"bench_compare.py: no rows in {args.csv}")
+        print(f"bench/experiments/compare.py: no rows in {args.csv}")
         return 1
     return report_v2(args, rows) if "protocol" in rows[0] else report_v1(args, rows)
 
@@ -669,7 +668,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.plot is None:
         args.plot = args.csv.with_suffix(".png")
     if args.report:
-        common.require("bench_compare.py", plot=not args.no_plot)
+        common.require("bench/experiments/compare.py", plot=not args.no_plot)
         return report(args)
     grid = parse_grid(args.grid)
     if not grid:
