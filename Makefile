@@ -1,5 +1,5 @@
 # make demo : set up, fine-tune the embedded SmolLM2 on Rotten Tomatoes with P-GAP (activation
-#             subspace, the best method of bench/bench_compare.py) and MeZO beside it, then
+#             subspace, the best method of bench/experiments/compare.py) and MeZO beside it, then
 #             run the microbenchmarks
 # make test : set up, then run the test suite
 PYTHON ?= python3
@@ -37,12 +37,12 @@ test-gpu: setup
 # GPU it says so and exits 0. GPU_CHECK_ARGS=--dry-run exercises every step on the CPU.
 GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
-	$(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+	$(GPU_PYTHON) -m bench.tools.gpu_check $(GPU_CHECK_ARGS)
 
 DEMO_STAMP := $(VENV)/.pgap-demo-installed
 DEMO_STEPS ?= 100
 DEMO_COMMON ?= --steps $(DEMO_STEPS) --batch-size 8 --test 500 --eval-every 50 --eval-examples 100 --no-progress
-# P-GAP and MeZO at pgap-finetune's defaults (bench_compare.py's sweep): P-GAP in the activation
+# P-GAP and MeZO at pgap-finetune's defaults (bench/experiments/compare.py's sweep): P-GAP in the activation
 # subspace (lr 3e-5, rank 8, window 50, 4 probes), MeZO lr 3e-5
 DEMO_PGAP_ARGS ?=
 DEMO_MEZO_ARGS ?=
@@ -57,16 +57,16 @@ demo: setup $(DEMO_STAMP)
 	$(PY) -m pgap.finetune --method pgap $(DEMO_COMMON) --output-dir runs/demo-pgap $(DEMO_PGAP_ARGS)
 	$(PY) -m pgap.finetune --method mezo $(DEMO_COMMON) --output-dir runs/demo-mezo $(DEMO_MEZO_ARGS)
 	@# short kernel benchmarks; their CSV and plots go to runs/ (bench/results/ holds the full runs)
-	$(PY) bench/bench_perturb.py --max-log2 24 --csv runs/bench/perturb.csv --plot runs/bench/perturb_cpu.png
-	$(PY) bench/bench_lowrank.py --quick --csv runs/bench/lowrank.csv --plot runs/bench/lowrank_cpu.png
+	$(PY) -m bench.kernels.perturb --max-log2 24 --csv runs/bench/perturb.csv --plot runs/bench/perturb_cpu.png
+	$(PY) -m bench.kernels.lowrank --quick --csv runs/bench/lowrank.csv --plot runs/bench/lowrank_cpu.png
 
 bench: setup
-	$(PY) bench/bench_perturb.py
-	$(PY) bench/bench_lowrank.py
-	$(PY) bench/bench_subspace.py
-	$(PY) bench/bench_zo_step.py --models smollm2-135m --repeats 3
-	$(PY) bench/bench_methods.py
-	$(PY) bench/bench_distributed.py
+	$(PY) -m bench.kernels.perturb
+	$(PY) -m bench.kernels.lowrank
+	$(PY) -m bench.kernels.subspace
+	$(PY) -m bench.steps.zo_step --models smollm2-135m --repeats 3
+	$(PY) -m bench.experiments.methods
+	$(PY) -m bench.steps.distributed
 
 info: setup
 	$(PY) -m pgap_kernels.info

@@ -1,5 +1,7 @@
 """Test configuration: backends per device, GPU marks, Triton interpreter on CPU-only machines."""
 import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -14,6 +16,15 @@ import pgap_kernels as pk  # noqa: E402
 
 GPU_REASON = "needs a CUDA device (run `make test-gpu` on a GPU machine)"
 HAS_CUDA = torch.cuda.is_available()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_command(module: str) -> list:
+    """``python -m bench.<module>``'s command line; run it with ``cwd=ROOT`` (bench/ is a package
+    of the checkout, run from its root: bench/README.md)."""
+    return [sys.executable, "-m", f"bench.{module}"]
 
 
 def backend_cases(include_reference: bool = False):

@@ -60,7 +60,7 @@ def llama_and_closure(rank: int, world: int):
 
 def shard(model: nn.Module) -> nn.Module:
     """fully_shard every Linear of the MLP (or every decoder layer of the Llama), then the root."""
-    from pgap.sharding import shard_model
+    from pgap.finetune.sharding import shard_model
 
     blocks = None if hasattr(model, "model") else [m for m in model if isinstance(m, nn.Linear)]
     return shard_model(model, blocks)

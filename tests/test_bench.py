@@ -1,33 +1,33 @@
 """The benchmark script (run by `make demo`) runs end to end; no timing is asserted."""
 import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_perturb.py"
+from conftest import ROOT, bench_command
+
+BENCH = bench_command("kernels.perturb")
 
 
 def test_bench_quick_smoke(tmp_path):
     csv = tmp_path / "perturb.csv"
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--device", "cpu", "--min-log2", "12", "--max-log2", "12",
+        [*BENCH, "--device", "cpu", "--min-log2", "12", "--max-log2", "12",
          "--dtypes", "fp32", "--repeats", "2", "--warmup", "1", "--csv", str(csv), "--no-plot"],
-        capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "perturb_ [native]" in out.stdout and "eager randn + add_" in out.stdout
     rows = csv.read_text().splitlines()
     assert rows[0].startswith("timestamp,git_rev,") and len(rows) >= 4  # header + 3 paths or more
 
 
-LOWRANK = Path(__file__).resolve().parents[1] / "bench" / "bench_lowrank.py"
+LOWRANK = bench_command("kernels.lowrank")
 
 
 def test_bench_lowrank_quick_smoke(tmp_path):
     csv = tmp_path / "lowrank.csv"
     out = subprocess.run(
-        [sys.executable, str(LOWRANK), "--quick", "--device", "cpu", "--backends", "native",
+        [*LOWRANK, "--quick", "--device", "cpu", "--backends", "native",
          "--repeats", "1", "--warmup", "0", "--csv", str(csv), "--plot", str(tmp_path / "p.png"),
          "--no-progress"],
-        capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     for section in ("== lowrank", "== sketch", "== rsvd"):
         assert section in out.stdout
@@ -36,7 +36,7 @@ def test_bench_lowrank_quick_smoke(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
-BF16 = Path(__file__).resolve().parents[1] / "bench" / "bench_bf16.py"
+BF16 = bench_command("experiments.bf16")
 
 
 def test_bench_bf16_model_free_parts(tmp_path):
@@ -44,9 +44,9 @@ def test_bench_bf16_model_free_parts(tmp_path):
     within [0.75, 1.33], in place loses to functional on the cosine, and the CSV is written."""
     csv = tmp_path / "bf16.csv"
     out = subprocess.run(
-        [sys.executable, str(BF16), "--parts", "subulp", "cosine", "--subulp-steps", "300",
+        [*BF16, "--parts", "subulp", "cosine", "--subulp-steps", "300",
          "--cosine-steps", "50", "--csv", str(csv)],
-        capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert "PASS subulp" in out.stdout, out.stdout + out.stderr
     cos = {line.split()[0]: float(line.split("cosine")[1].split()[0])
            for line in out.stdout.splitlines() if line.startswith("  ") and "magnitude ratio" in line}
@@ -54,7 +54,7 @@ def test_bench_bf16_model_free_parts(tmp_path):
     assert csv.read_text().splitlines()[0].endswith("part,setting,metric,value")
 
 
-COMPARE = Path(__file__).resolve().parents[1] / "bench" / "bench_compare.py"
+COMPARE = bench_command("experiments.compare")
 
 
 def test_bench_compare_report_chooses_on_dev_and_judges_the_target(tmp_path):
@@ -81,8 +81,8 @@ def test_bench_compare_report_chooses_on_dev_and_judges_the_target(tmp_path):
     run("slow", 1e-5, 0, (0.60, 0.60, 0.60), 0.70)   # ties on dev: the smaller lr is chosen
     csv = tmp_path / "compare.csv"
     csv.write_text("\n".join(rows) + "\n")
-    out = subprocess.run([sys.executable, str(COMPARE), "--report", "--csv", str(csv), "--no-plot"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*COMPARE, "--report", "--csv", str(csv), "--no-plot"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     chosen = [line.split()[0] + " " + line.split()[2] for line in lines if line.endswith("<- chosen")]

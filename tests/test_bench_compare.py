@@ -1,20 +1,18 @@
-"""bench_compare.py protocol v2: the statistics (95 % t intervals, paired differences), the lr
+"""bench/experiments/compare.py protocol v2: the statistics (95 % t intervals, paired differences), the lr
 choice, the report on a hand-made CSV, and resumption (done checkpoints are neither evaluated nor
 written again). Fast: no real model (the resumption test trains the tiny Llama of
 test_finetune for a few steps)."""
 import csv
 import math
 import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
-import bench_compare as bc  # noqa: E402
+from conftest import ROOT, bench_command
+
+from bench.experiments import compare as bc
 
 from test_finetune import tiny_model  # noqa: E402,F401  (the fixture)
 
@@ -76,8 +74,8 @@ def test_report_prints_ci_and_paired_difference(tmp_path):
             rows.append(_row("final", "agzo", 3e-5, seed, cp, test=m + 0.1, dev=0.7, dev_loss=0.5, mem=1200))
     path = tmp_path / "v2.csv"
     _write(path, rows)
-    out = subprocess.run([sys.executable, str(BENCH / "bench_compare.py"), "--report", "--csv", str(path),
-                          "--no-plot"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*bench_command("experiments.compare"), "--report", "--csv", str(path),
+                          "--no-plot"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     adamw = [line for line in lines if line.strip().startswith("backprop-adamw")]
@@ -96,8 +94,8 @@ def test_report_still_reads_a_v1_csv(tmp_path):
             "r,t,mezo,,3e-05,0.001,0,8,600,dev,200,300,600,0.66,0.6,1"]
     path = tmp_path / "compare.csv"
     path.write_text("\n".join(rows) + "\n")
-    out = subprocess.run([sys.executable, str(BENCH / "bench_compare.py"), "--report", "--csv", str(path),
-                          "--no-plot"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*bench_command("experiments.compare"), "--report", "--csv", str(path),
+                          "--no-plot"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "<- chosen" in out.stdout, out.stderr
 
 
@@ -106,8 +104,8 @@ def test_a_restarted_run_skips_the_checkpoints_it_wrote(tiny_model, tmp_path):  
     losses of its segment (steps 5..8); the two-point forward count is 2 per step."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pgap.data import load_text_label_file
-    from pgap.prompts import PromptClassifier
+    from pgap.finetune.data import load_text_label_file
+    from pgap.finetune.prompts import PromptClassifier
 
     tok = AutoTokenizer.from_pretrained(tiny_model / "model")
     model = AutoModelForCausalLM.from_pretrained(tiny_model / "model")

@@ -1,23 +1,23 @@
-"""bench/bench_distributed.py runs end to end on the tiny model (1 step per configuration); no
+"""bench/steps/distributed.py runs end to end on the tiny model (1 step per configuration); no
 timing is asserted, only what the table and CSV must contain."""
 import csv
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from conftest import ROOT, bench_command
 
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_distributed.py"
+BENCH = bench_command("steps.distributed")
 
 
 def test_bench_distributed_tiny_smoke(tmp_path):
     out_csv, png = tmp_path / "distributed.csv", tmp_path / "distributed.png"
-    out = subprocess.run([sys.executable, str(BENCH), "--model", "tiny", "--methods", "mezo",
+    out = subprocess.run([*BENCH, "--model", "tiny", "--methods", "mezo",
                           "--steps", "1", "--warmup", "0", "--csv", str(out_csv), "--plot", str(png)],
-                         capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("1 process", "DP x2", "FSDP2 x2"):
         assert name in out.stdout

@@ -1,13 +1,13 @@
-"""bench/bench_methods.py runs end to end with --quick (tiny budgets, one seed, both problems);
+"""bench/experiments/methods.py runs end to end with --quick (tiny budgets, one seed, both problems);
 no loss value is asserted."""
 import csv
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_methods.py"
+from conftest import ROOT, bench_command
+
+BENCH = bench_command("experiments.methods")
 METHODS = ("MeZO", "P-GAP", "MeZO-GV", "MeZO-Greedy", "LDSD")
 PROBLEMS = ("lowrank-grad", "tiny-lm")
 
@@ -17,9 +17,9 @@ def test_bench_methods_quick_smoke(tmp_path):
     pytest.importorskip("matplotlib")
     out_csv, out_png = tmp_path / "methods.csv", tmp_path / "methods.png"
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--csv", str(out_csv), "--plot", str(out_png),
+        [*BENCH, "--quick", "--csv", str(out_csv), "--plot", str(out_png),
          "--no-progress"],
-        capture_output=True, text=True, timeout=300)
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     for problem in PROBLEMS:

@@ -1,10 +1,10 @@
-"""bench/bench_pgap_scale.py --report: |g| summaries per (config, seed) against MeZO at the same
+"""bench/experiments/pgap_scale.py --report: |g| summaries per (config, seed) against MeZO at the same
 seed (the real-model runs themselves are not run here)."""
 import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_pgap_scale.py"
+from conftest import ROOT, bench_command
+
+BENCH = bench_command("experiments.pgap_scale")
 HEADER = "config,step,g,loss,forwards,lr,eps,seed,dtype,scale,frozen_vectors,git_rev,timestamp\n"
 
 
@@ -14,8 +14,8 @@ def test_report_compares_each_config_with_mezo_at_its_seed(tmp_path):
     path = tmp_path / "g.csv"
     path.write_text(HEADER + "".join(f"{c},{s},{g},1.0,{2 * s},3e-05,0.001,0,bf16,,False,abc,t\n"
                                      for c, s, g in rows))
-    out = subprocess.run([sys.executable, str(BENCH), "--report", "--csv", str(path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([*BENCH, "--report", "--csv", str(path)],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
     lines = {line.split()[2]: line for line in out.splitlines()}
     assert "mean 0.50, RMS 0.50" in lines["pgap-probe"]
     assert "mean 0.50, RMS 0.50" in lines["subzero-matrices"]  # against mezo-matrices

@@ -1,15 +1,13 @@
-"""bench/bench_step_cost.py: its target lines judge the right rows; a real-model smoke run when
+"""bench/steps/step_cost.py: its target lines judge the right rows; a real-model smoke run when
 PGAP_RUN_SLOW=1 (it needs the embedded SmolLM2)."""
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
-import bench_step_cost as bsc  # noqa: E402
+from conftest import ROOT, bench_command
+
+from bench.steps import step_cost as bsc
 
 
 def _row(method, dtype, mode, default, steps_in_forwards):
@@ -30,9 +28,9 @@ def test_targets_judge_the_default_mode_and_in_place_rows():
 
 @pytest.mark.skipif(os.environ.get("PGAP_RUN_SLOW") != "1", reason="real model: set PGAP_RUN_SLOW=1")
 def test_real_model_smoke(tmp_path):
-    out = subprocess.run([sys.executable, str(BENCH / "bench_step_cost.py"), "--dtypes", "bf16",
+    out = subprocess.run([*bench_command("steps.step_cost"), "--dtypes", "bf16",
                           "--methods", "mezo", "agzo", "--repeats", "1", "--warmup", "1", "--batch", "2",
                           "--threads", "1", "--csv", str(tmp_path / "s.csv"), "--no-plot"],
-                         capture_output=True, text=True, timeout=1200)
+                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "s.csv").read_text().count("\n") == 6  # header, forward, 2 methods x 2 modes

@@ -1,18 +1,18 @@
-"""bench/bench_subspace.py runs end to end (quick mode, CPU); no timing is asserted."""
+"""bench/kernels/subspace.py runs end to end (quick mode, CPU); no timing is asserted."""
 import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_subspace.py"
+from conftest import ROOT, bench_command
+
+BENCH = bench_command("kernels.subspace")
 
 
 def test_bench_subspace_quick_smoke(tmp_path):
     csv = tmp_path / "subspace.csv"
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--device", "cpu", "--backends", "native",
+        [*BENCH, "--quick", "--device", "cpu", "--backends", "native",
          "--ranks", "4", "--repeats", "1", "--warmup", "0", "--csv", str(csv),
          "--plot", str(tmp_path / "p.png"), "--no-progress"],
-        capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "W <- W + Xi @ V.T" in out.stdout and "native" in out.stdout
     rows = csv.read_text().splitlines()

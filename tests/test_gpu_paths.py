@@ -1,12 +1,9 @@
 """The GPU paths around the kernels (issue 24): the right device, IEEE float32 under the user's
 TF32 setting, no host waits, CUDA-graph capture. GPU-marked; they run in ``make gpu-check``.
 
-The op cases (one representative call of every public op) live in ``bench/gpu_ops.py``, shared
-with ``bench/bench_host_overhead.py``.
+The op cases (one representative call of every public op) live in ``bench/kernels/gpu_ops.py``, shared
+with ``bench/kernels/host_overhead.py``.
 """
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -16,9 +13,8 @@ from pgap_kernels.backends import _device_tables
 
 from conftest import GPU_REASON, HAS_CUDA, require
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import bench_host_overhead  # noqa: E402
-from gpu_ops import OP_CASES  # noqa: E402
+from bench.kernels import host_overhead as bench_host_overhead
+from bench.kernels.gpu_ops import OP_CASES
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason=GPU_REASON)]
 TWO_GPUS = HAS_CUDA and torch.cuda.device_count() >= 2

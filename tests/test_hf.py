@@ -67,7 +67,7 @@ def test_zotrainer_resume_from_checkpoint_continues_the_trajectory(tmp_path):
 
 def test_zotrainer_with_peft_lora_perturbs_only_the_adapters(tmp_path):
     pytest.importorskip("peft")
-    from pgap.lora import apply_lora
+    from pgap.finetune.lora import apply_lora
 
     def trainer(out, max_steps, save_steps=1000):
         base, _ = tiny_llama()

@@ -45,7 +45,7 @@ class LossReducer:
         self.group = group
         self.device = comm_device(group)
         self.world_size = dist.get_world_size(group)
-        self.bytes_sent = 0  # payload all-reduced so far (diagnostics, bench_distributed.py)
+        self.bytes_sent = 0  # payload all-reduced so far (diagnostics, bench/steps/distributed.py)
 
     def mean(self, loss: float, weight: float) -> float:
         buf = torch.tensor([loss * weight, weight], dtype=torch.float64, device=self.device)

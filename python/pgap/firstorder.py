@@ -1,7 +1,7 @@
 """First-order baselines: backprop fine-tuning with torch's AdamW or SGD, behind the interface
 the ZO training loop uses (``step(closure)``, ``forwards``, ``steps_done``, ``lr``,
 ``state_dict``), so that ``pgap-finetune --method backprop-adamw|backprop-sgd`` and
-``bench/bench_compare.py`` train them on the same batches with the same loop as the ZO methods.
+``bench/experiments/compare.py`` train them on the same batches with the same loop as the ZO methods.
 
 Budget: a step is one forward and one backward, counted as :data:`FORWARDS_PER_STEP` = 3
 forward-equivalents (the backward costs about two forwards), against 2 per step for two-point ZO.

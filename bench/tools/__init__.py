@@ -1,0 +1,1 @@
+"""Tools: ``python -m bench.tools.gpu_check`` (``make gpu-check``, docs/gpu.md)."""
