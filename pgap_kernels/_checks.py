@@ -256,8 +256,11 @@ def check_weight(t, name: str, device: Optional[torch.device]) -> torch.Tensor:
 
 def _span(t: torch.Tensor) -> Tuple[int, int]:
     """[first, last) byte addresses a (possibly strided, non-empty) tensor can touch."""
+    first = t.data_ptr()
+    if t.is_contiguous():  # every tensor the ops accept: no Python loop over the strides
+        return first, first + t.numel() * t.element_size()
     last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+    return first, first + (last + 1) * t.element_size()
 
 
 def check_disjoint(written: Sequence[Tuple[str, torch.Tensor]],
