@@ -12,7 +12,7 @@ What the swap buys: MeZO regenerates z with ``torch.normal`` per parameter and w
 ``param.data = param.data + scale * z * eps`` (new tensors, four passes per step); here each pass
 is one fused in-place ``perturb_`` over all parameters and the restore is folded into the update
 (three passes per step). With these keys and seeds the loop is ``pgap.MeZO`` bit for bit
-(tests/test_keys.py).
+(tests/kernels/test_keys.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rank side of tests/test_distributed.py: each case runs on one rank of a gloo group (or, with
+"""Rank side of tests/optimizers/test_distributed.py: each case runs on one rank of a gloo group (or, with
 world == 1, as the single-process reference) and returns plain tensors and floats."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The golden trajectories (issue 25): every optimizer in every mode runs a few steps on a tiny
 problem; losses, weights and optimizer state are fingerprinted. ``python tests/golden_cases.py
---update`` records tests/golden/trajectories.json; ``tests/test_golden.py`` replays and compares.
+--update`` records tests/golden/trajectories.json; ``tests/optimizers/test_golden.py`` replays and compares.
 A redesign that keeps behaviour must leave every fingerprint unchanged."""
 from __future__ import annotations
 

@@ -42,9 +42,9 @@ TWINS = {
 }
 SKIPS = {
     ("docs/distributed.md", "import torch.distributed as dist, pgap"):
-        "needs torchrun; the same loop runs in tests/test_distributed.py",
+        "needs torchrun; the same loop runs in tests/optimizers/test_distributed.py",
     ("docs/distributed.md", "from torch.distributed.fsdp import fully_shard"):
-        "needs a process group; FSDP2 runs in tests/test_distributed.py",
+        "needs a process group; FSDP2 runs in tests/optimizers/test_distributed.py",
     ("docs/pgap.md", "opt = pgap.PGAP(model, lr=..., eps=1e-3, rank=8, window=100, probes=10, probe_eps=None,"):
         "the constructor's signature with its defaults (lr=... is left to the reader)",
     ("docs/subspace.md", "pgap_kernels.subspace_perturb_(tensors, bases, seeds, coeffs, *, keys=None, offsets=None, decay=1.0,"):

@@ -1,7 +1,7 @@
 """One representative call of every public op on a CUDA device, for the GPU-path checks.
 
 Used by ``bench/kernels/host_overhead.py`` (host time per op while the GPU is busy) and by
-``tests/test_gpu_paths.py`` (CUDA-graph capture and replay, ops on a second GPU). Each case makes
+``tests/kernels/test_gpu_paths.py`` (CUDA-graph capture and replay, ops on a second GPU). Each case makes
 its inputs on a device and runs the op on them; ``run`` returns the tensors it wrote or made, so
 a caller can compare one way of running against another.
 """

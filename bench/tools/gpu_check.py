@@ -147,7 +147,7 @@ def plan(args: argparse.Namespace, env: Dict[str, str], out: Path, scratch: Path
         build = [py, "setup.py", "-q", "build_ext", "--inplace", "--build-temp",
                  str(ROOT / "build" / "gpu-check")]
         build_env = {"PGAP_CUDA_ARCHS": env["arch"]}
-    pytest_args = (["-m", "gpu", "tests/test_selftest.py"] if dry else ["-m", "gpu", "tests"])
+    pytest_args = (["-m", "gpu", "tests/kernels/test_selftest.py"] if dry else ["-m", "gpu", "tests"])
     workers = pytest_workers(args)
     if workers > 1:
         pytest_args = ["-n", str(workers)] + pytest_args

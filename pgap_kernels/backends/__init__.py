@@ -13,7 +13,7 @@ first use on that backend (Triton's modules import triton, the C++ ones load ``_
 
 This module imports no op and no backend kernel: the dispatcher (:mod:`pgap_kernels._dispatch`)
 and the self-check (:mod:`pgap_kernels.selftest`) both call backends through :func:`call`.
-``tests/test_registry.py`` checks that every backend provides every op with its argument class.
+``tests/kernels/test_registry.py`` checks that every backend provides every op with its argument class.
 """
 from __future__ import annotations
 

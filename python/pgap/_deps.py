@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 PROJECT = "pgap-kernels"
 
 # Import names each extra installs, as listed in pyproject.toml's [project.optional-dependencies]
-# (tests/test_deps.py keeps the two in step). Only top-level module names.
+# (tests/app/test_deps.py keeps the two in step). Only top-level module names.
 EXTRAS: Dict[str, Tuple[str, ...]] = {
     "triton": ("triton",),
     "hf": ("transformers", "accelerate", "peft", "tqdm", "matplotlib"),

@@ -113,9 +113,6 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         self._undo: Optional[Callable[[], None]] = None  # what takes the weights back to θ now
         self._held: List[Callable[[], None]] = []  # Ctrl-C held by committing(), delivered by step
         self._diag: Dict[str, Any] = {}
-        # set by a training loop (pgap.hf.ZOTrainer) that runs step(closure) itself and then
-        # calls step() without a closure, which must do nothing
-        self.external_loop = False
 
     @property
     def lr(self) -> float:
@@ -135,8 +132,6 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
     def step(self, closure: Optional[Closure] = None) -> float:  # type: ignore[override]
         """One ZO step. ``closure()`` runs a forward on the current batch and returns the loss
         (a scalar tensor or float). Returns (L+ + L-)/2. Mutates the trainable parameters."""
-        if closure is None and self.external_loop:
-            return None
         if closure is None or not callable(closure):
             raise TypeError(f"{type(self).__name__}.step needs a closure that runs a forward on "
                             "the current batch and returns the loss")

@@ -11,6 +11,7 @@ missing modules and ``pip install "pgap-kernels[hf]"``."""
 from __future__ import annotations
 
 import math
+import types
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -59,6 +60,15 @@ def check_zo_options(method: str, options: Optional[Dict[str, Any]]) -> Dict[str
                          f"zo_method={method!r} ({cls.__name__}) does not take; its options are "
                          f"{', '.join(valid)}")
     return dict(options)
+
+
+def _driven_by_trainer(opt: ZOOptimizer) -> None:
+    """Let the Trainer's own ``optimizer.step()`` (no closure) do nothing: ZOTrainer's training
+    step has already run ``opt.step(closure)``. Mutates ``opt.step`` on this instance only, as a
+    bound method (lr schedulers wrap ``opt.step.__func__``)."""
+    def step(self: ZOOptimizer, closure: Any = None) -> Optional[float]:
+        return None if closure is None else type(self).step(self, closure)
+    opt.step = types.MethodType(step, opt)
 
 
 class _Unwrapped(nn.Module):
@@ -135,7 +145,7 @@ class ZOTrainer(Trainer):
         if not all(id(t.param) in own for t in opt.trainables):
             raise ValueError("optimizers[0] tunes parameters that are not the trainer's model's; "
                              "build it on the model passed as ZOTrainer(model=...)")
-        opt.external_loop = True
+        _driven_by_trainer(opt)
         self.zo_optimizer = opt
 
     def create_optimizer(self, model: Optional[nn.Module] = None) -> torch.optim.Optimizer:
@@ -148,7 +158,7 @@ class ZOTrainer(Trainer):
             opt = build_optimizer(self.zo_method, model or self.model, lr=self.args.learning_rate,
                                   eps=self.zo_eps, seed=self.args.seed, backend=self.zo_backend,
                                   **options)
-            opt.external_loop = True
+            _driven_by_trainer(opt)
             self.optimizer = self.zo_optimizer = opt
         return self.optimizer
 

@@ -1,4 +1,4 @@
-"""ZOTrainer on the tiny Llama under torchrun (tests/test_hf.py): writes each rank's losses, final
+"""ZOTrainer on the tiny Llama under torchrun (tests/optimizers/test_hf.py): writes each rank's losses, final
 weights and the wrapped model's type to OUT/rank{r}.pt."""
 import os
 import sys
@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+TESTS = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TESTS), str(TESTS / "optimizers")]
 from test_hf import Tokens  # noqa: E402
 from zo_problems import tiny_llama  # noqa: E402
 

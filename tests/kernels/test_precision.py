@@ -1,7 +1,7 @@
 """``ieee_float32``: the library's float32 products ignore the user's TF32 / matmul-precision
 setting and leave it as it was (issue 24, item 3). On this CPU torch.mm does not switch to bf16
 under "medium" (MKL's sgemm), so the accuracy side is checked on a GPU
-(tests/test_gpu_paths.py); here the settings themselves and the results' independence."""
+(tests/kernels/test_gpu_paths.py); here the settings themselves and the results' independence."""
 import pytest
 import torch
 

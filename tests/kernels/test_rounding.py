@@ -454,7 +454,7 @@ def test_torch_compile_fullgraph_matches_eager():
 def test_rng_md_examples_run():
     """docs/rng.md's Python (the reference implementation, the stochastic-rounding rule in plain
     Python and their checks against the package) runs as written."""
-    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "rng.md").read_text()
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "rng.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
     assert any("stochastic_round" in b for b in blocks)
     namespace: dict = {}

@@ -10,39 +10,7 @@ from pgap.finetune import cli as finetune
 from pgap.finetune.data import load_rotten_tomatoes, load_text_label_file, split, Example
 from pgap.finetune.train import batch_indices
 
-POS = ["great", "fun", "moving", "brilliant", "charming"]
-NEG = ["terrible", "dull", "boring", "awful", "flat"]
-FILL = ["the", "movie", "film", "plot", "was", "a", "story", "really", "It", "and", "cast"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A transformers folder: 2-layer Llama + word-level tokenizer (no downloads)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("tiny")
-    words = POS + NEG + FILL
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(words)] * 3, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   eos_token="[PAD]")
-    cfg = LlamaConfig(vocab_size=fast.vocab_size, hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=64, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(root / "model")
-    fast.save_pretrained(root / "model")
-    rng = random.Random(0)
-    with (root / "task.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["review", "verdict"])
-        for i in range(80):
-            label = i % 2
-            text = " ".join(rng.choice(FILL) for _ in range(4)) + " " + rng.choice(POS if label else NEG)
-            w.writerow([text, "pos" if label else "neg"])
-    return root
+from tiny_task import FILL, NEG, POS, tiny_model  # noqa: F401  (tiny_model: the fixture)
 
 
 def cli(tiny_model, out, *extra):
@@ -346,7 +314,7 @@ def test_runs_without_matplotlib_and_accelerate_with_no_plot(tiny_model, tmp_pat
     import sys
     from pathlib import Path
 
-    hide = Path(__file__).parent / "scripts" / "hide_modules.py"
+    hide = Path(__file__).resolve().parents[1] / "scripts" / "hide_modules.py"
     out = tmp_path / "o"
     proc = subprocess.run([sys.executable, str(hide), "matplotlib,accelerate", "pgap.finetune:main",
                            *cli(tiny_model, out, "--steps", "2", "--lr", "1e-3", "--no-plot")],

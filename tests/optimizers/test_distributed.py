@@ -144,7 +144,7 @@ def test_fsdp2_functional_mode_follows_the_unsharded_inplace_run(tmp_path, metho
     assert_same_run(results, reference(options=dict(options, mode="inplace"), **kw))
 
 
-# P-GAP at MeZO's lr on the tiny Llama (3e-3, tests/test_optimizers.py): at its default
+# P-GAP at MeZO's lr on the tiny Llama (3e-3, tests/optimizers/test_optimizers.py): at its default
 # sqrt(m·n)/r scale, 1e-2 takes steps ~3x larger, and the sharded rSVD's other rounding then
 # reached 1.6e-5 in a q_proj entry (TOL's atol is 1e-5)
 @pytest.mark.parametrize("method, options, lr", [("mezo", {}, 1e-2), ("pgap", PGAP, 3e-3)])

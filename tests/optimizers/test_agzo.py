@@ -223,7 +223,7 @@ def test_bad_arguments(kwargs, err, match):
 
 
 # inplace vs functional: W + (A + cΞ)Bᵀ evaluated in another order; the losses agree to float32
-# rounding amplified by 1/(2ε) in g (as in tests/test_pgap.py)
+# rounding amplified by 1/(2ε) in g (as in tests/optimizers/test_pgap.py)
 MODE_TOL = {"rtol": 1e-4, "atol": 5e-5}
 
 

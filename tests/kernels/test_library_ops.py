@@ -1,6 +1,6 @@
 """The custom ops pgap::subspace_perturb_, pgap::lowrank_perturb_ and pgap::gaussian_sketch_batch:
 opcheck, torch.compile without graph breaks, FakeTensorMode, eager fast path (pgap::perturb_ is
-tested in tests/test_torch_library.py)."""
+tested in tests/kernels/test_torch_library.py)."""
 import pytest
 import torch
 

@@ -1,7 +1,7 @@
 """bench/experiments/compare.py protocol v2: the statistics (95 % t intervals, paired differences), the lr
 choice, the report on a hand-made CSV, and resumption (done checkpoints are neither evaluated nor
 written again). Fast: no real model (the resumption test trains the tiny Llama of
-test_finetune for a few steps)."""
+tests/tiny_task.py for a few steps)."""
 import csv
 import math
 import subprocess
@@ -14,7 +14,7 @@ from conftest import ROOT, bench_command
 
 from bench.experiments import compare as bc
 
-from test_finetune import tiny_model  # noqa: E402,F401  (the fixture)
+from tiny_task import tiny_model  # noqa: E402,F401  (the fixture)
 
 
 def test_t_quantiles_match_scipy():

@@ -1,6 +1,6 @@
 """subspace_perturb_: the definition (dense Xi from pk.gaussian), parity of every backend with
-reference, row shards, lists, edge cases, memory. Bad arguments: tests/test_subspace_validation.py;
-torch.library: tests/test_library_ops.py."""
+reference, row shards, lists, edge cases, memory. Bad arguments: tests/kernels/test_subspace_validation.py;
+torch.library: tests/kernels/test_library_ops.py."""
 import importlib.util
 import json
 import os
@@ -352,7 +352,7 @@ def test_peak_memory_far_below_the_matrix(backend, fraction):
 def test_triton_subspace_kernel_compiles_for_nvidia():
     """Every specialization compiles (Triton ships ptxas); the float32 product uses FMA units (no
     TF32 mma), no atomics, and the aligned W path loads and stores 16 bytes at a time."""
-    script = Path(__file__).resolve().parent / "scripts" / "compile_triton_subspace.py"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compile_triton_subspace.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, str(script), "80", "90"], capture_output=True, text=True,
                          env=env, timeout=900)

@@ -15,7 +15,7 @@ from pgap._deps import EXTRAS, MissingDependencyError, Need, check, extra_need, 
 from pgap.finetune.data import RT_INSTALL, task_needs
 from pgap.finetune.models import SMOLLM2_INSTALL, model_needs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HIDE = ROOT / "tests" / "scripts" / "hide_modules.py"
 HF_LINE = 'pip install "pgap-kernels[hf]"'
 BENCH_LINE = 'pip install "pgap-kernels[bench]"'

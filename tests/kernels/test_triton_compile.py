@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent / "scripts" / "compile_triton.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compile_triton.py"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")

@@ -106,7 +106,7 @@ def test_zotrainer_under_torchrun_two_ranks(tmp_path, method):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).parent / "scripts" / "zotrainer_ranks.py"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "zotrainer_ranks.py"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", "2", str(script), str(tmp_path), method],

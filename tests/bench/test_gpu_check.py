@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "tools" / "gpu_check.py"
 STEPS = ("build", "pytest", "selftest", "host", "perturb", "lowrank", "subspace", "perturbed",
          "zo_step[native]", "zo_step[triton]")
