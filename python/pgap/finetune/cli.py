@@ -43,7 +43,7 @@ from ..params import mezo_decay_rule, pgap_decay_rule
 from .data import TaskData, load_rotten_tomatoes, load_text_label_file, task_needs
 from .lora import DEFAULT_TARGETS, apply_lora, load_lora
 from .memory import PeakMemory
-from .models import model_needs
+from .models import load_causal_lm, model_needs
 from .outputs import MetricsLog, optimizer_file, plot_metrics, save_checkpoint, save_model
 from .prompts import PromptClassifier
 from .sharding import shard_model
@@ -228,9 +228,7 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    from tqdm import tqdm  # noqa: PLC0415
-
-    from .models import load_causal_lm  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415  (optional: checked above with the other needs)
 
     out: Path = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
