@@ -37,8 +37,8 @@ SETUPS = {
 }
 TWINS = {
     ("docs/finetune.md", "from transformers import TrainingArguments"): "examples/zotrainer.py",
-    ("docs/contributing_optimizers.md", "class SubZero(WindowedLowRankZO):"): "python/pgap/subzero.py",
-    ("docs/contributing_optimizers.md", "class MeZO(SeededZO):"): "python/pgap/mezo.py",
+    ("docs/contributing.md", "class SubZero(WindowedLowRankZO):"): "python/pgap/subzero.py",
+    ("docs/contributing.md", "class MeZO(SeededZO):"): "python/pgap/mezo.py",
 }
 SKIPS = {
     ("docs/distributed.md", "import torch.distributed as dist, pgap"):
