@@ -50,7 +50,7 @@ from .sharding import shard_model
 from .train import Ranks, evaluate, training_steps
 
 # Each method's defaults (lr and options the user did not give): the best dev accuracy of
-# bench/experiments/compare.py's sweep on the embedded SmolLM2 (batch 8, 600 forwards; README, "ZO
+# bench/experiments/compare.py's sweep on the embedded SmolLM2 (batch 8, 600 forwards; docs/results.md, "ZO
 # methods on the real task") for every method. "pgap:probe" applies to --subspace probe or
 # random, and to --fsdp without --subspace.
 DEFAULTS = {
