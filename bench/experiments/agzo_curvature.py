@@ -25,7 +25,9 @@ backward):
 * ``random``: a random orthonormal r-dimensional V per matrix (control: shares ≈ r/n).
 
 Per kind: gradient share ‖P·g‖²/‖g‖², curvature share tr(P·H·P)/tr(H) (mean ± standard error
-over probes), their ratio (the predicted gain), and the predicted stable-lr ratio tr(H)/tr(P·H·P).
+over probes), their ratio (the predicted gain), and the predicted stable-lr ratio tr(H)/tr(P·H·P)
+(both n/a unless both traces are positive: with a negative mean curvature the second-order bound
+says nothing about stability).
 Rows go to bench/results/agzo_curvature.csv. Example::
 
     python -m bench.experiments.agzo_curvature --probes 16 --batch 8
@@ -153,13 +155,15 @@ def measure(args) -> List[dict]:
         tr = statistics.fmean(samples[kind])
         se = statistics.stdev(samples[kind]) / math.sqrt(args.probes) if args.probes > 1 else float("nan")
         share_h = tr / trace_full
+        # the second-order picture (stable lr ~ 2/tr(PHP)) needs positive curvature on both sides
+        convex = tr > 0 and trace_full > 0
         # standard error of the ratio (independent probes): delta method
         se_ratio = abs(share_h) * math.sqrt((se / tr) ** 2 + (se_full / trace_full) ** 2)
         rows.append(dict(kind=kind, dimensions=sum(p.shape[0] * v.shape[1] for p, v in zip(params, vs)),
                          gradient_share=round(share_g, 4), curvature_share=round(share_h, 4),
                          curvature_share_se=round(se_ratio, 4),
-                         predicted_gain=round(share_g / share_h, 3) if share_h > 0 else float("nan"),
-                         stable_lr_ratio=round(1 / share_h, 3) if share_h > 0 else float("nan")))
+                         predicted_gain=round(share_g / share_h, 3) if convex else float("nan"),
+                         stable_lr_ratio=round(1 / share_h, 3) if convex else float("nan")))
     for r in rows:
         r.update(model="smollm2-135m", dtype="float32", batch=args.batch, rank=args.rank,
                  probes=args.probes, seed=args.seed, matrices=len(params), trace_full=round(trace_full, 4),
