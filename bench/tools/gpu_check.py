@@ -34,6 +34,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -83,6 +84,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--skip", nargs="*", default=[], metavar="STEP",
                    help="steps to leave out (build, pytest, selftest, host, perturb, lowrank, "
                         "subspace, perturbed, zo_step)")
+    p.add_argument("--archive", type=Path, default=None, metavar="FILE.tar.gz",
+                   help="also pack the report folder into this one file (a remote runner that "
+                        "returns only a few files, such as a lent GPU machine, brings it all back)")
     p.add_argument("--python", default=sys.executable, help="interpreter for every step")
     p.add_argument("--pytest-workers", type=int, default=None, metavar="N",
                    help="pytest-xdist workers for the GPU tests (default: up to 8 where "
@@ -259,6 +263,15 @@ def summary(env: Dict[str, str], outcomes: Sequence[Outcome], dry: bool, total: 
     return "\n".join(lines) + "\n"
 
 
+def archive(folder: Path, target: Path) -> Path:
+    """Pack ``folder`` (the report) into the gzipped tar ``target``, members under the folder's
+    name; returns ``target``. Writes only ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(target, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    return target
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     env_info = cpu_environment() if args.dry_run else cuda_device()
@@ -293,6 +306,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = summary(env_info, outcomes, args.dry_run, time.perf_counter() - start)
     (out / "summary.md").write_text(text)
     print(f"\n{text}\ngpu-check: report in {out}")
+    if args.archive is not None:
+        print(f"gpu-check: report packed into {archive(out, args.archive)}")
     failed = [o for o in outcomes if o.status in ("FAIL", "TIMEOUT")]
     # a dry run's tiny CPU sizes say nothing about the targets: only its steps count
     failed_targets = [] if args.dry_run else [t for o in outcomes for t in o.targets
