@@ -175,6 +175,15 @@ def iqr(values: Sequence[float]) -> float:
     return float(q3 - q1)
 
 
+def read_csv_rows(path: Path) -> List[dict]:
+    """The rows of the CSV at ``path`` as dicts of strings ([] when there is no file)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
 def append_csv(path: Path, fieldnames: Sequence[str], rows: Sequence[Mapping[str, object]]) -> None:
     """Append ``rows`` to the CSV at ``path``, writing the header first if the file is new.
 

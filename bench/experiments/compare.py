@@ -35,7 +35,6 @@ CSVs (recognized by their header).
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import statistics
@@ -103,13 +102,6 @@ def parse_options(text: str) -> Dict[str, object]:
         else:
             out[key] = value
     return out
-
-
-def load_rows(path: Path) -> List[dict]:
-    if not path.exists():
-        return []
-    with path.open() as fh:
-        return list(csv.DictReader(fh))
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -265,7 +257,7 @@ def zero_shot(model, clf, task, args, rows: Sequence[dict]) -> None:
 
 
 def run_v2(args, grid) -> int:
-    rows = load_rows(args.csv)
+    rows = common.read_csv_rows(args.csv)
     runs = resolve_lrs(grid, rows, args.dtype)
     done = done_checkpoints(rows)
     todo = [(m, o, lr, s) for s in args.seeds for m, o, lr in runs
@@ -641,7 +633,7 @@ def plot_v1(path: Path, table: dict) -> None:
 
 def report(args) -> int:
     """Summarize the CSV: protocol v2's report, or v1's for a v1 CSV (recognized by its header)."""
-    rows = load_rows(args.csv)
+    rows = common.read_csv_rows(args.csv)
     if not rows:
         print(f"bench/experiments/compare.py: no rows in {args.csv}")
         return 1

@@ -12,6 +12,7 @@ import torch
 
 from conftest import ROOT, bench_command
 
+from bench import common
 from bench.experiments import compare as bc
 
 from tiny_task import tiny_model  # noqa: E402,F401  (the fixture)
@@ -118,12 +119,12 @@ def test_a_restarted_run_skips_the_checkpoints_it_wrote(tiny_model, tmp_path):  
     args = SimpleNamespace(phase="final", rev="r", eps=1e-2, dtype="fp32", batch_size=4, checkpoints=[8, 16],
                            csv=tmp_path / "v2.csv", loss_csv=tmp_path / "v2_loss.csv")
     bc.run_one(model, initial, clf, task, "mezo", "", 1e-3, 0, args, done={8})
-    rows = bc.load_rows(args.csv)
+    rows = common.read_csv_rows(args.csv)
     assert [(r["checkpoint"], r["step"], r["forwards"]) for r in rows] == [("16", "8", "16")]
     assert rows[0]["test_accuracy"] != "" and rows[0]["dev_loss"] != ""
-    assert [int(r["step"]) for r in bc.load_rows(args.loss_csv)] == [5, 6, 7, 8]
+    assert [int(r["step"]) for r in common.read_csv_rows(args.loss_csv)] == [5, 6, 7, 8]
     assert bc.done_checkpoints(rows) == {("final", "mezo", "", 1e-3, 0, "fp32"): {16}}
     # the first-order baseline: 3 forwards per step, so checkpoint 8 comes after 2 steps
     bc.run_one(model, initial, clf, task, "backprop-sgd", "", 1e-2, 0, args, done=set())
-    fo = [r for r in bc.load_rows(args.csv) if r["method"] == "backprop-sgd"]
+    fo = [r for r in common.read_csv_rows(args.csv) if r["method"] == "backprop-sgd"]
     assert [(r["step"], r["forwards"]) for r in fo] == [("2", "6"), ("5", "15")]
