@@ -43,7 +43,7 @@ DEMO_STAMP := $(VENV)/.pgap-demo-installed
 DEMO_STEPS ?= 100
 DEMO_COMMON ?= --steps $(DEMO_STEPS) --batch-size 8 --test 500 --eval-every 50 --eval-examples 100 --no-progress
 # P-GAP and MeZO at pgap-finetune's defaults (bench/experiments/compare.py's sweep): P-GAP in the activation
-# subspace (lr 3e-5, rank 8, window 50, 4 probes), MeZO lr 3e-5
+# subspace (lr 1e-5, rank 8, window 50, 4 probes), MeZO lr 3e-5
 DEMO_PGAP_ARGS ?=
 DEMO_MEZO_ARGS ?=
 

@@ -65,7 +65,7 @@ def test_finetune_runs_end_to_end(tiny_model, tmp_path, method, extra, capsys):
 
 def test_method_defaults_fill_only_what_the_user_left_out():
     a = finetune.parse_args(["--method", "pgap"])
-    assert (a.lr, a.subspace, a.window, a.probes) == (3e-5, "activation", 50, 4)
+    assert (a.lr, a.subspace, a.window, a.probes) == (1e-5, "activation", 50, 4)  # protocol v2's sweep
     b = finetune.parse_args(["--method", "pgap", "--subspace", "probe", "--probes", "7"])
     assert (b.lr, b.probes, b.vector_lr_scale) == (3e-5, 7, None)  # MeZO's lr at the default scale
     assert finetune.parse_args(["--method", "subzero"]).lr == finetune.DEFAULTS["subzero"]["lr"]
