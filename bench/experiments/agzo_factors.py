@@ -17,7 +17,9 @@ sentences (a seeded sample of protocol v2's dev split) every ``--every`` steps. 
 * ``:refresh1``: AGZO's bases refreshed every step from its +eps forward (no extra forward);
 * ``:fp32``: the run in float32 instead of bfloat16.
 
-A run is "diverged" when a loss is not finite or the dev loss exceeds twice its start. Rows (one
+A run is "diverged" when a loss is not finite or the dev loss exceeds twice its start (on a fixed
+batch, where the dev loss also rises by overfitting: when the batch's training loss, averaged
+over the last ``--every`` steps, exceeds twice its average over the first ``--every`` steps). Rows (one
 per run and evaluation) are appended to ``--csv`` as they happen; a run whose last row is there
 is skipped, so the script resumes. Example::
 
@@ -89,6 +91,16 @@ def build(method: str, factor: str, model, lr: float, seed: int):
     return pgap.AGZO(model, lr=lr, eps=1e-3, seed=seed, **options)
 
 
+def diverged(factor: str, first: Sequence[float], window: Sequence[float], start_dev: float,
+             dev_loss: float) -> bool:
+    """The dev loss beyond twice its start; on a fixed batch, where the dev loss also rises by
+    overfitting, the batch's own training loss (the last window's mean) beyond twice the first
+    window's mean instead."""
+    if factor == "fixed":
+        return not statistics.fmean(window) <= 2 * statistics.fmean(first)
+    return not dev_loss <= 2 * start_dev
+
+
 def done_specs(rows: Sequence[dict], steps: int, seed: int) -> set:
     """Specs with a final row (the last evaluation, or a divergence) for this budget and seed."""
     return {r["spec"] for r in rows if int(r["steps_total"]) == steps and int(r["seed"]) == seed
@@ -127,9 +139,9 @@ def run_spec(spec: str, args, loaded: Dict[str, tuple], task, rev: str) -> None:
             if status == "ok" and step % args.every and step != args.steps:
                 continue
             acc, dev_loss = evaluate(clf, model, dev, ranks) if status == "ok" else (float("nan"),) * 2
-            if status == "ok" and not dev_loss <= 2 * start_loss:
-                status = "diverged"
             window = losses[-args.every:]
+            if status == "ok" and diverged(factor, losses[:args.every], window, start_loss, dev_loss):
+                status = "diverged"
             row = dict(base, step=step, forwards=opt.forwards, status=status,
                        train_loss=round(statistics.fmean(window), 5) if window else "",
                        dev_loss=round(dev_loss, 5), dev_accuracy=round(acc, 4),

@@ -34,3 +34,10 @@ def test_per_batch_bases_cost_one_captured_forward_per_step_and_follow_the_batch
     for b, v in zip(opt.bases, before):
         overlap = torch.linalg.matrix_norm(v.T @ b.V) ** 2 / b.rank
         assert overlap > 0.9
+
+
+def test_divergence_is_judged_on_the_batch_when_the_batch_is_fixed():
+    assert af.diverged("", [1.0], [1.0], start_dev=0.8, dev_loss=1.7)
+    assert not af.diverged("", [1.0], [5.0], start_dev=0.8, dev_loss=1.5)
+    assert not af.diverged("fixed", [0.9, 0.7], [0.4], start_dev=0.8, dev_loss=1.9)  # overfitting
+    assert af.diverged("fixed", [0.9, 0.7], [1.7, float("nan")], start_dev=0.8, dev_loss=0.9)
