@@ -24,15 +24,16 @@ ids = torch.randint(0, 64, (3, 4, 16), generator=torch.Generator().manual_seed(0
 loader = [{"input_ids": x, "labels": x, "attention_mask": torch.ones_like(x)} for x in ids]
 """
 OPTIMIZER_PAIR = TINY_LLAMA + """
-opt = pgap.MeZO(model, lr=1e-3)
+opt = pgap.PGAP(model, lr=1e-3, rank=2, window=4, probes=2, mode="functional")  # a side path
 opt.step(lambda: model(**loader[0]).loss)
-opt2 = pgap.MeZO(tiny_llama()[0], lr=1e-3)
+model2 = tiny_llama()[0]
+opt2 = pgap.PGAP(model2, lr=1e-3, rank=2, window=4, probes=2, mode="functional")
 """
 SETUPS = {
     ("README.md", "import torch, pgap"): TINY_LLAMA,                    # quick start
     ("docs/optimizers.md", "import torch, pgap"): TINY_LLAMA,
     ("docs/agzo.md", "opt = pgap.AGZO(model, lr=3e-4, eps=1e-3, rank=8, refresh=10)"): TINY_LLAMA,
-    ("docs/optimizers.md", 'pgap.save_optimizer(opt, "opt.safetensors")   # tensors + JSON metadata'):
+    ("docs/optimizers.md", "with opt.unmerged():   # the weights without the pending updates, the state with them"):
         OPTIMIZER_PAIR,
 }
 TWINS = {

@@ -56,8 +56,9 @@ class AGZO(LowRankZO):
         matrix used only by nn.Linear / nn.Embedding forwards is never written between
         refreshes: the forward adds (A + c·Ξ)·Bᵀ through a side path, the updates accumulate in
         A (m × r), and A·Bᵀ is merged into W before each refresh, on :meth:`merge` and before
-        ``state_dict()`` of the optimizer or the model). The other parameters are never
-        written with ±ε·z either: their forwards see ``pgap_kernels.perturbed`` copies
+        ``state_dict()`` of the optimizer or the model outside :meth:`unmerged`). The other
+        parameters are never written with ±ε·z either: their forwards see
+        ``pgap_kernels.perturbed`` copies
         (:class:`pgap.views.PerturbedViews`); they receive only the update. "auto" (default):
         functional for bf16/fp16 weights without weight decay, else in place.
     rounding : "stochastic" (default) or "nearest": how updates round into bf16/fp16 weights.

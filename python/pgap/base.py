@@ -113,6 +113,7 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         self._undo: Optional[Callable[[], None]] = None  # what takes the weights back to θ now
         self._held: List[Callable[[], None]] = []  # Ctrl-C held by committing(), delivered by step
         self._diag: Dict[str, Any] = {}
+        self.keeps_pending = False  # inside unmerged(): state_dict() merges nothing
 
     @property
     def lr(self) -> float:
@@ -258,10 +259,27 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
 
     def merge(self) -> None:
         """Write pending updates kept outside the weights into them (the functional modes of
-        P-GAP and AGZO); a no-op otherwise. Call it on every rank before saving on one."""
+        P-GAP and AGZO); a no-op otherwise. Mutates the weights (rounded as the "merge" pass
+        says at this step), so a merge the run would not have made changes its trajectory: for
+        checkpoints use :meth:`unmerged`. Before exporting on one rank, merge on every rank."""
         with self._kernels():
             for mechanism in self.mechanisms:
                 mechanism.merge(self.update_rounding)
+
+    @contextlib.contextmanager
+    def unmerged(self) -> Iterator[None]:
+        """A checkpoint that leaves the trajectory alone: inside the block ``model.state_dict()``
+        and this optimizer's ``state_dict()`` merge nothing, so the model's state holds the
+        weights without the pending side-path updates (P-GAP's and AGZO's functional mode) and
+        the optimizer's state carries them. Take both in the same block; loading both resumes
+        the run bit for bit, and saving at any step leaves the run as it would have been.
+        Outside the block ``state_dict()`` merges as before (an exported model holds the trained
+        weights). Mutates nothing; nests."""
+        previous, self.keeps_pending = self.keeps_pending, True
+        try:
+            yield
+        finally:
+            self.keeps_pending = previous
 
     def set_token_mask(self, mask: Optional[torch.Tensor]) -> None:
         """The (batch, seq) attention mask of the next step's batch, for the mechanisms that

@@ -13,7 +13,9 @@ _META_KEY = "pgap_state"
 
 def save_optimizer(optimizer: ZOOptimizer, path: PathLike) -> None:
     """Write ``optimizer.state_dict()`` to ``path``: its tensors as safetensors tensors, the rest
-    as JSON in the file's metadata. (Functional-mode P-GAP merges its window first.)"""
+    as JSON in the file's metadata. Functional-mode P-GAP and AGZO merge their pending updates
+    into the weights first, except inside ``optimizer.unmerged()``, where the file carries them
+    (save the model's weights in the same block)."""
     from safetensors.torch import save_file
 
     state = optimizer.state_dict()

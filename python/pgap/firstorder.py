@@ -14,6 +14,7 @@ memory this baseline needs. Like the ZO optimizers the forward runs with the mod
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Dict, List, Optional
 
@@ -102,6 +103,10 @@ class Backprop:
 
     def merge(self) -> None:
         """No-op: the weights always hold the update."""
+
+    def unmerged(self) -> contextlib.AbstractContextManager:
+        """No-op context (nothing is pending), as :meth:`pgap.ZOOptimizer.unmerged`."""
+        return contextlib.nullcontext()
 
     def close(self) -> None:
         self._release_grads()

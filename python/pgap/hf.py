@@ -10,6 +10,7 @@ them raises :class:`pgap._deps.MissingDependencyError`, an ImportError whose mes
 missing modules and ``pip install "pgap-kernels[hf]"``."""
 from __future__ import annotations
 
+import contextlib
 import math
 import types
 from typing import Any, Dict, List, Optional
@@ -168,9 +169,14 @@ class ZOTrainer(Trainer):
         return super()._wrap_model(model, training, dataloader)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        if self.zo_optimizer is not None:
-            self.zo_optimizer.merge()  # on every rank, before rank 0 saves (functional P-GAP)
-        super()._save_checkpoint(model, trial)
+        """Trainer's checkpoint, taken inside the ZO optimizer's ``unmerged()``: the weights
+        without the pending side-path updates (P-GAP/AGZO functional mode), which the saved
+        optimizer state carries, so saving leaves the trajectory alone and
+        ``resume_from_checkpoint`` continues it bit for bit. ``save_model`` outside a
+        checkpoint merges (the trained weights)."""
+        opt = self.zo_optimizer
+        with opt.unmerged() if opt is not None else contextlib.nullcontext():
+            super()._save_checkpoint(model, trial)
 
     def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> None:
         """No gradient norm: nothing has a gradient (Trainer would log 0 after a pass over every

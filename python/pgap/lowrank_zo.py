@@ -15,6 +15,7 @@ from .base import ZOOptimizer
 from .params import Trainable, resolve_mode
 from .seeds import BASIS_STREAM, LOWRANK_PASSES, derive_seed, group_pass
 from .side_paths import SidePath
+from .state import before_state_dict
 from .views import Views
 
 
@@ -60,7 +61,8 @@ class LowRankZO(ZOOptimizer):
     def _attach_functional(self, model: nn.Module, states: Sequence[Any], viewed: Sequence[Trainable]) -> None:
         """Route the forwards of ``states`` (those with ``functional`` set) through a side path
         and show the perturbations of ``viewed`` through views."""
-        self.side = self.attach(SidePath(model, states, self.weight_decay, self.merge))
+        self.side = self.attach(SidePath(model, states, self.weight_decay,
+                                         lambda: before_state_dict(self)))
         if viewed:
             self.views = self.attach(Views(model, viewed))
 

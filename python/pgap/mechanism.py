@@ -1,10 +1,11 @@
 """The one interface through which an optimizer's step protocol (:class:`pgap.ZOOptimizer`) drives
 what an optimizer attaches to the model: perturbed views (:class:`pgap.views.Views`), side paths
 (:class:`pgap.side_paths.SidePath`), activation sketches (:class:`pgap.activation.ActivationSketcher`).
-The base calls every attached mechanism at these points and knows nothing else of them."""
+The base calls every attached mechanism at these points and knows nothing else of them; the
+state hooks (:mod:`pgap.state`) save and load the pending updates a mechanism keeps."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -24,6 +25,19 @@ class Mechanism:
     def merge(self, rounding_for: RoundingFor) -> None:
         """Write pending updates kept outside the weights into them, rounded as
         ``rounding_for(pass name)`` says."""
+
+    def pending_state(self) -> Dict[str, torch.Tensor]:
+        """The pending updates :meth:`merge` would write, by state key (empty when none is
+        pending); the optimizer's state carries them when it is taken unmerged."""
+        return {}
+
+    def pending_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """Every key :meth:`pending_state` may hold, with its shape."""
+        return {}
+
+    def load_pending_state(self, tensors: Dict[str, torch.Tensor]) -> None:
+        """Replace the pending updates with ``tensors`` (checked against :meth:`pending_shapes`;
+        a key left out: nothing pending there)."""
 
     def set_token_mask(self, mask: Optional[torch.Tensor]) -> None:
         """The (batch, seq) attention mask of the next step's batch (None: every token counts)."""

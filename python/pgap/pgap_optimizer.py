@@ -61,10 +61,10 @@ class PGAP(WindowedLowRankZO):
     mode : "auto", "inplace" (W written 3 times per step by lowrank_perturb_) or "functional"
         (matrices used only as nn.Linear/nn.Embedding weights are never written inside a window:
         a rank-r side path in the forward, merged into W at the end of a window, on
-        :meth:`merge`, and before ``state_dict()`` of the optimizer or the model; the probes'
-        and the other parameters' ±ε·z are never written either: the forwards see
-        ``pgap_kernels.perturbed`` copies). "auto" (default): functional for bf16/fp16 weights
-        without weight decay, else in place.
+        :meth:`merge`, and before ``state_dict()`` of the optimizer or the model outside
+        :meth:`unmerged`; the probes' and the other parameters' ±ε·z are never written
+        either: the forwards see ``pgap_kernels.perturbed`` copies). "auto" (default):
+        functional for bf16/fp16 weights without weight decay, else in place.
     rounding : "stochastic" (default) or "nearest": how updates round into bf16/fp16 weights.
     svd_oversample, svd_iters : randomized SVD oversampling and power iterations
     vector_lr_scale : float >= 0, the lr of the parameters that are not matrices (biases, norm

@@ -5,7 +5,7 @@ P-GAP uses U (m x r), A and Z (r x r); AGZO uses no U (the identity: A and Z are
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -53,13 +53,20 @@ def eligible_modules(model: nn.Module, states: Sequence) -> Dict[int, List[nn.Mo
     return {k: v for k, v in users.items() if k not in blocked}
 
 
+def pending_key(state) -> str:
+    """The state key of a matrix's pending update A."""
+    return f"{state.trainable.name}.A"
+
+
 class SidePath(Mechanism):
     """Forward hooks adding x V M^T U^T (Linear) or U[idx] M V^T (Embedding) to the output, with
     M = A + coeff * Z for each functional matrix among ``states`` (computed in float32, cast to
     the output dtype; a state whose U is None has no left factor). ``coeff`` is the current
     perturbation coefficient (±ε inside a step, 0 otherwise). ``before_state_dict`` runs before
-    ``model.state_dict()`` (the optimizer's merge). Raises ValueError for sharded matrices among
-    ``states`` or, with ``weight_decay`` > 0, a decayed functional matrix."""
+    ``model.state_dict()`` (the optimizer's merge, unless inside its ``unmerged()``). The pending
+    A of a matrix is saved under ``"<name>.A"`` (:meth:`pending_state`). Raises ValueError for
+    sharded matrices among ``states`` or, with ``weight_decay`` > 0, a decayed functional
+    matrix."""
 
     def __init__(self, model: nn.Module, states: Sequence, weight_decay: float,
                  before_state_dict: Callable[[], None]) -> None:
@@ -127,6 +134,24 @@ class SidePath(Mechanism):
         for s in todo:
             s.A.zero_()
             s.accumulated = False
+
+    def pending_state(self) -> Dict[str, torch.Tensor]:
+        """A of every matrix that holds an update not yet merged."""
+        return {pending_key(s): s.A for s in self.states if s.accumulated}
+
+    def pending_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        return {pending_key(s): tuple(s.A.shape) for s in self.states}
+
+    def load_pending_state(self, tensors: Dict[str, torch.Tensor]) -> None:
+        """Every matrix's A := its tensor in ``tensors`` (accumulated), or zero (not accumulated)
+        where absent. Mutates A in place, never the weights."""
+        for s in self.states:
+            saved = tensors.get(pending_key(s))
+            s.accumulated = saved is not None
+            if saved is None:
+                s.A.zero_()
+            else:
+                s.A.copy_(saved)
 
     def close(self) -> None:
         for h in self._handles:

@@ -1,11 +1,14 @@
 """An optimizer's state dict (format ``pgap.optimizer/1``) through torch's own hooks.
 
 ``ZOOptimizer`` does not override ``state_dict``/``load_state_dict``: it registers
-:func:`before_state_dict` (merge pending side-path updates), :func:`to_pgap_state` (torch's
-``{"state", "param_groups"}`` -> this format) and :func:`from_pgap_state` (this format -> the
-optimizer's tensors and counters, and torch's form for the param groups), so hooks that users
-register on the optimizer run as for any torch optimizer. The format is unchanged: files saved
-before load, and the dict is what :func:`pgap.save_optimizer` writes.
+:func:`before_state_dict` (merge pending side-path updates, unless inside the optimizer's
+``unmerged()``), :func:`to_pgap_state` (torch's ``{"state", "param_groups"}`` -> this format)
+and :func:`from_pgap_state` (this format -> the optimizer's tensors, pending updates and
+counters, and torch's form for the param groups), so hooks that users register on the optimizer
+run as for any torch optimizer. The format is ``pgap.optimizer/1`` as before: a state taken
+inside ``unmerged()`` adds the side paths' pending updates as tensors ``"<name>.A"`` (older
+pgap versions refuse them as unexpected tensors rather than drop them); states without them,
+all those saved before, load as they always did.
 """
 from __future__ import annotations
 
@@ -18,28 +21,35 @@ STATE_FORMAT = "pgap.optimizer/1"
 
 
 def before_state_dict(opt) -> None:
-    """State-dict pre-hook: merge pending functional-mode updates, so the live run and a resumed
-    one continue from the same weights. Mutates the weights (side paths only)."""
-    opt.merge()
+    """State-dict pre-hook of the optimizer and of its model: merge pending functional-mode
+    updates (mutates the weights, side paths only), so that a model exported with
+    ``state_dict()`` holds the trained weights. Inside ``opt.unmerged()`` nothing is merged
+    (the optimizer's state then carries the pending updates)."""
+    if not opt.keeps_pending:
+        opt.merge()
 
 
 def to_pgap_state(opt, packed: Dict[str, Any]) -> Dict[str, Any]:
     """State-dict post-hook: everything needed to resume exactly: step, forwards, lr group,
-    hyperparameters, the parameter names and the optimizer's tensors (contiguous, unshared:
-    safetensors-ready). Seeds are derived from (seed, step), never stored."""
+    hyperparameters, the parameter names and the optimizer's tensors with the mechanisms'
+    pending updates (contiguous, unshared: safetensors-ready). Seeds are derived from (seed,
+    step), never stored."""
     groups = [{k: v for k, v in g.items() if k != "params"} for g in packed["param_groups"]]
     return {"format": STATE_FORMAT, "optimizer": type(opt).__name__,
             "step": opt.steps_done, "forwards": opt.forwards, "param_groups": groups,
             "hyperparameters": opt.hyperparameters(),
             "parameters": [t.name for t in opt.trainables],
-            "tensors": {k: v.detach().contiguous().clone() for k, v in opt._state_tensors().items()},
+            "tensors": {k: v.detach().contiguous().clone()
+                        for k, v in dict(opt._state_tensors(), **_pending_state(opt)).items()},
             "extra": opt._extra_state()}
 
 
 def from_pgap_state(opt, state: Dict[str, Any]) -> Dict[str, Any]:
-    """Load-state-dict pre-hook: check ``state`` (ValueError for another optimizer class or other
-    parameters; a warning when hyperparameters differ), load its tensors, extra state and
-    counters into ``opt``, and return torch's form of it, whose param groups torch then loads."""
+    """Load-state-dict pre-hook: check ``state`` (ValueError for another optimizer class, other
+    parameters or tensors that do not fit; a warning when hyperparameters differ), load its
+    tensors (the optimizer's own merge pending updates it holds before replacing its bases),
+    then the saved pending updates, extra state and counters into ``opt``, and return torch's
+    form of it, whose param groups torch then loads."""
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"state is not a {STATE_FORMAT} state dict")
     if state["optimizer"] != type(opt).__name__:
@@ -53,12 +63,23 @@ def from_pgap_state(opt, state: Dict[str, Any]) -> Dict[str, Any]:
     if changed:
         warnings.warn(f"loading a state saved with other hyperparameters (saved, now): {changed}",
                       stacklevel=5)
-    opt._load_state_tensors(dict(state["tensors"]))
+    tensors = dict(state["tensors"])
+    shapes = {k: v for m in opt.mechanisms for k, v in m.pending_shapes().items()}
+    pending = checked_state_tensors({k: tensors.pop(k) for k in list(tensors) if k in shapes},
+                                    shapes, opt.device)
+    opt._load_state_tensors(tensors)
+    for mechanism in opt.mechanisms:
+        mechanism.load_pending_state(pending)
     opt._load_extra_state(dict(state["extra"]))
     groups = [dict(g, **saved) for g, saved in zip(_unpacked_groups(opt), state["param_groups"])]
     opt.steps_done = int(state["step"])
     opt.forwards = int(state["forwards"])
     return {"state": {}, "param_groups": groups}
+
+
+def _pending_state(opt) -> Dict[str, torch.Tensor]:
+    """The pending updates of every mechanism ``opt`` attached (empty once merged)."""
+    return {k: v for m in opt.mechanisms for k, v in m.pending_state().items()}
 
 
 def _unpacked_groups(opt) -> Iterable[Dict[str, Any]]:

@@ -87,8 +87,8 @@ PGAP_SMALL = ["--rank", "2", "--window", "2", "--probes", "2", "--delta", "1", "
 AGZO_SMALL = ["--rank", "2", "--refresh", "2"]
 
 
-# float32 weights train in place: a checkpoint does not touch the trajectory. (bf16 P-GAP/AGZO
-# keep pending updates in a side path, merged when a checkpoint is saved: see the next test.)
+# A checkpoint does not touch the trajectory: float32 weights train in place; bf16 P-GAP/AGZO keep
+# pending updates in a side path, saved unmerged with the optimizer state (see the next test).
 @pytest.mark.parametrize("method, extra", [
     ("mezo", []), ("mezo", ["--dtype", "fp32"]), ("pgap", ["--dtype", "fp32", *PGAP_SMALL]),
     ("agzo", ["--dtype", "fp32", *AGZO_SMALL]),
@@ -108,17 +108,30 @@ def test_resume_continues_the_same_trajectory(tiny_model, tmp_path, method, extr
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("method, extra", [("pgap", PGAP_SMALL), ("agzo", AGZO_SMALL)])
-def test_bf16_side_paths_resume_exactly_where_the_run_saved(tiny_model, tmp_path, method, extra):
-    """In bf16 (functional mode) P-GAP's and AGZO's pending updates live in a side path and are
-    merged (stochastically rounded) into the weights when a checkpoint is saved, so saving changes
-    the trajectory by rounding; a run resumed from a checkpoint equals the run that saved it."""
-    full, part = tmp_path / "full", tmp_path / "part"
+# resumed where the side path holds updates that the uninterrupted run merges at a later step
+@pytest.mark.parametrize("method, extra, split", [("pgap", PGAP_SMALL, 3), ("agzo", AGZO_SMALL, 4)])
+def test_bf16_side_path_checkpoints_leave_the_trajectory_alone(tiny_model, tmp_path, method, extra,
+                                                               split):
+    """In bf16 (functional mode) P-GAP's and AGZO's pending updates live in a side path. A
+    checkpoint holds the weights without them and the optimizer state with them
+    (``opt.unmerged()``), so a run that saves after every step and a run resumed at ``split``
+    equal the run that saved only at its end: losses, checkpoint/ and the merged model/."""
+    from safetensors.torch import load_file
+    plain, saving, part = tmp_path / "plain", tmp_path / "saving", tmp_path / "part"
     args = ["--method", method, "--lr", "1e-3", "--no-plot", "--dtype", "bf16", *extra]
-    assert finetune.main(cli(tiny_model, full, "--steps", "6", "--save-every", "3", *args)) == 0
-    assert finetune.main(cli(tiny_model, part, "--steps", "3", *args)) == 0
+    assert finetune.main(cli(tiny_model, plain, "--steps", "6", *args)) == 0
+    assert finetune.main(cli(tiny_model, saving, "--steps", "6", "--save-every", "1", *args)) == 0
+    assert finetune.main(cli(tiny_model, part, "--steps", str(split), *args)) == 0
+    assert any(k.endswith(".A") for k in load_file(part / "checkpoint" / "optimizer.safetensors"))
     assert finetune.main(cli(tiny_model, part, "--steps", "6", "--resume", *args)) == 0
-    assert _step_losses(part) == _step_losses(full)
+    for out in (saving, part):
+        assert _step_losses(out) == _step_losses(plain), out.name
+        for name in ("model/model.safetensors", "checkpoint/model/model.safetensors",
+                     "checkpoint/optimizer.safetensors"):
+            a, b = load_file(plain / name), load_file(out / name)
+            assert a.keys() == b.keys(), (out.name, name)
+            for k in a:
+                assert torch.equal(a[k], b[k]), (out.name, name, k)
 
 
 def test_dtype_auto_says_what_it_chose(tiny_model, tmp_path, capsys):
@@ -166,10 +179,16 @@ def test_lora_tunes_only_the_adapters(tiny_model, tmp_path, method, extra, capsy
     assert not (out / "model" / "model.safetensors").exists()  # the frozen base is not copied
 
 
-def test_lora_resume_continues_the_same_trajectory(tiny_model, tmp_path):
+@pytest.mark.parametrize("method, extra", [
+    ("mezo", []),  # functional P-GAP: the adapters' side paths hold updates at the step-2
+    # checkpoint, merged at step 4 (the next window)
+    ("pgap", ["--rank", "2", "--window", "4", "--probes", "2", "--delta", "1", "1",
+              "--mode", "functional", "--dtype", "bf16"]),
+])
+def test_lora_resume_continues_the_same_trajectory(tiny_model, tmp_path, method, extra):
     pytest.importorskip("peft")
     full, part = tmp_path / "full", tmp_path / "part"
-    args = ["--method", "mezo", "--lr", "1e-2", "--no-plot", "--lora", "--lora-r", "2"]
+    args = ["--method", method, "--lr", "1e-2", "--no-plot", "--lora", "--lora-r", "2", *extra]
     assert finetune.main(cli(tiny_model, full, "--steps", "4", *args)) == 0
     assert finetune.main(cli(tiny_model, part, "--steps", "2", *args)) == 0
     assert finetune.main(cli(tiny_model, part, "--steps", "4", "--resume", *args)) == 0

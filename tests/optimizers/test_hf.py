@@ -50,17 +50,28 @@ def test_zotrainer_trains_and_logs(tmp_path, method, options, lr):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_zotrainer_resume_from_checkpoint_continues_the_trajectory(tmp_path):
-    full, _ = make_trainer(tmp_path / "full", "mezo", {}, 6)
+@pytest.mark.parametrize("method, options", [
+    ("mezo", {}), ("pgap", {"rank": 2, "window": 2, "probes": 2, "mode": "functional"}),
+    ("agzo", {"rank": 2, "refresh": 3, "first_iters": 0, "mode": "functional"}),
+])  # the side paths hold updates at the step-3 checkpoint (merged: AGZO at step 3, P-GAP at 4)
+def test_zotrainer_checkpoints_leave_the_trajectory_and_resume_it(tmp_path, method, options):
+    """Checkpoints are taken unmerged (the side paths' pending updates in the optimizer state,
+    not in the weights): the run that saved, and the run resumed from its step-3 checkpoint,
+    equal the run that never saved."""
+    full, _ = make_trainer(tmp_path / "full", method, options, 6)
     full.train()
-    part, _ = make_trainer(tmp_path / "part", "mezo", {}, 6, save_steps=3)
+    part, part_model = make_trainer(tmp_path / "part", method, options, 6, save_steps=3)
     part.train()
-    resumed, model = make_trainer(tmp_path / "part", "mezo", {}, 6, save_steps=3)
+    resumed, model = make_trainer(tmp_path / "part", method, options, 6, save_steps=3)
     resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-3"))
     assert resumed.zo_optimizer.steps_done == 6
-    a = full.model.state_dict()
-    for k, v in model.state_dict().items():
-        torch.testing.assert_close(v, a[k], rtol=0, atol=0, msg=k)
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h]
+              for t in (full, part, resumed)]
+    assert losses[1] == losses[0] and losses[2] == losses[0]  # resumed: its history restored
+    a = full.model.state_dict()  # merges: the trained weights
+    for other in (part_model, model):
+        for k, v in other.state_dict().items():
+            torch.testing.assert_close(v, a[k], rtol=0, atol=0, msg=k)
     state = json.loads((tmp_path / "part" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
 

@@ -327,6 +327,7 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
     log.add(kind="eval", split="test", step=opt.steps_done, forwards=opt.forwards, accuracy=final,
             loss=final_loss)
     save_checkpoint(out, model, tokenizer, opt, opt.steps_done, args, ranks)
+    opt.merge()  # model/: the trained weights (every rank merges, rank 0 writes)
     save_model(model, tokenizer, out / "model", args, ranks)
     if not ranks.main:
         return 0

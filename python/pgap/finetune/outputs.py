@@ -80,7 +80,9 @@ def optimizer_file(ckpt: Path, args: argparse.Namespace, ranks: Ranks) -> Path:
 
 def save_model(model, tokenizer, path: Path, args: argparse.Namespace, ranks: Ranks) -> None:
     """The full model (or the LoRA adapters) and tokenizer in ``path``, written by rank 0; with
-    --fsdp every rank takes part in gathering the shards first."""
+    --fsdp every rank takes part in gathering the shards first. Outside ``opt.unmerged()`` the
+    model's ``state_dict()`` merges pending side-path updates into the weights first (model/:
+    the trained weights)."""
     state = full_state_dict(model) if args.fsdp else None
     if ranks.main:
         model.save_pretrained(path, state_dict=state)
@@ -90,13 +92,15 @@ def save_model(model, tokenizer, path: Path, args: argparse.Namespace, ranks: Ra
 def save_checkpoint(out: Path, model, tokenizer, opt, step: int, args: argparse.Namespace,
                     ranks: Ranks) -> None:
     """checkpoint/: model/ (the full model, or only the adapters with LoRA), the optimizer state
-    and the step (every rank merges P-GAP's functional updates first)."""
+    and the step, taken inside ``opt.unmerged()``: the weights without P-GAP's/AGZO's pending
+    side-path updates, which the optimizer state carries, so saving leaves the run's trajectory
+    as it was and ``--resume`` continues it bit for bit. Mutates nothing."""
     ckpt = out / "checkpoint"
     ckpt.mkdir(parents=True, exist_ok=True)
-    opt.merge()
-    save_model(model, tokenizer, ckpt / "model", args, ranks)  # functional P-GAP merges here too
-    if args.fsdp or ranks.main:
-        save_optimizer(opt, optimizer_file(ckpt, args, ranks))
+    with opt.unmerged():
+        save_model(model, tokenizer, ckpt / "model", args, ranks)
+        if args.fsdp or ranks.main:
+            save_optimizer(opt, optimizer_file(ckpt, args, ranks))
     if ranks.main:
         (ckpt / "state.json").write_text(json.dumps({"step": step, "lora": args.lora,
                                                      "fsdp": args.fsdp, "ranks": ranks.world}))
