@@ -10,6 +10,7 @@
 #include "host/perturb.h"
 #include "pgap/normal.h"
 #include "pgap/perturb_args.h"
+#include "pgap/rademacher.h"
 #ifdef PGAP_WITH_CUDA
 #include <cuda_runtime_api.h>
 
@@ -28,23 +29,31 @@ DType to_dtype(int code) {
   return static_cast<DType>(code);
 }
 
+Distribution to_distribution(int code) {
+  if (code < 0 || code > 1)
+    throw std::invalid_argument("distribution code must be 0 (gaussian) or 1 (rademacher)");
+  return static_cast<Distribution>(code);
+}
+
 void host_perturb(int dtype, const std::vector<uintptr_t>& data, const std::vector<uintptr_t>& src,
                   const std::vector<uintptr_t>& mean, const std::vector<int64_t>& numel,
                   const std::vector<uint64_t>& offset, const std::vector<uint32_t>& key,
                   const std::vector<uint64_t>& seeds, const std::vector<float>& coeffs, float decay,
-                  float mean_coeff, bool stochastic, uint64_t rounding_seed, int num_threads) {
+                  float mean_coeff, bool stochastic, uint64_t rounding_seed, int distribution,
+                  int num_threads) {
   const size_t n = data.size();
   if (src.size() != n || mean.size() != n || numel.size() != n || offset.size() != n ||
       key.size() != n)
     throw std::invalid_argument("per-tensor argument lists must have equal lengths");
   if (seeds.size() != coeffs.size()) throw std::invalid_argument("seeds and coeffs differ in length");
   const DType dt = to_dtype(dtype);
+  const Distribution dist = to_distribution(distribution);
   std::vector<TensorArgs> tensors(n);
   for (size_t p = 0; p < n; ++p)
     tensors[p] = TensorArgs{reinterpret_cast<void*>(data[p]), reinterpret_cast<const void*>(src[p]),
                             reinterpret_cast<const void*>(mean[p]), numel[p], offset[p], key[p]};
   const StreamArgs stream{seeds.data(), coeffs.data(), static_cast<int64_t>(seeds.size()), decay,
-                          mean_coeff, RoundingArgs{stochastic, rounding_seed}};
+                          mean_coeff, RoundingArgs{stochastic, rounding_seed}, dist};
   py::gil_scoped_release release;
   host::perturb(dt, tensors, stream, num_threads);
 }
@@ -103,6 +112,34 @@ py::tuple philox(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0
   return py::make_tuple(w.w0, w.w1, w.w2, w.w3);
 }
 
+// rho(seed, key, start + l) for l in [0, count), one scalar header call each (pgap/rademacher.h).
+std::vector<float> rademacher_values(uint64_t seed, uint32_t key, uint64_t start, int64_t count) {
+  if (count < 0) throw std::invalid_argument("count must be >= 0");
+  std::vector<float> out(static_cast<size_t>(count));
+  for (int64_t l = 0; l < count; ++l)
+    out[l] = rademacher_value(seed, key, start + static_cast<uint64_t>(l));
+  return out;
+}
+
+// The CUDA kernel's warp schedule replayed on the host: the terms coeff * rho of the 1024
+// elements of Rademacher blocks first_block .. first_block + 7, element 128 r + 4 l + k written
+// by lane l in step r from the word it shuffles in (pgap/rademacher.h).
+std::vector<float> rademacher_warp_terms(uint64_t seed, uint32_t key, uint64_t first_block,
+                                         float coeff) {
+  uint32_t kept[32];  // what each lane keeps of the block it draws
+  for (uint32_t lane = 0; lane < 32; ++lane)
+    kept[lane] = word_of_lane(rademacher_block_words(seed, key, first_block + rademacher_lane_block(lane)),
+                              rademacher_lane_word(lane));
+  std::vector<float> out(kRademacherWarpBlocks * kRademacherBlockElements);
+  for (uint32_t r = 0; r < kRademacherWarpBlocks; ++r)
+    for (uint32_t lane = 0; lane < 32; ++lane) {
+      float term[4];
+      rademacher_lane_terms(coeff, kept[rademacher_source_lane(lane, r)], lane, term);
+      for (uint32_t k = 0; k < 4; ++k) out[kRademacherBlockElements * r + 4 * lane + k] = term[k];
+    }
+  return out;
+}
+
 py::dict build_info() {
   py::dict d;
 #ifdef PGAP_WITH_CUDA
@@ -131,7 +168,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype"), py::arg("data"), py::arg("src"), py::arg("mean"), py::arg("numel"),
         py::arg("offset"),
         py::arg("key"), py::arg("seeds"), py::arg("coeffs"), py::arg("decay"), py::arg("mean_coeff"),
-        py::arg("stochastic"), py::arg("rounding_seed"), py::arg("num_threads"));
+        py::arg("stochastic"), py::arg("rounding_seed"), py::arg("distribution"),
+        py::arg("num_threads"));
   m.def("host_lowrank_update", &host_lowrank_update,
         "In-place W <- decay*W + L*R^T on the CPU (L, R float32 row-major)", py::arg("dtype"),
         py::arg("w"), py::arg("m"), py::arg("n"), py::arg("left"), py::arg("right"), py::arg("k"),
@@ -149,6 +187,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("coeffs"), py::arg("decay"), py::arg("stochastic"), py::arg("rounding_seed"),
         py::arg("num_threads"));
   m.def("philox4x32_10", &philox, "Raw Philox4x32-10 words for one counter and key");
+  m.def("rademacher_values", &rademacher_values,
+        "rho(seed, key, start + l) for l < count, element by element (the shared header's math)",
+        py::arg("seed"), py::arg("key"), py::arg("start"), py::arg("count"));
+  m.def("rademacher_warp_terms", &rademacher_warp_terms,
+        "coeff * rho over one CUDA warp's 8 blocks, by the CUDA kernel's lane schedule (on the host)",
+        py::arg("seed"), py::arg("key"), py::arg("first_block"), py::arg("coeff"));
   m.def("build_info", &build_info);
   m.def("set_host_isa", &host::set_isa, py::arg("isa"));
 #ifdef PGAP_WITH_CUDA
@@ -156,16 +200,18 @@ PYBIND11_MODULE(_C, m) {
       "cuda_perturb",
       [](int dtype, uintptr_t meta, int64_t n_tensors, int64_t total_chunks, uintptr_t seeds,
          uintptr_t coeffs, int64_t n_seeds, float decay, float mean_coeff, bool has_mean,
-         bool stochastic, uint64_t rounding_seed, int device, uintptr_t stream) {
+         bool stochastic, uint64_t rounding_seed, int distribution, int device, uintptr_t stream) {
         const DType dt = to_dtype(dtype);
+        const Distribution dist = to_distribution(distribution);
         py::gil_scoped_release release;
         cuda::perturb(dt, reinterpret_cast<const cuda::TensorMeta*>(meta), n_tensors, total_chunks,
                       reinterpret_cast<const uint64_t*>(seeds), reinterpret_cast<const float*>(coeffs),
-                      n_seeds, decay, mean_coeff, has_mean, stochastic, rounding_seed, device,
+                      n_seeds, decay, mean_coeff, has_mean, stochastic, rounding_seed, dist, device,
                       reinterpret_cast<void*>(stream));
       },
       "Fused seeded perturbation of one dtype group on a CUDA device (device pointers)");
   m.attr("CUDA_CHUNK_BLOCKS") = cuda::kChunkBlocks;
+  m.attr("CUDA_RADEMACHER_CHUNK_BLOCKS") = cuda::kRademacherChunkBlocks;
   m.def(
       "cuda_lowrank_update",
       [](int dtype, uintptr_t w_ptrs, uintptr_t left_ptrs, uintptr_t right_ptrs, int64_t count,

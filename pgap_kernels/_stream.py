@@ -1,8 +1,14 @@
-"""Constants of the philox4x32-10/v1 random-stream contract (see docs/rng.md)."""
+"""Constants of the philox4x32-10/v1 random-stream contract and of its Rademacher stream,
+philox4x32-10-rademacher/v1 (see docs/rng.md)."""
 import ctypes
 from typing import Optional
 
-STREAM_VERSION = "philox4x32-10/v1"
+STREAM_VERSION = "philox4x32-10/v1"  # the Gaussian stream xi (and the stochastic-rounding words)
+RADEMACHER_VERSION = "philox4x32-10-rademacher/v1"  # the Rademacher stream rho
+# The ``distribution`` argument of the perturbation ops -> the contract of the stream it draws.
+STREAM_VERSIONS = {"gaussian": STREAM_VERSION, "rademacher": RADEMACHER_VERSION}
+DISTRIBUTIONS = tuple(STREAM_VERSIONS)
+DISTRIBUTION_CODES = {"gaussian": 0, "rademacher": 1}  # csrc Distribution
 
 PHILOX_M0 = 0xD2511F53
 PHILOX_M1 = 0xCD9E8D57
@@ -16,6 +22,8 @@ INDEX_LIMIT = 1 << 63  # offset + numel must stay below 2^63 (int64 in every bac
 
 UNIFORM_SCALE = 2.0 ** -24  # u = (2*(x >> 9) + 1) * 2^-24
 ROUNDING_DOMAIN = 1  # Philox counter word c3 of the stochastic-rounding words (the stream uses 0)
+RADEMACHER_DOMAIN = 2  # Philox counter word c3 of the Rademacher stream's words
+RADEMACHER_BLOCK = 128  # elements per Philox block of the Rademacher stream (4 words x 32 bits)
 TWO_PI = 6.283185307179586
 
 

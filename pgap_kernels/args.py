@@ -31,6 +31,8 @@ class PerturbArgs:
     disjoint from every written tensor) or, when ``sources`` is None, ``tensors[p]`` itself.
     With a ``rounding_seed``, 16-bit results round stochastically: element i of tensor p with the
     rounding word of element ``offsets[p] + i`` under (rounding_seed, ``keys[p]``).
+    ``distribution`` names the stream the seeded terms draw: "gaussian" (xi, philox4x32-10/v1)
+    or "rademacher" (rho, philox4x32-10-rademacher/v1); docs/rng.md.
     """
 
     tensors: List[torch.Tensor]
@@ -43,6 +45,7 @@ class PerturbArgs:
     mean_coeff: float
     sources: Optional[List[torch.Tensor]] = None
     rounding_seed: Optional[int] = None  # None: round to nearest; else stochastic (docs/rng.md)
+    distribution: str = "gaussian"  # or "rademacher"
 
     def source(self, p: int) -> torch.Tensor:
         """The tensor the decay term of tensor p reads."""

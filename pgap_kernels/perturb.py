@@ -1,5 +1,5 @@
-"""Front end of the seeded perturbation op: ``perturb_``, ``perturbed``, ``perturbed_many`` and
-``gaussian``, registered once as ``torch.library`` custom ops (namespace pgap).
+"""Front end of the seeded perturbation op: ``perturb_``, ``perturbed``, ``perturbed_many``,
+``gaussian`` and ``rademacher``, registered once as ``torch.library`` custom ops (namespace pgap).
 
 Validation runs here (with the shared checks of :mod:`pgap_kernels._checks`), before any tensor
 is modified, into a :class:`~pgap_kernels.args.PerturbArgs`; the custom op then runs the
@@ -18,8 +18,8 @@ from ._checks import (DeviceLike, FloatOrFloats, IntOrInts, TensorList, as_devic
                       check_tensor, check_tensors)
 from ._dispatch import run_backend
 from ._library import define_op, plain_eager_call
-from ._stream import (INDEX_LIMIT, KEY_LIMIT, optional_seed_from_int64, optional_seed_to_int64,
-                      seed_from_int64, seed_to_int64)
+from ._stream import (DISTRIBUTIONS, INDEX_LIMIT, KEY_LIMIT, optional_seed_from_int64,
+                      optional_seed_to_int64, seed_from_int64, seed_to_int64)
 from .args import PerturbArgs
 from .backends import PERTURB
 
@@ -48,26 +48,40 @@ def _check_mean_coeff(mean_coeff: float, has_mean: bool) -> float:
     return mean_coeff
 
 
+def check_distribution(distribution: str) -> str:
+    """``distribution`` itself when it names a stream ("gaussian" or "rademacher"), else
+    ValueError naming the argument."""
+    if not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {', '.join(map(repr, DISTRIBUTIONS))}; "
+                         f"got {distribution!r}")
+    return distribution
+
+
 def _check_stream_terms(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
                         keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
-                        mean: Optional[TensorList], mean_coeff: float, decay: float) -> PerturbArgs:
+                        mean: Optional[TensorList], mean_coeff: float, decay: float,
+                        distribution: str) -> PerturbArgs:
     """The arguments ``perturb_`` and ``perturbed_many`` share, checked, as one pass over
     ``tensors`` (round to nearest, in place until the caller sets ``sources``)."""
+    distribution = check_distribution(distribution)
     tensors = check_tensors(tensors)
     seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
     keys_l, offsets_l = check_keys_offsets(keys, offsets, [t.numel() for t in tensors])
     decay = check_finite(decay, "decay")
     means = _check_means(mean, tensors)
     mean_coeff = _check_mean_coeff(mean_coeff, means is not None)
-    return PerturbArgs(tensors, means, seeds_l, coeffs_l, keys_l, offsets_l, decay, mean_coeff)
+    return PerturbArgs(tensors, means, seeds_l, coeffs_l, keys_l, offsets_l, decay, mean_coeff,
+                       distribution=distribution)
 
 
 def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
                      keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
                      decay: float, mean: Optional[TensorList], mean_coeff: float,
-                     rounding: str = "nearest", rounding_seed: Optional[int] = None) -> PerturbArgs:
+                     rounding: str = "nearest", rounding_seed: Optional[int] = None,
+                     distribution: str = "gaussian") -> PerturbArgs:
     """Check every argument of ``perturb_``; raise TypeError/ValueError naming the culprit."""
-    args = _check_stream_terms(tensors, seeds, coeffs, keys, offsets, mean, mean_coeff, decay)
+    args = _check_stream_terms(tensors, seeds, coeffs, keys, offsets, mean, mean_coeff, decay,
+                               distribution)
     args.rounding_seed = check_rounding(rounding, rounding_seed, args.seeds[0] if args.seeds else None,
                                         "it defaults to seeds[0], and seeds is empty")
     return args
@@ -76,13 +90,14 @@ def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloat
 def validate_perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
                             keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
                             mean: Optional[TensorList], mean_coeff: float,
-                            out: Optional[TensorList]) -> PerturbArgs:
+                            out: Optional[TensorList], distribution: str = "gaussian") -> PerturbArgs:
     """Check every argument of ``perturbed_many``; raise TypeError/ValueError naming the culprit.
 
     Returns one out-of-place pass (decay 1) from ``tensors`` (the sources, read only) into
     ``out`` (new tensors like them when None). Overlaps are checked by the op on the real tensors.
     """
-    args = _check_stream_terms(tensors, seeds, coeffs, keys, offsets, mean, mean_coeff, 1.0)
+    args = _check_stream_terms(tensors, seeds, coeffs, keys, offsets, mean, mean_coeff, 1.0,
+                               distribution)
     sources = args.tensors
     if out is None:
         outs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in sources]
@@ -98,7 +113,7 @@ def validate_perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: Float
 
 def validate_perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *,
                        key: int, offset: int, mean: Optional[torch.Tensor], mean_coeff: float,
-                       out: Optional[torch.Tensor]) -> PerturbArgs:
+                       out: Optional[torch.Tensor], distribution: str = "gaussian") -> PerturbArgs:
     """Check every argument of ``perturbed``; raise TypeError/ValueError naming the culprit.
 
     Returns the arguments of one out-of-place pass (decay 1) from ``tensor`` into ``out``, a new
@@ -106,6 +121,7 @@ def validate_perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFl
     the real tensors (:func:`pgap_kernels._checks.check_disjoint`), still before
     anything is written.
     """
+    distribution = check_distribution(distribution)
     tensor = check_tensor(tensor, "tensor")
     seeds_l, coeffs_l = check_seeds_coeffs(seeds, coeffs)
     key = check_int(key, "key", 0, KEY_LIMIT)
@@ -118,7 +134,7 @@ def validate_perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFl
     else:
         check_like(out, tensor, "out", "tensor")
     return PerturbArgs([out], None if mean is None else [mean], seeds_l, coeffs_l, [key], [offset],
-                       1.0, mean_coeff, sources=[tensor])
+                       1.0, mean_coeff, sources=[tensor], distribution=distribution)
 
 
 # -- the ops -----------------------------------------------------------------------------------
@@ -141,7 +157,7 @@ def _run_perturb(backend: str, args: PerturbArgs) -> None:
 def _perturb_impl(tensors: List[torch.Tensor], means: List[torch.Tensor],
                   seeds: List[int], coeffs: List[float], keys: List[int], offsets: List[int],
                   decay: float, mean_coeff: float, backend: str,
-                  rounding_seed: Optional[int] = None) -> None:
+                  rounding_seed: Optional[int] = None, distribution: str = "gaussian") -> None:
     """Body of ``pgap::perturb_`` on CPU and CUDA.
 
     ``means`` is empty when there is no mean term; seeds and ``rounding_seed`` (None: round to
@@ -151,11 +167,13 @@ def _perturb_impl(tensors: List[torch.Tensor], means: List[torch.Tensor],
     _run_perturb(backend, PerturbArgs(list(tensors), list(means) if means else None,
                               [seed_from_int64(s) for s in seeds], list(coeffs), list(keys),
                               list(offsets), decay, mean_coeff,
-                              rounding_seed=optional_seed_from_int64(rounding_seed)))
+                              rounding_seed=optional_seed_from_int64(rounding_seed),
+                              distribution=check_distribution(distribution)))
 
 
 def _perturb_fake(tensors, means, seeds, coeffs, keys, offsets, decay, mean_coeff, backend,
-                  rounding_seed=None) -> None:
+                  rounding_seed=None, distribution="gaussian") -> None:
+    check_distribution(distribution)
     return None
 
 
@@ -166,14 +184,16 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
              keys: Optional[Sequence[int]] = None, offsets: Optional[Sequence[int]] = None,
              decay: float = 1.0, mean: Optional[TensorList] = None,
              mean_coeff: float = 0.0, rounding: str = "nearest",
-             rounding_seed: Optional[int] = None) -> None:
+             rounding_seed: Optional[int] = None, distribution: str = "gaussian") -> None:
     """Fused seeded perturbation of many tensors, in place.
 
     For every tensor ``t`` at list position ``p`` and element ``i`` (row-major)::
 
         t[i] <- decay*t[i] + mean_coeff*mean[p][i] + sum_j coeffs[j] * xi(seeds[j], keys[p], offsets[p] + i)
 
-    with ``xi`` the philox4x32-10/v1 standard-normal stream (docs/rng.md). Arithmetic is float32
+    with ``xi`` the philox4x32-10/v1 standard-normal stream (docs/rng.md), or, with
+    ``distribution="rademacher"``, ``rho``, the philox4x32-10-rademacher/v1 stream of +-1 values
+    (docs/rng.md, "The Rademacher stream"). Arithmetic is float32
     with one rounding to ``t.dtype``: to nearest, or stochastically (``rounding="stochastic"``,
     for bfloat16/float16 tensors; docs/rng.md, "Stochastic rounding"). One kernel launch per
     dtype group (all tensors share one device).
@@ -212,6 +232,12 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
         Seed of the rounding bits; default ``seeds[0]``. A caller that applies several passes
         with the same seed (e.g. MeZO's three) should give each its own rounding_seed, or the
         passes reuse the same bits.
+    distribution : "gaussian" or "rademacher"
+        The stream of the seeded terms: standard normal ``xi`` (default), or Rademacher ``rho``,
+        +1 or -1 with probability 1/2 each (E[rho] = 0, E[rho rho^T] = I, like ``xi``), one
+        Philox block per 128 elements instead of per 4 and no transcendental functions, so the
+        pass costs little more than its memory traffic. Its results are bit-identical on every
+        backend. The stochastic-rounding words are the same for both.
 
     Raises
     ------
@@ -222,7 +248,7 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
     """
     args = validate_perturb(tensors, seeds, coeffs, keys=keys, offsets=offsets, decay=decay,
                             mean=mean, mean_coeff=mean_coeff, rounding=rounding,
-                            rounding_seed=rounding_seed)
+                            rounding_seed=rounding_seed, distribution=distribution)
     if not any(t.numel() for t in args.tensors):
         return
     if plain_eager_call(args.tensors + (args.means or [])):
@@ -231,7 +257,7 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
         return
     torch.ops.pgap.perturb_(args.tensors, args.means or [], [seed_to_int64(s) for s in args.seeds],
                             args.coeffs, args.keys, args.offsets, args.decay, args.mean_coeff, "",
-                            optional_seed_to_int64(args.rounding_seed))
+                            optional_seed_to_int64(args.rounding_seed), args.distribution)
 
 
 def _run_perturbed(backend: str, args: PerturbArgs, indexed: bool = False) -> None:
@@ -250,15 +276,18 @@ def _run_perturbed(backend: str, args: PerturbArgs, indexed: bool = False) -> No
 
 def _perturbed_impl(tensor: torch.Tensor, mean: Optional[torch.Tensor], seeds: List[int],
                     coeffs: List[float], key: int, offset: int, mean_coeff: float,
-                    out: torch.Tensor, backend: str) -> None:
+                    out: torch.Tensor, backend: str, distribution: str = "gaussian") -> None:
     """Body of ``pgap::perturbed_into`` on CPU and CUDA: ``out`` <- ``tensor`` + the stream terms
     (seeds as int64 bit patterns; ``backend`` "" for the automatic/forced choice)."""
     _run_perturbed(backend, PerturbArgs([out], None if mean is None else [mean],
                                         [seed_from_int64(s) for s in seeds], list(coeffs), [key],
-                                        [offset], 1.0, mean_coeff, sources=[tensor]))
+                                        [offset], 1.0, mean_coeff, sources=[tensor],
+                                        distribution=check_distribution(distribution)))
 
 
-def _perturbed_fake(tensor, mean, seeds, coeffs, key, offset, mean_coeff, out, backend) -> None:
+def _perturbed_fake(tensor, mean, seeds, coeffs, key, offset, mean_coeff, out, backend,
+                    distribution="gaussian") -> None:
+    check_distribution(distribution)
     return None
 
 
@@ -268,18 +297,19 @@ define_op("perturbed_into", _perturbed_impl, _perturbed_fake, mutates_args=("out
 @torch.no_grad()
 def perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *, key: int = 0,
               offset: int = 0, mean: Optional[torch.Tensor] = None, mean_coeff: float = 0.0,
-              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+              out: Optional[torch.Tensor] = None, distribution: str = "gaussian") -> torch.Tensor:
     """Out-of-place seeded perturbation: a perturbed copy of ``tensor``, which is not written.
 
     Element ``i`` (row-major) of the result is::
 
         tensor[i] + mean_coeff*mean[i] + sum_j coeffs[j] * xi(seeds[j], key, offset + i)
 
-    in float32 with one rounding to ``tensor.dtype``: bit for bit what
+    (``rho`` in place of ``xi`` with ``distribution="rademacher"``) in float32 with one rounding
+    to ``tensor.dtype``: bit for bit what
     ``t = tensor.clone(); perturb_(t, seeds, coeffs, keys=[key], offsets=[offset], mean=...,
-    mean_coeff=...)`` leaves in ``t`` (decay 1), on every backend, in one pass that reads
-    ``tensor`` and writes the result. For forwards that must see W + c·z without the weights
-    ever holding it.
+    mean_coeff=..., distribution=...)`` leaves in ``t`` (decay 1), on every backend, in one pass
+    that reads ``tensor`` and writes the result. For forwards that must see W + c·z without the
+    weights ever holding it.
 
     Parameters
     ----------
@@ -301,6 +331,8 @@ def perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *, 
     out : Tensor, optional
         Where to write the result: shaped, typed and placed like ``tensor``, contiguous, sharing
         no memory with ``tensor`` or ``mean``. **Mutated.** Default: a new tensor.
+    distribution : "gaussian" or "rademacher"
+        The stream of the seeded terms, as for :func:`perturb_` (default "gaussian").
 
     Returns
     -------
@@ -315,30 +347,35 @@ def perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *, 
         If a backend forced by ``PGAP_BACKEND``/:func:`use_backend` cannot run.
     """
     args = validate_perturbed(tensor, seeds, coeffs, key=key, offset=offset, mean=mean,
-                              mean_coeff=mean_coeff, out=out)
+                              mean_coeff=mean_coeff, out=out, distribution=distribution)
     result = args.tensors[0]
     if plain_eager_call([tensor, result] + (args.means or [])):
         _run_perturbed("", args)
         torch.autograd.graph.increment_version([result])  # as the op's ADInplaceOrView does
         return result
     torch.ops.pgap.perturbed_into(tensor, mean, [seed_to_int64(s) for s in args.seeds], args.coeffs,
-                                  args.keys[0], args.offsets[0], args.mean_coeff, result, "")
+                                  args.keys[0], args.offsets[0], args.mean_coeff, result, "",
+                                  args.distribution)
     return result
 
 
 def _perturbed_many_impl(tensors: List[torch.Tensor], means: List[torch.Tensor], seeds: List[int],
                          coeffs: List[float], keys: List[int], offsets: List[int],
-                         mean_coeff: float, out: List[torch.Tensor], backend: str) -> None:
+                         mean_coeff: float, out: List[torch.Tensor], backend: str,
+                         distribution: str = "gaussian") -> None:
     """Body of ``pgap::perturbed_many_into`` on CPU and CUDA: ``out[p]`` <- ``tensors[p]`` + the
     stream terms (``means`` empty when there is no mean term; seeds as int64 bit patterns)."""
     _run_perturbed(backend, PerturbArgs(list(out), list(means) if means else None,
                                         [seed_from_int64(s) for s in seeds], list(coeffs),
                                         list(keys), list(offsets), 1.0, mean_coeff,
-                                        sources=list(tensors)), indexed=True)
+                                        sources=list(tensors),
+                                        distribution=check_distribution(distribution)),
+                   indexed=True)
 
 
 def _perturbed_many_fake(tensors, means, seeds, coeffs, keys, offsets, mean_coeff, out,
-                         backend) -> None:
+                         backend, distribution="gaussian") -> None:
+    check_distribution(distribution)
     return None
 
 
@@ -349,7 +386,8 @@ define_op("perturbed_many_into", _perturbed_many_impl, _perturbed_many_fake, mut
 def perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
                    keys: Optional[Sequence[int]] = None, offsets: Optional[Sequence[int]] = None,
                    mean: Optional[TensorList] = None, mean_coeff: float = 0.0,
-                   out: Optional[TensorList] = None) -> List[torch.Tensor]:
+                   out: Optional[TensorList] = None,
+                   distribution: str = "gaussian") -> List[torch.Tensor]:
     """Perturbed copies of many tensors in one call: :func:`perturbed` for each tensor, with
     :func:`perturb_`'s list arguments.
 
@@ -366,8 +404,9 @@ def perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
     tensors : Tensor or iterable of Tensor
         Contiguous float32/bfloat16/float16 tensors on one device (read only; a tensor may be
         listed twice).
-    seeds, coeffs, keys, offsets, mean, mean_coeff
-        As for :func:`perturb_` (keys default to the list positions, offsets to 0).
+    seeds, coeffs, keys, offsets, mean, mean_coeff, distribution
+        As for :func:`perturb_` (keys default to the list positions, offsets to 0; the stream
+        ``xi``, or ``rho`` with ``distribution="rademacher"``).
     out : iterable of Tensor, optional
         One tensor per entry of ``tensors``, shaped, typed and placed like it, contiguous, sharing
         no memory with each other, any source or any mean. **Mutated.** Default: new tensors.
@@ -385,7 +424,7 @@ def perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
         If a backend forced by ``PGAP_BACKEND``/:func:`use_backend` cannot run.
     """
     args = validate_perturbed_many(tensors, seeds, coeffs, keys=keys, offsets=offsets, mean=mean,
-                                   mean_coeff=mean_coeff, out=out)
+                                   mean_coeff=mean_coeff, out=out, distribution=distribution)
     if not args.tensors:
         return []
     if plain_eager_call(args.sources + args.tensors + (args.means or [])):
@@ -394,8 +433,23 @@ def perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
         return args.tensors
     torch.ops.pgap.perturbed_many_into(args.sources, args.means or [],
                                        [seed_to_int64(s) for s in args.seeds], args.coeffs,
-                                       args.keys, args.offsets, args.mean_coeff, args.tensors, "")
+                                       args.keys, args.offsets, args.mean_coeff, args.tensors, "",
+                                       args.distribution)
     return args.tensors
+
+
+def _draw(shape: ShapeLike, seed: int, key: int, offset: int, device: DeviceLike,
+          dtype: torch.dtype, distribution: str) -> torch.Tensor:
+    """A new tensor holding the stream ``distribution`` at indices offset, offset + 1, ..."""
+    check_float_dtype(dtype, "dtype")
+    size = torch.Size([shape] if isinstance(shape, int) else shape)
+    if any(s < 0 for s in size):
+        raise ValueError(f"shape must have non-negative sizes, got {tuple(size)}")
+    check_int(key, "key", 0, KEY_LIMIT)
+    check_int(offset, "offset", 0, INDEX_LIMIT - size.numel())
+    out = torch.empty(size, device=as_device(device), dtype=dtype)
+    perturb_(out, seed, 1.0, keys=[key], offsets=[offset], decay=0.0, distribution=distribution)
+    return out
 
 
 def gaussian(shape: ShapeLike, seed: int, *, key: int = 0, offset: int = 0,
@@ -411,12 +465,13 @@ def gaussian(shape: ShapeLike, seed: int, *, key: int = 0, offset: int = 0,
     device : torch.device, str or int, optional (default CPU)
     dtype : torch.float32, torch.bfloat16 or torch.float16 (one rounding from float32)
     """
-    check_float_dtype(dtype, "dtype")
-    size = torch.Size([shape] if isinstance(shape, int) else shape)
-    if any(s < 0 for s in size):
-        raise ValueError(f"shape must have non-negative sizes, got {tuple(size)}")
-    check_int(key, "key", 0, KEY_LIMIT)
-    check_int(offset, "offset", 0, INDEX_LIMIT - size.numel())
-    out = torch.empty(size, device=as_device(device), dtype=dtype)
-    perturb_(out, seed, 1.0, keys=[key], offsets=[offset], decay=0.0)
-    return out
+    return _draw(shape, seed, key, offset, device, dtype, "gaussian")
+
+
+def rademacher(shape: ShapeLike, seed: int, *, key: int = 0, offset: int = 0,
+               device: DeviceLike = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A new tensor whose element i (row-major) is ``rho(seed, key, offset + i)``, exactly +1 or
+    -1: the philox4x32-10-rademacher/v1 stream (docs/rng.md, "The Rademacher stream"), what
+    ``perturb_(..., distribution="rademacher")`` adds. Parameters as for :func:`gaussian` (every
+    dtype holds +-1 exactly)."""
+    return _draw(shape, seed, key, offset, device, dtype, "rademacher")

@@ -12,7 +12,9 @@ The first time a backend is about to run on a device (chosen automatically, or f
   shard), in float32 and bfloat16, a few hundred elements each;
 * stochastic rounding of ``perturb_``, ``lowrank_perturb_`` and ``subspace_perturb_`` into
   bfloat16 and float16, on inputs whose float32 results every backend computes alike: bit for
-  bit with ``reference``.
+  bit with ``reference``;
+* ``perturb_`` with the Rademacher stream (float32, and bfloat16/float16 rounded
+  stochastically), whose exact terms make every backend's results reference's bits.
 
 Every case calls the backend's op functions directly, on argument classes built here
 (:mod:`pgap_kernels.args`), through the registry (:mod:`pgap_kernels.backends`): never through
@@ -159,10 +161,10 @@ def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _perturb_(backend: str, device: torch.device, tensors: List[torch.Tensor], seeds: Sequence[int],
               coeffs: Sequence[float], keys: Sequence[int], offsets: Sequence[int], decay: float,
               means: Optional[List[torch.Tensor]] = None, mean_coeff: float = 0.0,
-              rounding_seed: Optional[int] = None) -> None:
+              rounding_seed: Optional[int] = None, distribution: str = "gaussian") -> None:
     """``perturb_`` on ``backend``: its arguments as the public op passes them to a backend."""
     args = PerturbArgs(tensors, means, list(seeds), list(coeffs), list(keys), list(offsets), decay,
-                       mean_coeff, rounding_seed=rounding_seed)
+                       mean_coeff, rounding_seed=rounding_seed, distribution=distribution)
     backends.call(backend, backends.PERTURB, device, args)
 
 
@@ -379,6 +381,22 @@ def _subspace_sr(backend: str, device: torch.device) -> Tuple[torch.Tensor, ...]
     return tuple(Ws)
 
 
+def _perturb_rademacher(backend: str, device: torch.device) -> List[torch.Tensor]:
+    """Rademacher terms (exact): fp32 tensors, and bf16/fp16 ones rounded stochastically (the
+    Triton interpreter's bf16 round to nearest truncates), two seeds, decay and a mean term,
+    across 128-element blocks and the counter's carry."""
+    cases = (((1,), torch.float32), ((3, 50), torch.bfloat16), ((130,), torch.float16),
+             ((257,), torch.float32))
+    # On a GPU one more (aligned, offset 8) spans two chunks of the CUDA kernel (8192 elements).
+    cases += (((8300,), torch.float32),) if device.type == "cuda" else ()
+    ts = [_values(s, d, device, 90 + p) for p, (s, d) in enumerate(cases)]
+    means = [_values(s, d, device, 95 + p) for p, (s, d) in enumerate(cases)]
+    keys, offsets = [5, 0xFFFFFFFF, 6, 7, 8], [3, (1 << 39) - 70, 126, 1 << 40, 8]
+    _perturb_(backend, device, ts, PERTURB_SEEDS, PERTURB_COEFFS, keys[:len(cases)],
+              offsets[:len(cases)], 0.75, means, 0.5, SR_SEED, "rademacher")
+    return ts
+
+
 _NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
@@ -412,3 +430,6 @@ CASES += [Case("perturb_", "stochastic rounding: bf16 7x19 and fp16 150, decay 0
                "product, bit for bit", _lowrank_sr, _compare_all_bits, _lowrank_sr),
           Case("subspace_perturb_", "stochastic rounding: bf16 W 23x17 and an fp16 row shard 5x9, "
                "decay 0.999, bit for bit", _subspace_sr, _compare_all_bits, _subspace_sr)]
+CASES += [Case("perturb_", "Rademacher stream: fp32 1 and 257, bf16 3x50 and fp16 130 rounded "
+               "stochastically, 2 seeds, decay 0.75, mean term, bit for bit", _perturb_rademacher,
+               _compare_all_bits, _perturb_rademacher)]

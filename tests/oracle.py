@@ -1,4 +1,5 @@
-"""Independent float64 NumPy oracle of the philox4x32-10/v1 stream (written from docs/rng.md).
+"""Independent float64 NumPy oracle of the philox4x32-10/v1 stream and of the Rademacher stream
+philox4x32-10-rademacher/v1 (written from docs/rng.md).
 
 Uses none of the package's code: uint64 NumPy arithmetic for Philox and float64 math for the
 Box-Muller step, so it gives the "exact" values the backends are held to.
@@ -34,3 +35,14 @@ def xi_exact(seed: int, key: int, indices) -> np.ndarray:
     z = np.stack([r01 * np.cos(2 * np.pi * u[1]), r01 * np.sin(2 * np.pi * u[1]),
                   r23 * np.cos(2 * np.pi * u[3]), r23 * np.sin(2 * np.pi * u[3])])
     return z[lane, np.arange(len(i))]
+
+
+def rho_exact(seed: int, key: int, indices) -> np.ndarray:
+    """float64 rho(seed, key, i) (+1.0 or -1.0) for an array of element indices: bit i % 32 of
+    word (i // 32) % 4 of the block i // 128 with counter word c3 = 2."""
+    i = np.asarray(indices, dtype=np.uint64)
+    b = i >> np.uint64(7)
+    w = np.stack(philox(b & MASK, b >> np.uint64(32), np.full_like(b, key), np.full_like(b, 2),
+                        seed & 0xFFFFFFFF, seed >> 32))
+    x = w[((i >> np.uint64(5)) & np.uint64(3)).astype(np.int64), np.arange(len(i))]
+    return 1.0 - 2.0 * ((x >> (i & np.uint64(31))) & np.uint64(1)).astype(np.float64)

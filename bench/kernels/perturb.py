@@ -8,8 +8,17 @@ from a fixed seed (MeZO's ``+eps`` pass), by these paths:
   t.add_(z, alpha=eps)`` (materialises z, two kernels);
 * ``mezo``   -- MeZO's own expression: ``torch.manual_seed(seed); p.data = p.data + scale * eps *
   torch.normal(mean=0, std=1, size=p.data.size(), ...)`` (scale = 1);
+* ``add_``   -- the memory yardstick of issue 23: ``t.add_(o)`` with ``o`` a second tensor of the
+  same size (no random numbers: what a pass that only moves memory costs);
 * ``<backend>`` -- ``pgap_kernels.perturb_(t, seed, eps)`` (decay = 1, one fused pass), once
-  per backend in ``pgap_kernels.available_backends(device)``, forced with ``use_backend``.
+  per backend in ``pgap_kernels.available_backends(device)``, forced with ``use_backend``; and
+  once per ``--distributions`` (``gaussian``, ``rademacher``), ``--roundings`` (``nearest``,
+  ``stochastic``: 16-bit dtypes only) and ``--ops`` (``perturb_``; ``perturbed``, the
+  out-of-place op, writing into a preallocated ``out``).
+
+Rows carry the op, the distribution and the rounding (CSV columns ``op``, ``distribution``,
+``rounding``); ``vs_add`` is a path's median time over the ``add_`` median of the same case
+(issue 23's target: <= 2 for ``perturb_``).
 
 Each time is the median of ``--repeats`` calls after ``--warmup`` untimed calls; the paths of a
 case are called round-robin (one call of each per round), so drifts in machine load hit them
@@ -26,6 +35,8 @@ Example::
 
     python -m bench.kernels.perturb --quick --no-csv
     python -m bench.kernels.perturb --device cpu --min-log2 16 --max-log2 26 --step 2
+    python -m bench.kernels.perturb --min-log2 26 --max-log2 26 --backends native \
+        --distributions gaussian,rademacher --roundings nearest,stochastic
 """
 from __future__ import annotations
 
@@ -44,8 +55,12 @@ import pgap_kernels
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
                                   "fp16": torch.float16}
-EAGER, MEZO = "eager", "mezo"
-LABELS = {EAGER: "eager randn + add_", MEZO: "mezo p.data = p + s*eps*normal"}
+EAGER, MEZO, ADD = "eager", "mezo", "add_"
+LABELS = {EAGER: "eager randn + add_", MEZO: "mezo p.data = p + s*eps*normal",
+          ADD: "w.add_(o) (memory yardstick)"}
+DISTRIBUTIONS = ("gaussian", "rademacher")
+ROUNDINGS = ("nearest", "stochastic")
+OPS = ("perturb_", "perturbed")
 SEED = 1234
 EPS = 1e-3  # MeZO's default zo_eps
 COPY_BYTES = 1 << 30
@@ -54,18 +69,48 @@ GPU_TARGET_BACKENDS = ("cuda", "triton")
 GPU_TARGET_MIN_BYTES = 256 << 20
 GPU_TARGET_COPY_FRACTION = 0.8
 GPU_TARGET_SPEEDUP = 2.0
+ADD_TARGET = (24, 2.0)  # issue 23: perturb_ (Rademacher, nearest) <= 2x add_ from 2^24 elements
 DEFAULT_REPEATS = {"cpu": 10, "cuda": 30}
 
 CASE_FIELDS = ["device", "dtype", "numel", "log2_numel", "path", "warmup", "repeats",
                "median_ms", "min_ms", "iqr_ms", "elements_per_s", "GB_per_s", "speedup_vs_eager",
-               "copy_GB_per_s", "fraction_of_copy_bw"]
+               "copy_GB_per_s", "fraction_of_copy_bw", "op", "distribution", "rounding", "vs_add"]
+
+
+@dataclass(frozen=True)
+class TimedPath:
+    """What one timed call does: ``kind`` is eager, mezo, add_ or a backend; the other fields
+    apply to backends (the eager paths draw Gaussians, add_ draws nothing)."""
+
+    kind: str
+    op: str = "perturb_"
+    distribution: str = "gaussian"
+    rounding: str = "nearest"
+
+    @property
+    def fused(self) -> bool:
+        return self.kind not in LABELS
+
+    @property
+    def label(self) -> str:
+        if not self.fused:
+            return LABELS[self.kind]
+        extra = [x for x in (self.distribution, self.rounding) if x not in ("gaussian", "nearest")]
+        return " ".join([f"{self.op} [{self.kind}]"] + extra)
+
+    def columns(self) -> Dict[str, str]:
+        """The CSV columns op, distribution, rounding."""
+        if not self.fused:
+            return {"op": "", "distribution": "none" if self.kind == ADD else "gaussian",
+                    "rounding": "nearest"}
+        return {"op": self.op, "distribution": self.distribution, "rounding": self.rounding}
 
 
 @dataclass
 class Result:
     """One timed path on one case."""
 
-    path: str
+    path: TimedPath
     dtype: torch.dtype
     log2_numel: int
     median_ms: float
@@ -73,6 +118,7 @@ class Result:
     iqr_ms: float
     speedup: float = float("nan")
     copy_gbps: Optional[float] = None
+    vs_add: float = float("nan")  # median / the add_ median of the case
 
     @property
     def numel(self) -> int:
@@ -100,17 +146,15 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def label(path: str) -> str:
-    return LABELS.get(path, f"perturb_ [{path}]")
-
-
 EPILOG = """\
 Bandwidth (GB/s, 1 GB = 1e9 B) counts 2 * numel * element_size bytes for every path.
 Backends not in pgap_kernels.available_backends(device) are skipped, with the reason from
 pgap_kernels.backend_status(device). Targets (a PASS/FAIL line only for measured cases):
   CPU: native >= 3x faster than eager at 2^24 fp32 elements;
   GPU: cuda and triton >= 80% of copy bandwidth and >= 2x faster than eager, for tensors
-       of >= 256 MiB.
+       of >= 256 MiB;
+  any device: perturb_ with distribution rademacher (rounded to nearest) <= 2x the time of
+       w.add_(o), from 2^24 elements (issue 23).
 """
 
 
@@ -132,6 +176,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--backends", default=None, metavar="NAMES",
                    help="comma-separated perturb_ backends to time (default: every one in "
                         "available_backends(device))")
+    p.add_argument("--distributions", default="gaussian", metavar="NAMES",
+                   help=f"comma-separated streams to time each backend with, from "
+                        f"{', '.join(DISTRIBUTIONS)} (default: %(default)s)")
+    p.add_argument("--roundings", default="nearest", metavar="NAMES",
+                   help=f"comma-separated roundings, from {', '.join(ROUNDINGS)}; stochastic "
+                        f"only for bf16/fp16 (default: %(default)s)")
+    p.add_argument("--ops", default="perturb_", metavar="NAMES",
+                   help=f"comma-separated ops, from {', '.join(OPS)} (default: %(default)s)")
     p.add_argument("--reference-max-log2", type=int, default=20, metavar="K",
                    help="time the slow pure-PyTorch 'reference' backend (and triton on the CPU "
                         "under TRITON_INTERPRET=1) only up to 2^K elements (default: %(default)s)")
@@ -163,6 +215,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if unknown or not names:
         p.error(f"unknown dtype(s) {unknown}; choose from {', '.join(DTYPES)}")
     args.dtypes = [DTYPES[d] for d in dict.fromkeys(names)]
+    for option, allowed in (("distributions", DISTRIBUTIONS), ("roundings", ROUNDINGS),
+                            ("ops", OPS)):
+        chosen = list(dict.fromkeys(x for x in getattr(args, option).split(",") if x))
+        if not chosen or any(x not in allowed for x in chosen):
+            p.error(f"--{option}: choose from {', '.join(allowed)}")
+        setattr(args, option, chosen)
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda requested but torch reports no usable CUDA device")
@@ -192,9 +250,11 @@ def is_slow(backend: str, device: torch.device) -> bool:
     return backend == "reference" or (backend == "triton" and device.type == "cpu")
 
 
-def path_fns(t: torch.Tensor, paths: Sequence[str]) -> Dict[str, Callable[[], None]]:
-    """A zero-argument callable per path that perturbs ``t`` once in place by ``EPS * z``."""
+def path_fns(t: torch.Tensor, paths: Sequence[TimedPath]) -> Dict[TimedPath, Callable[[], None]]:
+    """A zero-argument callable per path that perturbs ``t`` once by ``EPS * z`` (in place, or
+    into a second tensor for ``perturbed``), or adds a second tensor to it (``add_``)."""
     gen = torch.Generator(device=t.device)
+    other = torch.zeros_like(t) if any(p.kind == ADD or p.op == "perturbed" for p in paths) else None
 
     def eager() -> None:
         gen.manual_seed(SEED)
@@ -207,14 +267,22 @@ def path_fns(t: torch.Tensor, paths: Sequence[str]) -> Dict[str, Callable[[], No
         t.data = t.data + scale * EPS * torch.normal(mean=0, std=1, size=t.data.size(),
                                                      device=t.data.device, dtype=t.data.dtype)
 
-    def fused(backend: str) -> Callable[[], None]:
+    def add() -> None:
+        t.add_(other)
+
+    def fused(path: TimedPath) -> Callable[[], None]:
+        rounding = {"rounding": "stochastic", "rounding_seed": SEED} if path.rounding == "stochastic" else {}
+
         def run() -> None:
-            with pgap_kernels.use_backend(backend):
-                pgap_kernels.perturb_(t, SEED, EPS)
+            with pgap_kernels.use_backend(path.kind):
+                if path.op == "perturbed":
+                    pgap_kernels.perturbed(t, SEED, EPS, out=other, distribution=path.distribution)
+                else:
+                    pgap_kernels.perturb_(t, SEED, EPS, distribution=path.distribution, **rounding)
         return run
 
-    fns = {EAGER: eager, MEZO: mezo}
-    return {p: fns[p] if p in fns else fused(p) for p in paths}
+    fns = {EAGER: eager, MEZO: mezo, ADD: add}
+    return {p: fused(p) if p.fused else fns[p.kind] for p in paths}
 
 
 def copy_bandwidth(device: torch.device, warmup: int, repeats: int) -> float:
@@ -229,7 +297,7 @@ def copy_bandwidth(device: torch.device, warmup: int, repeats: int) -> float:
     return 2 * COPY_BYTES / (ms * 1e-3) / 1e9
 
 
-def run_case(dtype: torch.dtype, log2_numel: int, paths: Sequence[str], args: argparse.Namespace,
+def run_case(dtype: torch.dtype, log2_numel: int, paths: Sequence[TimedPath], args: argparse.Namespace,
              copy_gbps: Optional[float]) -> List[Result]:
     """Time every path, interleaved, on one fresh zero tensor of 2^log2_numel elements."""
     t = torch.zeros(1 << log2_numel, device=args.device, dtype=dtype)
@@ -238,9 +306,11 @@ def run_case(dtype: torch.dtype, log2_numel: int, paths: Sequence[str], args: ar
     del t
     results = [Result(p, dtype, log2_numel, common.median(ts), min(ts), common.iqr(ts),
                       copy_gbps=copy_gbps) for p, ts in times.items()]
-    eager_ms = common.median(times[EAGER])
+    eager_ms = common.median(times[TimedPath(EAGER)])
+    add_ms = common.median(times[TimedPath(ADD)])
     for r in results:
         r.speedup = eager_ms / r.median_ms
+        r.vs_add = r.median_ms / add_ms
     return results
 
 
@@ -250,14 +320,14 @@ def format_table(device: torch.device, results: Sequence[Result]) -> str:
     mib = r0.nbytes / 2 / 2**20
     lines = [f"{device} | {dtype_name(r0.dtype)} | numel 2^{r0.log2_numel} = {r0.numel:,} "
              f"({mib:g} MiB)"]
-    head = (f"  {'path':<32}{'median ms':>11}{'IQR %':>7}{'Gelem/s':>9}{'GB/s':>9}"
-            f"{'vs eager':>10}")
+    head = (f"  {'path':<42}{'median ms':>11}{'IQR %':>7}{'Gelem/s':>9}{'GB/s':>9}"
+            f"{'vs eager':>10}{'vs add_':>9}")
     if r0.copy_gbps is not None:
         head += f"{'of copy':>9}"
     lines.append(head)
     for r in results:
-        row = (f"  {label(r.path):<32}{r.median_ms:>11.3f}{100 * r.iqr_ms / r.median_ms:>7.1f}"
-               f"{r.elements_per_s / 1e9:>9.3f}{r.gbps:>9.2f}{r.speedup:>9.2f}x")
+        row = (f"  {r.path.label:<42}{r.median_ms:>11.3f}{100 * r.iqr_ms / r.median_ms:>7.1f}"
+               f"{r.elements_per_s / 1e9:>9.3f}{r.gbps:>9.2f}{r.speedup:>9.2f}x{r.vs_add:>8.2f}x")
         if r.copy_fraction is not None:
             row += f"{r.copy_fraction:>8.0%} "
         lines.append(row)
@@ -270,28 +340,36 @@ def target_lines(device: torch.device, results: Sequence[Result]) -> List[str]:
     if device.type == "cpu":
         backend, dtype, log2, need = CPU_TARGET
         for r in results:
-            if (r.path, r.dtype, r.log2_numel) == (backend, dtype, log2):
+            if (r.path, r.dtype, r.log2_numel) == (TimedPath(backend), dtype, log2):
                 lines.append(f"{'PASS' if r.speedup >= need else 'FAIL'}  cpu: {backend} is "
                              f"{r.speedup:.2f}x faster than eager at 2^{log2} "
                              f"{dtype_name(dtype)} (target >= {need:g}x)")
     elif device.type == "cuda":
         for r in results:
-            if r.path not in GPU_TARGET_BACKENDS or r.nbytes // 2 < GPU_TARGET_MIN_BYTES:
+            gaussian = [TimedPath(b) for b in GPU_TARGET_BACKENDS]
+            if r.path not in gaussian or r.nbytes // 2 < GPU_TARGET_MIN_BYTES:
                 continue
-            case = f"{r.path} at 2^{r.log2_numel} {dtype_name(r.dtype)} ({r.nbytes // 2**21} MiB)"
+            case = f"{r.path.kind} at 2^{r.log2_numel} {dtype_name(r.dtype)} ({r.nbytes // 2**21} MiB)"
             frac = r.copy_fraction or 0.0
             lines.append(f"{'PASS' if frac >= GPU_TARGET_COPY_FRACTION else 'FAIL'}  gpu: {case}: "
                          f"{r.gbps:.0f} GB/s = {frac:.0%} of copy bandwidth "
                          f"(target >= {GPU_TARGET_COPY_FRACTION:.0%})")
             lines.append(f"{'PASS' if r.speedup >= GPU_TARGET_SPEEDUP else 'FAIL'}  gpu: {case}: "
                          f"{r.speedup:.2f}x faster than eager (target >= {GPU_TARGET_SPEEDUP:g}x)")
+    for r in results:
+        if (r.path.fused and r.path.op == "perturb_" and r.path.distribution == "rademacher"
+                and r.path.rounding == "nearest" and r.log2_numel >= ADD_TARGET[0]):
+            lines.append(f"{'PASS' if r.vs_add <= ADD_TARGET[1] else 'FAIL'}  {device.type}: "
+                         f"{r.path.label} at 2^{r.log2_numel} {dtype_name(r.dtype)} takes "
+                         f"{r.vs_add:.2f}x the time of add_ (target <= {ADD_TARGET[1]:g}x)")
     return lines
 
 
 def csv_rows(meta: Dict[str, str], device: torch.device, args: argparse.Namespace,
              results: Sequence[Result]) -> List[Dict[str, object]]:
     return [{**meta, "device": str(device), "dtype": dtype_name(r.dtype), "numel": r.numel,
-             "log2_numel": r.log2_numel, "path": r.path, "warmup": args.warmup,
+             "log2_numel": r.log2_numel, "path": r.path.kind, **r.path.columns(),
+             "vs_add": f"{r.vs_add:.4g}", "warmup": args.warmup,
              "repeats": args.repeats, "median_ms": f"{r.median_ms:.6g}",
              "min_ms": f"{r.min_ms:.6g}", "iqr_ms": f"{r.iqr_ms:.6g}",
              "elements_per_s": f"{r.elements_per_s:.6g}",
@@ -318,7 +396,7 @@ def plot(path: Path, device: torch.device, meta: Dict[str, str], dtypes: Sequenc
                         key=lambda r: r.numel)
             if rs:
                 ax.plot([r.numel for r in rs], [r.gbps for r in rs], marker="o",
-                        color=f"C{order.index(name)}", label=label(name))
+                        color=f"C{order.index(name) % 10}", label=name.label)
         if copy_gbps is not None:
             ax.axhline(copy_gbps, color="k", ls="--", lw=1, label=f"copy {copy_gbps:.0f} GB/s")
             ax.axhline(GPU_TARGET_COPY_FRACTION * copy_gbps, color="gray", ls=":", lw=1,
@@ -357,7 +435,8 @@ def footnotes(args: argparse.Namespace, slow: Sequence[str], skipped: Dict[str, 
              f"eps = {EPS:g}, one seed, decay = 1 (MeZO's +eps pass).",
              "GB/s counts 2 x numel x element size bytes (read + write of the tensor) for every "
              "path, so rows are comparable; eager and mezo actually move more (they materialise "
-             "z). 1 GB = 1e9 B. 'vs eager' = eager median / path median. 'IQR %' = "
+             "z), add_ too (it reads a second tensor). 1 GB = 1e9 B. 'vs eager' = eager median / "
+             "path median; 'vs add_' = path median / add_ median (issue 23: <= 2x). 'IQR %' = "
              "interquartile range of the timed calls / median (a noise gauge)."]
     if slow:
         notes.append(f"{', '.join(slow)} timed only up to 2^{args.reference_max_log2} elements "
@@ -386,14 +465,18 @@ def print_header(meta: Dict[str, str], device: torch.device, backends: Sequence[
 
 
 def make_cases(args: argparse.Namespace,
-               backends: Sequence[str]) -> List[Tuple[torch.dtype, int, List[str]]]:
-    """(dtype, log2 numel, paths) per case; slow backends only up to --reference-max-log2."""
+               backends: Sequence[str]) -> List[Tuple[torch.dtype, int, List[TimedPath]]]:
+    """(dtype, log2 numel, paths) per case; slow backends only up to --reference-max-log2;
+    stochastic rounding only for 16-bit dtypes (float32 results are stored as they are)."""
     cases = []
     for dtype in args.dtypes:
+        roundings = [r for r in args.roundings if dtype != torch.float32 or r == "nearest"]
         for k in range(args.min_log2, args.max_log2 + 1, args.step):
-            fused = [b for b in backends
-                     if not (is_slow(b, args.device) and k > args.reference_max_log2)]
-            cases.append((dtype, k, [EAGER, MEZO] + fused))
+            fused = [TimedPath(b, op, dist, rnd) for b in backends for op in args.ops
+                     for dist in args.distributions for rnd in roundings
+                     if not (is_slow(b, args.device) and k > args.reference_max_log2)
+                     and not (op == "perturbed" and rnd == "stochastic")]  # perturbed: nearest only
+            cases.append((dtype, k, [TimedPath(EAGER), TimedPath(MEZO), TimedPath(ADD)] + fused))
     return cases
 
 

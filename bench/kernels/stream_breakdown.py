@@ -8,7 +8,10 @@ ms and per element beside the yardstick of issue 23: an in-place ``w.add_(o)`` o
 
 The numbers say which part of the stream contract (docs/rng.md: Philox4x32-10, Box-Muller with
 fixed polynomials, no FMA contraction) a faster kernel would have to change: the apply loop is
-memory-bound, the other two are arithmetic.
+memory-bound, the other two are arithmetic. A second row per instruction set (``distribution``
+rademacher) times the Rademacher stream the same way: its Philox words (one block per 128
+elements instead of per 4), the sign expansion (``signs_ms``, in place of Box-Muller) and the
+apply loop.
 
 Example::
 
@@ -33,7 +36,8 @@ from bench import common
 SOURCE = Path(__file__).resolve().parent / "cpp" / "stream_breakdown.cpp"
 NUMEL = 1 << 24
 FIELDS = ["isa", "numel", "philox_ms", "boxmuller_ms", "apply_ms", "total_ms", "add_ms",
-          "total_vs_add", "philox_ns_per_element", "boxmuller_ns_per_element"]
+          "total_vs_add", "philox_ns_per_element", "boxmuller_ns_per_element", "distribution",
+          "signs_ms"]
 
 
 def cmake_flags(cmake: Path) -> Dict[str, List[str]]:
@@ -93,12 +97,22 @@ def main(argv=None) -> int:
                              boxmuller_ms=med["boxmuller_ms"], apply_ms=med["apply_ms"], total_ms=total,
                              add_ms=yardstick, total_vs_add=total / yardstick,
                              philox_ns_per_element=med["philox_ms"] * 1e6 / NUMEL,
-                             boxmuller_ns_per_element=med["boxmuller_ms"] * 1e6 / NUMEL))
+                             boxmuller_ns_per_element=med["boxmuller_ms"] * 1e6 / NUMEL,
+                             distribution="gaussian", signs_ms=""))
+            total = med["rademacher_philox_ms"] + med["signs_ms"] + med["rademacher_apply_ms"]
+            rows.append(dict(isa=isa, numel=NUMEL, philox_ms=med["rademacher_philox_ms"],
+                             boxmuller_ms="", apply_ms=med["rademacher_apply_ms"], total_ms=total,
+                             add_ms=yardstick, total_vs_add=total / yardstick,
+                             philox_ns_per_element=med["rademacher_philox_ms"] * 1e6 / NUMEL,
+                             boxmuller_ns_per_element="", distribution="rademacher",
+                             signs_ms=med["signs_ms"]))
     print(f"one thread, {NUMEL} float32 elements, median of {args.repeats}; w.add_(o): {yardstick:.2f} ms")
-    print(f"{'isa':<9}{'philox':>9}{'box-muller':>12}{'apply':>8}{'total':>8}{'vs add_':>9}")
+    print(f"{'isa':<9}{'stream':<12}{'philox':>9}{'transform':>11}{'apply':>8}{'total':>8}{'vs add_':>9}")
     for r in rows:
-        print(f"{r['isa']:<9}{r['philox_ms']:>9.2f}{r['boxmuller_ms']:>12.2f}{r['apply_ms']:>8.2f}"
-              f"{r['total_ms']:>8.2f}{r['total_vs_add']:>8.2f}x")
+        transform = r["boxmuller_ms"] if r["distribution"] == "gaussian" else r["signs_ms"]
+        print(f"{r['isa']:<9}{r['distribution']:<12}{r['philox_ms']:>9.2f}{transform:>11.2f}"
+              f"{r['apply_ms']:>8.2f}{r['total_ms']:>8.2f}{r['total_vs_add']:>8.2f}x")
+    print("transform: Box-Muller (gaussian) or the sign expansion (rademacher)")
     if not args.no_csv:
         common.append_csv(args.csv, list(meta) + FIELDS,
                           [{**meta, **{k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()}}

@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "pgap/perturb_args.h"
+#include "pgap/rademacher.h"
 
 namespace pgap {
 namespace cuda {
@@ -25,15 +26,20 @@ constexpr int kThreads = 256;
 // busy, 97 instructions per element with one block per thread).
 constexpr int kBlocksPerThread = 4;
 constexpr int64_t kChunkBlocks = static_cast<int64_t>(kThreads) * kBlocksPerThread;
+// The Rademacher stream (pgap/rademacher.h): a chunk is 8 Rademacher blocks of 128 elements per
+// warp (kRademacherWarpBlocks), 8192 elements per CTA; its table counts 128-element blocks.
+constexpr int64_t kRademacherChunkBlocks = static_cast<int64_t>(kThreads / 32) * kRademacherWarpBlocks;
 
 // meta, seeds, coeffs: device pointers; total_chunks = sum over tensors of
-// ceil(block span / kChunkBlocks) (see pgap_kernels/backends/cuda/perturb.py). With
-// `stochastic`, 16-bit results round stochastically: element l of a tensor with the rounding
-// word of element offset + l under (rounding_seed, key) (pgap/rounding.h).
+// ceil(block span / kChunkBlocks), the span counted in 4-element Philox blocks for the Gaussian
+// stream, or ceil(span / kRademacherChunkBlocks) in 128-element blocks for the Rademacher stream
+// (see pgap_kernels/backends/cuda/perturb.py). With `stochastic`, 16-bit results round
+// stochastically: element l of a tensor with the rounding word of element offset + l under
+// (rounding_seed, key) (pgap/rounding.h).
 void perturb(DType dtype, const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks,
              const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
-             float mean_coeff, bool has_mean, bool stochastic, uint64_t rounding_seed, int device,
-             void* stream);
+             float mean_coeff, bool has_mean, bool stochastic, uint64_t rounding_seed,
+             Distribution distribution, int device, void* stream);
 
 }  // namespace cuda
 }  // namespace pgap

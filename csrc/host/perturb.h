@@ -12,6 +12,10 @@ namespace host {
 
 constexpr int64_t kHostChunk = 4096;  // elements per work item (multiple of 4)
 constexpr int64_t kHostChunkBlocks = kHostChunk / 4 + 1;  // Philox blocks a chunk can touch
+constexpr int64_t kHostRademacherBlocks = kHostChunk / 128 + 1;  // Rademacher blocks it can touch
+// Floats of a chunk's stream buffer: the chunk plus the head of its first block (up to 127 for
+// the Rademacher stream's 128-element blocks, 3 for the Gaussian's) and the tail of its last.
+constexpr int64_t kHostAccFloats = 128 * kHostRademacherBlocks;
 
 // Applies the perturbation to every tensor of one dtype group (see perturb_args.h).
 void perturb(DType dtype, const std::vector<TensorArgs>& tensors, const StreamArgs& stream,

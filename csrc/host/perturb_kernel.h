@@ -2,8 +2,9 @@
 //
 // Included by perturb_<isa>.cpp with PGAP_ISA_NS defined; each translation unit is built with
 // its own -m flags, and host/perturb.cpp picks one at run time (no -march=native).
-// Work is cut into chunks of kHostChunk elements; a chunk first draws its stream normals into
-// a stack buffer (vectorized over Philox blocks), then streams the tensor once.
+// Work is cut into chunks of kHostChunk elements; a chunk first draws its stream terms (normals,
+// or Rademacher signs) into a stack buffer (vectorized over Philox blocks), then streams the
+// tensor once.
 #pragma once
 #include <cstdint>
 #include <type_traits>
@@ -54,9 +55,11 @@ static void apply_chunk_for(typename D::Storage* t, const typename D::Storage* s
 template <class D>
 static void perturb_chunk_typed(const TensorArgs& ta, const StreamArgs& sa, int64_t lo,
                                 int64_t hi) {
-  alignas(64) float acc[kHostChunk + 8];
+  alignas(64) float acc[kHostAccFloats];
   const uint64_t g_lo = ta.offset + static_cast<uint64_t>(lo);
-  const int64_t shift = stream_sum(sa, ta.key, g_lo, hi - lo, acc);
+  const int64_t shift = sa.distribution == Distribution::kRademacher
+                            ? rademacher_sum(sa, ta.key, g_lo, hi - lo, acc)
+                            : stream_sum(sa, ta.key, g_lo, hi - lo, acc);
   using S = typename D::Storage;
   S* t = static_cast<S*>(ta.data) + lo;
   const S* s = static_cast<const S*>(ta.src) + lo;

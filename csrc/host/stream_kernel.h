@@ -13,6 +13,7 @@
 #include "host/philox_avx2.h"
 #include "host/philox_avx512.h"
 #include "pgap/perturb_args.h"
+#include "pgap/rademacher.h"
 #include "pgap/rounding.h"
 
 #ifndef PGAP_ISA_NS
@@ -89,6 +90,53 @@ static int64_t stream_sum(const StreamArgs& sa, uint32_t key, uint64_t g_lo, int
       accumulate_normals<false>(sa.seeds[j], key, b0, nb, sa.coeffs[j], acc);
   }
   return static_cast<int64_t>(g_lo - (b0 << 2));
+}
+
+// The second step of accumulate_signs: acc from the words w[q][j] of blocks j = 0 .. nb - 1.
+// The inner loop over a word's 32 bits vectorizes (variable shifts and a sign flip).
+template <bool kFirst>
+static void expand_signs(const uint32_t (&w)[4][kHostRademacherBlocks], int64_t nb, float coeff,
+                         float* __restrict acc) {
+  for (int64_t j = 0; j < nb; ++j) {
+    for (int q = 0; q < 4; ++q) {
+      const uint32_t x = w[q][j];
+      float* __restrict a = acc + kRademacherBlockElements * j + 32 * q;
+#pragma omp simd
+      for (uint32_t k = 0; k < 32; ++k) {
+        const float term = rademacher_term(coeff, rademacher_sign(x, k));
+        a[k] = kFirst ? term : a[k] + term;
+      }
+    }
+  }
+}
+
+// acc[128 j + 32 q + k] (+)= coeff * rho(seed, key, 128 (b0 + j) + 32 q + k) for j in [0, nb):
+// bit k of word q of Rademacher block b0 + j (pgap/rademacher.h). One Philox call per 128
+// elements, vectorized over blocks as for the normals.
+template <bool kFirst>
+static void accumulate_signs(uint64_t seed, uint32_t key, uint64_t b0, int64_t nb, float coeff,
+                             float* __restrict acc) {
+  alignas(64) uint32_t w[4][kHostRademacherBlocks];
+  philox_words(seed, key, kRademacherDomain, b0, nb, w[0], w[1], w[2], w[3]);
+  expand_signs<kFirst>(w, nb, coeff, acc);
+}
+
+// As stream_sum for the Rademacher stream: acc[shift + l] = sum_j coeffs[j] *
+// rho(seeds[j], key, g_lo + l), shift = g_lo % 128 (returned), summed in seed order from
+// coeffs[0] * rho_0. Writes acc[0, 128*ceil((shift + len) / 128)), at most len + 254 floats.
+static int64_t rademacher_sum(const StreamArgs& sa, uint32_t key, uint64_t g_lo, int64_t len,
+                              float* __restrict acc) {
+  const uint64_t g_hi = g_lo + static_cast<uint64_t>(len);  // exclusive
+  const uint64_t b0 = rademacher_block(g_lo);
+  const int64_t nb = static_cast<int64_t>(rademacher_block(g_hi + kRademacherBlockElements - 1) - b0);
+  if (sa.n_seeds == 0) {
+    for (int64_t k = 0; k < kRademacherBlockElements * nb; ++k) acc[k] = 0.0f;
+  } else {
+    accumulate_signs<true>(sa.seeds[0], key, b0, nb, sa.coeffs[0], acc);
+    for (int64_t j = 1; j < sa.n_seeds; ++j)
+      accumulate_signs<false>(sa.seeds[j], key, b0, nb, sa.coeffs[j], acc);
+  }
+  return static_cast<int64_t>(g_lo - b0 * kRademacherBlockElements);
 }
 
 // Rounding words of elements [g_lo, g_lo + len), len <= kHostChunk, under (rounding seed, key):

@@ -23,4 +23,5 @@ def split_by_dtype(args: PerturbArgs) -> Iterator[Tuple[int, PerturbArgs]]:
             sources=[args.sources[p] for p in ps] if args.sources is not None else None,
             seeds=args.seeds, coeffs=args.coeffs,
             keys=[args.keys[p] for p in ps], offsets=[args.offsets[p] for p in ps],
-            decay=args.decay, mean_coeff=args.mean_coeff, rounding_seed=args.rounding_seed)
+            decay=args.decay, mean_coeff=args.mean_coeff, rounding_seed=args.rounding_seed,
+            distribution=args.distribution)

@@ -15,18 +15,20 @@ SUBSPACE_META_FIELDS = 10
 MAX_SUBSPACE_SPAN = 16  # column chunks per subspace tile: Xi drawn once per 16 chunks at most
 
 
-def chunk_table(args: PerturbArgs, blocks_per_chunk: int) -> Tuple[List[List[int]], int]:
+def chunk_table(args: PerturbArgs, blocks_per_chunk: int, block_elements: int = 4
+                ) -> Tuple[List[List[int]], int]:
     """Per-tensor int64 metadata rows and the total number of chunks.
 
-    A chunk is ``blocks_per_chunk`` Philox blocks (4 stream elements each) of one tensor;
-    chunks of tensor p are numbered from ``chunk_begin[p]``. Empty tensors must be removed
-    beforehand. Returns the int64 rows (n_tensors lists of META_FIELDS ints; :func:`on_device`
-    puts them on the device).
+    A chunk is ``blocks_per_chunk`` Philox blocks of one tensor, each ``block_elements`` stream
+    elements (4 for the Gaussian stream, 128 for the Rademacher stream), starting at the block of
+    the tensor's first element; chunks of tensor p are numbered from ``chunk_begin[p]``. Empty
+    tensors must be removed beforehand. Returns the int64 rows (n_tensors lists of META_FIELDS
+    ints; :func:`on_device` puts them on the device).
     """
     rows, begin = [], 0
     for p, t in enumerate(args.tensors):
         offset, numel = args.offsets[p], t.numel()
-        span = (offset + numel - 1) // 4 - offset // 4 + 1
+        span = (offset + numel - 1) // block_elements - offset // block_elements + 1
         mean_ptr = args.means[p].data_ptr() if args.means is not None else 0
         rows.append([t.data_ptr(), mean_ptr, numel, offset, args.keys[p], begin,
                      args.source(p).data_ptr()])

@@ -18,6 +18,32 @@ def test_bench_quick_smoke(tmp_path):
     assert rows[0].startswith("timestamp,git_rev,") and len(rows) >= 4  # header + 3 paths or more
 
 
+def test_bench_distributions_side_by_side(tmp_path):
+    """Gaussian and Rademacher paths, both roundings and both ops beside the add_ yardstick in one
+    run; the rows carry op, distribution, rounding and the time over add_'s."""
+    import csv as csvlib
+
+    csv = tmp_path / "perturb.csv"
+    out = subprocess.run(
+        [*BENCH, "--device", "cpu", "--min-log2", "10", "--max-log2", "10", "--dtypes", "fp32,bf16",
+         "--backends", "native", "--distributions", "gaussian,rademacher", "--roundings",
+         "nearest,stochastic", "--ops", "perturb_,perturbed", "--repeats", "1", "--warmup", "0",
+         "--csv", str(csv), "--no-plot"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "perturb_ [native] rademacher stochastic" in out.stdout and "w.add_(o)" in out.stdout
+    rows = list(csvlib.DictReader(csv.open()))
+    fused = {(r["dtype"], r["op"], r["distribution"], r["rounding"]) for r in rows if r["path"] == "native"}
+    # fp32: no stochastic rows (nothing to round); perturbed: nearest only
+    assert fused == {("float32", op, d, "nearest") for op in ("perturb_", "perturbed")
+                     for d in ("gaussian", "rademacher")} | {
+        ("bfloat16", "perturb_", d, r) for d in ("gaussian", "rademacher")
+        for r in ("nearest", "stochastic")} | {
+        ("bfloat16", "perturbed", d, "nearest") for d in ("gaussian", "rademacher")}
+    assert all(float(r["vs_add"]) > 0 for r in rows)
+    assert {r["distribution"] for r in rows if r["path"] == "add_"} == {"none"}
+
+
 LOWRANK = bench_command("kernels.lowrank")
 
 

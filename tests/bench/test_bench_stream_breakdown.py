@@ -22,4 +22,4 @@ def test_runs_every_isa_of_this_cpu():
     out = subprocess.run([*bench_command("kernels.stream_breakdown"), "--repeats", "1",
                           "--no-csv"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "generic" in out.stdout and "vs add_" in out.stdout
+    assert "generic" in out.stdout and "vs add_" in out.stdout and "rademacher" in out.stdout

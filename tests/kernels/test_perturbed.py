@@ -170,7 +170,9 @@ def test_opcheck(device, backend):
     m = values(17, torch.float32, device, seed=1)
     for args in [(x, None, [seed_to_int64(3)], [0.5], 0, 0, 0.0, torch.empty_like(x), backend),
                  (x.bfloat16(), m.bfloat16(), [seed_to_int64((1 << 64) - 1), 2], [0.5, -1.0], 7, CARRY,
-                  0.25, torch.empty_like(x, dtype=torch.bfloat16), backend)]:
+                  0.25, torch.empty_like(x, dtype=torch.bfloat16), backend),
+                 (x, m, [seed_to_int64(3), 4], [0.5, 0.25], 7, CARRY, 0.5, torch.empty_like(x),
+                  backend, "rademacher")]:
         torch.library.opcheck(torch.ops.pgap.perturbed_into.default, args)
 
 

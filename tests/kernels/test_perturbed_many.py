@@ -107,7 +107,9 @@ def test_opcheck(device, backend):
     for args in [([x, h], [], [seed_to_int64(3)], [0.5], [0, 1], [0, 0], 0.0,
                   [torch.empty_like(x), torch.empty_like(h)], backend),
                  ([h], [m], [seed_to_int64((1 << 64) - 1), 2], [0.5, -1.0], [7], [CARRY], 0.25,
-                  [torch.empty_like(h)], backend)]:
+                  [torch.empty_like(h)], backend),
+                 ([x, h], [], [seed_to_int64(3), 4], [0.5, 0.25], [0, 1], [5, CARRY], 0.0,
+                  [torch.empty_like(x), torch.empty_like(h)], backend, "rademacher")]:
         torch.library.opcheck(torch.ops.pgap.perturbed_many_into.default, args)
 
 

@@ -1,4 +1,5 @@
-"""Statistical sanity of the stream (fixed seeds, so the outcome is deterministic)."""
+"""Statistical sanity of the streams, Gaussian and Rademacher (fixed seeds, so the outcome is
+deterministic)."""
 import numpy as np
 import pytest
 import torch
@@ -10,8 +11,8 @@ N = 1 << 20
 SIGMA = 5.0  # bounds at five standard errors
 
 
-def draw(seed, key=0, offset=0, n=N):
-    return pk.gaussian(n, seed, key=key, offset=offset).double().numpy()
+def draw(seed, key=0, offset=0, n=N, stream=pk.gaussian):
+    return stream(n, seed, key=key, offset=offset).double().numpy()
 
 
 def corr(a, b):
@@ -63,3 +64,46 @@ def test_squares_independent_across_lanes():
 def test_seed_changes_everything():
     a, b = pk.gaussian(4096, 1), pk.gaussian(4096, 2)
     assert not torch.isclose(a, b).any()
+
+
+# -- the Rademacher stream ----------------------------------------------------------------------
+
+CARRY = (1 << 39) - 200  # near block 2^32 of the Rademacher stream (the c0 -> c1 carry)
+
+
+def signs(seed, key=0, offset=0, n=N):
+    return draw(seed, key, offset, n, stream=pk.rademacher)
+
+
+@pytest.mark.parametrize("seed,offset", [(0, 0), (2024, 0), ((1 << 64) - 1, CARRY - N // 2)])
+def test_rademacher_values_mean_and_balance(seed, offset):
+    r = signs(seed, offset=offset)
+    assert set(np.unique(r).tolist()) == {-1.0, 1.0}
+    assert abs(r.mean()) < SIGMA / np.sqrt(N)  # mean 0, variance 1
+    assert abs((r > 0).mean() - 0.5) < SIGMA * 0.5 / np.sqrt(N)
+    # every bit position of a block is balanced (N / 128 samples each)
+    per_position = (r.reshape(-1, 128) > 0).mean(axis=0)
+    assert np.abs(per_position - 0.5).max() < SIGMA * 0.5 / np.sqrt(N / 128)
+
+
+def test_rademacher_no_correlation_across_keys_seeds_blocks_positions():
+    bound = SIGMA / np.sqrt(N)
+    base = signs(7)
+    assert abs(corr(base, signs(7, key=1))) < bound
+    assert abs(corr(base, signs(8))) < bound
+    assert abs(corr(base, signs(7 + (1 << 32)))) < bound  # seeds differing in the high word
+    assert abs(corr(base, signs(7, offset=1 << 39))) < bound  # blocks differing in c1 only
+    assert abs(corr(base[:-1], base[1:])) < bound  # adjacent elements (bits of one word)
+    assert abs(corr(base[:-32], base[32:])) < bound  # the same bit of adjacent words
+    assert abs(corr(base[:-128], base[128:])) < bound  # the same position of adjacent blocks
+    assert abs(np.mean(base[:-2] * base[1:-1] * base[2:])) < bound  # no third-order pattern
+
+
+def test_rademacher_independent_of_the_gaussian_stream():
+    """Same seed, key and indices: rho is uncorrelated with xi and with its sign (another
+    counter domain: c3 = 2, not 0)."""
+    bound = SIGMA / np.sqrt(N)
+    for seed, key in ((7, 0), (1234, 3)):
+        r, z = signs(seed, key=key), draw(seed, key=key)
+        assert abs(corr(r, z)) < bound
+        assert abs(np.mean(r * np.sign(z))) < bound

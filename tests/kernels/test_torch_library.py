@@ -16,6 +16,10 @@ def sample_args(device, backend):
         (tensors, [], [seed_to_int64(3)], [0.5], [0, 1], [0, 0], 1.0, 0.0, backend),
         (tensors, means, [seed_to_int64((1 << 64) - 1), 2], [0.5, -1.0], [5, 6], [3, 100], 0.9,
          0.25, backend),
+        (tensors, means, [seed_to_int64(3), 4], [0.5, -1.0], [5, 6], [3, 200], 0.9, 0.25, backend,
+         None, "rademacher"),
+        ([t.bfloat16() for t in tensors], [], [seed_to_int64(3)], [0.5], [5, 6], [3, 200], 1.0, 0.0,
+         backend, seed_to_int64(9), "rademacher"),
     ]
 
 

@@ -26,7 +26,9 @@ def test_triton_kernels_compile_for_nvidia_and_vectorize():
     by_kernel = {name: [r for r in rows if r["kernel"] == name]
                  for name in ("perturb", "lowrank", "sketch", "subspace")}
     roundings = 5  # float32, and bfloat16/float16 each rounded to nearest or stochastically
-    assert len(by_kernel["perturb"]) == 2 * roundings * 2 * 2 * 2
+    # Gaussian: mean x overwrite x aligned; Rademacher: 2 of the mean x overwrite pairs x aligned
+    assert len(by_kernel["perturb"]) == 2 * roundings * (2 * 2 * 2 + 2 * 2)
+    assert sum(r["rademacher"] for r in by_kernel["perturb"]) == 2 * roundings * 2 * 2
     assert len(by_kernel["lowrank"]) == 2 * roundings * 2 * 2
     assert len(by_kernel["sketch"]) == 2 * 2 * 2 * 2
     assert len(by_kernel["subspace"]) == 2 * roundings * 2

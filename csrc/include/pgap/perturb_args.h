@@ -3,6 +3,7 @@
 // For every tensor t with source s and element index l in [0, numel), in float32 with one
 // rounding:
 //   t[l] <- decay*s[l] + mean_coeff*mean[l] + sum_j coeffs[j] * xi(seeds[j], key, offset + l)
+// with xi the Gaussian stream, or rho, the Rademacher stream (pgap/rademacher.h), in its place.
 // s == t for perturb_ (in place); s is another tensor for the out-of-place perturbed. decay == 0
 // writes t without reading s; a null mean drops the mean term.
 #pragma once
@@ -11,6 +12,9 @@
 namespace pgap {
 
 enum class DType : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+// Which stream the seeded terms draw: xi (pgap/normal.h) or rho (pgap/rademacher.h).
+enum class Distribution : int32_t { kGaussian = 0, kRademacher = 1 };
 
 struct TensorArgs {
   void* data;          // contiguous, numel elements of the group's dtype (written)
@@ -36,6 +40,7 @@ struct StreamArgs {
   float decay;
   float mean_coeff;
   RoundingArgs rounding;  // perturb_: element l of a tensor rounds with (key, offset + l)
+  Distribution distribution = Distribution::kGaussian;
 };
 
 }  // namespace pgap

@@ -25,6 +25,11 @@ PGAP_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   lo = static_cast<uint32_t>(p);
 }
 
+// Word `lane` (0..3) of a block.
+PGAP_HD uint32_t word_of_lane(const Words4& w, uint32_t lane) {
+  return lane == 0 ? w.w0 : lane == 1 ? w.w1 : lane == 2 ? w.w2 : w.w3;
+}
+
 // Ten Philox rounds on counter (c0..c3) with key (k0, k1); the key is bumped between rounds.
 PGAP_HD Words4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
                              uint32_t k1) {

@@ -26,10 +26,6 @@ PGAP_HD Words4 rounding_block_words(uint64_t rounding_seed, uint32_t key, uint64
   return block_words(rounding_seed, key, kRoundingDomain, block);
 }
 
-PGAP_HD uint32_t word_of_lane(const Words4& w, uint32_t lane) {
-  return lane == 0 ? w.w0 : lane == 1 ? w.w1 : lane == 2 ? w.w2 : w.w3;
-}
-
 // x[j] = the rounding word of element e0 + j, j = 0..3 (one or two Philox calls).
 PGAP_HD void rounding_words4(uint64_t rounding_seed, uint32_t key, uint64_t e0, uint32_t (&x)[4]) {
   const uint32_t shift = static_cast<uint32_t>(e0 & 3u);

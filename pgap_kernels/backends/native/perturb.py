@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ... import _native
+from ..._stream import DISTRIBUTION_CODES
 from ...args import PerturbArgs
 from .._groups import split_by_dtype
 
@@ -26,5 +27,6 @@ def perturb_group(args: PerturbArgs) -> None:
             group.mean_coeff,
             group.rounding_seed is not None,
             group.rounding_seed or 0,
+            DISTRIBUTION_CODES[group.distribution],
             torch.get_num_threads(),
         )

@@ -1,5 +1,5 @@
-"""Triton pieces of the philox4x32-10/v1 stream (docs/rng.md) and of the multi-tensor launch
-tables, shared by the triton kernels.
+"""Triton pieces of the philox4x32-10/v1 stream (docs/rng.md), of the Rademacher stream
+(philox4x32-10-rademacher/v1) and of the multi-tensor launch tables, shared by the triton kernels.
 
 ``tl.philox(seed, c0, c1, c2, c3)`` is the Random123 block function; the counter is
 (block mod 2^32, block >> 32, key, 0), not ``tl.randn``'s. Uniforms come from the top 23 bits,
@@ -11,10 +11,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..._stream import TWO_PI, UNIFORM_SCALE
+from ..._stream import RADEMACHER_DOMAIN, TWO_PI, UNIFORM_SCALE
 
 _SCALE = tl.constexpr(UNIFORM_SCALE)
 _TWO_PI = tl.constexpr(TWO_PI)
+_RADEMACHER_DOMAIN = tl.constexpr(RADEMACHER_DOMAIN)
 
 
 @triton.jit
@@ -68,6 +69,33 @@ def sum_block_normals(seeds_ptr, coeffs_ptr, n_seeds, block, key):
         acc2 += coeff * z2
         acc3 += coeff * z3
     return acc0, acc1, acc2, acc3
+
+
+@triton.jit
+def sum_group_signs(seeds_ptr, coeffs_ptr, n_seeds, first_block, key, GROUPS: tl.constexpr):
+    """The (GROUPS, 4) float32 tile whose row g, column k holds sum_j coeffs[j] *
+    rho(seeds[j], key, 128*first_block + 4*g + k): the Rademacher stream (docs/rng.md) over
+    GROUPS // 32 blocks of 128 elements from block ``first_block`` (int64), summed in seed order
+    from coeffs[0] * rho_0. One ``tl.philox`` call per block and seed; GROUPS a multiple of 32.
+
+    Row g is in block g // 32 and reads word (g % 32) // 8 of it, bits 4*(g % 8) + k."""
+    c0, c1, c2, c3 = counters(first_block + tl.arange(0, GROUPS // 32).to(tl.int64), key)
+    c3 = c3 + _RADEMACHER_DOMAIN
+    word_of_row = tl.arange(0, 32)[None, :] // 8
+    bit = ((tl.arange(0, GROUPS) % 8) * 4)[:, None] + tl.arange(0, 4)[None, :]
+    acc = tl.zeros((GROUPS, 4), dtype=tl.float32)
+    for j in range(n_seeds):
+        seed = tl.load(seeds_ptr + j)
+        coeff = tl.load(coeffs_ptr + j)
+        w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c3)
+        word = tl.where(word_of_row == 0, w0[:, None],
+                        tl.where(word_of_row == 1, w1[:, None],
+                                 tl.where(word_of_row == 2, w2[:, None], w3[:, None])))
+        word = tl.reshape(word, (GROUPS,))  # row-major: row g is block g // 32, group g % 32
+        sign = ((word[:, None] >> bit.to(tl.uint32)) & 1) << 31
+        term = (coeff.to(tl.uint32, bitcast=True) ^ sign).to(tl.float32, bitcast=True)  # exact
+        acc = tl.where(j == 0, term, acc + term)
+    return acc
 
 
 @triton.jit
