@@ -65,6 +65,16 @@ def weights(model: nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
+def loss_along(model: nn.Module, closure: Callable[[], torch.Tensor], w0: dict, z: dict,
+               c: float) -> float:
+    """The closure's loss with every parameter set to ``w0[name] + c * z[name]`` (mutates the
+    model's parameters)."""
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(w0[k] + c * z[k])
+        return closure().item()
+
+
 def quadratic_problem(seed: int = 0, d: int = 1000) -> Tuple[nn.Module, Callable[[], torch.Tensor]]:
     """f(x) = ½ Σ λ_j x_j², λ linearly spaced in [0.1, 1], x0 ~ N(0, I) (gradient λ·x known)."""
     g = torch.Generator().manual_seed(seed)

@@ -20,11 +20,13 @@ class _Probing(SeededZO):
     def __init__(self, model: nn.Module, *, lr: float, eps: float, num_probes: int,
                  min_probes: int, weight_decay: float, seed: int, eval_mode: bool,
                  backend: Optional[str], decay_filter: Optional[DecayFilter],
-                 process_group: Optional[ProcessGroup], mode: str, rounding: str) -> None:
+                 process_group: Optional[ProcessGroup], mode: str, rounding: str,
+                 distribution: str) -> None:
         self.num_probes = check_int(num_probes, "num_probes", low=min_probes)
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
-                         process_group=process_group, mode=mode, rounding=rounding)
+                         process_group=process_group, mode=mode, rounding=rounding,
+                         distribution=distribution)
 
     def hyperparameters(self):
         return dict(super().hyperparameters(), num_probes=self.num_probes)
@@ -51,6 +53,7 @@ class MeZOGV(_Probing):
     normalize : bool (default False, the paper's v). True divides v by sqrt(Σ w_i²) so that
         its entries have unit variance like a MeZO z for any M and α; at the defaults M = 4,
         α = 0.5, Σ w_i² = 1 and both are the same.
+    distribution : "gaussian" (default) or "rademacher": the probes' z_i, as :class:`pgap.MeZO`'s.
     """
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, num_probes: int = 4,
@@ -58,7 +61,7 @@ class MeZOGV(_Probing):
                  seed: int = 0, eval_mode: bool = True, backend: Optional[str] = None,
                  decay_filter: Optional[DecayFilter] = None,
                  process_group: Optional[ProcessGroup] = None, mode: str = "auto",
-                 rounding: str = "stochastic") -> None:
+                 rounding: str = "stochastic", distribution: str = "gaussian") -> None:
         self.top_frac = check_real(top_frac, "top_frac", low=0.0, strict=True)
         if self.top_frac >= 1.0:
             raise ValueError(f"top_frac must be < 1, got {top_frac}")
@@ -68,7 +71,8 @@ class MeZOGV(_Probing):
         super().__init__(model, lr=lr, eps=eps, num_probes=num_probes, min_probes=2,
                          weight_decay=weight_decay, seed=seed, eval_mode=eval_mode,
                          backend=backend, decay_filter=decay_filter,
-                         process_group=process_group, mode=mode, rounding=rounding)
+                         process_group=process_group, mode=mode, rounding=rounding,
+                         distribution=distribution)
         top = math.floor(self.top_frac * self.num_probes)
         if not 1 <= top <= self.num_probes - 1:
             raise ValueError(f"floor(top_frac * num_probes) = {top} must be in [1, num_probes - 1]; "
@@ -103,17 +107,19 @@ class MeZOGreedy(_Probing):
     Parameters
     ----------
     num_probes : int >= 1 (M, default 4); M = 1 is MeZO with one extra forward.
+    distribution : "gaussian" (default) or "rademacher": the probes' z_i, as :class:`pgap.MeZO`'s.
     """
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, num_probes: int = 4,
                  weight_decay: float = 0.0, seed: int = 0, eval_mode: bool = True,
                  backend: Optional[str] = None, decay_filter: Optional[DecayFilter] = None,
                  process_group: Optional[ProcessGroup] = None, mode: str = "auto",
-                 rounding: str = "stochastic") -> None:
+                 rounding: str = "stochastic", distribution: str = "gaussian") -> None:
         super().__init__(model, lr=lr, eps=eps, num_probes=num_probes, min_probes=1,
                          weight_decay=weight_decay, seed=seed, eval_mode=eval_mode,
                          backend=backend, decay_filter=decay_filter,
-                         process_group=process_group, mode=mode, rounding=rounding)
+                         process_group=process_group, mode=mode, rounding=rounding,
+                         distribution=distribution)
 
     def _direction(self, closure: Closure) -> Tuple[Combination, Combination]:
         seeds, losses, pending = self._probe(closure)

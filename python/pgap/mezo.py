@@ -12,7 +12,7 @@ from .seeded import Combination, SeededZO
 
 
 class MeZO(SeededZO):
-    """Memory-efficient ZO-SGD with a two-point Gaussian estimate.
+    """Memory-efficient ZO-SGD with a two-point estimate along a seeded Gaussian (or Rademacher) z.
 
     Each step, with z regenerated from ``(step seed, FNV-1a key of the name, element index)``:
     ``perturb_(+ε)``, forward L+, ``perturb_(−2ε)``, forward L−, g = (L+ − L−)/(2ε), then one pass
@@ -36,16 +36,20 @@ class MeZO(SeededZO):
         hold a perturbation; not for FSDP2-sharded parameters).
     rounding : "stochastic" (default: updates round into bf16/fp16 weights stochastically,
         unbiased, with a seed derived from (seed, step); docs/rng.md) or "nearest".
+    distribution : "gaussian" (default: z ~ N(0, I), MeZO's) or "rademacher" (z = ±1 per element,
+        SPSA's: the same E[z·zᵀ] = I, so the same lr; its stream costs one Philox block per 128
+        elements instead of Box–Muller per 2, so the passes run at memory speed; docs/rng.md).
     """
 
     def __init__(self, model: nn.Module, *, lr: float, eps: float = 1e-3, weight_decay: float = 0.0,
                  seed: int = 0, eval_mode: bool = True, backend: Optional[str] = None,
                  decay_filter: Optional[DecayFilter] = None,
                  process_group: Optional[ProcessGroup] = None, mode: str = "auto",
-                 rounding: str = "stochastic") -> None:
+                 rounding: str = "stochastic", distribution: str = "gaussian") -> None:
         super().__init__(model, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
                          eval_mode=eval_mode, backend=backend, decay_filter=decay_filter,
-                         process_group=process_group, mode=mode, rounding=rounding)
+                         process_group=process_group, mode=mode, rounding=rounding,
+                         distribution=distribution)
 
     def _direction(self, closure: Closure) -> Tuple[Combination, None]:
         self._diag = {}

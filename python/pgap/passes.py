@@ -15,9 +15,12 @@ from .seeds import PROBE_STREAM, STEP_STREAM, RoundingPasses, derive_seed
 
 class SeededPasses:
     """Mixed into :class:`pgap.ZOOptimizer`; uses its ``seed``, ``steps_done``, ``eps``, ``lr``,
-    ``weight_decay``, ``rounding`` and ``low_precision``."""
+    ``weight_decay``, ``rounding``, ``low_precision`` and ``distribution``."""
 
     rounding_passes: ClassVar[RoundingPasses] = RoundingPasses()  # subclasses name their passes
+    # the stream of the full-dimensional z (pgap_kernels.STREAM_VERSIONS): MeZO-family optimizers
+    # take it as an option; low-rank factors and bases always draw the Gaussian stream
+    distribution: str = "gaussian"
 
     def step_seed(self, step: Optional[int] = None) -> int:
         """Seed of the direction of ``step`` (default: the next step)."""
@@ -41,7 +44,7 @@ class SeededPasses:
                                   keys=[t.key for t in trainables],
                                   offsets=[t.offset for t in trainables], decay=decay, mean=means,
                                   mean_coeff=mean_coeff if means is not None else 0.0,
-                                  **(rounding or {}))
+                                  distribution=self.distribution, **(rounding or {}))
 
     def update_rounding(self, name: str) -> Dict[str, Any]:
         """Keyword arguments of the kernels for update pass ``name`` (one of

@@ -1,7 +1,8 @@
-"""SeededZO: optimizers whose directions are combinations of stream Gaussians (and a mean).
+"""SeededZO: optimizers whose directions are combinations of stream directions (and a mean).
 
 A direction is ``d = mean_coeff·μ + Σ_j coeffs[j]·z(seeds[j])`` over every trainable parameter,
-where z(s) is the stream Gaussian of seed s keyed by the parameter's name and μ an optional stored
+where z(s) is the stream Gaussian of seed s keyed by the parameter's name (or, with
+``distribution="rademacher"``, the stream's ±1 signs: docs/rng.md) and μ an optional stored
 mean (LDSD). Every pass over the weights is then one ``perturb_`` call with those seeds and
 coefficients; passes that follow each other are fused (e.g. the restore of the last probe with
 the +ε of the estimate).
@@ -12,9 +13,11 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-
 from torch import nn
 
+import pgap_kernels
+
+from ._checks import check_choice
 from .base import Closure, ZOOptimizer
 from .params import Trainable, resolve_mode
 from .seeds import SEEDED_PASSES, group_pass
@@ -56,17 +59,24 @@ class SeededZO(ZOOptimizer):
     has_mean = False  # directions with a stored mean μ (LDSD): _means returns tensors
     rounding_passes = SEEDED_PASSES
 
-    def __init__(self, model: nn.Module, *, mode: str = "auto", **kwargs) -> None:
+    def __init__(self, model: nn.Module, *, mode: str = "auto", distribution: str = "gaussian",
+                 **kwargs) -> None:
+        distribution = check_choice(distribution, "distribution", pgap_kernels.STREAM_VERSIONS)
+        if distribution != "gaussian" and self.has_mean:
+            raise ValueError(f"distribution={distribution!r}: {type(self).__name__}'s directions are "
+                             "Gaussian by construction (a mean and a scale); use 'gaussian'")
         super().__init__(model, **kwargs)
+        self.distribution = distribution
         self._last: Optional[Combination] = None  # the last step's direction (diagnostics, state)
         self.mode = resolve_mode(mode, self.trainables, sharded_ok=not self.has_mean)
         self.views: Optional[Views] = None  # functional mode: what the forwards see
         if self.mode == "functional":
             self.views = self.attach(Views(model, self.trainables,
-                                           means=self._mean_of if self.has_mean else None))
+                                           means=self._mean_of if self.has_mean else None,
+                                           distribution=distribution))
 
     def hyperparameters(self):
-        return dict(super().hyperparameters(), mode=self.mode)
+        return dict(super().hyperparameters(), mode=self.mode, distribution=self.distribution)
 
     def _mean_of(self, t: Trainable) -> Optional[torch.Tensor]:
         means = self._means([t])

@@ -115,7 +115,7 @@ class PerturbedViews:
 
     def __init__(self, model: nn.Module, trainables: Sequence[Trainable],
                  means: Optional[MeansFor] = None, unit: str = "auto",
-                 unit_bytes: Optional[int] = None) -> None:
+                 unit_bytes: Optional[int] = None, distribution: str = "gaussian") -> None:
         if means is not None and any(t.sharded for t in trainables):
             raise ValueError("perturbed views (mode='functional') do not support a mean term (LDSD) "
                              "on FSDP2-sharded parameters; use mode='inplace'")
@@ -125,6 +125,7 @@ class PerturbedViews:
             raise ValueError(f"unit must be one of 'auto', {', '.join(map(repr, UNIT_CHOICES))}; got {unit!r}")
         self.unit = unit
         self.means = means
+        self.distribution = distribution  # the stream of z (pgap_kernels.STREAM_VERSIONS)
         self.seeds: Tuple[int, ...] = ()
         self.coeffs: Tuple[float, ...] = ()
         self.mean_coeff = 0.0
@@ -213,7 +214,8 @@ class PerturbedViews:
                 keys=[todo[p].key for p in ps],
                 offsets=[0 if todo[p].sharded else todo[p].offset for p in ps],
                 mean=[means[p] for p in ps] if with_mean else None,
-                mean_coeff=self.mean_coeff if with_mean else 0.0, out=[outs[p] for p in ps])
+                mean_coeff=self.mean_coeff if with_mean else 0.0, out=[outs[p] for p in ps],
+                distribution=self.distribution)
             self.calls += 1
 
     def _pre_hook(self, entries: List[Entry], stack: List[Tuple[List[str], int]]):

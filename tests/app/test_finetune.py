@@ -74,6 +74,10 @@ def test_method_defaults_fill_only_what_the_user_left_out():
     assert finetune.parse_args(["--method", "pgap", "--fsdp"]).subspace is None
     assert finetune.parse_args(["--method", "mezo", "--lr", "1e-4"]).lr == 1e-4
     assert finetune.parse_args(["--method", "agzo"]).lr == finetune.DEFAULTS["agzo"]["lr"]
+    assert finetune.parse_args(["--method", "mezo-gv", "--distribution", "rademacher"]).distribution == "rademacher"
+    for method in ("pgap", "agzo", "ldsd"):  # their directions are not the MeZO family's z
+        with pytest.raises(SystemExit):
+            finetune.parse_args(["--method", method, "--distribution", "rademacher"])
 
 
 def test_default_method_is_the_sweeps_winner_and_mezo_under_fsdp():
@@ -91,7 +95,7 @@ AGZO_SMALL = ["--rank", "2", "--refresh", "2"]
 # pending updates in a side path, saved unmerged with the optimizer state (see the next test).
 @pytest.mark.parametrize("method, extra", [
     ("mezo", []), ("mezo", ["--dtype", "fp32"]), ("pgap", ["--dtype", "fp32", *PGAP_SMALL]),
-    ("agzo", ["--dtype", "fp32", *AGZO_SMALL]),
+    ("agzo", ["--dtype", "fp32", *AGZO_SMALL]), ("mezo-gv", ["--distribution", "rademacher"]),
     # AdamW's moments, and with bf16 weights its float32 masters, are saved and restored
     ("backprop-adamw", []), ("backprop-adamw", ["--dtype", "bf16"]),
 ])

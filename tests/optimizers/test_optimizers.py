@@ -9,7 +9,7 @@ import pgap
 import pgap_kernels as pk
 from pgap.seeds import (LOWRANK_PASSES, ROUNDING_STREAM, SEEDED_PASSES, RoundingPasses, derive_seed,
                         fnv1a32, random_sign, splitmix64)
-from zo_problems import loss_of, mlp_problem, poisoned, teacher_problem, tiny_llama, weights
+from zo_problems import loss_along, loss_of, mlp_problem, poisoned, teacher_problem, tiny_llama, weights
 
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-6}
 # Two backends round the losses differently (a few float32 ulps of L ~ 10); g = (L+ - L-)/(2 eps)
@@ -69,14 +69,8 @@ def test_mezo_update_equals_reference_two_point_estimate():
     s = derive_seed(seed, 0)
     z = {k: pk.gaussian(tuple(v.shape), s, key=fnv1a32(k)) for k, v in w0.items()}
 
-    def loss_at(c):
-        with torch.no_grad():
-            for k, p in model.named_parameters():
-                p.copy_(w0[k] + c * z[k])
-            return closure().item()
-
     w1 = weights(model)
-    plus, minus = loss_at(eps), loss_at(-eps)
+    plus, minus = (loss_along(model, closure, w0, z, c) for c in (eps, -eps))
     g = (plus - minus) / (2 * eps)
     d = opt.diagnostics()
     assert d["loss_plus"] == pytest.approx(plus, rel=1e-5) and d["loss_minus"] == pytest.approx(minus, rel=1e-5)

@@ -88,7 +88,7 @@ def apply_defaults(args: argparse.Namespace) -> None:
 METHOD_OPTIONS = ("rank", "window", "probes", "mode", "delta", "svd_iters", "scale", "subspace",
                   "vector_lr_scale",
                   "num_probes", "top_frac", "sigma", "lr_mu", "weight_decay",
-                  "refresh", "oversample", "others", "sigma_power", "rounding")
+                  "refresh", "oversample", "others", "sigma_power", "rounding", "distribution")
 DTYPES = dtypes.DTYPES
 DECAY_RULES = {"pgap": pgap_decay_rule, "mezo": mezo_decay_rule}
 
@@ -130,6 +130,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "bf16/fp16 weights)")
     g.add_argument("--rounding", choices=["stochastic", "nearest"],
                    help="how updates round into bf16/fp16 weights (default stochastic)")
+    g.add_argument("--distribution", choices=["gaussian", "rademacher"],
+                   help="MeZO, MeZO-GV, MeZO-Greedy: the directions z, Gaussian (default) or "
+                        "Rademacher ±1 (same lr; the passes run at memory speed; docs/rng.md)")
     g.add_argument("--delta", type=float, nargs=2, metavar=("DELTA0", "DELTA_END"))
     g.add_argument("--svd-iters", type=int)
     g.add_argument("--scale", choices=["none", "subzero"])
