@@ -5,7 +5,9 @@ On one fixed batch, AGZO (perturbations in the span of each layer's inputs) stay
 MeZO's lr; on the real task both are stable only up to 3e-5. Each run here trains the embedded
 SmolLM2-135M on Rotten Tomatoes (split by movie, as protocol v2) for ``--steps`` steps of batch 8
 from the same initial weights and seed, and measures the dev cross-entropy on ``--eval``
-sentences (a seeded sample of protocol v2's dev split) every ``--every`` steps. A spec ``method[:factor]@lr`` changes one thing:
+sentences (a seeded sample of protocol v2's dev split) every ``--every`` steps, with the RMS of
+the projected gradient g over the last ``--every`` steps and the distance ‖θ − θ0‖₂ travelled
+(a random walk along the directions z grows it by ~lr·|g|·‖z‖ per step). A spec ``method[:factor]@lr`` changes one thing:
 
 * ``mezo``, ``agzo``: the defaults (AGZO: sketched bases, refreshed every 10 steps, the
   non-matrix parameters ("others") perturbed with MeZO's Gaussians);
@@ -47,7 +49,7 @@ from pgap.finetune.train import Ranks, evaluate, train_step
 
 FACTORS = ("fixed", "perbatch", "frozen", "refresh1", "fp32")
 FIELDS = ["spec", "method", "factor", "lr", "dtype", "seed", "steps_total", "step", "forwards",
-          "status", "train_loss", "dev_loss", "dev_accuracy", "seconds", "git_rev"]
+          "status", "train_loss", "dev_loss", "dev_accuracy", "seconds", "git_rev", "g_rms", "drift"]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -101,6 +103,17 @@ def diverged(factor: str, first: Sequence[float], window: Sequence[float], start
     return not dev_loss <= 2 * start_dev
 
 
+def rms(values: Sequence[float]) -> float:
+    return (sum(v * v for v in values) / len(values)) ** 0.5 if values else float("nan")
+
+
+def distance(model, initial: Dict[str, torch.Tensor]) -> float:
+    """‖θ − θ0‖₂ over every parameter (float32 accumulation)."""
+    with torch.no_grad():
+        return sum(float((p.float() - initial[n].float()).square().sum())
+                   for n, p in model.named_parameters()) ** 0.5
+
+
 def done_specs(rows: Sequence[dict], steps: int, seed: int) -> set:
     """Specs with a final row (the last evaluation, or a divergence) for this budget and seed."""
     return {r["spec"] for r in rows if int(r["steps_total"]) == steps and int(r["seed"]) == seed
@@ -127,6 +140,7 @@ def run_spec(spec: str, args, loaded: Dict[str, tuple], task, rev: str) -> None:
                 steps_total=args.steps, git_rev=rev)
     start_loss = evaluate(clf, model, dev, ranks)[1]
     losses: List[float] = []
+    grads: List[float] = []  # the projected gradient g of every step
     t0, status = time.perf_counter(), "ok"
     with contextlib.ExitStack() as stack:
         stack.callback(opt.close)
@@ -136,6 +150,8 @@ def run_spec(spec: str, args, loaded: Dict[str, tuple], task, rev: str) -> None:
                                          args.batch, args.seed, ranks))
             except NonFiniteLossError:
                 status = "diverged"
+            else:
+                grads.append(float(opt.diagnostics().get("projected_grad", float("nan"))))
             if status == "ok" and step % args.every and step != args.steps:
                 continue
             acc, dev_loss = evaluate(clf, model, dev, ranks) if status == "ok" else (float("nan"),) * 2
@@ -145,7 +161,8 @@ def run_spec(spec: str, args, loaded: Dict[str, tuple], task, rev: str) -> None:
             row = dict(base, step=step, forwards=opt.forwards, status=status,
                        train_loss=round(statistics.fmean(window), 5) if window else "",
                        dev_loss=round(dev_loss, 5), dev_accuracy=round(acc, 4),
-                       seconds=round(time.perf_counter() - t0, 1))
+                       seconds=round(time.perf_counter() - t0, 1),
+                       g_rms=round(rms(grads[-args.every:]), 4), drift=round(distance(model, initial), 4))
             common.append_csv(args.csv, FIELDS, [row])
             print(f"  {spec:<22} step {step:>4} ({row['forwards']:>4} fwd): train {row['train_loss']}  "
                   f"dev loss {row['dev_loss']} (start {start_loss:.4f})  acc {row['dev_accuracy']}  "
