@@ -11,6 +11,7 @@
 #include "pgap/normal.h"
 #include "pgap/perturb_args.h"
 #include "pgap/rademacher.h"
+#include "pgap/rounding.h"
 #ifdef PGAP_WITH_CUDA
 #include <cuda_runtime_api.h>
 
@@ -121,6 +122,17 @@ std::vector<float> rademacher_values(uint64_t seed, uint32_t key, uint64_t start
   return out;
 }
 
+// The stochastic-rounding words (splitmix64-u16/v2) of elements start .. start + count - 1 under
+// (rounding_seed, key), one scalar header call each (pgap/rounding.h).
+std::vector<uint32_t> rounding_words(uint64_t rounding_seed, uint32_t key, uint64_t start,
+                                     int64_t count) {
+  if (count < 0) throw std::invalid_argument("count must be >= 0");
+  std::vector<uint32_t> out(static_cast<size_t>(count));
+  for (int64_t l = 0; l < count; ++l)
+    out[l] = rounding_word(rounding_seed, key, start + static_cast<uint64_t>(l));
+  return out;
+}
+
 // The CUDA kernel's warp schedule replayed on the host: the terms coeff * rho of the 1024
 // elements of Rademacher blocks first_block .. first_block + 7, element 128 r + 4 l + k written
 // by lane l in step r from the word it shuffles in (pgap/rademacher.h).
@@ -190,6 +202,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("rademacher_values", &rademacher_values,
         "rho(seed, key, start + l) for l < count, element by element (the shared header's math)",
         py::arg("seed"), py::arg("key"), py::arg("start"), py::arg("count"));
+  m.def("rounding_words", &rounding_words,
+        "The stochastic-rounding words of elements start .. start + count - 1, element by element "
+        "(the shared header's math)",
+        py::arg("rounding_seed"), py::arg("key"), py::arg("start"), py::arg("count"));
   m.def("rademacher_warp_terms", &rademacher_warp_terms,
         "coeff * rho over one CUDA warp's 8 blocks, by the CUDA kernel's lane schedule (on the host)",
         py::arg("seed"), py::arg("key"), py::arg("first_block"), py::arg("coeff"));

@@ -35,6 +35,7 @@ STREAM_VERSION                 the random-stream contract, "philox4x32-10/v1" (d
 RADEMACHER_VERSION             the Rademacher stream's, "philox4x32-10-rademacher/v1"
 STREAM_VERSIONS                {"gaussian": STREAM_VERSION, "rademacher": RADEMACHER_VERSION}:
                                the contract of each ``distribution`` value
+ROUNDING_VERSION               the stochastic-rounding words' and rule's, "splitmix64-u16/v2"
 
 All in-place ops, ``perturbed`` and the sketches are ``torch.library`` custom ops (namespace
 ``pgap``), so torch.compile traces them without graph breaks.
@@ -43,7 +44,7 @@ Importing needs neither a GPU, nor the compiled ``_C`` module, nor triton: a mis
 fails when it is used, with the reason.
 """
 from ._dispatch import available_backends, backend_status, use_backend
-from ._stream import RADEMACHER_VERSION, STREAM_VERSION, STREAM_VERSIONS
+from ._stream import RADEMACHER_VERSION, ROUNDING_VERSION, STREAM_VERSION, STREAM_VERSIONS
 from .alignment import aligned_perturbation
 from .args import SketchProblem
 from .gaussian_sum import GaussianSum
@@ -56,9 +57,9 @@ from .subspace import subspace_perturb_
 
 __version__ = "0.1.0"
 
-__all__ = ["GaussianSum", "RADEMACHER_VERSION", "STREAM_VERSION", "STREAM_VERSIONS", "SketchProblem",
-           "aligned_perturbation", "available_backends", "backend_status", "gaussian",
-           "gaussian_sketch", "gaussian_sketch_batch", "fnv1a32", "lowrank_perturb_", "name_keys",
-           "perturb_", "perturbed", "perturbed_many", "rademacher", "randomized_svd",
-           "randomized_svd_operator", "subspace_perturb_", "use_backend",
+__all__ = ["GaussianSum", "RADEMACHER_VERSION", "ROUNDING_VERSION", "STREAM_VERSION",
+           "STREAM_VERSIONS", "SketchProblem", "aligned_perturbation", "available_backends",
+           "backend_status", "gaussian", "gaussian_sketch", "gaussian_sketch_batch", "fnv1a32",
+           "lowrank_perturb_", "name_keys", "perturb_", "perturbed", "perturbed_many", "rademacher",
+           "randomized_svd", "randomized_svd_operator", "subspace_perturb_", "use_backend",
            "__version__"]

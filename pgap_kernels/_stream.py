@@ -1,10 +1,15 @@
-"""Constants of the philox4x32-10/v1 random-stream contract and of its Rademacher stream,
-philox4x32-10-rademacher/v1 (see docs/rng.md)."""
+"""Constants of the philox4x32-10/v1 random-stream contract, of its Rademacher stream
+philox4x32-10-rademacher/v1 and of the stochastic-rounding words splitmix64-u16/v2 (see
+docs/rng.md)."""
 import ctypes
 from typing import Optional
 
-STREAM_VERSION = "philox4x32-10/v1"  # the Gaussian stream xi (and the stochastic-rounding words)
+STREAM_VERSION = "philox4x32-10/v1"  # the Gaussian stream xi
 RADEMACHER_VERSION = "philox4x32-10-rademacher/v1"  # the Rademacher stream rho
+# The stochastic-rounding words and rule (rounding="stochastic"). Not in STREAM_VERSIONS, whose
+# keys are the values of the ops' ``distribution`` argument; v1 (Philox words, counter word c3 = 1)
+# was replaced by v2.
+ROUNDING_VERSION = "splitmix64-u16/v2"
 # The ``distribution`` argument of the perturbation ops -> the contract of the stream it draws.
 STREAM_VERSIONS = {"gaussian": STREAM_VERSION, "rademacher": RADEMACHER_VERSION}
 DISTRIBUTIONS = tuple(STREAM_VERSIONS)
@@ -21,10 +26,17 @@ KEY_LIMIT = 1 << 32    # keys in [0, 2^32)
 INDEX_LIMIT = 1 << 63  # offset + numel must stay below 2^63 (int64 in every backend)
 
 UNIFORM_SCALE = 2.0 ** -24  # u = (2*(x >> 9) + 1) * 2^-24
-ROUNDING_DOMAIN = 1  # Philox counter word c3 of the stochastic-rounding words (the stream uses 0)
 RADEMACHER_DOMAIN = 2  # Philox counter word c3 of the Rademacher stream's words
 RADEMACHER_BLOCK = 128  # elements per Philox block of the Rademacher stream (4 words x 32 bits)
 TWO_PI = 6.283185307179586
+
+# splitmix64-u16/v2: base = mix64(R ^ (key * ROUNDING_KEY_MUL)), x = mix64(base + (e // 4 + 1) *
+# ROUNDING_GAMMA), word of element e = (x >> (16 * (e % 4))) & 0xFFFF; all mod 2^64, with
+# mix64(z): z = (z ^ z >> 30) * MIX64_M1; z = (z ^ z >> 27) * MIX64_M2; z ^ z >> 31.
+ROUNDING_KEY_MUL = 0xD1B54A32D192ED03
+ROUNDING_GAMMA = 0x9E3779B97F4A7C15
+MIX64_M1 = 0xBF58476D1CE4E5B9
+MIX64_M2 = 0x94D049BB133111EB
 
 
 def seed_to_int64(seed: int) -> int:

@@ -225,9 +225,10 @@ def perturb_(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
     rounding : "nearest" or "stochastic"
         How the float32 result is rounded into a bfloat16/float16 tensor: to nearest even
         (default), or stochastically, up with probability equal to the distance from the lower
-        neighbour in ulps (unbiased: E[result] = float32 result), with random bits drawn from
-        the stream's rounding domain for element ``offsets[p] + i`` under key ``keys[p]``, so
-        shards and replicas round alike. float32 tensors are unaffected.
+        neighbour in ulps (unbiased: E[result] = float32 result), with the 16-bit rounding
+        word of element ``offsets[p] + i`` under key ``keys[p]`` (a SplitMix64 hash,
+        ROUNDING_VERSION, docs/rng.md), so shards and replicas round alike. float32 tensors are
+        unaffected.
     rounding_seed : int in [0, 2**64), optional
         Seed of the rounding bits; default ``seeds[0]``. A caller that applies several passes
         with the same seed (e.g. MeZO's three) should give each its own rounding_seed, or the

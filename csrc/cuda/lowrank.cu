@@ -156,7 +156,8 @@ lowrank_kernel(const int64_t* __restrict__ w_ptrs, const int64_t* __restrict__ l
     // of the host kernels (std::fma) and of CUDA subspace; --fmad=false, so the fma is explicit.
     T* __restrict__ w = reinterpret_cast<T*>(w_ptrs[p]);
     const bool vec = n % 4 == 0 && w_ptrs[p] % static_cast<int64_t>(sizeof(Vec4<T>)) == 0;
-    const uint32_t rkey = kStochastic ? static_cast<uint32_t>(keys[p]) : 0u;
+    const uint64_t rbase =
+        kStochastic ? rounding_base(rounding_seed, static_cast<uint32_t>(keys[p])) : 0u;
     const uint64_t rindex = kStochastic ? static_cast<uint64_t>(indices[p]) : 0u;
 #pragma unroll
     for (int g = 0; g < G::kGM; ++g) {
@@ -172,7 +173,7 @@ lowrank_kernel(const int64_t* __restrict__ w_ptrs, const int64_t* __restrict__ l
           const float* c = &acc[4 * g + i][4 * h];
           uint32_t x[4] = {0u, 0u, 0u, 0u};
           if (kStochastic)
-            rounding_words4(rounding_seed, rkey, rindex + static_cast<uint64_t>(row * n + col), x);
+            rounding_words4(rbase, rindex + static_cast<uint64_t>(row * n + col), x);
           if (vec) {  // n % 4 == 0: the whole group of 4 is inside the row
             Vec4<T> v;
             if (!kOverwrite) v = *reinterpret_cast<const Vec4<T>*>(w_row + col);

@@ -95,6 +95,8 @@ perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t t
     const TensorMeta tm =
         meta[find_owner<TensorMeta, &TensorMeta::chunk_begin>(meta, n_tensors, chunk)];
     const ChunkTensor<T> ct = chunk_tensor<T, kHasMean, kOverwrite>(tm);
+    // The rounding hash state of the tensor (pgap/rounding.h), once per chunk.
+    const uint64_t rbase = kStochastic ? rounding_base(rounding_seed, ct.key) : 0u;
     const uint64_t chunk_block = (ct.offset >> 2) +
                                  static_cast<uint64_t>(chunk - tm.chunk_begin) * kChunkBlocks +
                                  threadIdx.x;
@@ -109,7 +111,7 @@ perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t t
       seeded_block_sum(seeds, coeffs, n_seeds, ct.key, block, acc);
       // The rounding words of the same four element indices (read only when kStochastic).
       Words4 rw{0u, 0u, 0u, 0u};
-      if (kStochastic) rw = rounding_block_words(rounding_seed, ct.key, block);
+      if (kStochastic) rw = rounding_block_words(rbase, block);
       apply_group<T, kHasMean, kOverwrite, kStochastic>(ct.t, ct.s, ct.m, first, ct.numel,
                                                          ct.aligned, acc, rw, decay, mean_coeff);
     }
@@ -131,6 +133,7 @@ rademacher_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_
     const TensorMeta tm =
         meta[find_owner<TensorMeta, &TensorMeta::chunk_begin>(meta, n_tensors, chunk)];
     const ChunkTensor<T> ct = chunk_tensor<T, kHasMean, kOverwrite>(tm);
+    const uint64_t rbase = kStochastic ? rounding_base(rounding_seed, ct.key) : 0u;
     const uint64_t first_block = rademacher_block(ct.offset) +
                                  static_cast<uint64_t>(chunk - tm.chunk_begin) * kRademacherChunkBlocks +
                                  static_cast<uint64_t>(warp) * kRademacherWarpBlocks;
@@ -161,7 +164,7 @@ rademacher_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_
       const int64_t first = static_cast<int64_t>(e0 - ct.offset);
       if (first >= ct.numel) break;  // grows with r
       Words4 rw{0u, 0u, 0u, 0u};
-      if (kStochastic) rw = rounding_block_words(rounding_seed, ct.key, e0 >> 2);
+      if (kStochastic) rw = rounding_block_words(rbase, e0 >> 2);
       // A tensor that starts inside the warp's first block has groups before it (first < 0).
       apply_group<T, kHasMean, kOverwrite, kStochastic>(ct.t, ct.s, ct.m, first, ct.numel,
                                                          ct.aligned && first >= 0, acc[r], rw,

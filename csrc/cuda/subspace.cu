@@ -122,6 +122,8 @@ subspace_kernel(const SubspaceMeta* __restrict__ meta, int64_t count, int64_t to
     const float* __restrict__ basis = reinterpret_cast<const float*>(mt.basis);
     const bool vec_w = mt.n % 4 == 0 && mt.w % static_cast<int64_t>(sizeof(Vec4<T>)) == 0;
     const bool vec_v = r % 4 == 0 && mt.basis % 16 == 0;
+    const uint64_t rbase =
+        kStochastic ? rounding_base(rounding_seed, static_cast<uint32_t>(mt.key)) : 0u;
 
     for (int64_t chunk = chunk_lo; chunk < chunk_hi; ++chunk) {
       const int64_t col = chunk * kCols + tx * kTN;  // this thread's first column
@@ -171,9 +173,8 @@ subspace_kernel(const SubspaceMeta* __restrict__ meta, int64_t count, int64_t to
         T* w_row = w + row * mt.n;
         uint32_t x[kTN] = {0u, 0u, 0u, 0u};  // rounding words of the 4 columns
         if (kStochastic)
-          rounding_words4(rounding_seed, static_cast<uint32_t>(mt.key),
-                          static_cast<uint64_t>(mt.rounding_index) +
-                              static_cast<uint64_t>(row * mt.n + col), x);
+          rounding_words4(rbase, static_cast<uint64_t>(mt.rounding_index) +
+                                     static_cast<uint64_t>(row * mt.n + col), x);
         if (vec_w) {  // n % 4 == 0: the 4 columns lie inside the row
           Vec4<T> out;
 #pragma unroll

@@ -204,14 +204,14 @@ static void pack_left(const float* __restrict left, int64_t k, int64_t r0, int64
 }
 
 // Where the stochastic rounding of a block of W reads its words (pgap/rounding.h): element
-// (i, j) of the block rounds with the word of element index + i*ld + j under (seed, key).
+// (i, j) of the block rounds with the word of element index + i*ld + j under the hash state
+// base = rounding_base(rounding seed, key).
 struct TileRounding {
-  uint64_t seed;
-  uint32_t key;
+  uint64_t base;   // rounding_base(rounding seed, key) of W
   uint64_t index;  // rounding index of the block's element (0, 0)
   int64_t ld;      // rounding-index distance between rows (W's n)
   TileRounding at(int64_t i, int64_t j) const {  // the block starting at element (i, j)
-    return TileRounding{seed, key, index + static_cast<uint64_t>(i * ld + j), ld};
+    return TileRounding{base, index + static_cast<uint64_t>(i * ld + j), ld};
   }
 };
 
@@ -241,12 +241,12 @@ static inline __attribute__((always_inline)) void store_tile(
     for (int v = 0; v < kNV; ++v) vstore(&t[i][v * kVW], acc[i][v]);
   for (int64_t i = 0; i < mr; ++i) {
     typename D::Storage* row = w + i * ldw;
-    alignas(64) uint32_t words[kNR + 8];
+    alignas(64) uint16_t words[kNR + 8];
     int64_t shift = 0;
-    if (kStochastic) shift = rounding_words(tr.seed, tr.key, tr.at(i, 0).index, nr, words);
+    if (kStochastic) shift = rounding_words(tr.base, tr.at(i, 0).index, nr, words);
     for (int64_t j = 0; j < nr; ++j) {
       const float v = kOverwrite ? t[i][j] : sfma(decay, D::load(row[j]), t[i][j]);
-      row[j] = D::store(kStochastic ? D::stochastic(v, words[shift + j]) : v);
+      row[j] = kStochastic ? D::store_stochastic(v, words[shift + j]) : D::store(v);
     }
   }
 }
@@ -338,7 +338,7 @@ static void lowrank_dispatch(void* w, int64_t m, int64_t n, const float* left, c
                              int64_t k, float decay, const RoundingArgs& rounding, uint32_t key,
                              uint64_t index, int num_threads) {
   auto* wt = static_cast<typename D::Storage*>(w);
-  const TileRounding tr{rounding.seed, key, index, n};
+  const TileRounding tr{rounding.stochastic ? rounding_base(rounding.seed, key) : 0u, index, n};
   with_store_flags<D>(decay, rounding.stochastic, [&](auto overwrite, auto stochastic) {
     lowrank_typed<D, decltype(overwrite)::value, decltype(stochastic)::value>(
         wt, m, n, left, right, k, decay, tr, num_threads);

@@ -26,20 +26,20 @@ namespace PGAP_ISA_NS {
 template <class D, bool kHasMean, bool kOverwrite, bool kStochastic>
 static void apply_chunk(typename D::Storage* t, const typename D::Storage* s,
                         const typename D::Storage* __restrict m, const float* __restrict acc,
-                        const uint32_t* __restrict words, int64_t n, float decay,
+                        const uint16_t* __restrict words, int64_t n, float decay,
                         float mean_coeff) {
 #pragma omp simd
   for (int64_t l = 0; l < n; ++l) {
     float base = kOverwrite ? 0.0f : decay * D::load(s[l]);
     if (kHasMean) base = base + mean_coeff * D::load(m[l]);
     const float v = base + acc[l];
-    t[l] = D::store(kStochastic ? D::stochastic(v, words[l]) : v);
+    t[l] = kStochastic ? D::store_stochastic(v, words[l]) : D::store(v);
   }
 }
 
 template <class D, bool kStochastic>
 static void apply_chunk_for(typename D::Storage* t, const typename D::Storage* s,
-                            const typename D::Storage* m, const float* acc, const uint32_t* words,
+                            const typename D::Storage* m, const float* acc, const uint16_t* words,
                             int64_t n, const StreamArgs& sa) {
   const bool overwrite = sa.decay == 0.0f;
   const float d = sa.decay, c = sa.mean_coeff;
@@ -66,8 +66,9 @@ static void perturb_chunk_typed(const TensorArgs& ta, const StreamArgs& sa, int6
   const S* m = ta.mean ? static_cast<const S*>(ta.mean) + lo : nullptr;
   if constexpr (!std::is_same<D, F32>::value) {
     if (sa.rounding.stochastic) {  // the rounding words of the same element indices
-      alignas(64) uint32_t words[kHostChunk + 8];
-      const int64_t wshift = rounding_words(sa.rounding.seed, ta.key, g_lo, hi - lo, words);
+      alignas(64) uint16_t words[kHostChunk + 8];
+      const int64_t wshift =
+          rounding_words(rounding_base(sa.rounding.seed, ta.key), g_lo, hi - lo, words);
       apply_chunk_for<D, true>(t, s, m, acc + shift, words + wshift, hi - lo, sa);
       return;
     }

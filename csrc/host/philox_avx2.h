@@ -23,7 +23,8 @@ static inline void mulhilo_avx2(__m256i a, __m256i m, __m256i& hi, __m256i& lo) 
 }
 
 // Words of blocks [b0, b0 + 8*floor(nb/8)) into w0..w3 (counter word c3 = domain: 0 for the
-// stream, kRoundingDomain for the rounding words); returns the number of blocks written.
+// Gaussian stream, kRademacherDomain for the Rademacher stream); returns the number of blocks
+// written.
 static inline int64_t philox_words_avx2(uint64_t seed, uint32_t key, uint32_t domain, uint64_t b0,
                                         int64_t nb, uint32_t* w0, uint32_t* w1, uint32_t* w2,
                                         uint32_t* w3) {

@@ -12,6 +12,7 @@
 #include "host/perturb.h"
 #include "host/philox_avx2.h"
 #include "host/philox_avx512.h"
+#include "host/splitmix_simd.h"
 #include "pgap/perturb_args.h"
 #include "pgap/rademacher.h"
 #include "pgap/rounding.h"
@@ -26,7 +27,7 @@ namespace host {
 namespace PGAP_ISA_NS {
 
 // Philox words of blocks [b0, b0 + nb) for (seed, key) and counter word c3 = domain (0: the
-// stream, kRoundingDomain: the rounding words), one array per output word.
+// Gaussian stream, kRademacherDomain: the Rademacher stream), one array per output word.
 static void philox_words(uint64_t seed, uint32_t key, uint32_t domain, uint64_t b0, int64_t nb,
                          uint32_t* __restrict w0, uint32_t* __restrict w1,
                          uint32_t* __restrict w2, uint32_t* __restrict w3) {
@@ -139,53 +140,48 @@ static int64_t rademacher_sum(const StreamArgs& sa, uint32_t key, uint64_t g_lo,
   return static_cast<int64_t>(g_lo - b0 * kRademacherBlockElements);
 }
 
-// Rounding words of elements [g_lo, g_lo + len), len <= kHostChunk, under (rounding seed, key):
-// words[shift + l] is the word of element g_lo + l, shift = g_lo % 4 (returned). Writes
-// words[0, 4*ceil((shift + len) / 4)), at most len + 6 words.
-static int64_t rounding_words(uint64_t seed, uint32_t key, uint64_t g_lo, int64_t len,
-                              uint32_t* __restrict words) {
+// Rounding words of elements [g_lo, g_lo + len), len <= kHostChunk, under the rounding hash
+// state `base` = rounding_base(rounding seed, key) (pgap/rounding.h): words[shift + l] is the
+// word of element g_lo + l, shift = g_lo % 4 (returned). Writes words[0, 4*ceil((shift + len) /
+// 4)), at most len + 6 words. One SplitMix64 hash per 4 elements (host/splitmix_simd.h).
+static int64_t rounding_words(uint64_t base, uint64_t g_lo, int64_t len,
+                              uint16_t* __restrict words) {
   const uint64_t b0 = g_lo >> 2;
   const int64_t nb = static_cast<int64_t>(((g_lo + static_cast<uint64_t>(len) + 3) >> 2) - b0);
-  alignas(64) uint32_t w0[kHostChunkBlocks], w1[kHostChunkBlocks], w2[kHostChunkBlocks],
-      w3[kHostChunkBlocks];
-  philox_words(seed, key, kRoundingDomain, b0, nb, w0, w1, w2, w3);
-#pragma omp simd
-  for (int64_t j = 0; j < nb; ++j) {
-    words[4 * j + 0] = w0[j];
-    words[4 * j + 1] = w1[j];
-    words[4 * j + 2] = w2[j];
-    words[4 * j + 3] = w3[j];
-  }
+  rounding_block_hashes(base, b0, nb, words);
   return static_cast<int64_t>(g_lo - (b0 << 2));
 }
 
-// Storage types: float32 compute, one rounding on store. stochastic(v, x) is v rounded
-// stochastically to the storage type's grid with rounding word x (pgap/rounding.h), as a float32
-// value that store() then writes unchanged; float32 keeps v.
+// Storage types: float32 compute, one rounding on store. store_stochastic(v, x) is v rounded
+// stochastically to the storage type's grid with the 16-bit rounding word x (pgap/rounding.h)
+// and stored (NaN, inf and values beyond the largest finite one as store() does); float32 keeps v.
 struct F32 {
   using Storage = float;
   static float load(float x) { return x; }
   static float store(float x) { return x; }
-  static float stochastic(float v, uint32_t) { return v; }
+  static float store_stochastic(float v, uint32_t) { return v; }
 };
 
 struct BF16 {
   using Storage = uint16_t;
   static float load(uint16_t x) { return bits_to_float(static_cast<uint32_t>(x) << 16); }
-  static float stochastic(float v, uint32_t x) { return round_stochastic_bf16(v, x); }
   static uint16_t store(float f) {  // round to nearest even, NaN stays NaN
     const uint32_t u = float_to_bits(f);
     const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
     const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
     return static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
   }
+  // store(round_stochastic_bf16(v, x)), bit for bit, in one step on the float32 bits
+  static uint16_t store_stochastic(float v, uint32_t x) { return round_stochastic_bf16_bits(v, x); }
 };
 
 struct F16 {
   using Storage = _Float16;
   static float load(_Float16 x) { return static_cast<float>(x); }
   static _Float16 store(float f) { return static_cast<_Float16>(f); }
-  static float stochastic(float v, uint32_t x) { return round_stochastic_f16(v, x); }
+  static _Float16 store_stochastic(float v, uint32_t x) {
+    return store(round_stochastic_f16(v, x));
+  }
 };
 
 }  // namespace PGAP_ISA_NS

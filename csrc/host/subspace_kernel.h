@@ -47,8 +47,8 @@ static void subspace_tile(const SubspaceMatrix& mt, const SubspaceTile& tile, in
                           int64_t cols, const float* xi, const float* bpack, float* apack,
                           const StreamArgs& sa) {
   auto* w = static_cast<typename D::Storage*>(mt.w) + tile.r0 * mt.n + tile.c0;
-  const TileRounding tr =
-      TileRounding{sa.rounding.seed, mt.key, mt.rounding_index, mt.n}.at(tile.r0, tile.c0);
+  const uint64_t base = sa.rounding.stochastic ? rounding_base(sa.rounding.seed, mt.key) : 0u;
+  const TileRounding tr = TileRounding{base, mt.rounding_index, mt.n}.at(tile.r0, tile.c0);
   with_store_flags<D>(sa.decay, sa.rounding.stochastic, [&](auto overwrite, auto stochastic) {
     update_tile<D, decltype(overwrite)::value, decltype(stochastic)::value>(
         w, mt.n, rows, cols, xi, mt.r, bpack, apack, sa.decay, tr);

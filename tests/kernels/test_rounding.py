@@ -1,9 +1,11 @@
 """Stochastic rounding of perturb_, lowrank_perturb_ and subspace_perturb_ (docs/rng.md,
-"Stochastic rounding"): every backend bit for bit with reference where the float32 results
-agree, and with the rule applied to its own float32 results; determinism; sharding invariance;
-unbiasedness (statistically); round to nearest unchanged; validation before any write; the
-custom ops (opcheck, torch.compile)."""
+"Stochastic rounding", splitmix64-u16/v2): the rounding words' known answers on every
+implementation and their independence from Philox; every word an exact threshold; every backend
+bit for bit with reference where the float32 results agree, and with the rule applied to its own
+float32 results; determinism; sharding invariance; unbiasedness (statistically); round to
+nearest unchanged; validation before any write; the custom ops (opcheck, torch.compile)."""
 import hashlib
+import importlib.util
 import math
 import pathlib
 import re
@@ -12,14 +14,17 @@ import pytest
 import torch
 
 import pgap_kernels as pk
-from pgap_kernels._stream import seed_to_int64
+from pgap_kernels import _native, backends
+from pgap_kernels.args import PerturbArgs
+from pgap_kernels._stream import STREAM_VERSIONS, seed_to_int64
+from pgap_kernels.backends.reference import philox
 from pgap_kernels.backends.reference.rounding import round_stochastic, rounding_words
 from pgap_kernels.testing import assert_lowrank_close
 
 from conftest import OP_CASES, backend_cases, is_triton_interpreter, require
 
 HALF = [torch.bfloat16, torch.float16]
-CARRY = (1 << 32) * 4 - 6  # six elements before the c0 -> c1 carry of the rounding counter
+CARRY = (1 << 32) * 4 - 6  # six elements before block 2^32 (a carry between 32-bit halves)
 BF16_MAX, F16_MAX = torch.finfo(torch.bfloat16).max, torch.finfo(torch.float16).max
 
 
@@ -71,15 +76,16 @@ def subnormals_work(device: str, backend: str, dtype: torch.dtype) -> bool:
 
 
 def special(dtype: torch.dtype, subnormals: bool = True) -> torch.Tensor:
-    """Values a rounding must get right: subnormals, the largest finite values, negatives,
-    zeros, infinities and NaN."""
+    """Values a rounding must get right: subnormals, the smallest normals, the largest finite
+    values, negatives, zeros, infinities and NaN. Without ``subnormals`` also without the
+    smallest normals, which a perturbation or a decay may take into the subnormals."""
     fi = torch.finfo(dtype)
     tiny = fi.smallest_normal
     sub = [tiny * 2 ** -k * f for k in (1, 3, 7) for f in (1.0, 1.5, -1.25)]  # subnormals of dtype
-    sub = sub if subnormals else []
+    sub = sub + [tiny, -tiny] if subnormals else []
     big = [fi.max, -fi.max, fi.max * (1 - fi.eps), fi.max * (1 - 4 * fi.eps), -fi.max * (1 - 2 * fi.eps)]
-    return torch.tensor(sub + big + [0.0, -0.0, 1.0, -3.0, float("inf"), float("-inf"), float("nan"),
-                                     tiny, -tiny]).to(dtype)
+    return torch.tensor(sub + big + [0.0, -0.0, 1.0, -3.0, float("inf"), float("-inf"),
+                                     float("nan")]).to(dtype)
 
 
 def run(backend, fn, *tensors):
@@ -88,6 +94,192 @@ def run(backend, fn, *tensors):
     with pk.use_backend(backend):
         fn(*out)
     return out
+
+
+# -- (0) the rounding words: splitmix64-u16/v2 ----------------------------------------------------
+
+MASK64 = (1 << 64) - 1
+
+
+def mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def formula_word(seed: int, key: int, e: int) -> int:
+    """docs/rng.md's definition, in Python integers."""
+    b, lane = divmod(e, 4)
+    base = mix64(seed ^ ((key * 0xD1B54A32D192ED03) & MASK64))
+    return (mix64((base + (b + 1) * 0x9E3779B97F4A7C15) & MASK64) >> (16 * lane)) & 0xFFFF
+
+
+# (rounding seed, key, block, hash of the block): docs/rng.md's test vectors
+KNOWN_BLOCKS = [(0, 0, 0, 0xE220A8397B1DCDAF), (1234, 0, 0, 0x7A178106913D296D),
+                (1234, 0, 1, 0x95291EE481455C7D), (42, 3, 1, 0x7405B4D8B00CE774),
+                ((1 << 64) - 1, (1 << 32) - 1, (1 << 32) - 1, 0x98D9461E36908834),
+                ((1 << 64) - 1, (1 << 32) - 1, 1 << 32, 0xF477B1B8395DC2FC),
+                (0x0123456789ABCDEF, 7, 250_000_000_000, 0xF01C2D1C6272834B)]
+
+
+def known_words(seed, key, block, x):
+    return [(x >> (16 * lane)) & 0xFFFF for lane in range(4)]
+
+
+def test_version():
+    assert pk.ROUNDING_VERSION == "splitmix64-u16/v2"
+    assert "rounding" not in STREAM_VERSIONS  # its keys are the ops' distributions
+
+
+def test_formula_is_splitmix64():
+    """From state 0 the block hashes are SplitMix64's published first outputs."""
+    firsts = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F, 0xF88BB8A8724C81EC]
+    assert [mix64((b * 0x9E3779B97F4A7C15) & MASK64) for b in (1, 2, 3, 4)] == firsts
+    for block, x in enumerate(firsts):
+        assert [formula_word(0, 0, 4 * block + lane) for lane in range(4)] == known_words(0, 0, block, x)
+    for seed, key, block, x in KNOWN_BLOCKS:
+        assert [formula_word(seed, key, 4 * block + lane) for lane in range(4)] == \
+            known_words(seed, key, block, x)
+
+
+@pytest.mark.parametrize("impl", ["reference", "native", "triton"])
+def test_known_words(impl):
+    """Every implementation of the words gives the test vectors, and the formula's words over runs
+    that start at every lane and cross block 2^32."""
+    cases = [(seed, key, 4 * block, 4) for seed, key, block, _ in KNOWN_BLOCKS]
+    cases += [(77, 9, CARRY - 3, 23), ((1 << 64) - 2, 0xFFFFFFFF, 10 ** 12 + 1, 13)]
+    got = {c: words_of(impl, *c) for c in cases}
+    for (seed, key, block, x), case in zip(KNOWN_BLOCKS, cases):
+        assert got[case] == known_words(seed, key, block, x), (impl, seed, key, block)
+    for seed, key, start, count in cases:
+        assert got[(seed, key, start, count)] == [formula_word(seed, key, start + i) for i in range(count)]
+
+
+def words_of(impl, seed, key, start, count):
+    if impl == "reference":
+        return rounding_words(seed, key, start, count, torch.device("cpu")).tolist()
+    if impl == "native":
+        lib, reason = _native.load()
+        if lib is None:
+            pytest.skip(reason)
+        return list(lib.rounding_words(seed, key, start, count))
+    return triton_words(seed, key, start, count)
+
+
+if importlib.util.find_spec("triton") is not None:  # conftest chose the interpreter if no GPU
+    import triton
+    import triton.language as tl
+
+    from pgap_kernels.backends.triton._rounding import rounding_block_words, rounding_element_words
+
+    @triton.jit
+    def _triton_words(out, by_block, seed_ptr, key, start, n, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK).to(tl.int64)
+        rseed = tl.load(seed_ptr)
+        w = rounding_element_words(rseed, start + i, key.to(tl.uint32))
+        tl.store(out + i, w.to(tl.int64), mask=i < n)
+        w0, w1, w2, w3 = rounding_block_words(rseed, start // 4 + i, key.to(tl.uint32))
+        tl.store(by_block + 4 * i, w0.to(tl.int64), mask=4 * i < n + 3)
+        tl.store(by_block + 4 * i + 1, w1.to(tl.int64), mask=4 * i < n + 3)
+        tl.store(by_block + 4 * i + 2, w2.to(tl.int64), mask=4 * i < n + 3)
+        tl.store(by_block + 4 * i + 3, w3.to(tl.int64), mask=4 * i < n + 3)
+
+
+def triton_words(seed, key, start, count):
+    """The words from the Triton helpers (interpreter or GPU): rounding_element_words per element
+    and rounding_block_words per block (both must agree)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    require(device, "triton")
+    block = triton.next_power_of_2(count + 4)
+    out = torch.zeros(block, dtype=torch.int64, device=device)
+    by_block = torch.zeros(4 * block, dtype=torch.int64, device=device)
+    _triton_words[(1,)](out, by_block, torch.tensor([seed_to_int64(seed)], device=device), key,
+                        start, count, BLOCK=block)
+    shift = start % 4
+    assert by_block[shift:shift + count].tolist() == out[:count].tolist()
+    return out[:count].tolist()
+
+
+def test_rounding_draws_no_philox(monkeypatch):
+    """The reference's words and its stochastically rounded perturb_ (called directly, not
+    through the dispatcher, whose self-checks need Philox) run with Philox disabled."""
+    t = values(50, torch.bfloat16, 3)
+    expected = rule(t.float() + 1e-3 * t.float(), 5, 6, 7, torch.bfloat16)
+    perturb_group = backends.kernel("reference", backends.PERTURB)  # imported before the patch
+
+    def no_philox(*args, **kwargs):
+        raise AssertionError("the rounding words drew Philox")
+    monkeypatch.setattr(philox, "philox4x32_10", no_philox)
+    monkeypatch.setattr(philox, "block_words", no_philox)
+    assert rounding_words(5, 6, 7, 9, torch.device("cpu")).tolist() == [formula_word(5, 6, 7 + i) for i in range(9)]
+    args = PerturbArgs([t], [t.clone()], seeds=[], coeffs=[], keys=[6], offsets=[7], decay=1.0,
+                       mean_coeff=1e-3, rounding_seed=5)
+    perturb_group(args)
+    assert_same(t, expected)
+
+
+def test_words_look_uniform_and_independent():
+    """16-bit words: each byte of every lane uniform (chi-square over 256 bins), no correlation
+    between neighbouring elements, keys or seeds."""
+    n = 1 << 16
+    w = rounding_words(1, 2, 3, n, torch.device("cpu"))
+    for lane in range(4):
+        for byte in (w[lane::4] & 0xFF, w[lane::4] >> 8):
+            counts = torch.bincount(byte, minlength=256).double()
+            expected = byte.numel() / 256
+            chi2 = float(((counts - expected) ** 2 / expected).sum())
+            assert chi2 < 255 + 6 * math.sqrt(2 * 255), (lane, chi2)  # ~6 sigma
+    u = (w.double() + 0.5) / 65536 - 0.5
+    others = [w[1:], rounding_words(1, 3, 3, n, torch.device("cpu")),
+              rounding_words(2, 2, 3, n, torch.device("cpu")), rounding_words(1 ^ 0xD1B54A32D192ED03, 3, 3, n, torch.device("cpu"))]
+    for other in others:
+        v = (other.double() + 0.5) / 65536 - 0.5
+        m = min(len(u), len(v))
+        corr = float((u[:m] * v[:m]).mean() / (u[:m].std() * v[:m].std()))
+        assert abs(corr) < 6 / math.sqrt(m), corr
+    assert abs(float(u.mean())) < 6 * math.sqrt(1 / 12 / n)
+
+
+# Roundings by the rule for given words (docs/rng.md's table): (dtype, v, u16, result; None:
+# to nearest)
+KNOWN_ROUNDINGS = [(torch.bfloat16, 1 + 2.0 ** -9, 0x3FFF, 1 + 2.0 ** -7),
+                   (torch.bfloat16, 1 + 2.0 ** -9, 0x4000, 1.0),
+                   (torch.bfloat16, -(3 + 3 * 2.0 ** -8), 0xBFFF, -(3 + 2.0 ** -6)),
+                   (torch.float16, 1 + 2.0 ** -12, 0x3FFF, 1 + 2.0 ** -10),
+                   (torch.float16, 1 + 2.0 ** -12, 0x4000, 1.0),
+                   (torch.float16, 2.0 ** -24 / 3, 21845, 2.0 ** -24),  # frac*2^16 = 21845.33...
+                   (torch.float16, 2.0 ** -24 / 3, 21846, 0.0),
+                   (torch.float16, 65504 * (1 + 2.0 ** -12), 5, 65504.0)]
+
+
+@pytest.mark.parametrize("dtype,v,word,result", KNOWN_ROUNDINGS)
+def test_known_roundings(dtype, v, word, result):
+    got = round_stochastic(torch.tensor([v]), torch.tensor([word]), dtype).to(dtype)
+    assert float(got) == result
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_every_word_is_an_exact_threshold(device_backend, dtype):
+    """Element i gets a value whose frac*2^16 is its own word (rounds down, toward zero) or its
+    word + 1 (rounds up): every backend's words and rule, exactly, through lowrank_perturb_
+    (decay 0, W = U*1*1: the float32 result is the value itself). bfloat16 just above 1 (or
+    below -1), float16 at 16 ulps of its subnormals (2^-20; frac*2^16 is exact there too)."""
+    device, backend = device_backend
+    m, seed, key, offset = 203, (1 << 64) - 5, 0xFFFFFFFE, CARRY - 100
+    lo, ulp = (1.0, 2.0 ** -7) if dtype == torch.bfloat16 else (16 * 2.0 ** -24, 2.0 ** -24)
+    xs, want = [], []
+    for i in range(m):
+        up, sign = i % 2, -1.0 if i % 4 >= 2 else 1.0
+        xs.append(sign * (lo + (formula_word(seed, key, offset + i) + up) * ulp / 65536))
+        want.append(sign * (lo + up * ulp))
+    U = torch.tensor(xs, dtype=torch.float64).float().view(m, 1)
+    assert U.double().view(-1).tolist() == xs  # exact in float32
+    W = torch.empty(m, 1, dtype=dtype, device=device)
+    one = torch.ones(1, 1, device=device)
+    with pk.use_backend(backend):
+        pk.lowrank_perturb_(W, U.to(device), one, one, 1.0, decay=0.0, keys=[key], offsets=[offset],
+                            rounding="stochastic", rounding_seed=seed)
+    assert W.double().cpu().view(-1).tolist() == want
 
 
 # -- (1) bit for bit with reference, where every backend computes the same float32 results ----

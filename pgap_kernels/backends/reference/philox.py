@@ -42,7 +42,7 @@ def philox4x32_10(c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torc
 
 def block_words(seed: int, key: int, blocks: torch.Tensor, domain: int = 0) -> Words:
     """The four words of blocks ``blocks`` (int64 tensor) for (seed, key) and counter word
-    c3 = ``domain`` (0: the stream; ROUNDING_DOMAIN: the stochastic-rounding words)."""
+    c3 = ``domain`` (0: the Gaussian stream; RADEMACHER_DOMAIN: the Rademacher stream)."""
     c0 = blocks & MASK32
     c1 = blocks >> 32
     c2 = torch.full_like(blocks, key)
