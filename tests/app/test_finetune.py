@@ -80,9 +80,9 @@ def test_method_defaults_fill_only_what_the_user_left_out():
             finetune.parse_args(["--method", method, "--distribution", "rademacher"])
 
 
-def test_default_method_is_the_sweeps_winner_and_mezo_under_fsdp():
-    a = finetune.parse_args([])
-    assert (a.method, a.subspace, a.lr) == ("pgap", "activation", finetune.DEFAULTS["pgap"]["lr"])
+def test_default_method_is_mezo_with_and_without_fsdp():
+    a = finetune.parse_args([])  # protocol v2: no method ahead of MeZO (docs/results.md)
+    assert (a.method, a.lr) == ("mezo", finetune.DEFAULTS["mezo"]["lr"])
     b = finetune.parse_args(["--fsdp"])
     assert (b.method, b.lr) == ("mezo", finetune.DEFAULTS["mezo"]["lr"])
 
