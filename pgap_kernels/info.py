@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from . import STREAM_VERSION, __version__, _native, selftest
+from . import ROUNDING_VERSION, STREAM_VERSIONS, __version__, _native, selftest
 from ._dispatch import AUTO_ORDER, backend_status
 
 
@@ -29,7 +29,9 @@ def triton_version() -> Optional[str]:
 def report() -> str:
     """The text printed by ``python -m pgap_kernels.info``."""
     lines: List[str] = [
-        f"pgap-kernels {__version__}  (random stream {STREAM_VERSION})",
+        f"pgap-kernels {__version__}  (random streams: "
+        + ", ".join(f"{name} {version}" for name, version in STREAM_VERSIONS.items())
+        + f"; stochastic rounding {ROUNDING_VERSION})",
         f"python       {sys.version.split()[0]} on {platform.machine()} {platform.system()}",
         f"torch        {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
         f"triton       {triton_version() or 'not installed'}",

@@ -43,7 +43,8 @@ def test_info_command_runs():
     out = subprocess.run([sys.executable, "-m", "pgap_kernels.info"], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    for needle in ("philox4x32-10/v1", "torch", "triton", "backends on cpu", "native"):
+    for needle in ("philox4x32-10/v1", "philox4x32-10-rademacher/v1", "splitmix64-u16/v2", "torch", "triton",
+                   "backends on cpu", "native"):
         assert needle in out.stdout
 
 
