@@ -113,24 +113,26 @@ py::tuple philox(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0
   return py::make_tuple(w.w0, w.w1, w.w2, w.w3);
 }
 
+// f(start + l) for l in [0, count): a per-element header function evaluated on the host.
+template <typename T, typename F>
+std::vector<T> over_indices(uint64_t start, int64_t count, F f) {
+  if (count < 0) throw std::invalid_argument("count must be >= 0");
+  std::vector<T> out(static_cast<size_t>(count));
+  for (int64_t l = 0; l < count; ++l) out[l] = f(start + static_cast<uint64_t>(l));
+  return out;
+}
+
 // rho(seed, key, start + l) for l in [0, count), one scalar header call each (pgap/rademacher.h).
 std::vector<float> rademacher_values(uint64_t seed, uint32_t key, uint64_t start, int64_t count) {
-  if (count < 0) throw std::invalid_argument("count must be >= 0");
-  std::vector<float> out(static_cast<size_t>(count));
-  for (int64_t l = 0; l < count; ++l)
-    out[l] = rademacher_value(seed, key, start + static_cast<uint64_t>(l));
-  return out;
+  return over_indices<float>(start, count, [&](uint64_t i) { return rademacher_value(seed, key, i); });
 }
 
 // The stochastic-rounding words (splitmix64-u16/v2) of elements start .. start + count - 1 under
 // (rounding_seed, key), one scalar header call each (pgap/rounding.h).
 std::vector<uint32_t> rounding_words(uint64_t rounding_seed, uint32_t key, uint64_t start,
                                      int64_t count) {
-  if (count < 0) throw std::invalid_argument("count must be >= 0");
-  std::vector<uint32_t> out(static_cast<size_t>(count));
-  for (int64_t l = 0; l < count; ++l)
-    out[l] = rounding_word(rounding_seed, key, start + static_cast<uint64_t>(l));
-  return out;
+  return over_indices<uint32_t>(start, count,
+                                [&](uint64_t i) { return rounding_word(rounding_seed, key, i); });
 }
 
 // The CUDA kernel's warp schedule replayed on the host: the terms coeff * rho of the 1024
