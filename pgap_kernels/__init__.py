@@ -14,6 +14,10 @@ perturbed_many(tensors, seeds, coeffs, *, keys=None, offsets=None, mean=None, me
                                perturbed over many tensors in one call
                                distribution="rademacher": +-1 directions (SPSA) instead of
                                Gaussian ones, memory-bound (docs/rng.md, "The Rademacher stream")
+PerturbedManyPlan(tensors, *, keys=None, offsets=None, mean=None, out=None, distribution="gaussian")
+    plan(seeds, coeffs, *, mean_coeff=0.0) -> List[Tensor]
+                               perturbed_many on fixed tensors checked once: each call checks only
+                               its seeds/coeffs and that no tensor moved (StalePlanError if one did)
 lowrank_perturb_(W, U, Z, V, scale, *, decay=1.0, rounding="nearest", rounding_seed=None,
                  keys=None, offsets=None)                           W <- decay*W + scale*U@Z@V.T
 subspace_perturb_(tensors, bases, seeds, coeffs, *, keys=None, offsets=None, decay=1.0,
@@ -51,15 +55,16 @@ from .gaussian_sum import GaussianSum
 from .keys import fnv1a32, name_keys
 from .lowrank import lowrank_perturb_
 from .perturb import gaussian, perturb_, perturbed, perturbed_many, rademacher
+from .plan import PerturbedManyPlan, StalePlanError
 from .rsvd import randomized_svd, randomized_svd_operator
 from .sketch import gaussian_sketch, gaussian_sketch_batch
 from .subspace import subspace_perturb_
 
 __version__ = "0.1.0"
 
-__all__ = ["GaussianSum", "RADEMACHER_VERSION", "ROUNDING_VERSION", "STREAM_VERSION",
-           "STREAM_VERSIONS", "SketchProblem", "aligned_perturbation", "available_backends",
-           "backend_status", "gaussian", "gaussian_sketch", "gaussian_sketch_batch", "fnv1a32",
-           "lowrank_perturb_", "name_keys", "perturb_", "perturbed", "perturbed_many", "rademacher",
-           "randomized_svd", "randomized_svd_operator", "subspace_perturb_", "use_backend",
-           "__version__"]
+__all__ = ["GaussianSum", "PerturbedManyPlan", "RADEMACHER_VERSION", "ROUNDING_VERSION",
+           "STREAM_VERSION", "STREAM_VERSIONS", "SketchProblem", "StalePlanError",
+           "aligned_perturbation", "available_backends", "backend_status", "gaussian",
+           "gaussian_sketch", "gaussian_sketch_batch", "fnv1a32", "lowrank_perturb_", "name_keys",
+           "perturb_", "perturbed", "perturbed_many", "rademacher", "randomized_svd",
+           "randomized_svd_operator", "subspace_perturb_", "use_backend", "__version__"]

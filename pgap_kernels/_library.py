@@ -32,8 +32,17 @@ def plain_eager_call(tensors: Iterable[torch.Tensor]) -> bool:
     tensor subclasses) goes through ``torch.ops.pgap.<name>``. Callers that mutate tensors on
     this path bump their version counters themselves, as the op's ADInplaceOrView kernel does.
     """
+    return plain_eager_context() and plain_tensors(tensors)
+
+
+def plain_eager_context() -> bool:
+    """No torch.compile tracing and no torch-function or dispatch mode is active (the part of
+    :func:`plain_eager_call` that can change from call to call for the same tensors)."""
     if torch.compiler.is_compiling():
         return False
-    if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack() > 0:
-        return False
+    return not (torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack() > 0)
+
+
+def plain_tensors(tensors: Iterable[torch.Tensor]) -> bool:
+    """Every tensor is a plain ``Tensor`` or ``Parameter`` (no subclass that must see the op)."""
     return all(type(t) in _PLAIN_TENSOR_TYPES for t in tensors)

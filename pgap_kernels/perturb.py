@@ -266,13 +266,19 @@ def _run_perturbed(backend: str, args: PerturbArgs, indexed: bool = False) -> No
     mean, then run ``backend`` ("" = chosen now) on the out-of-place pass of ``args``. Messages
     name ``out``/``tensor``/``mean`` (``perturbed``), or ``out[p]``/``tensors[p]``/``mean[p]``
     when ``indexed`` (``perturbed_many``)."""
+    check_out_disjoint(args, indexed)
+    if any(t.numel() for t in args.tensors):
+        _run(backend, args)
+
+
+def check_out_disjoint(args: PerturbArgs, indexed: bool = True) -> None:
+    """ValueError if an ``out`` (``args.tensors``) shares memory with another one, a source or a
+    mean (read from the real tensors' data pointers); names as for :func:`_run_perturbed`."""
     def named(name: str, tensors: Sequence[torch.Tensor]):
         return [(f"{name}[{p}]" if indexed else name, t) for p, t in enumerate(tensors)]
 
     check_disjoint(named("out", args.tensors),
                    named("tensors" if indexed else "tensor", args.sources) + named("mean", args.means or []))
-    if any(t.numel() for t in args.tensors):
-        _run(backend, args)
 
 
 def _perturbed_impl(tensor: torch.Tensor, mean: Optional[torch.Tensor], seeds: List[int],
@@ -432,11 +438,17 @@ def perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
         _run_perturbed("", args, indexed=True)
         torch.autograd.graph.increment_version(args.tensors)  # as the op's ADInplaceOrView does
         return args.tensors
+    perturbed_many_op(args)
+    return args.tensors
+
+
+def perturbed_many_op(args: PerturbArgs) -> None:
+    """Run the validated out-of-place pass ``args`` through the custom op
+    ``pgap::perturbed_many_into`` (for torch.compile, dispatch modes, tensor subclasses)."""
     torch.ops.pgap.perturbed_many_into(args.sources, args.means or [],
                                        [seed_to_int64(s) for s in args.seeds], args.coeffs,
                                        args.keys, args.offsets, args.mean_coeff, args.tensors, "",
                                        args.distribution)
-    return args.tensors
 
 
 def _draw(shape: ShapeLike, seed: int, key: int, offset: int, device: DeviceLike,

@@ -11,7 +11,11 @@ Units. The hooks sit on *units*: ``unit="block"`` (default) takes the largest mo
 trainable parameters fit in a budget (``max(largest trainable, total/16)`` bytes: a decoder
 layer, the embedding, the final norm), and copies all of a unit's parameters in one
 ``pgap_kernels.perturbed_many`` call when the unit's forward starts (on a GPU every call costs
-~100 µs of host time: ~30 calls per forward instead of one per parameter). ``unit="module"``
+~100 µs of host time: ~30 calls per forward instead of one per parameter). That call goes
+through a :class:`pgap_kernels.PerturbedManyPlan` kept per unit: the parameters, their copies in
+the arena, keys, offsets and means are checked once, and each forward passes only the seeds and
+coefficients; a unit whose tensors changed (new ``.data``, a new arena or mean) gets a new plan.
+``unit="module"``
 hooks every module that owns a trainable directly (one call per module; used for FSDP2-sharded
 models, whose unsharded parameters exist only inside the wrapped modules' forwards).
 Only the copies of the units running now are alive, in one reused arena (kept between
@@ -42,6 +46,8 @@ from .params import Trainable, is_dtensor
 
 MeansFor = Callable[[Trainable], Optional[torch.Tensor]]
 ALIGN = 64  # bytes: each copy starts on a cache line of the arena
+MAX_UNIT_PLANS = 1024  # cached unit plans (a few per unit); all dropped beyond that
+_NO_BUFFER = torch.empty(0)  # stands for a tied parameter's kept buffer that does not exist (yet)
 UNIT_CHOICES = ("block", "module")
 BLOCK_SHARE = 16  # unit="block": a unit holds at most 1/16 of the trainable bytes (or the largest one)
 Entry = Tuple[nn.Module, str, Trainable]  # (the module that owns it, its name there, the trainable)
@@ -49,6 +55,29 @@ Entry = Tuple[nn.Module, str, Trainable]  # (the module that owns it, its name t
 
 def _nbytes(t: Trainable) -> int:
     return t.param.numel() * t.param.element_size()
+
+
+class _UnitPlan:
+    """One unit call's copies (arena slices and kept buffers, reused) and the plans that fill
+    them: one per mean/no-mean group of the parameters it fills, with whether it has the mean."""
+
+    __slots__ = ("arena", "params", "copies", "size", "means", "plans")
+
+    def __init__(self, arena: Optional[torch.Tensor], params: List[torch.Tensor],
+                 copies: List[torch.Tensor], size: int, means: List[Optional[torch.Tensor]],
+                 plans: List[Tuple[pgap_kernels.PerturbedManyPlan, bool]]) -> None:
+        self.arena, self.params, self.copies, self.size = arena, params, copies, size
+        self.means, self.plans = means, plans
+
+    def serves(self, arena: Optional[torch.Tensor], params: List[torch.Tensor],
+               means: List[Optional[torch.Tensor]], buffers: List[Optional[torch.Tensor]]) -> bool:
+        """Whether these are still the unit's parameter objects, arena (when it has arena
+        slices), kept buffers (None where a copy is an arena slice) and means (the plans check
+        the tensors' memory themselves)."""
+        return ((self.arena is None or self.arena is arena)
+                and all(a is b for a, b in zip(self.params, params))
+                and all(b is None or b is c for b, c in zip(buffers, self.copies))
+                and all(a is b for a, b in zip(self.means, means)))
 
 
 def _runs_forward(module: nn.Module) -> bool:
@@ -142,6 +171,9 @@ class PerturbedViews:
         self._kept: set = set()
         self._kept_buffers: Dict[str, torch.Tensor] = {}
         self.kept_bytes = 0
+        # (names, which are filled, arena offset, mean?) -> the unit call's copies and plans;
+        # emptied whenever the arena or a kept buffer is replaced
+        self._plans: Dict[tuple, _UnitPlan] = {}
         # trainable name -> (the parameter object the module holds now, its stored data)
         self._swapped: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles = []
@@ -180,42 +212,55 @@ class PerturbedViews:
         self.show((), (), 0.0)
 
     # -- hooks -----------------------------------------------------------------------------
-    def _alloc(self, likes: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], int]:
-        """Room for copies of ``likes`` and the bytes they take: the next slices of the arena (a
-        stack: copies are freed in the reverse order of their units' calls), grown while no copy
-        is alive; fresh tensors when a nested unit finds the arena full (or devices differ)."""
+    def _alloc(self, likes: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], int, bool]:
+        """Room for copies of ``likes``, the bytes they take, and whether they are arena slices:
+        the next slices of the arena (a stack: copies are freed in the reverse order of their
+        units' calls), grown while no copy is alive; fresh tensors when a nested unit finds the
+        arena full (or devices differ)."""
         sizes = [-(-x.numel() * x.element_size() // ALIGN) * ALIGN for x in likes]
         total, top = sum(sizes), self.live_bytes
         device = likes[0].device
         if any(x.device != device for x in likes):
-            return [torch.empty_like(x) for x in likes], total
+            return [torch.empty_like(x) for x in likes], total, False
         if self._arena is None or top + total > self._arena.numel() or self._arena.device != device:
             if top:
-                return [torch.empty_like(x) for x in likes], total
+                return [torch.empty_like(x) for x in likes], total, False
             self._arena = torch.empty(total, dtype=torch.uint8, device=device)
+            self._plans.clear()  # their copies are slices of the old arena
         rooms = []
         for x, size in zip(likes, sizes):
             rooms.append(self._arena[top:top + x.numel() * x.element_size()].view(x.dtype).view(x.shape))
             top += size
-        return rooms, total
+        return rooms, total, True
 
-    def _fill(self, sources: List[torch.Tensor], todo: List[Trainable], outs: List[torch.Tensor]) -> None:
-        """``outs[p]`` <- the shown combination on ``sources[p]`` (trainable ``todo[p]``), in as
-        few calls as the mean terms allow (one, unless only some trainables have a mean)."""
-        means = [self.means(t) if self.mean_coeff != 0.0 and self.means is not None else None
-                 for t in todo]
+    def _groups(self, sources: List[torch.Tensor], todo: List[Trainable], outs: List[torch.Tensor],
+                means: List[Optional[torch.Tensor]]):
+        """``perturbed_many``'s tensor-side arguments for ``outs[p]`` <- the shown combination on
+        ``sources[p]`` (trainable ``todo[p]``, mean ``means[p]``), in as few calls as the mean
+        terms allow (one, unless only some trainables have a mean): (keyword arguments, with a
+        mean?) per call."""
         for with_mean in (False, True):
             ps = [p for p, m in enumerate(means) if (m is not None) == with_mean]
-            if not ps:
-                continue
-            # an FSDP2 parameter is unsharded while its module runs: the whole tensor, index 0 on
-            pgap_kernels.perturbed_many(
-                [sources[p] for p in ps], list(self.seeds), list(self.coeffs),
-                keys=[todo[p].key for p in ps],
-                offsets=[0 if todo[p].sharded else todo[p].offset for p in ps],
-                mean=[means[p] for p in ps] if with_mean else None,
-                mean_coeff=self.mean_coeff if with_mean else 0.0, out=[outs[p] for p in ps],
-                distribution=self.distribution)
+            if ps:
+                # an FSDP2 parameter is unsharded while its module runs: the whole tensor, index 0 on
+                yield dict(tensors=[sources[p] for p in ps], keys=[todo[p].key for p in ps],
+                           offsets=[0 if todo[p].sharded else todo[p].offset for p in ps],
+                           mean=[means[p] for p in ps] if with_mean else None,
+                           out=[outs[p] for p in ps], distribution=self.distribution), with_mean
+
+    def _fill(self, sources: List[torch.Tensor], todo: List[Trainable], outs: List[torch.Tensor],
+              means: List[Optional[torch.Tensor]]) -> None:
+        """The calls of :meth:`_groups`, each validated in full (copies that are not reused)."""
+        for kwargs, with_mean in self._groups(sources, todo, outs, means):
+            pgap_kernels.perturbed_many(seeds=list(self.seeds), coeffs=list(self.coeffs),
+                                        mean_coeff=self.mean_coeff if with_mean else 0.0, **kwargs)
+            self.calls += 1
+
+    def _run_plans(self, unit: _UnitPlan) -> None:
+        """Fill ``unit``'s copies with the shown combination; StalePlanError (nothing written)
+        when a tensor of one of its plans changed."""
+        for plan, with_mean in unit.plans:
+            plan(self.seeds, self.coeffs, mean_coeff=self.mean_coeff if with_mean else 0.0)
             self.calls += 1
 
     def _pre_hook(self, entries: List[Entry], stack: List[Tuple[List[str], int]]):
@@ -249,28 +294,70 @@ class PerturbedViews:
     def _copies(self, params: List[Tuple[torch.Tensor, Trainable]]
                 ) -> Tuple[List[torch.Tensor], int]:
         """The perturbed copies of ``params`` (in order) and the arena bytes they take: arena
-        slices, or for a tied parameter its kept copy (made on its first use since show())."""
+        slices, or for a tied parameter its kept copy (made on its first use since show()).
+
+        The copies and the plans filling them are reused from the unit's last call with the same
+        parameters, arena offset and means (:class:`_UnitPlan`); else made anew, and kept when
+        they are all arena slices or kept buffers."""
+        todo = [p for p, (_, t) in enumerate(params)  # arena copies first, then the tied ones
+                if t.name not in self._shared] + [p for p, (_, t) in enumerate(params)
+                                                  if t.name in self._shared and t.name not in self._kept]
+        with_mean = self.mean_coeff != 0.0 and self.means is not None
+        means = [self.means(params[p][1]) if with_mean else None for p in todo]
+        key = (tuple(t.name for _, t in params), tuple(todo), self.live_bytes, with_mean)
+        buffers = [self._kept_buffers.get(t.name, _NO_BUFFER) if t.name in self._shared else None
+                   for _, t in params]
+        unit = self._plans.get(key)
+        if unit is not None and unit.serves(self._arena, [x for x, _ in params], means, buffers):
+            try:
+                self._run_plans(unit)
+            except pgap_kernels.StalePlanError:  # e.g. a parameter got new .data: plan again
+                unit = None
+        else:
+            unit = None
+        if unit is None:
+            unit = self._new_copies(params, todo, means, key)
+        for p in todo:
+            x, t = params[p]
+            if t.name in self._shared:
+                self._kept.add(t.name)
+                self.kept_bytes += x.numel() * x.element_size()
+        return unit.copies, unit.size
+
+    def _new_copies(self, params: List[Tuple[torch.Tensor, Trainable]], todo: List[int],
+                    means: List[Optional[torch.Tensor]], key: tuple) -> _UnitPlan:
+        """:meth:`_copies` without a reusable unit plan: room for the copies, and the plans that
+        fill them (kept under ``key``), or one validated call per group when some copies are
+        fresh tensors (a nested unit finding the arena full)."""
         arena_ps = [p for p, (_, t) in enumerate(params) if t.name not in self._shared]
-        rooms, size = self._alloc([params[p][0].data for p in arena_ps]) if arena_ps else ([], 0)
+        rooms, size, reusable = (self._alloc([params[p][0].data for p in arena_ps]) if arena_ps
+                                 else ([], 0, True))
         copies: List[Optional[torch.Tensor]] = [None] * len(params)
         for p, room in zip(arena_ps, rooms):
             copies[p] = room
-        todo = list(arena_ps)
         for p, (x, t) in enumerate(params):
             if t.name not in self._shared:
                 continue
             buffer = self._kept_buffers.get(t.name)
             if buffer is None or buffer.shape != x.shape or buffer.dtype != x.dtype or buffer.device != x.device:
                 buffer = self._kept_buffers[t.name] = torch.empty_like(x.data)
-            if t.name not in self._kept:
-                self._kept.add(t.name)
-                self.kept_bytes += x.numel() * x.element_size()
-                todo.append(p)
+                self._plans.clear()  # a plan may hold the old buffer
             copies[p] = buffer
-        if todo:
-            self._fill([params[p][0].data for p in todo], [params[p][1] for p in todo],
-                       [copies[p] for p in todo])
-        return copies, size
+        todo_t, outs = [params[p][1] for p in todo], [copies[p] for p in todo]
+        if not reusable:
+            self._fill([params[p][0].data for p in todo], todo_t, outs, means)
+            return _UnitPlan(None, [], copies, size, [], [])
+        # the plans read the parameter objects themselves: one given new .data is noticed
+        plans = [(pgap_kernels.PerturbedManyPlan(**kwargs), with_mean)
+                 for kwargs, with_mean in self._groups([params[p][0] for p in todo], todo_t, outs,
+                                                       means)]
+        unit = _UnitPlan(self._arena if arena_ps else None, [x for x, _ in params], copies, size,
+                         means, plans)
+        if len(self._plans) >= MAX_UNIT_PLANS:
+            self._plans.clear()
+        self._plans[key] = unit
+        self._run_plans(unit)
+        return unit
 
     def _post_hook(self, stack: List[Tuple[List[str], int]]):
         def hook(module: nn.Module, inputs, output) -> None:
@@ -310,8 +397,10 @@ class PerturbedViews:
 
         if self._arena is not None and aliased(self._arena):
             self._arena = None
+            self._plans.clear()
         for name in [n for n, b in self._kept_buffers.items() if aliased(b)]:
             del self._kept_buffers[name]
+            self._plans.clear()
 
     def unshown(self) -> List[str]:
         """Names of the covered trainables (those among ``only``, when given) that no forward
@@ -340,6 +429,7 @@ class PerturbedViews:
         self.stop_witnessing()
         self._arena = None
         self._kept_buffers.clear()
+        self._plans.clear()
         for h in self._handles:
             h.remove()
         self._handles.clear()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import pgap
+import pgap_kernels
 from pgap import views as views_mod
 from pgap.params import collect_trainable
 from zo_problems import tiny_llama, weights
@@ -105,3 +106,56 @@ def test_witness_hooks_go_after_the_first_step(monkeypatch):
     assert opt.views._witnesses == []
     q = opt.model.model.layers[0].self_attn.q_proj
     assert len(q._forward_pre_hooks) == 0  # only the layer (the unit) is hooked now
+
+
+def test_unit_plans_are_reused_and_remade_when_a_parameter_changes():
+    """Each unit's copies are filled by PerturbedManyPlans made on its first perturbed forward and
+    reused by the next ones; a parameter given new ``.data`` gets its unit a new plan. The
+    forwards see exactly what ``perturb_`` in place writes, before and after the change."""
+    model, closure = tiny_llama()
+    model.to(torch.bfloat16)
+    trainables = collect_trainable(model, None)
+    views = views_mod.PerturbedViews(model, trainables)
+    seeds, coeffs = [5, 6], [1e-2, -2e-2]
+
+    def viewed_loss():
+        views.show(seeds, coeffs)
+        with torch.no_grad():
+            loss = closure()
+        views.hide()
+        return loss
+
+    def in_place_loss():
+        saved = weights(model)
+        with torch.no_grad():
+            pgap_kernels.perturb_([t.param for t in trainables], seeds, coeffs,
+                                  keys=[t.key for t in trainables], offsets=[t.offset for t in trainables])
+            loss = closure()
+            for k, p in model.named_parameters():
+                p.copy_(saved[k])
+        return loss
+
+    def plans():
+        return {key: [plan for plan, _ in unit.plans] for key, unit in views._plans.items()}
+
+    def same(a, b):
+        return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+    first = viewed_loss()  # the arena grows during the first forward (older plans dropped)
+    assert torch.equal(viewed_loss(), first)
+    made = plans()
+    # one plan per unit, but for lm_head: the tied embedding's copy is kept from its first unit
+    assert sum(map(len, made.values())) == len(made) - 1
+    assert torch.equal(viewed_loss(), first)
+    again = plans()
+    assert again.keys() == made.keys() and all(same(made[k], again[k]) for k in made)
+    assert torch.equal(first, in_place_loss())
+
+    q = model.model.layers[0].self_attn.q_proj.weight
+    q.data = q.data * 2  # new memory, same shape and dtype
+    changed = viewed_loss()
+    assert torch.equal(changed, in_place_loss()) and not torch.equal(changed, first)
+    now = plans()
+    remade = [key for key in now if not same(now[key], made.get(key, []))]
+    assert len(remade) == 1 and "model.layers.0.self_attn.q_proj.weight" in remade[0][0]
+    views.remove()
