@@ -133,13 +133,23 @@ static inline float sfma(float a, float b, float c) { return a * b + c; }
 constexpr int kNV = 2;            // vectors per micro-tile row
 constexpr int kNR = kNV * kVW;    // micro-tile columns
 
-// ---- Stochastic rounding of whole bfloat16 micro-tile rows (pgap/rounding.h) ---------------
+// ---- Stochastic rounding of whole 16-bit micro-tile rows (pgap/rounding.h) -----------------
 // row_words(base, g): the rounding words of elements g .. g + kNR - 1 under the hash state base,
 // in 16-bit lanes: the kNR / 4 blocks from g / 4 in one vector of hashes, and when g % 4 != 0
 // the next ones too, shifted down by g % 4 words. store_row_stochastic(p, x, words): p[l] =
-// BF16::store_stochastic(lane l of x, word l) for l in [0, kNR).
+// D::store_stochastic(lane l of x, word l) for l in [0, kNR), D = BF16 or F16.
+#if defined(__AVX2__) || defined(__AVX512F__)
+typedef int32_t VI32 __attribute__((vector_size(sizeof(VF))));  // VF's lanes as integers
+typedef uint32_t VU32 __attribute__((vector_size(sizeof(VF))));
+#endif
 #if defined(__AVX512F__)
 static_assert(kNR == 32, "one vector of 8 hashes per row");
+using VW = __m512i;  // kNR 16-bit words
+static inline VI32 word_lanes(VW words, int v) {  // words v*kVW .. v*kVW + kVW - 1, widened
+  return reinterpret_cast<VI32>(_mm512_cvtepu16_epi32(v == 0 ? _mm512_castsi512_si256(words)
+                                                             : _mm512_extracti64x4_epi64(words, 1)));
+}
+static inline bool all_lanes(VI32 m) { return _mm512_movepi32_mask(reinterpret_cast<__m512i>(m)) == 0xFFFF; }
 static inline __m512i row_words(uint64_t base, uint64_t g) {
   const uint64_t b = g >> 2;
   const int s = static_cast<int>(g & 3u);
@@ -173,6 +183,14 @@ static inline void store_row_stochastic(uint16_t* p, const VF (&x)[kNV], __m512i
 }
 #elif defined(__AVX2__)
 static_assert(kNR == 16, "one vector of 4 hashes per row");
+using VW = __m256i;  // kNR 16-bit words
+static inline VI32 word_lanes(VW words, int v) {  // words v*kVW .. v*kVW + kVW - 1, widened
+  return reinterpret_cast<VI32>(_mm256_cvtepu16_epi32(v == 0 ? _mm256_castsi256_si128(words)
+                                                             : _mm256_extracti128_si256(words, 1)));
+}
+static inline bool all_lanes(VI32 m) {
+  return _mm256_movemask_ps(reinterpret_cast<__m256>(m)) == 0xFF;
+}
 static inline __m256i row_words(uint64_t base, uint64_t g) {
   const uint64_t b = g >> 2;
   const __m256i h = mix64_avx2(block_args_avx2(base, b));
@@ -199,6 +217,40 @@ static inline void store_row_stochastic(uint16_t* p, const VF (&x)[kNV], __m256i
     if (!_mm256_testz_si256(big, big)) r = _mm256_blendv_epi8(r, bf16_nearest_bits(u), big);
     store_u16(p + v * kVW, r);
   }
+}
+#endif
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+// round_stochastic_f16(v, x) per lane, x the rounding words: the same float32 operations in the
+// same order (so the same bits), in GCC vector arithmetic.
+static inline VF round_stochastic_f16_float(VF v, VI32 x) {
+  const VU32 u = reinterpret_cast<VU32>(v);
+  const VU32 mag = u & 0x7FFFFFFFu;
+  VI32 e = reinterpret_cast<VI32>(mag >> 23) - 127;
+  e = e < -14 ? -14 : e;
+  const VF inv_ulp = reinterpret_cast<VF>((137 - e) << 23);  // 2^(10 - e)
+  const VF ulp = reinterpret_cast<VF>((117 + e) << 23);      // 2^(e - 10)
+  const VF q = reinterpret_cast<VF>(mag) * inv_ulp;
+  const VF lo = __builtin_convertvector(__builtin_convertvector(q, VI32), VF);  // q >= 0
+  const VF frac16 = (q - lo) * 65536.0f;
+  const VF up = __builtin_convertvector(x, VF) < frac16 ? 1.0f : 0.0f;
+  const VU32 r = reinterpret_cast<VU32>((lo + up) * ulp) | (u & 0x80000000u);
+  return mag >= 0x477FE000u ? v : reinterpret_cast<VF>(r);
+}
+// The same, on the bits where 2^-14 <= |v| < 65504 (float16 normals): frac * 2^16 is the 13
+// mantissa bits float16 drops, times 8, and the ulp added is 1 << 13 (a carry moves into the
+// exponent as (lo + 1) * ulp does). Other lanes take round_stochastic_f16_float.
+static inline VF round_stochastic_f16_v(VF v, VI32 x) {
+  const VU32 u = reinterpret_cast<VU32>(v);
+  const VI32 normal = (u & 0x7FFFFFFFu) - 0x38800000u < 0x477FE000u - 0x38800000u;
+  const VU32 up = ((u & 0x1FFFu) << 3) > reinterpret_cast<VU32>(x) ? 0x2000u : 0u;
+  const VF r = reinterpret_cast<VF>((u & ~0x1FFFu) + up);
+  if (all_lanes(normal)) return r;
+  return normal ? r : round_stochastic_f16_float(v, x);
+}
+static inline void store_row_stochastic(_Float16* p, const VF (&x)[kNV], VW words) {
+#pragma GCC unroll 4
+  for (int v = 0; v < kNV; ++v) vstore_w(p + v * kVW, round_stochastic_f16_v(x[v], word_lanes(words, v)));
 }
 #endif
 
@@ -295,27 +347,23 @@ static inline __attribute__((always_inline)) void store_tile(
     typename D::Storage* __restrict w, int64_t ldw, int64_t mr, int64_t nr, float decay,
     VF (&acc)[kMR][kNV], const TileRounding& tr) {
 #if defined(__AVX2__) || defined(__AVX512F__)
-  // Full tiles in vectors: to nearest, or stochastically for bfloat16 (float16 keeps the
-  // scalar rule below).
-  if constexpr (!kStochastic || std::is_same<D, BF16>::value) {
-    if (mr == kMR && nr == kNR) {
-      const VF vd = vbcast(decay);
+  if (mr == kMR && nr == kNR) {  // full tiles in vectors
+    const VF vd = vbcast(decay);
 #pragma GCC unroll 16
-      for (int i = 0; i < kMR; ++i) {
-        typename D::Storage* row = w + i * ldw;
-        VF x[kNV];
+    for (int i = 0; i < kMR; ++i) {
+      typename D::Storage* row = w + i * ldw;
+      VF x[kNV];
 #pragma GCC unroll 4
-        for (int v = 0; v < kNV; ++v)
-          x[v] = kOverwrite ? acc[i][v] : vfma(vd, vload_w(row + v * kVW), acc[i][v]);
-        if constexpr (kStochastic) {
-          store_row_stochastic(row, x, row_words(tr.base, tr.at(i, 0).index));
-        } else {
+      for (int v = 0; v < kNV; ++v)
+        x[v] = kOverwrite ? acc[i][v] : vfma(vd, vload_w(row + v * kVW), acc[i][v]);
+      if constexpr (kStochastic) {
+        store_row_stochastic(row, x, row_words(tr.base, tr.at(i, 0).index));
+      } else {
 #pragma GCC unroll 4
-          for (int v = 0; v < kNV; ++v) vstore_w(row + v * kVW, x[v]);
-        }
+        for (int v = 0; v < kNV; ++v) vstore_w(row + v * kVW, x[v]);
       }
-      return;
     }
+    return;
   }
 #endif
   alignas(64) float t[kMR][kNR];
@@ -408,11 +456,13 @@ template <class D, class F>
 static void with_store_flags(float decay, bool stochastic, F&& f) {
   using T = std::true_type;
   using N = std::false_type;
-  if (stochastic && !std::is_same<D, F32>::value) {
-    if (decay == 0.0f) f(T{}, T{}); else f(N{}, T{});
-  } else {
-    if (decay == 0.0f) f(T{}, N{}); else f(N{}, N{});
+  if constexpr (!std::is_same<D, F32>::value) {
+    if (stochastic) {
+      if (decay == 0.0f) f(T{}, T{}); else f(N{}, T{});
+      return;
+    }
   }
+  if (decay == 0.0f) f(T{}, N{}); else f(N{}, N{});
 }
 
 template <class D>
