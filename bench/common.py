@@ -241,6 +241,21 @@ def print_targets(lines: Sequence[str]) -> None:
         print("\n" + "\n".join(lines))
 
 
+# Issue 23: a bfloat16 update with stochastic rounding costs at most this many times the same
+# update rounded to nearest (lowrank_perturb_, subspace_perturb_).
+ROUNDING_TARGET = 1.3
+ROUNDING_REPEATS = 30  # at least this many interleaved calls per rounding (a ratio of medians)
+
+
+def rounding_target_line(op: str, backend: str, case: str, nearest_ms: float,
+                         stochastic_ms: float) -> str:
+    """PASS/FAIL for ROUNDING_TARGET on one case, from the medians of the two roundings."""
+    ratio = stochastic_ms / nearest_ms
+    return (f"{'PASS' if ratio <= ROUNDING_TARGET else 'FAIL'}: {op} [{backend}] bf16 stochastic / "
+            f"nearest rounding {ratio:.2f}x ({stochastic_ms:.3f} / {nearest_ms:.3f} ms) at {case} "
+            f"(target <= {ROUNDING_TARGET}x)")
+
+
 def start_timing_run(args) -> "tuple[torch.device, Dict[str, str]]":
     """Set ``--threads``, pin glibc's mmap threshold on the CPU (for peak-memory readings), and
     print the header line. Returns (device, run metadata)."""

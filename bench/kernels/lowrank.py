@@ -1,6 +1,6 @@
 """Benchmark the low-rank ops against the eager PyTorch paths, side by side in one process.
 
-Three sections, on weight shapes of real models (SmolLM2-135M 576x1536, OPT-1.3B 2048x2048 and
+Four sections, on weight shapes of real models (SmolLM2-135M 576x1536, OPT-1.3B 2048x2048 and
 2048x8192, LLaMA-7B 4096x11008, OPT-13B 5120x20480):
 
 * ``lowrank``: one in-place ``W <- W + scale * U @ Z @ V.T`` (U m x r, Z r x r, V n x r) by
@@ -10,7 +10,11 @@ Three sections, on weight shapes of real models (SmolLM2-135M 576x1536, OPT-1.3B
   ``gaussian_sketch`` per backend and by ``materialize`` = perturb_ into a dense m x n matrix,
   then ``torch.mm``;
 * ``rsvd``: the rank-r SVD of a 10-probe implicit ``GaussianSum`` by ``randomized_svd``
-  (oversample 10, n_iter 2) and by ``materialize`` + ``torch.svd_lowrank(A, q=r+10, niter=2)``.
+  (oversample 10, n_iter 2) and by ``materialize`` + ``torch.svd_lowrank(A, q=r+10, niter=2)``;
+* ``rounding``: ``lowrank_perturb_`` of a bfloat16 W (r = 8; 576x1536, 1536x576 and, unless
+  ``--quick``, 4096x11008; ``--dtype`` and ``--ranks`` do not apply) with
+  ``rounding="stochastic"`` against ``rounding="nearest"``, per backend, at least 30 calls each
+  (issue 23's target: stochastic <= 1.3x nearest).
 
 Times are medians of ``--repeats`` calls after ``--warmup`` calls; the paths of a case run
 round-robin (CPU: wall clock; CUDA: CUDA events). Peak memory is the memory a call adds on top
@@ -43,6 +47,10 @@ SHAPES: Dict[str, Tuple[int, int]] = {
     "SmolLM2-135M": (576, 1536), "OPT-1.3B attn": (2048, 2048), "OPT-1.3B mlp": (2048, 8192),
     "LLaMA-7B mlp": (4096, 11008), "OPT-13B mlp": (5120, 20480)}
 QUICK_SHAPES = ["SmolLM2-135M"]
+ROUNDING_SHAPES: Dict[str, Tuple[int, int]] = {
+    "SmolLM2-135M": (576, 1536), "SmolLM2-135M up": (1536, 576), "LLaMA-7B mlp": (4096, 11008)}
+QUICK_ROUNDING_SHAPES = ["SmolLM2-135M", "SmolLM2-135M up"]
+ROUNDING_RANK = 8
 RANKS = (8, 64, 128, 256)
 SKETCH_QS = (18, 138)
 RSVD_RANKS = (8, 128)
@@ -68,6 +76,17 @@ def lowrank_paths(w: torch.Tensor, u, z, v, backends: Sequence[str]) -> Dict[str
             with pk.use_backend(b):
                 pk.lowrank_perturb_(w, u, z, v, SCALE)
         paths[b] = fused
+    return paths
+
+
+def rounding_paths(w: torch.Tensor, u, z, v, backends: Sequence[str]) -> Dict[str, Callable[[], None]]:
+    paths: Dict[str, Callable[[], None]] = {}
+    for b in backends:
+        for rounding in ("nearest", "stochastic"):
+            def fused(b=b, rounding=rounding):
+                with pk.use_backend(b):
+                    pk.lowrank_perturb_(w, u, z, v, SCALE, rounding=rounding, rounding_seed=7)
+            paths[f"{b} {rounding}"] = fused
     return paths
 
 
@@ -101,8 +120,9 @@ def rsvd_paths(m, n, rank, seeds, coeffs, device, backends) -> Dict[str, Callabl
 
 def measure(section: str, model: str, m: int, n: int, rank: int, dtype: torch.dtype,
             paths: Dict[str, Callable[[], object]], baseline: str, flops: float,
-            args: argparse.Namespace, device: torch.device) -> List[dict]:
-    times = common.time_ms(paths, device, args.warmup, args.repeats)
+            args: argparse.Namespace, device: torch.device, repeats: Optional[int] = None) -> List[dict]:
+    repeats = repeats or args.repeats
+    times = common.time_ms(paths, device, args.warmup, repeats)
     rows = []
     base = common.median(times[baseline])
     for name, ts in times.items():
@@ -112,7 +132,7 @@ def measure(section: str, model: str, m: int, n: int, rank: int, dtype: torch.dt
         rows.append({
             "section": section, "device": device.type, "model": model, "m": m, "n": n,
             "rank": rank, "dtype": str(dtype).replace("torch.", ""), "path": name,
-            "warmup": args.warmup, "repeats": args.repeats, "median_ms": f"{med:.4g}",
+            "warmup": args.warmup, "repeats": repeats, "median_ms": f"{med:.4g}",
             "min_ms": f"{min(ts):.4g}", "iqr_ms": f"{common.iqr(ts):.3g}",
             "peak_added_MiB": "" if peak is None else f"{peak / 2**20:.2f}",
             "GFLOP_per_s": f"{gflops:.4g}", "speedup_vs_baseline": f"{base / med:.3g}",
@@ -146,11 +166,23 @@ def run(args: argparse.Namespace) -> List[dict]:
     if "rsvd" in args.sections:
         jobs += [("rsvd", model, r) for model in shapes
                  if args.quick or model in RSVD_SHAPES for r in ((8,) if args.quick else RSVD_RANKS)]
+    if "rounding" in args.sections:
+        jobs += [("rounding", model, ROUNDING_RANK)
+                 for model in (QUICK_ROUNDING_SHAPES if args.quick else ROUNDING_SHAPES)]
     rows: List[dict] = []
     for section, model, r in tqdm(jobs, desc="bench_lowrank", unit="case", disable=args.no_progress):
-        m, n = shapes[model]
+        m, n = ROUNDING_SHAPES[model] if section == "rounding" else shapes[model]
         backends = usable_backends(device, m * n, args.backends)
-        if section == "lowrank":
+        if section == "rounding":
+            w = torch.randn(m, n, generator=g).to(torch.bfloat16).to(device)
+            u, z, v = (torch.randn(*s, generator=g).to(torch.bfloat16).to(device) / s[-1] ** 0.5
+                       for s in ((m, r), (r, r), (n, r)))
+            paths = rounding_paths(w, u, z, v, backends)
+            if paths:
+                rows += measure(section, model, m, n, r, torch.bfloat16, paths, next(iter(paths)),
+                                2.0 * m * n * r, args, device,
+                                max(args.repeats, common.ROUNDING_REPEATS))
+        elif section == "lowrank":
             w = torch.randn(m, n, generator=g).to(dtype).to(device)
             u, z, v = (torch.randn(*s, generator=g).to(dtype).to(device) / s[-1] ** 0.5
                        for s in ((m, r), (r, r), (n, r)))
@@ -173,7 +205,9 @@ def format_tables(rows: Sequence[dict]) -> str:
     out = []
     heads = {"lowrank": "W += scale*U@Z@V.T (speed-up vs eager W.add_(U@Z@V.T))",
              "sketch": f"A@Omega, A = sum of {PROBES} seeded Gaussians (speed-up vs materialize+mm)",
-             "rsvd": f"rank-r SVD of a {PROBES}-probe GaussianSum (speed-up vs materialize+svd_lowrank)"}
+             "rsvd": f"rank-r SVD of a {PROBES}-probe GaussianSum (speed-up vs materialize+svd_lowrank)",
+             "rounding": "bf16 W += scale*U@Z@V.T, stochastic vs nearest rounding (speed-up vs the "
+                         "first backend's nearest)"}
     for section, title in heads.items():
         sec = [r for r in rows if r["section"] == section]
         if not sec:
@@ -208,6 +242,13 @@ def target_lines(rows: Sequence[dict], device: torch.device) -> List[str]:
                      "(target: at least as fast)")
         lines.append(f"{'PASS' if speed >= 2.0 else 'FAIL'}: lowrank_perturb_ [{fused}] {speed:.2f}x "
                      f"the eager expression at {TARGET_SHAPE}, r={TARGET_RANK} (target >= 2x)")
+    for model, (m, n) in ROUNDING_SHAPES.items():
+        near = _find(rows, "rounding", model, ROUNDING_RANK, f"{fused} nearest")
+        sr = _find(rows, "rounding", model, ROUNDING_RANK, f"{fused} stochastic")
+        if near and sr:
+            lines.append(common.rounding_target_line(
+                "lowrank_perturb_", fused, f"{m}x{n}, r={ROUNDING_RANK}",
+                float(near["median_ms"]), float(sr["median_ms"])))
     for r in RSVD_RANKS:
         imp = _find(rows, "rsvd", TARGET_SHAPE, r, fused)
         mat = _find(rows, "rsvd", TARGET_SHAPE, r, "materialize+svd_lowrank")
@@ -228,7 +269,7 @@ def plot(path: Path, rows: Sequence[dict], meta: Dict[str, str], device: torch.d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    sections = [s for s in ("lowrank", "sketch", "rsvd") if any(r["section"] == s for r in rows)]
+    sections = [s for s in ("lowrank", "sketch", "rsvd", "rounding") if any(r["section"] == s for r in rows)]
     fig, axes = plt.subplots(1, len(sections), figsize=(6 * len(sections), 4.5), squeeze=False)
     for ax, section in zip(axes[0], sections):
         sec = [r for r in rows if r["section"] == section]
@@ -254,8 +295,8 @@ def plot(path: Path, rows: Sequence[dict], meta: Dict[str, str], device: torch.d
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--sections", nargs="+", default=["lowrank", "sketch", "rsvd"],
-                   choices=["lowrank", "sketch", "rsvd"])
+    p.add_argument("--sections", nargs="+", default=["lowrank", "sketch", "rsvd", "rounding"],
+                   choices=["lowrank", "sketch", "rsvd", "rounding"])
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES), metavar="MODEL",
                    help=f"weight shapes by model name (default all: {', '.join(SHAPES)})")
     p.add_argument("--ranks", nargs="+", type=int, default=list(RANKS), help="ranks r of the lowrank section")

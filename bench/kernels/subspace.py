@@ -9,6 +9,12 @@ seed; V: n x r float32) on the weight matrices of real models, r in {4, 8, 32}:
 * ``copy``: ``W2.copy_(W)``, the device's copy bandwidth on the same bytes (the op's floor);
 * ``pgap_kernels.subspace_perturb_`` per backend.
 
+Section ``rounding`` (``--sections``): ``subspace_perturb_`` of a bfloat16 W (r = 8; 1536x576,
+576x1536 and, unless ``--quick``, 4096x11008; ``--shapes``, ``--ranks`` and ``--dtypes`` do not
+apply) with ``rounding="stochastic"`` against ``rounding="nearest"``, per backend, at least 30
+calls each (issue 23's target: stochastic <= 1.3x nearest; its rows have no eager or copy
+columns).
+
 Shapes: SmolLM2-135M (hidden 576, intermediate 1536, vocabulary 49152), OPT-1.3B (2048, 8192,
 50272), LLaMA-7B (4096, 11008, 32000): per model the attention projection (h x h), the MLP up
 projection (i x h) and the embedding (vocabulary x h). The op is memory-bound: it reads and
@@ -17,7 +23,7 @@ of ``--repeats`` calls after ``--warmup`` calls, the paths of a case run round-r
 clock; CUDA: CUDA events).
 
 Writes a table, PASS/FAIL lines for the GPU target (subspace_perturb_ at >= 80 % of the copy
-bandwidth), CSV rows to bench/results/subspace.csv and a plot bench/results/subspace_<device>.png.
+bandwidth) and the rounding target, CSV rows to bench/results/subspace.csv and a plot bench/results/subspace_<device>.png.
 
 Example::
 
@@ -50,6 +56,10 @@ RANKS = (4, 8, 32)
 SEED = 1234
 TARGET_FRACTION = 0.8          # of the copy bandwidth, on a GPU
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ROUNDING_SHAPES: Dict[str, Tuple[int, int]] = {
+    "SmolLM2-135M mlp": (1536, 576), "SmolLM2-135M down": (576, 1536), "LLaMA-7B down": (4096, 11008)}
+QUICK_ROUNDING_SHAPES = ["SmolLM2-135M mlp", "SmolLM2-135M down"]
+ROUNDING_RANK = 8
 
 FIELDS = ["device", "model", "m", "n", "rank", "dtype", "path", "warmup", "repeats", "median_ms",
           "min_ms", "iqr_ms", "GB_per_s", "speedup_vs_eager", "fraction_of_copy"]
@@ -73,21 +83,36 @@ def paths_for(w: torch.Tensor, v: torch.Tensor, backends: Sequence[str]) -> Dict
     return paths
 
 
+def rounding_paths(w: torch.Tensor, v: torch.Tensor, backends: Sequence[str]) -> Dict[str, Callable[[], None]]:
+    paths: Dict[str, Callable[[], None]] = {}
+    for b in backends:
+        for rounding in ("nearest", "stochastic"):
+            def fused(b=b, rounding=rounding):
+                with pk.use_backend(b):
+                    pk.subspace_perturb_([w], [v], SEED, 1.0, keys=[0], rounding=rounding,
+                                         rounding_seed=7)
+            paths[f"{b} {rounding}"] = fused
+    return paths
+
+
 def measure(model: str, m: int, n: int, r: int, dtype: torch.dtype,
             paths: Dict[str, Callable[[], None]], args: argparse.Namespace,
-            device: torch.device) -> List[dict]:
-    times = common.time_ms(paths, device, args.warmup, args.repeats)
+            device: torch.device, repeats: Optional[int] = None) -> List[dict]:
+    """Rows of the paths' times; the eager and copy columns stay empty without those paths."""
+    repeats = repeats or args.repeats
+    times = common.time_ms(paths, device, args.warmup, repeats)
     nbytes = 2.0 * m * n * torch.empty((), dtype=dtype).element_size()
-    eager, copy = common.median(times["eager"]), common.median(times["copy"])
+    eager, copy = (common.median(times[k]) if k in times else None for k in ("eager", "copy"))
     rows = []
     for name, ts in times.items():
         med = common.median(ts)
         rows.append({
             "device": device.type, "model": model, "m": m, "n": n, "rank": r,
             "dtype": str(dtype).replace("torch.", ""), "path": name, "warmup": args.warmup,
-            "repeats": args.repeats, "median_ms": f"{med:.4g}", "min_ms": f"{min(ts):.4g}",
+            "repeats": repeats, "median_ms": f"{med:.4g}", "min_ms": f"{min(ts):.4g}",
             "iqr_ms": f"{common.iqr(ts):.3g}", "GB_per_s": f"{nbytes / med / 1e6:.4g}",
-            "speedup_vs_eager": f"{eager / med:.3g}", "fraction_of_copy": f"{copy / med:.3g}",
+            "speedup_vs_eager": f"{eager / med:.3g}" if eager else "",
+            "fraction_of_copy": f"{copy / med:.3g}" if copy else "",
         })
     return rows
 
@@ -96,45 +121,67 @@ def run(args: argparse.Namespace, device: torch.device) -> List[dict]:
     from tqdm import tqdm  # noqa: PLC0415 - after common.require's check
 
     shapes = QUICK_SHAPES if args.quick else args.shapes
-    jobs = [(name, r, dt) for dt in args.dtypes for name in shapes for r in args.ranks]
+    jobs = []
+    if "perturb" in args.sections:
+        jobs += [(name, r, dt, False) for dt in args.dtypes for name in shapes for r in args.ranks]
+    if "rounding" in args.sections:
+        jobs += [(name, ROUNDING_RANK, "bf16", True)
+                 for name in (QUICK_ROUNDING_SHAPES if args.quick else ROUNDING_SHAPES)]
     g = torch.Generator().manual_seed(0)
     rows: List[dict] = []
-    for name, r, dt in tqdm(jobs, desc="bench_subspace", unit="case", disable=args.no_progress):
-        m, n = SHAPES[name]
+    for name, r, dt, rounding in tqdm(jobs, desc="bench_subspace", unit="case", disable=args.no_progress):
+        m, n = ROUNDING_SHAPES[name] if rounding else SHAPES[name]
         dtype = DTYPES[dt]
         w = torch.randn(m, n, generator=g).to(dtype).to(device)
         v = (torch.randn(n, r, generator=g) / r ** 0.5).to(device)
-        paths = paths_for(w, v, usable_backends(device, m * n, args.backends))
-        rows += measure(name, m, n, r, dtype, paths, args, device)
-        del w, paths
+        backends = usable_backends(device, m * n, args.backends)
+        if rounding:
+            paths = rounding_paths(w, v, backends)
+            if paths:
+                rows += measure(name, m, n, r, dtype, paths, args, device,
+                                max(args.repeats, common.ROUNDING_REPEATS))
+        else:
+            rows += measure(name, m, n, r, dtype, paths_for(w, v, backends), args, device)
+        del w
     return rows
 
 
 # -- output ------------------------------------------------------------------------------------
 def format_table(rows: Sequence[dict]) -> str:
     out = ["\nW <- W + Xi @ V.T (speed-up vs eager gaussian + addmm_; GB/s = 2*m*n*itemsize / time)",
-           f"{'matrix':<20} {'m x n':>12} {'r':>3} {'dtype':<8} {'path':<10} {'median ms':>10} "
+           f"{'matrix':<20} {'m x n':>12} {'r':>3} {'dtype':<8} {'path':<18} {'median ms':>10} "
            f"{'GB/s':>8} {'speed-up':>8} {'of copy':>7}"]
     for r in rows:
+        eager = f"{float(r['speedup_vs_eager']):>7.2f}x" if r["speedup_vs_eager"] else f"{'':>8}"
+        copy = f"{float(r['fraction_of_copy']):>7.2f}" if r["fraction_of_copy"] else ""
         out.append(f"{r['model']:<20} {r['m']:>5}x{r['n']:<6} {r['rank']:>3} {r['dtype']:<8} "
-                   f"{r['path']:<10} {float(r['median_ms']):>10.3f} {float(r['GB_per_s']):>8.2f} "
-                   f"{float(r['speedup_vs_eager']):>7.2f}x {float(r['fraction_of_copy']):>7.2f}")
+                   f"{r['path']:<18} {float(r['median_ms']):>10.3f} {float(r['GB_per_s']):>8.2f} "
+                   f"{eager} {copy}")
     return "\n".join(out)
 
 
 def target_lines(rows: Sequence[dict], device: torch.device) -> List[str]:
-    """On a GPU: subspace_perturb_ [cuda] at >= 80 % of the copy bandwidth, case by case."""
-    if device.type != "cuda":
-        return []
+    """On a GPU: subspace_perturb_ [cuda] at >= 80 % of the copy bandwidth, case by case; on
+    any device, stochastic / nearest rounding of the fused backend (native on the CPU)."""
+    fused = "native" if device.type == "cpu" else "cuda"
+    lines = []
+    for model, (m, n) in ROUNDING_SHAPES.items():
+        near, sr = (next((r for r in rows if r["model"] == model and r["path"] == f"{fused} {k}"), None)
+                    for k in ("nearest", "stochastic"))
+        if near and sr:
+            lines.append(common.rounding_target_line(
+                "subspace_perturb_", fused, f"{m}x{n}, r={ROUNDING_RANK}",
+                float(near["median_ms"]), float(sr["median_ms"])))
     ours = [r for r in rows if r["path"] == "cuda"]
-    if not ours:
-        return []
+    if device.type != "cuda" or not ours:
+        return lines
     fails = [r for r in ours if float(r["fraction_of_copy"]) < TARGET_FRACTION]
     worst = min(ours, key=lambda r: float(r["fraction_of_copy"]))
-    return [f"{'PASS' if not fails else 'FAIL'}: subspace_perturb_ [cuda] at >= "
-            f"{TARGET_FRACTION:.0%} of the copy bandwidth in {len(ours) - len(fails)} of {len(ours)} "
-            f"cases (worst {float(worst['fraction_of_copy']):.0%}: {worst['model']}, r={worst['rank']}, "
-            f"{worst['dtype']})"]
+    return lines + [
+        f"{'PASS' if not fails else 'FAIL'}: subspace_perturb_ [cuda] at >= "
+        f"{TARGET_FRACTION:.0%} of the copy bandwidth in {len(ours) - len(fails)} of {len(ours)} "
+        f"cases (worst {float(worst['fraction_of_copy']):.0%}: {worst['model']}, r={worst['rank']}, "
+        f"{worst['dtype']})"]
 
 
 def plot(path: Path, rows: Sequence[dict], meta: Dict[str, str], device: torch.device) -> None:
@@ -165,6 +212,8 @@ def plot(path: Path, rows: Sequence[dict], meta: Dict[str, str], device: torch.d
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sections", nargs="+", default=["perturb", "rounding"], choices=["perturb", "rounding"],
+                   help="perturb: the table above; rounding: stochastic vs nearest (default both)")
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES), metavar="MATRIX",
                    help=f"matrices by name (default all: {', '.join(SHAPES)})")
     p.add_argument("--ranks", nargs="+", type=int, default=list(RANKS))

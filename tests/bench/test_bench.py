@@ -55,10 +55,11 @@ def test_bench_lowrank_quick_smoke(tmp_path):
          "--no-progress"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    for section in ("== lowrank", "== sketch", "== rsvd"):
+    for section in ("== lowrank", "== sketch", "== rsvd", "== rounding"):
         assert section in out.stdout
+    assert "lowrank_perturb_ [native] bf16 stochastic / nearest rounding" in out.stdout
     rows = csv.read_text().splitlines()
-    assert rows[0].startswith("timestamp,git_rev,") and len(rows) == 1 + 3 + 2 + 2
+    assert rows[0].startswith("timestamp,git_rev,") and len(rows) == 1 + 3 + 2 + 2 + 2 * 2
     assert (tmp_path / "p.png").stat().st_size > 0
 
 

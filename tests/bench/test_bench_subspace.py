@@ -17,5 +17,7 @@ def test_bench_subspace_quick_smoke(tmp_path):
     assert "W <- W + Xi @ V.T" in out.stdout and "native" in out.stdout
     rows = csv.read_text().splitlines()
     assert rows[0].startswith("timestamp,git_rev,") and "GB_per_s" in rows[0]
-    assert len(rows) == 1 + 3 * 3  # 3 SmolLM2 matrices x (eager, copy, native)
+    # 3 SmolLM2 matrices x (eager, copy, native); rounding: 2 matrices x (nearest, stochastic)
+    assert len(rows) == 1 + 3 * 3 + 2 * 2
+    assert "subspace_perturb_ [native] bf16 stochastic / nearest rounding" in out.stdout
     assert (tmp_path / "p.png").stat().st_size > 0
