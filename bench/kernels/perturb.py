@@ -70,6 +70,7 @@ GPU_TARGET_MIN_BYTES = 256 << 20
 GPU_TARGET_COPY_FRACTION = 0.8
 GPU_TARGET_SPEEDUP = 2.0
 ADD_TARGET = (24, 2.0)  # issue 23: perturb_ (Rademacher, nearest) <= 2x add_ from 2^24 elements
+SR_TARGET = (24, 1.15)  # issue 23: stochastic rounding <= 1.15x rounding to nearest, from 2^24
 DEFAULT_REPEATS = {"cpu": 10, "cuda": 30}
 
 CASE_FIELDS = ["device", "dtype", "numel", "log2_numel", "path", "warmup", "repeats",
@@ -154,7 +155,10 @@ pgap_kernels.backend_status(device). Targets (a PASS/FAIL line only for measured
   GPU: cuda and triton >= 80% of copy bandwidth and >= 2x faster than eager, for tensors
        of >= 256 MiB;
   any device: perturb_ with distribution rademacher (rounded to nearest) <= 2x the time of
-       w.add_(o), from 2^24 elements (issue 23).
+       w.add_(o), from 2^24 elements (issue 23);
+  any device: perturb_ with rounding stochastic <= 1.15x the same call rounded to nearest
+       (16-bit dtypes, per backend and distribution, from 2^24 elements; issue 23), when
+       --roundings has both.
 """
 
 
@@ -362,6 +366,16 @@ def target_lines(device: torch.device, results: Sequence[Result]) -> List[str]:
             lines.append(f"{'PASS' if r.vs_add <= ADD_TARGET[1] else 'FAIL'}  {device.type}: "
                          f"{r.path.label} at 2^{r.log2_numel} {dtype_name(r.dtype)} takes "
                          f"{r.vs_add:.2f}x the time of add_ (target <= {ADD_TARGET[1]:g}x)")
+    nearest = {(r.path.kind, r.path.op, r.path.distribution, r.dtype, r.log2_numel): r
+               for r in results if r.path.fused and r.path.rounding == "nearest"}
+    for r in results:
+        near = nearest.get((r.path.kind, r.path.op, r.path.distribution, r.dtype, r.log2_numel))
+        if r.path.fused and r.path.rounding == "stochastic" and near and r.log2_numel >= SR_TARGET[0]:
+            ratio = r.median_ms / near.median_ms
+            lines.append(f"{'PASS' if ratio <= SR_TARGET[1] else 'FAIL'}  {device.type}: "
+                         f"{r.path.label} at 2^{r.log2_numel} {dtype_name(r.dtype)} takes {ratio:.2f}x "
+                         f"the time rounded to nearest ({r.median_ms:.3f} / {near.median_ms:.3f} ms, "
+                         f"target <= {SR_TARGET[1]:g}x)")
     return lines
 
 

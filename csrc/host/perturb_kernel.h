@@ -4,11 +4,15 @@
 // its own -m flags, and host/perturb.cpp picks one at run time (no -march=native).
 // Work is cut into chunks of kHostChunk elements; a chunk first draws its stream terms (normals,
 // or Rademacher signs) into a stack buffer (vectorized over Philox blocks), then streams the
-// tensor once.
+// tensor once. With stochastic rounding the AVX2/AVX-512 builds hash each row's rounding words
+// in registers right before its store (host/simd_kernel.h); the generic build and the rows that
+// do not fill a vector draw them into a stack buffer first.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
+#include "host/simd_kernel.h"
 #include "host/stream_kernel.h"
 
 #ifndef PGAP_ISA_NS
@@ -20,6 +24,17 @@ namespace host {
 
 namespace PGAP_ISA_NS {
 
+// The float32 result decay*s + mean_coeff*m + acc of one element (T = float) or of a vector
+// of them (T = VF), in one order of operations (no FMA: the file is built with
+// -ffp-contract=off), so every build and path gives the same bits. s is not used when
+// kOverwrite, nor m without kHasMean.
+template <bool kHasMean, bool kOverwrite, class T>
+static inline T combine(T s, T m, T acc, T decay, T mean_coeff, T zero) {
+  T base = kOverwrite ? zero : decay * s;
+  if (kHasMean) base = base + mean_coeff * m;
+  return base + acc;
+}
+
 // t[l] <- decay*s[l] + mean_coeff*m[l] + acc[l], rounded to nearest or (kStochastic) with
 // rounding word words[l]; s may be t itself (perturb_), so neither is __restrict (each element
 // is read before it is written, the same index: omp simd is safe).
@@ -30,25 +45,75 @@ static void apply_chunk(typename D::Storage* t, const typename D::Storage* s,
                         float mean_coeff) {
 #pragma omp simd
   for (int64_t l = 0; l < n; ++l) {
-    float base = kOverwrite ? 0.0f : decay * D::load(s[l]);
-    if (kHasMean) base = base + mean_coeff * D::load(m[l]);
-    const float v = base + acc[l];
+    const float v = combine<kHasMean, kOverwrite>(kOverwrite ? 0.0f : D::load(s[l]),
+                                                  kHasMean ? D::load(m[l]) : 0.0f, acc[l], decay,
+                                                  mean_coeff, 0.0f);
     t[l] = kStochastic ? D::store_stochastic(v, words[l]) : D::store(v);
   }
 }
 
+// apply_chunk with stochastic rounding: element l rounds with the word of rounding index g + l
+// under the hash state `base` (pgap/rounding.h). AVX2/AVX-512: a few elements up to an index
+// that is a multiple of 4, then rows of kNR elements, each hashing its words into a register
+// and storing through store_row_stochastic, then the rest; the head and the rest (the generic
+// build: everything) take the scalar loop with words from rounding_words.
+template <class D, bool kHasMean, bool kOverwrite>
+static void apply_chunk_stochastic(typename D::Storage* t, const typename D::Storage* s,
+                                   const typename D::Storage* m, const float* acc, uint64_t base,
+                                   uint64_t g, int64_t n, float decay, float mean_coeff) {
+  alignas(64) uint16_t words[kHostChunk + 8];
+  const auto scalar = [&](int64_t lo, int64_t hi) {  // elements [lo, hi), hi - lo <= kHostChunk
+    if (hi <= lo) return;
+    const int64_t shift = rounding_words(base, g + static_cast<uint64_t>(lo), hi - lo, words);
+    apply_chunk<D, kHasMean, kOverwrite, true>(t + lo, s + lo, kHasMean ? m + lo : nullptr,
+                                               acc + lo, words + shift, hi - lo, decay,
+                                               mean_coeff);
+  };
+  int64_t l = 0;
+#if defined(__AVX2__) || defined(__AVX512F__)
+  l = std::min<int64_t>(n, static_cast<int64_t>((0u - g) & 3u));  // to a block of 4 words
+  scalar(0, l);
+  if (l + kNR <= n) {
+    RowWordStream row_words(base, g + static_cast<uint64_t>(l));
+    const VF vd = vbcast(decay), vc = vbcast(mean_coeff), zero = vzero();
+    for (; l + kNR <= n; l += kNR) {
+      VF x[kNV];
+#pragma GCC unroll 4
+      for (int v = 0; v < kNV; ++v) {
+        const int64_t k = l + v * kVW;
+        VF sv = zero, mv = zero;
+        if constexpr (!kOverwrite) sv = vload_w(s + k);
+        if constexpr (kHasMean) mv = vload_w(m + k);
+        x[v] = combine<kHasMean, kOverwrite>(sv, mv, vload(acc + k), vd, vc, zero);
+      }
+      store_row_stochastic(t + l, x, row_words.next());
+    }
+  }
+#endif
+  scalar(l, n);
+}
+
 template <class D, bool kStochastic>
 static void apply_chunk_for(typename D::Storage* t, const typename D::Storage* s,
-                            const typename D::Storage* m, const float* acc, const uint16_t* words,
-                            int64_t n, const StreamArgs& sa) {
-  const bool overwrite = sa.decay == 0.0f;
+                            const typename D::Storage* m, const float* acc, uint64_t base,
+                            uint64_t g, int64_t n, const StreamArgs& sa) {
   const float d = sa.decay, c = sa.mean_coeff;
+  const auto apply = [&](auto has_mean, auto overwrite) {
+    constexpr bool kHasMean = decltype(has_mean)::value, kOverwrite = decltype(overwrite)::value;
+    if constexpr (kStochastic)
+      apply_chunk_stochastic<D, kHasMean, kOverwrite>(t, s, m, acc, base, g, n, d, c);
+    else
+      apply_chunk<D, kHasMean, kOverwrite, false>(t, s, m, acc, nullptr, n, d, c);
+  };
+  using Yes = std::true_type;
+  using No = std::false_type;
+  const bool overwrite = sa.decay == 0.0f;
   if (m) {
-    if (overwrite) apply_chunk<D, true, true, kStochastic>(t, s, m, acc, words, n, d, c);
-    else apply_chunk<D, true, false, kStochastic>(t, s, m, acc, words, n, d, c);
+    if (overwrite) apply(Yes{}, Yes{});
+    else apply(Yes{}, No{});
   } else {
-    if (overwrite) apply_chunk<D, false, true, kStochastic>(t, s, m, acc, words, n, d, c);
-    else apply_chunk<D, false, false, kStochastic>(t, s, m, acc, words, n, d, c);
+    if (overwrite) apply(No{}, Yes{});
+    else apply(No{}, No{});
   }
 }
 
@@ -66,14 +131,12 @@ static void perturb_chunk_typed(const TensorArgs& ta, const StreamArgs& sa, int6
   const S* m = ta.mean ? static_cast<const S*>(ta.mean) + lo : nullptr;
   if constexpr (!std::is_same<D, F32>::value) {
     if (sa.rounding.stochastic) {  // the rounding words of the same element indices
-      alignas(64) uint16_t words[kHostChunk + 8];
-      const int64_t wshift =
-          rounding_words(rounding_base(sa.rounding.seed, ta.key), g_lo, hi - lo, words);
-      apply_chunk_for<D, true>(t, s, m, acc + shift, words + wshift, hi - lo, sa);
+      apply_chunk_for<D, true>(t, s, m, acc + shift, rounding_base(sa.rounding.seed, ta.key),
+                               g_lo, hi - lo, sa);
       return;
     }
   }
-  apply_chunk_for<D, false>(t, s, m, acc + shift, nullptr, hi - lo, sa);
+  apply_chunk_for<D, false>(t, s, m, acc + shift, 0u, g_lo, hi - lo, sa);
 }
 
 // Elements [lo, hi) of one tensor, hi - lo <= kHostChunk.

@@ -389,6 +389,21 @@ def test_subspace_follows_the_rule(device_backend, dtype):
     assert_same(sr[1], rule(v[1], 7, 0xFFFFFFFF, 1000 * 10, dtype))
 
 
+def on_every_host_isa(check) -> None:
+    """check(isa) under each host instruction-set build of native (_native's set_host_isa), the
+    selected one restored after; skips without the native library."""
+    lib, reason = _native.load()
+    if lib is None:
+        pytest.skip(reason)
+    info = lib.build_info()
+    try:
+        for isa in info["host_isas"]:
+            lib.set_host_isa(isa)
+            check(isa)
+    finally:
+        lib.set_host_isa(info["host_isa"])
+
+
 # (m, n): partial tiles only; full and partial micro-tiles of the AVX-512 (12 x 32) and AVX2
 # (6 x 16) builds; odd n, so that rows start at every rounding-index residue mod 4.
 TILE_SHAPES = [(1, 1), (3, 3), (24, 64), (100, 67), (13, 4097)]
@@ -399,37 +414,66 @@ def test_native_tiles_follow_the_rule_on_every_host_isa(dtype):
     """lowrank_perturb_ and subspace_perturb_ of native in each host instruction-set build (the
     vectorized full-tile stores and the scalar rest), with special values in W and decay 0 (W
     not read), 0.9 and 1: the rule applied to the same build's float32 results."""
-    lib, reason = _native.load()
-    if lib is None:
-        pytest.skip(reason)
-    info = lib.build_info()
-    try:
-        for isa in info["host_isas"]:
-            lib.set_host_isa(isa)
-            for i, (m, n) in enumerate(TILE_SHAPES):
-                W = values((m, n), dtype, 30 + i, 4.0)
-                sp = special(dtype)[:len(W.view(-1)[::7])]
-                W.view(-1)[::7][:len(sp)] = sp
-                U, Z, V = (values(s, torch.float32, 40 + 3 * i + k)
-                           for k, s in enumerate([(m, 3), (3, 3), (n, 3)]))
-                big = torch.finfo(dtype).max * torch.finfo(dtype).eps / 8  # W = +-max: past it
-                for decay in (0.0, 0.9, 1.0):
-                    cases = {  # name: (op, rounding index of W's element 0)
-                        "lowrank": (lambda w, **r: pk.lowrank_perturb_(
-                            w, U, Z, V, 0.01, decay=decay, keys=[3], offsets=[CARRY + i], **r), CARRY + i),
-                        "lowrank near max": (lambda w, **r: pk.lowrank_perturb_(
-                            w, U, Z, V, big, decay=decay, keys=[3], offsets=[i], **r), i),
-                        "subspace": (lambda w, **r: pk.subspace_perturb_(
-                            w, V, 9, 0.01, decay=decay, keys=[3], offsets=[3 * (5 + i)], **r), (5 + i) * n)}
-                    for name, (op, start) in cases.items():
-                        (v,) = run("native", op, W.float())
-                        (sr,) = run("native", lambda w: op(w, rounding="stochastic", rounding_seed=7), W)
-                        try:
-                            assert_same(sr, rule(v, 7, 3, start, dtype))
-                        except AssertionError as e:
-                            raise AssertionError(f"{isa}, {name} {m}x{n}, decay {decay}: {e}") from None
-    finally:
-        lib.set_host_isa(info["host_isa"])
+    def check(isa):
+        for i, (m, n) in enumerate(TILE_SHAPES):
+            W = values((m, n), dtype, 30 + i, 4.0)
+            sp = special(dtype)[:len(W.view(-1)[::7])]
+            W.view(-1)[::7][:len(sp)] = sp
+            U, Z, V = (values(s, torch.float32, 40 + 3 * i + k)
+                       for k, s in enumerate([(m, 3), (3, 3), (n, 3)]))
+            big = torch.finfo(dtype).max * torch.finfo(dtype).eps / 8  # W = +-max: past it
+            for decay in (0.0, 0.9, 1.0):
+                cases = {  # name: (op, rounding index of W's element 0)
+                    "lowrank": (lambda w, **r: pk.lowrank_perturb_(
+                        w, U, Z, V, 0.01, decay=decay, keys=[3], offsets=[CARRY + i], **r), CARRY + i),
+                    "lowrank near max": (lambda w, **r: pk.lowrank_perturb_(
+                        w, U, Z, V, big, decay=decay, keys=[3], offsets=[i], **r), i),
+                    "subspace": (lambda w, **r: pk.subspace_perturb_(
+                        w, V, 9, 0.01, decay=decay, keys=[3], offsets=[3 * (5 + i)], **r), (5 + i) * n)}
+                for name, (op, start) in cases.items():
+                    (v,) = run("native", op, W.float())
+                    (sr,) = run("native", lambda w: op(w, rounding="stochastic", rounding_seed=7), W)
+                    try:
+                        assert_same(sr, rule(v, 7, 3, start, dtype))
+                    except AssertionError as e:
+                        raise AssertionError(f"{isa}, {name} {m}x{n}, decay {decay}: {e}") from None
+    on_every_host_isa(check)
+
+
+# Sizes around the vector rows (AVX-512 32, AVX2 16 elements) and the chunks (4096 elements), and
+# rounding indices of element 0 at every residue mod 4 (the scalar head before the first row).
+PERTURB_SIZES = [1, 3, 4, 33, 4097, 2 * 4096 + 45]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+def test_native_perturb_follows_the_rule_on_every_host_isa(dtype, distribution):
+    """perturb_ of native in each host instruction-set build (the rows rounded in vectors with
+    their words hashed in registers, the scalar head and rest), with special values in t and
+    mean, with and without mean, decay 0 (t not read), 0.9 and 1: the rule applied to the same
+    build's float32 results."""
+    def check(isa):
+        for i, n in enumerate(PERTURB_SIZES):
+            t = values(n, dtype, 50 + i, 4.0)
+            sp = special(dtype)[:len(t[::5])]
+            t[::5][:len(sp)] = sp
+            mean = values(n, dtype, 60 + i, 2.0)
+            mean[1::7][:len(sp)] = sp.flip(0)[:len(mean[1::7])]
+            for offset, use_mean, decay in [(i % 4, False, 1.0), (CARRY + (i + 1) % 4, True, 0.9),
+                                            ((i + 2) % 4 + 4096 * 3, True, 0.0),
+                                            (4096 * 5 + (i + 3) % 4, False, 0.0)]:
+                kwargs = dict(keys=[3], offsets=[offset], decay=decay, distribution=distribution,
+                              mean=[mean] if use_mean else None, mean_coeff=0.25 if use_mean else 0.0)
+                fkwargs = dict(kwargs, mean=[mean.float()] if use_mean else None)
+                (v,) = run("native", lambda x: pk.perturb_(x, [5, 6], [0.3, -0.01], **fkwargs), t.float())
+                (sr,) = run("native", lambda x: pk.perturb_(x, [5, 6], [0.3, -0.01], rounding="stochastic",
+                                                            rounding_seed=7, **kwargs), t)
+                try:
+                    assert_same(sr, rule(v, 7, 3, offset, dtype))
+                except AssertionError as e:
+                    raise AssertionError(f"{isa}, n {n}, offset {offset}, mean {use_mean}, "
+                                         f"decay {decay}: {e}") from None
+    on_every_host_isa(check)
 
 
 # -- (2) determinism ---------------------------------------------------------------------------
