@@ -6,7 +6,8 @@
 // or Rademacher signs) into a stack buffer (vectorized over Philox blocks), then streams the
 // tensor once. With stochastic rounding the AVX2/AVX-512 builds hash each row's rounding words
 // in registers right before its store (host/simd_kernel.h); the generic build and the rows that
-// do not fill a vector draw them into a stack buffer first.
+// do not fill a vector draw them into a stack buffer first. float16 rounded to nearest is
+// converted in vectors there too (F16C); float32 and bfloat16 loops vectorize as written.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -52,6 +53,41 @@ static void apply_chunk(typename D::Storage* t, const typename D::Storage* s,
   }
 }
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+// combine() of the kVW elements from k, loaded from D's storage (vload_w) as one vector.
+template <bool kHasMean, bool kOverwrite, class S>
+static inline VF combine_vector(const S* s, const S* m, const float* acc, int64_t k, VF decay,
+                                VF mean_coeff) {
+  const VF zero = vzero();
+  VF sv = zero, mv = zero;
+  if constexpr (!kOverwrite) sv = vload_w(s + k);
+  if constexpr (kHasMean) mv = vload_w(m + k);
+  return combine<kHasMean, kOverwrite>(sv, mv, vload(acc + k), decay, mean_coeff, zero);
+}
+#endif
+
+// apply_chunk rounded to nearest. AVX2/AVX-512, float16: vectors of kVW elements converted by
+// vload_w/vstore_w (F16C vcvtph2ps/vcvtps2ph, round to nearest even: the bits of F16::load and
+// F16::store, which GCC compiles there to the same instructions one element at a time, but does
+// not vectorize), then the scalar rest. float32, bfloat16 (their scalar loop vectorizes) and
+// the generic build take apply_chunk.
+template <class D, bool kHasMean, bool kOverwrite>
+static void apply_chunk_nearest(typename D::Storage* t, const typename D::Storage* s,
+                                const typename D::Storage* m, const float* acc, int64_t n,
+                                float decay, float mean_coeff) {
+  int64_t l = 0;
+#if defined(__AVX2__) || defined(__AVX512F__)
+  if constexpr (std::is_same<D, F16>::value) {
+    const VF vd = vbcast(decay), vc = vbcast(mean_coeff);
+#pragma GCC unroll 2
+    for (; l + kVW <= n; l += kVW)
+      vstore_w(t + l, combine_vector<kHasMean, kOverwrite>(s, m, acc, l, vd, vc));
+  }
+#endif
+  apply_chunk<D, kHasMean, kOverwrite, false>(t + l, s + l, kHasMean ? m + l : nullptr, acc + l,
+                                              nullptr, n - l, decay, mean_coeff);
+}
+
 // apply_chunk with stochastic rounding: element l rounds with the word of rounding index g + l
 // under the hash state `base` (pgap/rounding.h). AVX2/AVX-512: a few elements up to an index
 // that is a multiple of 4, then rows of kNR elements, each hashing its words into a register
@@ -75,17 +111,12 @@ static void apply_chunk_stochastic(typename D::Storage* t, const typename D::Sto
   scalar(0, l);
   if (l + kNR <= n) {
     RowWordStream row_words(base, g + static_cast<uint64_t>(l));
-    const VF vd = vbcast(decay), vc = vbcast(mean_coeff), zero = vzero();
+    const VF vd = vbcast(decay), vc = vbcast(mean_coeff);
     for (; l + kNR <= n; l += kNR) {
       VF x[kNV];
 #pragma GCC unroll 4
-      for (int v = 0; v < kNV; ++v) {
-        const int64_t k = l + v * kVW;
-        VF sv = zero, mv = zero;
-        if constexpr (!kOverwrite) sv = vload_w(s + k);
-        if constexpr (kHasMean) mv = vload_w(m + k);
-        x[v] = combine<kHasMean, kOverwrite>(sv, mv, vload(acc + k), vd, vc, zero);
-      }
+      for (int v = 0; v < kNV; ++v)
+        x[v] = combine_vector<kHasMean, kOverwrite>(s, m, acc, l + v * kVW, vd, vc);
       store_row_stochastic(t + l, x, row_words.next());
     }
   }
@@ -103,7 +134,7 @@ static void apply_chunk_for(typename D::Storage* t, const typename D::Storage* s
     if constexpr (kStochastic)
       apply_chunk_stochastic<D, kHasMean, kOverwrite>(t, s, m, acc, base, g, n, d, c);
     else
-      apply_chunk<D, kHasMean, kOverwrite, false>(t, s, m, acc, nullptr, n, d, c);
+      apply_chunk_nearest<D, kHasMean, kOverwrite>(t, s, m, acc, n, d, c);
   };
   using Yes = std::true_type;
   using No = std::false_type;

@@ -476,6 +476,181 @@ def test_native_perturb_follows_the_rule_on_every_host_isa(dtype, distribution):
     on_every_host_isa(check)
 
 
+# -- float16 rounded to nearest in every host build: static_cast<_Float16>(float)'s bits ------
+
+def f16_nearest_bits(v: torch.Tensor) -> torch.Tensor:
+    """The float16 bits of float32 ``v`` rounded to nearest even as C's (_Float16) conversion and
+    F16C's vcvtps2ph give them, in integer arithmetic (not torch's conversion): overflow to inf
+    from 65520, subnormals, and a NaN quiet with its payload's high 10 bits."""
+    u = v.detach().cpu().float().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    sign, a = (u >> 16) & 0x8000, u & 0x7FFFFFFF
+    # normal results (|v| >= 2^-14): rebias the exponent, drop 13 mantissa bits, ties to even
+    h, rem = (a - 0x38000000) >> 13, a & 0x1FFF
+    normal = h + ((rem > 0x1000) | ((rem == 0x1000) & (h & 1 == 1))).long()
+    # subnormal results: |v| * 2^24 = mant * 2^(e - 126) rounded to an integer, ties to even
+    e = a >> 23
+    mant = torch.where(e > 0, (a & 0x7FFFFF) | 0x800000, a)
+    shift = (126 - e).clamp(1, 40)
+    q, rem = mant >> shift, mant & ((1 << shift) - 1)
+    half = 1 << (shift - 1)
+    sub = q + ((rem > half) | ((rem == half) & (q & 1 == 1))).long()
+    h = torch.where(a >= 0x38800000, normal, sub)
+    h = torch.where(a >= 0x477FF000, torch.full_like(h, 0x7C00), h)  # 65520 and up: inf
+    h = torch.where(a > 0x7F800000, 0x7E00 | ((a >> 13) & 0x3FF), h)  # NaN
+    return (sign | h).to(torch.int32).to(torch.int16)
+
+
+def f32_from_bits(words) -> torch.Tensor:
+    return torch.tensor([w - (1 << 32) if w >= 1 << 31 else w for w in words],
+                        dtype=torch.int32).view(torch.float32)
+
+
+def f16_from_bits(words) -> torch.Tensor:
+    return torch.tensor([w - (1 << 16) if w >= 1 << 15 else w for w in words],
+                        dtype=torch.int16).view(torch.float16)
+
+
+# float32 values float16 must round right: zeros, float32 and float16 subnormals, ties of both
+# (2^-25 ties to 0, 3*2^-25 to 2^-23, the largest subnormal + half an ulp to 2^-14), 65504 and
+# the values around 65520 (the first to round to inf), ties in [1, 2), inf, NaNs with payloads
+# (quiet and signalling, both signs).
+F16_ROUNDING_CASES = torch.cat([
+    f32_from_bits([0x00000000, 0x80000000, 0x00000001, 0x807FFFFF, 0x00400000, 0x7F800000,
+                   0xFF800000, 0x7FC00000, 0xFFC00001, 0x7F800001, 0x7FA00000, 0x7FFFFFFF,
+                   0xFFBFE000, 0x7F802000, 0x7F7FFFFF]),
+    torch.tensor([2.0 ** -24, 2.0 ** -25, -2.0 ** -25, 2.0 ** -25 * (1 + 2 ** -23), 3 * 2.0 ** -25,
+                  5 * 2.0 ** -25, 2.0 ** -26, 2.0 ** -14 - 2.0 ** -25, 2.0 ** -14 - 2.0 ** -24,
+                  2.0 ** -14, 2.0 ** -15 * 1.5, 65504.0, -65504.0, 65519.99609375, 65520.0,
+                  -65520.0, 65520.00390625, 65535.0, 65536.0, 1e10, 1 + 2.0 ** -11,
+                  1 + 3 * 2.0 ** -11, 1 + 2.0 ** -11 + 2.0 ** -23, -(1 + 2.0 ** -11), 2049.0,
+                  2051.0, 4097.0, 0.1, -1 / 3], dtype=torch.float32)])
+
+
+def test_f16_nearest_bits_is_the_c_conversion():
+    """The reference above on its own cases, against known float16 bits."""
+    got = f16_nearest_bits(F16_ROUNDING_CASES).tolist()
+    expected = [0x0000, 0x8000, 0x0000, 0x8000, 0x0000, 0x7C00, 0xFC00, 0x7E00, 0xFE00, 0x7E00,
+                0x7F00, 0x7FFF, 0xFFFF, 0x7E01, 0x7C00,
+                0x0001, 0x0000, 0x8000, 0x0001, 0x0002, 0x0002, 0x0000, 0x0400, 0x03FF, 0x0400,
+                0x0300, 0x7BFF, 0xFBFF, 0x7BFF, 0x7C00, 0xFC00, 0x7C00, 0x7C00, 0x7C00, 0x7C00,
+                0x3C00, 0x3C02, 0x3C01, 0xBC00, 0x6800, 0x6802, 0x6C00, 0x2E66, 0xB555]
+    assert [g & 0xFFFF for g in got] == expected
+    finite = F16_ROUNDING_CASES.abs() < 65520
+    assert torch.equal(f16_from_bits(expected)[finite], F16_ROUNDING_CASES[finite].half())
+
+
+def f16_to_float(h: torch.Tensor) -> torch.Tensor:
+    """float16 -> float32 exactly, NaN payloads kept (quieted, as vcvtph2ps does): torch's CPU
+    conversion maps NaNs to 0x7FFFFFFF in its scalar path."""
+    u = h.detach().cpu().contiguous().view(torch.int16).to(torch.int64) & 0xFFFF
+    nan = (u & 0x7FFF) > 0x7C00
+    words = ((u & 0x8000) << 16) | 0x7FC00000 | ((u & 0x3FF) << 13)
+    words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+    return torch.where(nan, words.view(torch.float32), h.float())
+
+
+def assert_f16_nearest(actual: torch.Tensor, v: torch.Tensor, what: str) -> None:
+    """actual (float16) == v (float32) rounded to nearest, bit for bit: NaN payloads and the
+    signs of zeros included."""
+    got, want = bits(actual).view(-1), f16_nearest_bits(v).view(-1)
+    bad = (got != want).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise AssertionError(f"{what}: {len(bad)} of {got.numel()} differ; first at {i}: float32 "
+                             f"{v.view(-1)[i].item()!r} -> {int(got[i]) & 0xFFFF:#06x}, "
+                             f"expected {int(want[i]) & 0xFFFF:#06x}")
+
+
+def at_odd_offset(x: torch.Tensor) -> torch.Tensor:
+    """A copy of x that starts one element into its storage (unaligned rows)."""
+    buf = torch.empty(x.numel() + 1, dtype=x.dtype)
+    out = buf[1:].view(x.shape)
+    out.copy_(x)
+    return out
+
+
+def f16_special_inputs(n: int, seed: int):
+    """(t, mean) float16 of n elements: random values, with pairs at the front whose t +
+    0.25*mean hits float16's hard cases (ties, 65520, subnormals) and NaNs with payloads."""
+    t, mean = values(n, torch.float16, seed, 4.0), values(n, torch.float16, seed + 1, 2.0)
+    pairs = [(65504.0, 63.96875), (65504.0, 64.0), (65504.0, 64.0625), (-65504.0, -64.0),
+             (1.0, 2.0 ** -9), (1 + 2.0 ** -10, 2.0 ** -9), (1.0, 3 * 2.0 ** -9),
+             (2.0 ** -24, 2.0 ** -24), (2.0 ** -24, 2.0 ** -23), (3 * 2.0 ** -24, 2.0 ** -23),
+             (2.0 ** -14 - 2.0 ** -24, 2.0 ** -23), (0.0, 2.0 ** -24), (-0.0, -0.0),
+             (float("inf"), float("-inf")), (65504.0, 65504.0), (-2.0 ** -24, 2.0 ** -22)]
+    nan_bits = [0x7C01, 0x7E55, 0xFE01, 0x7D00, 0xFFFF]
+    ts = torch.cat([torch.tensor([p[0] for p in pairs]).half(), f16_from_bits(nan_bits)])
+    ms = torch.cat([torch.tensor([p[1] for p in pairs]).half(),
+                    torch.ones(len(nan_bits), dtype=torch.float16)])
+    k = min(n, len(ts))
+    t[:k], mean[:k] = ts[:k], ms[:k]
+    mean[k:][::3] = f16_from_bits([0x7C01, 0xFD23, 0x0001, 0x8000] * n)[:len(mean[k:][::3])]
+    return t, mean
+
+
+F16_SIZES = [1, 3, 4097]
+
+
+def test_native_f16_nearest_on_every_host_isa():
+    """float16 rounded to nearest in each host instruction-set build of native (the vectorized
+    F16C stores and the scalar rest): perturb_ (seeds or none, mean or none, decays 1, 0.9, 0 and
+    2^-20 into the subnormals), perturbed_many and lowrank_perturb_ (any float32 value: the
+    cases of F16_ROUNDING_CASES) and subspace_perturb_, on sizes 1, 3 and 4097, odd stream
+    offsets and tensors at odd storage offsets: bit for bit the C conversion of the same
+    build's float32 results (NaN payloads and zero signs included)."""
+    def check(isa):
+        for i, n in enumerate(F16_SIZES):
+            t, mean = f16_special_inputs(n, 70 + i)
+            for seeds, coeffs, use_mean, decay, dist, offset in [
+                    ([], [], True, 1.0, "gaussian", 1), ([5, 6], [0.3, -0.01], True, 0.9, "gaussian", CARRY + 1),
+                    ([5], [0.01], False, 0.0, "rademacher", 4096 * 3 + 3),
+                    ([7], [2.0 ** -20], True, 2.0 ** -20, "gaussian", 5),
+                    ([8], [0.5], False, 1.0, "rademacher", 7)]:
+                kw = dict(keys=[3], offsets=[offset], decay=decay, distribution=dist,
+                          mean_coeff=0.25 if use_mean else 0.0)
+                (v,) = run("native", lambda x: pk.perturb_(
+                    x, seeds, coeffs, mean=[f16_to_float(mean)] if use_mean else None, **kw),
+                    f16_to_float(t))
+                (h,) = run("native", lambda x: pk.perturb_(
+                    x, seeds, coeffs, mean=[at_odd_offset(mean)] if use_mean else None, **kw),
+                    at_odd_offset(t))
+                assert_f16_nearest(h, v, f"{isa}, perturb_ n {n}, offset {offset}, decay {decay}, "
+                                         f"mean {use_mean}, {dist}")
+            # perturbed_many: two tensors at odd storage offsets, out too
+            srcs = [at_odd_offset(t), at_odd_offset(mean)]
+            with pk.use_backend("native"):
+                v = pk.perturbed_many([f16_to_float(s) for s in srcs], [9], [0.05], keys=[1, 2],
+                                      offsets=[2 * i + 1, 3],
+                                      mean=[f16_to_float(s) for s in srcs[::-1]],
+                                      mean_coeff=0.25)
+                h = pk.perturbed_many(srcs, [9], [0.05], keys=[1, 2], offsets=[2 * i + 1, 3],
+                                      mean=srcs[::-1], mean_coeff=0.25,
+                                      out=[at_odd_offset(torch.zeros_like(s)) for s in srcs])
+            for p in range(2):
+                assert_f16_nearest(h[p], v[p], f"{isa}, perturbed_many n {n}, tensor {p}")
+        # lowrank_perturb_: W <- U @ [[1]] @ V.T, U the cases and V ones (decay 0), or
+        # decay*W + 0.01*U@Z@V.T; TILE_SHAPES has full and partial micro-tiles
+        for i, (m, n) in enumerate(TILE_SHAPES):
+            cases = F16_ROUNDING_CASES.repeat(m // len(F16_ROUNDING_CASES) + 1)[:m]
+            W = at_odd_offset(values((m, n), torch.float16, 80 + i, 4.0))
+            W.view(-1)[:len(F16_ROUNDING_CASES)] = F16_ROUNDING_CASES.half()[:W.numel()]
+            U, Z, V = (values(s, torch.float32, 90 + 3 * i + k)
+                       for k, s in enumerate([(m, 3), (3, 3), (n, 3)]))
+            ops = {"lowrank cases": lambda w: pk.lowrank_perturb_(
+                       w, cases.view(m, 1), torch.ones(1, 1), torch.ones(n, 1), 1.0, decay=0.0),
+                   "lowrank": lambda w: pk.lowrank_perturb_(w, U, Z, V, 0.01, decay=0.9),
+                   "lowrank decay 1": lambda w: pk.lowrank_perturb_(w, U, Z, V, 2.0 ** -12),
+                   "subspace": lambda w: pk.subspace_perturb_(
+                       w, V, 9, 0.01, decay=0.9, keys=[3], offsets=[3 * (i + 1)]),
+                   "subspace subnormal": lambda w: pk.subspace_perturb_(
+                       w, V, 9, 2.0 ** -20, decay=2.0 ** -20, keys=[3], offsets=[3])}
+            for name, op in ops.items():
+                (v,) = run("native", op, f16_to_float(W))
+                (h,) = run("native", op, W)
+                assert_f16_nearest(h, v, f"{isa}, {name} {m}x{n}")
+    on_every_host_isa(check)
+
+
 # -- (2) determinism ---------------------------------------------------------------------------
 
 def test_same_call_same_bits_other_seed_other_bits(device_backend):
