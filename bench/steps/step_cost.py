@@ -76,16 +76,20 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> List[floa
     return common.time_ms({"fn": fn}, torch.device("cpu"), warmup, repeats)["fn"]
 
 
-def measure(dtype_name: str, args) -> List[dict]:
-    dtype = DTYPES[dtype_name]
-    tokenizer, model = load_causal_lm(None, dtype)
+def load_task(dtype_name: str, batch_size: int):
+    """The embedded SmolLM2-135M in ``dtype_name`` (eval mode), the first ``batch_size``
+    Rotten Tomatoes training prompts encoded, and the closure ``PromptClassifier.loss`` on them:
+    (model, batch, loss)."""
+    tokenizer, model = load_causal_lm(None, DTYPES[dtype_name])
     model.eval()
-    task = load_rotten_tomatoes(n_train=args.batch, n_dev=0, n_test=0, seed=0)
+    task = load_rotten_tomatoes(n_train=batch_size, n_dev=0, n_test=0, seed=0)
     clf = PromptClassifier(tokenizer, task.template, task.label_words)
-    batch = clf.encode(task.train[:args.batch])
+    batch = clf.encode(task.train[:batch_size])
+    return model, batch, lambda: clf.loss(model, batch)
 
-    def loss():
-        return clf.loss(model, batch)
+
+def measure(dtype_name: str, args) -> List[dict]:
+    model, batch, loss = load_task(dtype_name, args.batch)
 
     def plain():
         with torch.no_grad():
