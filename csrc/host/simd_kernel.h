@@ -233,37 +233,86 @@ static inline void store_row_stochastic(uint16_t* p, const VF (&x)[kNV], __m256i
 #endif
 
 #if defined(__AVX2__) || defined(__AVX512F__)
-// round_stochastic_f16(v, x) per lane, x the rounding words: the same float32 operations in the
-// same order (so the same bits), in GCC vector arithmetic.
-static inline VF round_stochastic_f16_float(VF v, VI32 x) {
-  const VU32 u = reinterpret_cast<VU32>(v);
-  const VU32 mag = u & 0x7FFFFFFFu;
-  VI32 e = reinterpret_cast<VI32>(mag >> 23) - 127;
-  e = e < -14 ? -14 : e;
-  const VF inv_ulp = reinterpret_cast<VF>((137 - e) << 23);  // 2^(10 - e)
-  const VF ulp = reinterpret_cast<VF>((117 + e) << 23);      // 2^(e - 10)
-  const VF q = reinterpret_cast<VF>(mag) * inv_ulp;
-  const VF lo = __builtin_convertvector(__builtin_convertvector(q, VI32), VF);  // q >= 0
-  const VF frac16 = (q - lo) * 65536.0f;
-  const VF up = __builtin_convertvector(x, VF) < frac16 ? 1.0f : 0.0f;
-  const VU32 r = reinterpret_cast<VU32>((lo + up) * ulp) | (u & 0x80000000u);
-  return mag >= 0x477FE000u ? v : reinterpret_cast<VF>(r);
-}
-// The same, on the bits where 2^-14 <= |v| < 65504 (float16 normals): frac * 2^16 is the 13
-// mantissa bits float16 drops, times 8, and the ulp added is 1 << 13 (a carry moves into the
-// exponent as (lo + 1) * ulp does). Other lanes take round_stochastic_f16_float.
+// round_stochastic_f16(v, x) per lane, x the rounding words, on integers (the same bits as the
+// float32 rule, which is exact: up iff x < frac * 2^16); the AVX2 build's float16 rows.
+// 2^-14 <= |v| < 65504 (float16 normals): frac * 2^16 is the 13 mantissa bits float16 drops,
+// times 8, so up iff x >> 3 < those bits iff adding 0x1FFF - (x >> 3) carries out of them; the
+// carry adds the ulp 1 << 13 (into the exponent as (lo + 1) * ulp does), and the 13 bits are
+// cleared.
+// |v| < 2^-14 (float16 subnormals and zero; ulp 2^-24): with C = ceil(|v| * 2^40) = lo * 2^16 +
+// ceil(frac * 2^16) (|v| * 2^40 < 2^26 is exact, and x < frac * 2^16 iff x < its ceiling, x an
+// integer), lo + up = (C + 0xFFFF - x) >> 16, at most 1024 (2^-14, the smallest normal), and
+// (lo + up) * 2^-24 is exact in float32.
+// |v| >= 65504, inf and NaN: v (the store rounds it to nearest).
 static inline VF round_stochastic_f16_v(VF v, VI32 x) {
   const VU32 u = reinterpret_cast<VU32>(v);
-  const VI32 normal = (u & 0x7FFFFFFFu) - 0x38800000u < 0x477FE000u - 0x38800000u;
-  const VU32 up = ((u & 0x1FFFu) << 3) > reinterpret_cast<VU32>(x) ? 0x2000u : 0u;
-  const VF r = reinterpret_cast<VF>((u & ~0x1FFFu) + up);
+  const VU32 mag = u & 0x7FFFFFFFu;
+  const VI32 normal = mag - 0x38800000u < 0x477FE000u - 0x38800000u;
+  const VF r = reinterpret_cast<VF>((u + (0x1FFFu - (reinterpret_cast<VU32>(x) >> 3))) & ~0x1FFFu);
   if (all_lanes(normal)) return r;
-  return normal ? r : round_stochastic_f16_float(v, x);
+  const VU32 small = mag < 0x38800000u ? mag : 0x38800000u;  // keeps |v| * 2^40 <= 2^26 everywhere
+  const VF q = reinterpret_cast<VF>(small) * 0x1p40f;
+  const VI32 t = __builtin_convertvector(q, VI32);  // floor: q >= 0
+  const VI32 c = t - (__builtin_convertvector(t, VF) < q);  // ceil (a true comparison is -1)
+  const VF sub = __builtin_convertvector((c + 0xFFFF - x) >> 16, VF) * 0x1p-24f;
+  const VF s = reinterpret_cast<VF>(reinterpret_cast<VU32>(sub) | (u & 0x80000000u));
+  return normal ? r : (mag < 0x38800000u ? s : v);
 }
+#if defined(__AVX512F__)
+// AVX-512: the same bits in 16-bit lanes, without F16C. hi/lo are the high/low halves of the
+// float32 bits. Where 2^-14 <= |v| < 65504 the float16 bits of the truncated value are sign |
+// (exp8 - 112) | the top 10 mantissa bits: ((hi << 3) | (lo >> 13)) ^ 0x4000 in the low 15 bits
+// (exp8 - 112 is in [1, 30], so its low 5 bits are exp8's with bit 4 flipped), plus one (a carry
+// into the exponent as above) where x >> 3 < lo & 0x1FFF, i.e. x < lo << 3 in 16 bits. Where
+// |v| < 2^-14 they are lo + up of the rule above: with C = |v| * 2^40 converted rounding up,
+// (C >> 16) + (x < (C & 0xFFFF)) (where ceil(frac * 2^16) = 2^16 the carry is in C >> 16; 1024
+// is the smallest normal's bits). Where |v| >= 65504 (inf and NaN too): vcvtps2ph of v, the
+// store's round to nearest. Rows with only 2^-14 <= |v| < 65280 skip both tests.
+static inline void store_row_stochastic(_Float16* p, const VF (&x)[kNV], VW words) {
+  const __m512i even = _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34,
+                                        32, 30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi16(even, _mm512_set1_epi16(1));
+  const __m512i one = _mm512_set1_epi16(1);
+  const __m512i u0 = _mm512_castps_si512(x[0]), u1 = _mm512_castps_si512(x[1]);
+  const __m512i hi = _mm512_permutex2var_epi16(u0, odd, u1);
+  const __m512i lo = _mm512_permutex2var_epi16(u0, even, u1);
+  __m512i h = _mm512_ternarylogic_epi32(_mm512_slli_epi16(hi, 3), _mm512_srli_epi16(lo, 13),
+                                        _mm512_set1_epi16(0x4000), 0x56);  // (A | B) ^ C
+  h = _mm512_mask_add_epi16(h, _mm512_cmpgt_epu16_mask(_mm512_slli_epi16(lo, 3), words), h, one);
+  const __m512i mag_hi = _mm512_and_si512(hi, _mm512_set1_epi16(0x7FFF));
+  const bool all_fast = _mm512_cmplt_epu16_mask(_mm512_sub_epi16(mag_hi, _mm512_set1_epi16(0x3880)),
+                                                _mm512_set1_epi16(0x477F - 0x3880)) == 0xFFFFFFFFu;
+  if (!all_fast) {
+    const __mmask32 small = _mm512_cmplt_epu16_mask(mag_hi, _mm512_set1_epi16(0x3880));
+    if (small) {  // C; lanes with |v| * 2^40 >= 2^31 convert to 0x80000000 and are not used
+      const int up = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC;
+      const __m512 s40 = _mm512_set1_ps(0x1p40f);
+      const __m512i c0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_abs_ps(x[0]), s40), up);
+      const __m512i c1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_abs_ps(x[1]), s40), up);
+      const __m512i c_hi = _mm512_permutex2var_epi16(c0, odd, c1);
+      const __m512i c_lo = _mm512_permutex2var_epi16(c0, even, c1);
+      h = _mm512_mask_blend_epi16(
+          small, h, _mm512_mask_add_epi16(c_hi, _mm512_cmpgt_epu16_mask(c_lo, words), c_hi, one));
+    }
+  }
+  h = _mm512_ternarylogic_epi32(h, hi, _mm512_set1_epi16(0x7FFF), 0xE4);  // sign: C ? A : B
+  if (!all_fast && _mm512_cmpge_epu16_mask(mag_hi, _mm512_set1_epi16(0x477F))) {  // |v| >= 65280
+    const __m512i mag_mask = _mm512_set1_epi32(0x7FFFFFFF), max = _mm512_set1_epi32(0x477FE000);
+    const __mmask32 big =
+        static_cast<__mmask32>(_mm512_cmpge_epu32_mask(_mm512_and_si512(u0, mag_mask), max)) |
+        (static_cast<__mmask32>(_mm512_cmpge_epu32_mask(_mm512_and_si512(u1, mag_mask), max)) << 16);
+    const int nf = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    h = _mm512_mask_blend_epi16(big, h, _mm512_inserti64x4(_mm512_castsi256_si512(
+                                            _mm512_cvtps_ph(x[0], nf)), _mm512_cvtps_ph(x[1], nf), 1));
+  }
+  _mm512_storeu_si512(p, h);
+}
+#else
 static inline void store_row_stochastic(_Float16* p, const VF (&x)[kNV], VW words) {
 #pragma GCC unroll 4
   for (int v = 0; v < kNV; ++v) vstore_w(p + v * kVW, round_stochastic_f16_v(x[v], word_lanes(words, v)));
 }
+#endif
 #endif
 
 }  // namespace PGAP_ISA_NS

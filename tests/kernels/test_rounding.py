@@ -476,6 +476,40 @@ def test_native_perturb_follows_the_rule_on_every_host_isa(dtype, distribution):
     on_every_host_isa(check)
 
 
+# Coefficients c for v = c * m over every float16 m: just above and below 1 (v between float16
+# values everywhere, above 65504 from m = 65504 on, around 2^-14 and inside the subnormals), a
+# value with a long mantissa, and ones that move normals into the subnormal range, float32
+# subnormals included.
+F16_SWEEP_COEFFS = [1 + 2.0 ** -12 + 2.0 ** -20, 1 - 2.0 ** -13 - 2.0 ** -21, 0.3,
+                    1.1 * 2.0 ** -12, 0.7 * 2.0 ** -20, 1.3 * 2.0 ** -118]
+
+
+def test_native_perturb_f16_sweep_follows_the_rule_on_every_host_isa():
+    """float16 stochastic rounding of v = c * m (decay 0, mean m, coefficient 0 on z) for every
+    float16 bit pattern m, in order (rows of one binade) and shuffled (rows mixing float16
+    normals, subnormal targets, zeros, values near and above 65504, inf and NaN), in each host
+    build: the rule applied to the float32 values."""
+    m = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    shuffled = m[torch.randperm(m.numel(), generator=torch.Generator().manual_seed(3))]
+
+    def check(isa):
+        for order, mean in [("in order", m), ("shuffled", shuffled)]:
+            for c in F16_SWEEP_COEFFS:
+                kwargs = dict(keys=[2], offsets=[1], decay=0.0, mean=[mean], mean_coeff=c,
+                              distribution="rademacher")
+                fkwargs = dict(kwargs, mean=[mean.float()])
+                (v,) = run("native", lambda x: pk.perturb_(x, [5], [0.0], **fkwargs),
+                           torch.zeros(m.numel()))
+                (sr,) = run("native", lambda x: pk.perturb_(x, [5], [0.0], rounding="stochastic",
+                                                            rounding_seed=9, **kwargs),
+                            torch.zeros(m.numel(), dtype=torch.float16))
+                try:
+                    assert_same(sr, rule(v, 9, 2, 1, torch.float16))
+                except AssertionError as e:
+                    raise AssertionError(f"{isa}, {order}, c {c!r}: {e}") from None
+    on_every_host_isa(check)
+
+
 # -- float16 rounded to nearest in every host build: static_cast<_Float16>(float)'s bits ------
 
 def f16_nearest_bits(v: torch.Tensor) -> torch.Tensor:
