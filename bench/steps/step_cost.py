@@ -8,7 +8,8 @@ at the last prompt position only), in one run, side by side:
 * ``forward``: the loss alone;
 * one step of each method (MeZO, MeZO with Rademacher directions, AGZO, P-GAP in the activation
   subspace at pgap-finetune's defaults, LDSD, MeZO-GV), ``mode="inplace"`` and
-  ``mode="functional"``, for every ``--dtypes``.
+  ``mode="functional"``, for every ``--dtypes``; and MeZO with paired forwards (both points in
+  one forward over the batch stacked twice, ``pgap-finetune --paired-forward``), functional only.
 
 Each step is timed with ``time.perf_counter`` after ``--warmup`` untimed steps and divided by the
 median of ``--repeats`` plain forwards timed just before the optimizer is built and again after it
@@ -49,13 +50,21 @@ from pgap.finetune.prompts import PromptClassifier
 from pgap.methods import build_optimizer
 from pgap.params import collect_trainable, resolve_mode
 
-METHODS = ("mezo", "mezo-rademacher", "agzo", "pgap", "ldsd", "mezo-gv")
+METHODS = ("mezo", "mezo-rademacher", "mezo-paired", "mezo-paired-rademacher", "agzo", "pgap",
+           "ldsd", "mezo-gv")
 # variants of a method: (the method, options beyond pgap-finetune's defaults)
-VARIANTS = {"mezo-rademacher": ("mezo", {"distribution": "rademacher"})}
+VARIANTS = {"mezo-rademacher": ("mezo", {"distribution": "rademacher"}),
+            "mezo-paired": ("mezo", {}),
+            "mezo-paired-rademacher": ("mezo", {"distribution": "rademacher"})}
+# variants whose steps take PromptClassifier.pair_loss as the pair closure (functional mode only;
+# pgap.paired, pair_copies at its default "mirror")
+PAIRED = ("mezo-paired", "mezo-paired-rademacher")
 MODES = ("inplace", "functional")
 TARGETS = {("mezo", "bf16", "default"): 2.4, ("agzo", "bf16", "default"): 2.3,
            ("mezo", "fp32", "inplace"): 2.3,
-           ("mezo-rademacher", "bf16", "default"): 2.4, ("mezo-rademacher", "fp32", "inplace"): 2.3}
+           ("mezo-rademacher", "bf16", "default"): 2.4, ("mezo-rademacher", "fp32", "inplace"): 2.3,
+           ("mezo-paired", "bf16", "functional"): 2.4,
+           ("mezo-paired-rademacher", "bf16", "functional"): 2.4}
 FIELDS = ["model", "dtype", "batch", "method", "mode", "default_mode", "warmup", "repeats",
           "forwards_per_step", "median_ms", "mean_ms", "iqr_ms", "forward_ms", "step_in_forwards",
           "mean_in_forwards", "overhead_in_forwards"]
@@ -83,20 +92,23 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int, clock: str =
     return common.time_ms({"fn": fn}, torch.device("cpu"), warmup, repeats, CLOCK[clock])["fn"]
 
 
-def load_task(dtype_name: str, batch_size: int):
+def load_task(dtype_name: str, batch_size: int, pair: bool = False):
     """The embedded SmolLM2-135M in ``dtype_name`` (eval mode), the first ``batch_size``
     Rotten Tomatoes training prompts encoded, and the closure ``PromptClassifier.loss`` on them:
-    (model, batch, loss)."""
+    (model, batch, loss), and with ``pair`` the pair closure ``PromptClassifier.pair_loss`` last."""
     tokenizer, model = load_causal_lm(None, DTYPES[dtype_name])
     model.eval()
     task = load_rotten_tomatoes(n_train=batch_size, n_dev=0, n_test=0, seed=0)
     clf = PromptClassifier(tokenizer, task.template, task.label_words)
     batch = clf.encode(task.train[:batch_size])
-    return model, batch, lambda: clf.loss(model, batch)
+    loss = lambda: clf.loss(model, batch)  # noqa: E731
+    if pair:
+        return model, batch, loss, lambda: clf.pair_loss(model, batch)
+    return model, batch, loss
 
 
 def measure(dtype_name: str, args) -> List[dict]:
-    model, batch, loss = load_task(dtype_name, args.batch)
+    model, batch, loss, pair = load_task(dtype_name, args.batch, pair=True)
 
     def plain():
         with torch.no_grad():
@@ -111,17 +123,18 @@ def measure(dtype_name: str, args) -> List[dict]:
                  forward_ms=fwd_ms, step_in_forwards=1.0, mean_in_forwards=1.0,
                  overhead_in_forwards=0.0)]
     for method in args.methods:
-        for mode in MODES:
+        for mode in ("functional",) if method in PAIRED else MODES:
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             fwds = time_calls(plain, 0, args.repeats, args.clock)  # the reference, before and after the steps
             opt = build_optimizer(base_method(method), model, lr=1e-9, eps=1e-3, seed=0, mode=mode,
                                   **options(method))
             default = build_default_mode(base_method(method), model)
             opt.set_token_mask(batch["attention_mask"])
+            step = (lambda: opt.step(loss, pair_closure=pair)) if method in PAIRED else (lambda: opt.step(loss))
             for _ in range(args.warmup):  # P-GAP's window start (probes) happens here
-                opt.step(loss)
+                step()
             f0 = opt.forwards
-            times = time_calls(lambda: opt.step(loss), 0, args.repeats, args.clock)
+            times = time_calls(step, 0, args.repeats, args.clock)
             per_step = (opt.forwards - f0) / args.repeats  # the timed steps' own forwards
             if hasattr(opt, "close"):
                 opt.close()
@@ -129,6 +142,7 @@ def measure(dtype_name: str, args) -> List[dict]:
             fwds += time_calls(plain, 0, args.repeats, args.clock)
             med, fwd = common.median(times), common.median(fwds)
             ratios = [t / fwd for t in times]
+            default = "" if method in PAIRED else default  # an opt-in, never the default step
             rows.append(dict(base, method=method, mode=mode, default_mode="yes" if mode == default else "",
                              forwards_per_step=f"{per_step:.2f}", median_ms=med,
                              mean_ms=statistics.fmean(times), iqr_ms=common.iqr(times), forward_ms=fwd,

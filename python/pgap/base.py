@@ -20,6 +20,7 @@ from ._checks import check_backend, check_choice, check_int, check_real
 from .alignment import GradientAlignment
 from .distributed import LossReducer, ProcessGroup, check_same_on_all_ranks, fsdp_modules, reshard, resolve_group
 from .mechanism import Mechanism
+from .paired import PairClosure, pair_losses
 from .passes import SeededPasses
 from .params import LOW_PRECISION, DecayFilter, Trainable, collect_trainable
 
@@ -114,6 +115,7 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         self._held: List[Callable[[], None]] = []  # Ctrl-C held by committing(), delivered by step
         self._diag: Dict[str, Any] = {}
         self.keeps_pending = False  # inside unmerged(): state_dict() merges nothing
+        self._pair: Optional[PairClosure] = None  # the pair closure of the step running now
 
     @property
     def lr(self) -> float:
@@ -130,12 +132,28 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         return self.forwards / self.steps_done if self.steps_done else float("nan")
 
     # -- the step protocol -----------------------------------------------------------------
-    def step(self, closure: Optional[Closure] = None) -> float:  # type: ignore[override]
+    supports_pairs = False  # whether step() takes a pair_closure (functional-mode MeZO family)
+
+    def step(self, closure: Optional[Closure] = None,  # type: ignore[override]
+             pair_closure: Optional[PairClosure] = None) -> float:
         """One ZO step. ``closure()`` runs a forward on the current batch and returns the loss
-        (a scalar tensor or float). Returns (L+ + L-)/2. Mutates the trainable parameters."""
+        (a scalar tensor or float). Returns (L+ + L-)/2. Mutates the trainable parameters.
+
+        ``pair_closure`` (where :attr:`supports_pairs`): runs one forward on the current batch
+        stacked twice along dim 0 and returns the two halves' losses (a tensor of 2, or a pair);
+        the two-point pair is then that one forward, its first half at θ + ε·P and its second
+        at θ − ε·P (:mod:`pgap.paired`; counted as 2 forwards). ``closure`` still serves any
+        other forward of the step (probes)."""
         if closure is None or not callable(closure):
             raise TypeError(f"{type(self).__name__}.step needs a closure that runs a forward on "
                             "the current batch and returns the loss")
+        if pair_closure is not None:
+            if not callable(pair_closure):
+                raise TypeError(f"pair_closure must be callable, got {type(pair_closure).__name__}")
+            if not self.supports_pairs:
+                raise ValueError(f"{type(self).__name__} (mode={getattr(self, 'mode', None)!r}) does "
+                                 "not take a pair_closure: paired forwards need a MeZO-family "
+                                 "optimizer in mode='functional'")
         if self.reducer is not None and not self._ranks_checked:
             check_same_on_all_ranks(self.reducer.group, self._rank_fingerprint())
             self._ranks_checked = True
@@ -143,12 +161,15 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         saved = self._step_state()
         self._undo = None
         self._held = []
+        self._pair = pair_closure
         try:
             with self._kernels():
                 loss = self._step(closure)
         except BaseException:
             self._abort(saved)
             raise
+        finally:
+            self._pair = None
         self.steps_done += 1
         for deliver in self._held:  # a Ctrl-C held during the update passes, now the step is done
             deliver()
@@ -203,10 +224,29 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         reshard(self._fsdp)  # the shards are what the optimizer writes next
         self.forwards += 1
         loss, weight = out if isinstance(out, tuple) else (out, 1.0)
+        return self._loss_value(loss, weight)
+
+    def _loss_value(self, loss: LossValue, weight: float) -> float:
+        """A closure's loss as a float (with a process group: the weighted mean over ranks)."""
         value = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else float(loss)
         if self.reducer is not None:
             value = self.reducer.mean(value, float(weight))
         return value
+
+    def evaluate_pair(self, pair_closure: PairClosure) -> Tuple[float, float]:
+        """(L+, L−) from one forward of ``pair_closure`` over the doubled batch (under no_grad
+        and eval mode, as :meth:`evaluate`; counts two forwards); NonFiniteLossError when either
+        is NaN or infinite."""
+        with torch.no_grad(), self._forward_mode():
+            out = pair_closure()
+        self.forwards += 2
+        losses, weight = pair_losses(out)
+        values = (self._loss_value(losses[0], weight), self._loss_value(losses[1], weight))
+        for value, where in zip(values, ("at θ+ε·P", "at θ−ε·P")):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"step {self.steps_done}: the loss {where} (paired "
+                                         f"forward) is {value}; weights restored")
+        return values
 
     def evaluate_finite(self, closure: Closure, where: str) -> float:
         """:meth:`evaluate`; raises :class:`NonFiniteLossError` saying ``where`` the loss was

@@ -21,7 +21,7 @@ from ._checks import check_choice
 from .base import Closure, ZOOptimizer
 from .params import Trainable, resolve_mode
 from .seeds import SEEDED_PASSES, group_pass
-from .views import Views
+from .views import PAIR_COPIES, Views
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,27 @@ class SeededZO(ZOOptimizer):
 
     def hyperparameters(self):
         return dict(super().hyperparameters(), mode=self.mode, distribution=self.distribution)
+
+    @property
+    def pair_copies(self) -> str:
+        """How a paired step makes the θ − ε·d copies (functional mode): "mirror" (default:
+        2θ − (θ + ε·d), one elementwise pass, no second draw of d; in bf16/fp16 the two copies
+        then carry the same rounding error, mirrored) or "draw" (the kernels again with −ε·d:
+        the numbers the unpaired step shows). Settable; see docs/optimizers.md, "Paired forwards"."""
+        return self.views.pair_copies if self.views is not None else "mirror"
+
+    @pair_copies.setter
+    def pair_copies(self, value: str) -> None:
+        value = check_choice(value, "pair_copies", PAIR_COPIES)
+        if self.views is None:
+            raise ValueError("pair_copies applies to mode='functional' (paired forwards) only")
+        self.views.pair_copies = value
+
+    @property
+    def supports_pairs(self) -> bool:  # type: ignore[override]
+        """Paired forwards (``step(closure, pair_closure=...)``) need the functional mode (not on
+        FSDP2-sharded parameters)."""
+        return self.views is not None and self.views.unit == "block"
 
     def _mean_of(self, t: Trainable) -> Optional[torch.Tensor]:
         means = self._means([t])
@@ -158,7 +179,14 @@ class SeededZO(ZOOptimizer):
             self.pass_(combo)
             first[0] = None
 
-        plus, minus = self.two_point(closure, apply, self.eps)
+        if self._pair is not None:  # one forward over the doubled batch: θ + ε·d, then θ − ε·d
+            step = direction.scaled(self.eps)
+            self.views.show(step.seeds, step.coeffs, step.mean_coeff, paired=True)
+            plus, minus = self.evaluate_pair(self._pair)
+            for mechanism in self.mechanisms:
+                mechanism.forward_checked()
+        else:
+            plus, minus = self.two_point(closure, apply, self.eps)
         if self.views is not None:
             self.show(None)
             self.pending(None)

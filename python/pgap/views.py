@@ -42,6 +42,7 @@ from torch import nn
 import pgap_kernels
 
 from .mechanism import Mechanism
+from .paired import HalfRunner, mirror_
 from .params import Trainable, is_dtensor
 
 MeansFor = Callable[[Trainable], Optional[torch.Tensor]]
@@ -49,8 +50,12 @@ ALIGN = 64  # bytes: each copy starts on a cache line of the arena
 MAX_UNIT_PLANS = 1024  # cached unit plans (a few per unit); all dropped beyond that
 _NO_BUFFER = torch.empty(0)  # stands for a tied parameter's kept buffer that does not exist (yet)
 UNIT_CHOICES = ("block", "module")
+# paired forwards, the θ − d copies: "draw" (the kernels again with −d: the numbers the unpaired
+# forward sees) or "mirror" (2θ − (θ + d), one elementwise pass, no second draw: pgap.paired.mirror_)
+PAIR_COPIES = ("draw", "mirror")
 BLOCK_SHARE = 16  # unit="block": a unit holds at most 1/16 of the trainable bytes (or the largest one)
 Entry = Tuple[nn.Module, str, Trainable]  # (the module that owns it, its name there, the trainable)
+Swapped = Tuple[List[str], int, int]  # per unit call: the names swapped, + copies' bytes, − copies' bytes
 
 
 def _nbytes(t: Trainable) -> int:
@@ -78,6 +83,28 @@ class _UnitPlan:
                 and all(a is b for a, b in zip(self.params, params))
                 and all(b is None or b is c for b, c in zip(buffers, self.copies))
                 and all(a is b for a, b in zip(self.means, means)))
+
+
+def arena_rooms(arena: Optional[torch.Tensor], top: int, likes: Sequence[torch.Tensor]
+                ) -> Tuple[Optional[torch.Tensor], List[torch.Tensor], int, bool]:
+    """Room for copies of ``likes`` in ``arena`` (uint8) above byte ``top``, each on a cache line:
+    (the arena, possibly a new one grown to fit when ``top`` is 0, the rooms, the bytes they take,
+    whether they are arena slices); fresh tensors when a nested unit finds the arena full (top > 0)
+    or the devices differ. A stack: the caller frees in the reverse order."""
+    sizes = [-(-x.numel() * x.element_size() // ALIGN) * ALIGN for x in likes]
+    total = sum(sizes)
+    device = likes[0].device
+    if any(x.device != device for x in likes):
+        return arena, [torch.empty_like(x) for x in likes], total, False
+    if arena is None or top + total > arena.numel() or arena.device != device:
+        if top:
+            return arena, [torch.empty_like(x) for x in likes], total, False
+        arena = torch.empty(total, dtype=torch.uint8, device=device)
+    rooms = []
+    for x, size in zip(likes, sizes):
+        rooms.append(arena[top:top + x.numel() * x.element_size()].view(x.dtype).view(x.shape))
+        top += size
+    return arena, rooms, total, True
 
 
 def _runs_forward(module: nn.Module) -> bool:
@@ -178,11 +205,22 @@ class PerturbedViews:
         self._swapped: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles = []
         self._witnesses = []  # hooks recording reads until stop_witnessing()
-        self._stacks: List[List[Tuple[List[str], int]]] = []
+        self._stacks: List[List[Swapped]] = []
+        # paired forwards: the θ − d copies of the parameters swapped now (tied ones: kept until the
+        # next show, in _minus_buffers), in their own arena (a stack, as the + copies')
+        self.paired = False
+        self._minus: Dict[str, torch.Tensor] = {}
+        self._minus_buffers: Dict[str, torch.Tensor] = {}
+        self._minus_arena: Optional[torch.Tensor] = None
+        self._minus_top = 0
+        self.pairs = HalfRunner(self._minus.get)
+        self.pair_copies = "mirror"  # how the θ − d copies are made: PAIR_COPIES
+        self._by_name = {t.name: t for t in trainables}
+        self._owners: List[Tuple[nn.Module, List[Tuple[str, str]]]] = []
         self.covered: List[Trainable] = []
         users: Dict[str, int] = {}
         for module, entries in find_units(model, trainables, unit, unit_bytes):
-            stack: List[Tuple[List[str], int]] = []  # per call of this unit: what its pre-hook swapped
+            stack: List[Swapped] = []  # per call of this unit: what its pre-hook swapped
             self._stacks.append(stack)
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(entries, stack)))
             self._handles.append(module.register_forward_hook(self._post_hook(stack), always_call=True))
@@ -193,19 +231,33 @@ class PerturbedViews:
                     self.covered.append(t)
             names = [t.name for _, _, t in entries]
             self._witnesses.append(module.register_forward_pre_hook(self._witness(names)))
+            self._owners.append((module, [(attr, t.name) for _, attr, t in entries]))
         self._shared = {name for name, n in users.items() if n > 1}
 
     # -- what the forwards see -------------------------------------------------------------
     def show(self, seeds: Sequence[int], coeffs: Sequence[float], mean_coeff: float = 0.0,
-             only: Optional[Sequence[Trainable]] = None) -> None:
-        """The next forwards see θ + mean_coeff·μ + Σ_j coeffs[j]·z(seeds[j]) on the covered
-        parameters (on those among ``only`` when given; the others then see θ)."""
+             only: Optional[Sequence[Trainable]] = None, paired: bool = False) -> None:
+        """The next forwards see θ + d, d = mean_coeff·μ + Σ_j coeffs[j]·z(seeds[j]), on the
+        covered parameters (on those among ``only`` when given; the others then see θ).
+        ``paired``: the next forwards run a doubled batch, its first half seeing θ + d and its
+        second θ − d (:mod:`pgap.paired`; not with FSDP2-sharded parameters)."""
         self.seeds, self.coeffs, self.mean_coeff = tuple(seeds), tuple(coeffs), float(mean_coeff)
         self.only = None if only is None else {t.name for t in only}
         self.shown = bool(self.seeds) or self.mean_coeff != 0.0
+        if paired and not self.shown:
+            raise ValueError("paired=True needs a direction to show (seeds or a mean term)")
+        if paired and self.unit == "module":
+            raise ValueError("paired forwards are not supported with FSDP2-sharded parameters")
+        self.paired = paired
         self.showed = set()
         self._kept.clear()
         self.kept_bytes = 0
+        self._minus.clear()
+        self.pairs.reset()
+        if paired:
+            self.pairs.install(self._owners)
+        else:
+            self.pairs.remove()
 
     def hide(self) -> None:
         """The next forwards see the stored weights θ."""
@@ -213,25 +265,13 @@ class PerturbedViews:
 
     # -- hooks -----------------------------------------------------------------------------
     def _alloc(self, likes: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], int, bool]:
-        """Room for copies of ``likes``, the bytes they take, and whether they are arena slices:
-        the next slices of the arena (a stack: copies are freed in the reverse order of their
-        units' calls), grown while no copy is alive; fresh tensors when a nested unit finds the
-        arena full (or devices differ)."""
-        sizes = [-(-x.numel() * x.element_size() // ALIGN) * ALIGN for x in likes]
-        total, top = sum(sizes), self.live_bytes
-        device = likes[0].device
-        if any(x.device != device for x in likes):
-            return [torch.empty_like(x) for x in likes], total, False
-        if self._arena is None or top + total > self._arena.numel() or self._arena.device != device:
-            if top:
-                return [torch.empty_like(x) for x in likes], total, False
-            self._arena = torch.empty(total, dtype=torch.uint8, device=device)
+        """Room for copies of ``likes`` above the live copies (:func:`arena_rooms`), the bytes
+        they take, and whether they are arena slices; a new arena drops the plans."""
+        arena, rooms, total, reusable = arena_rooms(self._arena, self.live_bytes, likes)
+        if arena is not self._arena:
+            self._arena = arena
             self._plans.clear()  # their copies are slices of the old arena
-        rooms = []
-        for x, size in zip(likes, sizes):
-            rooms.append(self._arena[top:top + x.numel() * x.element_size()].view(x.dtype).view(x.shape))
-            top += size
-        return rooms, total, True
+        return rooms, total, reusable
 
     def _groups(self, sources: List[torch.Tensor], todo: List[Trainable], outs: List[torch.Tensor],
                 means: List[Optional[torch.Tensor]]):
@@ -249,11 +289,12 @@ class PerturbedViews:
                            out=[outs[p] for p in ps], distribution=self.distribution), with_mean
 
     def _fill(self, sources: List[torch.Tensor], todo: List[Trainable], outs: List[torch.Tensor],
-              means: List[Optional[torch.Tensor]]) -> None:
-        """The calls of :meth:`_groups`, each validated in full (copies that are not reused)."""
+              means: List[Optional[torch.Tensor]], sign: float = 1.0) -> None:
+        """The calls of :meth:`_groups`, each validated in full (copies that are not reused);
+        ``sign`` -1: the copies of θ − d."""
         for kwargs, with_mean in self._groups(sources, todo, outs, means):
-            pgap_kernels.perturbed_many(seeds=list(self.seeds), coeffs=list(self.coeffs),
-                                        mean_coeff=self.mean_coeff if with_mean else 0.0, **kwargs)
+            pgap_kernels.perturbed_many(seeds=list(self.seeds), coeffs=[sign * c for c in self.coeffs],
+                                        mean_coeff=sign * self.mean_coeff if with_mean else 0.0, **kwargs)
             self.calls += 1
 
     def _run_plans(self, unit: _UnitPlan) -> None:
@@ -263,10 +304,10 @@ class PerturbedViews:
             plan(self.seeds, self.coeffs, mean_coeff=self.mean_coeff if with_mean else 0.0)
             self.calls += 1
 
-    def _pre_hook(self, entries: List[Entry], stack: List[Tuple[List[str], int]]):
+    def _pre_hook(self, entries: List[Entry], stack: List[Swapped]):
         def hook(module: nn.Module, inputs) -> None:
             if not self.shown:
-                stack.append(([], 0))  # even when empty: the post-hook pops one entry per call
+                stack.append(([], 0, 0))  # even when empty: the post-hook pops one entry per call
                 return
             params: Dict[str, Tuple[torch.Tensor, Trainable]] = {}
             for owner, pname, t in entries:
@@ -286,10 +327,46 @@ class PerturbedViews:
                 p = params[name][0]
                 self._swapped[name] = (p, p.data)
                 p.data = copy
-            stack.append((names, size))
+            minus_size = self._mirror(names) if self.paired else 0
+            stack.append((names, size, minus_size))
             self.live_bytes += size
-            self.peak_bytes = max(self.peak_bytes, self.live_bytes + self.kept_bytes)
+            self._minus_top += minus_size
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes + self._minus_top + self.kept_bytes)
         return hook
+
+    def _mirror(self, names: List[str]) -> int:
+        """Paired forwards: the θ − d copies of the parameters ``names`` just swapped in (their θ + d
+        copies): :func:`pgap.paired.mirror_`, into the minus arena, or for a tied parameter a kept
+        buffer made once per show. Returns the minus-arena bytes taken."""
+        fresh = [n for n in names if n not in self._shared]
+        arena, rooms, size, _ = (arena_rooms(self._minus_arena, self._minus_top,
+                                             [self._swapped[n][1] for n in fresh]) if fresh else
+                                 (self._minus_arena, [], 0, True))
+        self._minus_arena = arena
+        outs = dict(zip(fresh, rooms))
+        for name in names:
+            if name in self._shared and name not in self._minus:
+                stored = self._swapped[name][1]
+                buffer = self._minus_buffers.get(name)
+                if buffer is None or buffer.shape != stored.shape or buffer.dtype != stored.dtype \
+                        or buffer.device != stored.device:
+                    buffer = self._minus_buffers[name] = torch.empty_like(stored)
+                outs[name] = buffer
+                self.kept_bytes += buffer.numel() * buffer.element_size()
+        todo = list(outs)
+        with torch.no_grad():
+            if self.pair_copies == "mirror":
+                for name in todo:
+                    p, stored = self._swapped[name]
+                    mirror_(outs[name], p.data, stored)
+            elif todo:
+                trainables = [self._by_name[name] for name in todo]
+                with_mean = self.mean_coeff != 0.0 and self.means is not None
+                self._fill([self._swapped[name][1] for name in todo], trainables,
+                           [outs[name] for name in todo],
+                           [self.means(t) if with_mean else None for t in trainables], sign=-1.0)
+        self._minus.update(outs)
+        return size
 
     def _copies(self, params: List[Tuple[torch.Tensor, Trainable]]
                 ) -> Tuple[List[torch.Tensor], int]:
@@ -359,15 +436,18 @@ class PerturbedViews:
         self._run_plans(unit)
         return unit
 
-    def _post_hook(self, stack: List[Tuple[List[str], int]]):
+    def _post_hook(self, stack: List[Swapped]):
         def hook(module: nn.Module, inputs, output) -> None:
             self._release_aliased(output)  # an output viewing a copy keeps that memory
-            names, size = stack.pop() if stack else ([], 0)
+            names, size, minus_size = stack.pop() if stack else ([], 0, 0)
             self.live_bytes -= size
+            self._minus_top -= minus_size
             for name in names:
                 entry = self._swapped.pop(name, None)
                 if entry is not None:
                     entry[0].data = entry[1]
+                if name not in self._shared:
+                    self._minus.pop(name, None)
         return hook
 
     def _witness(self, names: List[str]):
@@ -422,6 +502,9 @@ class PerturbedViews:
         self.live_bytes = 0
         self._kept.clear()
         self.kept_bytes = 0
+        self._minus.clear()
+        self._minus_top = 0
+        self.pairs.reset()
 
     def remove(self) -> None:
         self.restore_all()
@@ -429,6 +512,8 @@ class PerturbedViews:
         self.stop_witnessing()
         self._arena = None
         self._kept_buffers.clear()
+        self._minus_arena = None
+        self._minus_buffers.clear()
         self._plans.clear()
         for h in self._handles:
             h.remove()

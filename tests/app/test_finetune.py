@@ -1,6 +1,7 @@
 """pgap-finetune end to end on a tiny random Llama with a tokenizer trained on the fly."""
 import csv
 import json
+import math
 import random
 
 import pytest
@@ -533,3 +534,18 @@ def test_split_by_group_keeps_groups_and_texts_in_one_split():
     texts = [{e.text for e in part} for part in (task.train, task.dev, task.test)]
     assert all(len(t) > n for t, n in zip(texts, (900, 450, 1900)))  # a few duplicate sentences
     assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+
+
+def test_paired_forward_runs_and_refuses_what_it_cannot_pair(tiny_model, tmp_path, capsys):
+    """--paired-forward: MeZO in bf16 (functional) trains with both points in one forward (two
+    forwards counted per step); in-place float32 and AGZO refuse it before training."""
+    out = tmp_path / "paired"
+    assert finetune.main(cli(tiny_model, out, "--method", "mezo", "--steps", "3", "--lr", "1e-3",
+                             "--dtype", "bf16", "--paired-forward", "--no-plot")) == 0
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if r["kind"] == "step"]
+    assert [r["forwards"] for r in steps] == [2, 4, 6] and all(math.isfinite(r["loss"]) for r in steps)
+    for extra in (["--method", "mezo", "--dtype", "fp32", "--mode", "inplace"], ["--method", "agzo"]):
+        assert finetune.main(cli(tiny_model, tmp_path / "o", "--steps", "1", "--paired-forward",
+                                 *extra)) == 2
+        assert "--paired-forward needs a MeZO-family method" in capsys.readouterr().err

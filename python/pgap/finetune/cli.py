@@ -128,6 +128,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--mode", choices=["auto", "inplace", "functional"],
                    help="functional: the weights never hold ±eps*z (default auto: functional for "
                         "bf16/fp16 weights)")
+    g.add_argument("--paired-forward", action="store_true",
+                   help="both points of each step in one forward over the batch stacked twice "
+                        "(MeZO family in functional mode; saves one draw of z per step)")
     g.add_argument("--rounding", choices=["stochastic", "nearest"],
                    help="how updates round into bf16/fp16 weights (default stochastic)")
     g.add_argument("--distribution", choices=["gaussian", "rademacher"],
@@ -288,6 +291,11 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
     except ValueError as exc:
         say(f"pgap-finetune: error: {exc}", file=sys.stderr)
         return 2
+    if args.paired_forward and not getattr(opt, "supports_pairs", False):
+        say(f"pgap-finetune: error: --paired-forward needs a MeZO-family method (mezo, mezo-gv, "
+            f"mezo-greedy, ldsd) in functional mode (--mode functional, the default for bf16); "
+            f"got {args.method} in mode {getattr(opt, 'mode', None)!r}", file=sys.stderr)
+        return 2
     if resume_step is not None:
         load_optimizer(opt, optimizer_file(out / "checkpoint", args, ranks))
     log = MetricsLog(out / "metrics.jsonl", resume_step, write=ranks.main)
@@ -309,7 +317,7 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
     start = resume_step or 0
     peak = PeakMemory(next(model.parameters()).device)
     steps = training_steps(opt, model, clf, task.train, args.batch_size, args.seed, ranks, peak,
-                           start=start, stop=args.steps)
+                           start=start, stop=args.steps, paired=args.paired_forward)
     bar = tqdm(steps, initial=start, total=args.steps, disable=args.no_progress or not ranks.main,
                desc=args.method, dynamic_ncols=True)
     dev_acc, t_train = float("nan"), 0.0

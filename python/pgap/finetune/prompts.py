@@ -106,6 +106,16 @@ class PromptClassifier:
         scores = self.scores(model, batch)
         return F.cross_entropy(scores, batch["labels"].to(scores.device))
 
+    def pair_loss(self, model, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`loss` of ``batch`` twice, in one forward over the batch stacked twice along
+        dim 0: a tensor of 2 (the first copy's loss, the second's), what a ZO optimizer's
+        ``step(closure, pair_closure=...)`` takes (:mod:`pgap.paired`)."""
+        doubled = {k: torch.cat([v, v]) for k, v in batch.items()}
+        per_example = F.cross_entropy(self.scores(model, doubled),
+                                      doubled["labels"].to(next(model.parameters()).device),
+                                      reduction="none")
+        return per_example.view(2, -1).mean(dim=1)
+
     def accuracy(self, model, examples: Sequence[Example], batch_size: int = 32) -> float:
         """Fraction of ``examples`` whose highest-scoring label word is the label."""
         return self.correct(model, examples, batch_size) / len(examples) if examples else float("nan")

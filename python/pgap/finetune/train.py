@@ -87,14 +87,18 @@ def evaluate(clf: PromptClassifier, model, examples: Sequence[Any], ranks: Ranks
 
 
 def train_step(opt, model, clf: PromptClassifier, train: Sequence[Any], step: int, batch_size: int,
-               seed: int, ranks: Ranks) -> float:
+               seed: int, ranks: Ranks, paired: bool = False) -> float:
     """Step ``step`` (0-based) of ``opt`` on its batch of ``train`` (:func:`batch_indices`; each
     rank takes its share): the one training step of pgap-finetune and
-    bench/experiments/compare.py."""
+    bench/experiments/compare.py. ``paired``: both points in one forward over the batch stacked
+    twice (``opt.step``'s ``pair_closure``; :mod:`pgap.paired`)."""
     mine = ranks.share(batch_indices(step, batch_size, len(train), seed))
     batch = clf.encode([train[i] for i in mine])
     opt.set_token_mask(batch["attention_mask"])
-    return opt.step(lambda: (clf.loss(model, batch), len(mine)))
+    closure = lambda: (clf.loss(model, batch), len(mine))  # noqa: E731
+    if paired:
+        return opt.step(closure, pair_closure=lambda: (clf.pair_loss(model, batch), len(mine)))
+    return opt.step(closure)
 
 
 class Step(NamedTuple):
@@ -108,18 +112,18 @@ class Step(NamedTuple):
 
 def training_steps(opt, model, clf: PromptClassifier, train: Sequence[Any], batch_size: int, seed: int,
                    ranks: Ranks, peak: PeakMemory, start: int = 0, stop: Optional[int] = None,
-                   catch_nonfinite: bool = False) -> Iterator[Step]:
+                   catch_nonfinite: bool = False, paired: bool = False) -> Iterator[Step]:
     """The training loop of pgap-finetune and bench/experiments/compare.py: steps ``start``,
     ``start + 1``, ... (up to ``stop``, else until the caller stops asking) of :func:`train_step`,
     each timed and its memory tracked by ``peak``; the caller evaluates and saves between steps,
     and stops after a loss that is not finite (the weights stay at the last finite step's): a
     first-order baseline's nan, or a ZO optimizer's :class:`NonFiniteLossError`, raised unless
-    ``catch_nonfinite`` (then yielded as a nan loss)."""
+    ``catch_nonfinite`` (then yielded as a nan loss). ``paired``: :func:`train_step`'s."""
     for step in itertools.count(start) if stop is None else range(start, stop):
         t = time.perf_counter()
         try:
             with peak.track():
-                loss = train_step(opt, model, clf, train, step, batch_size, seed, ranks)
+                loss = train_step(opt, model, clf, train, step, batch_size, seed, ranks, paired)
         except NonFiniteLossError:
             if not catch_nonfinite:
                 raise

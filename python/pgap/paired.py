@@ -1,0 +1,197 @@
+"""Paired forwards: both points of a two-point estimate in one forward over a doubled batch.
+
+A pair closure runs the model once on the step's batch stacked twice along dim 0 (rows 2B) and
+returns the two halves' losses. While a pair is shown (:meth:`pgap.views.PerturbedViews.show`
+with ``paired=True``), every module that owns a trainable runs its forward once per half: the
+first B rows with its θ + d copies, the last B rows with its θ − d copies. The other modules
+(attention, activations, the loss) see the whole doubled batch, so every matrix product of the
+model runs once at 2B rows instead of twice at B rows, and the direction d is drawn once per
+unit for both copies (the − copy is 2θ − (θ + d), rounded once: :func:`mirror_`).
+
+Requirement: each module that owns a trainable receives its batch-major inputs with the doubled
+batch as dim 0 (true for ``nn.Linear``, ``nn.Embedding``, the norms and Hugging Face decoders,
+which keep (batch, seq, ...) or flatten it batch-major); a module called with another leading
+size raises ``ValueError`` (the step then takes the weights back to θ).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+PairLosses = Any  # a tensor of two losses, a pair of scalars, or (either, weight)
+PairClosure = Callable[[], PairLosses]
+
+
+def mirror_(out: torch.Tensor, plus: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``out`` ← 2·θ − plus (``torch.lerp(plus, θ, 2)``: θ + (θ − plus) in float32, rounded once
+    to bf16/fp16): the copy θ − d from the copy θ + d without drawing d again. In float32 it is
+    θ − d up to a few roundings; in bf16/fp16 it carries plus's rounding error mirrored, so the
+    two copies stay symmetric about θ. Mutates ``out``; shapes and dtypes equal."""
+    return torch.lerp(plus, theta, 2.0, out=out)
+
+
+def split_halves(value: Any, rows: int) -> Tuple[Any, Any]:
+    """``value`` (a tensor, or a tuple/list/dict of them, nested) cut into its first and last
+    ``rows // 2`` rows wherever a tensor has ``rows`` leading rows; everything else goes to both
+    halves unchanged."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 1 and value.shape[0] == rows:
+            return value[: rows // 2], value[rows // 2:]
+        return value, value
+    if isinstance(value, (tuple, list)):
+        pairs = [split_halves(v, rows) for v in value]
+        return type(value)(p[0] for p in pairs), type(value)(p[1] for p in pairs)
+    if isinstance(value, dict):
+        pairs = {k: split_halves(v, rows) for k, v in value.items()}
+        return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
+    return value, value
+
+
+def join_halves(first: Any, second: Any, where: str) -> Any:
+    """The outputs of the two halves as one: tensors concatenated along dim 0, tuples/lists/dicts
+    element by element, ``None`` kept; ``ValueError`` naming ``where`` for anything else."""
+    if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor):
+        return torch.cat([first, second])
+    if first is None and second is None:
+        return None
+    if isinstance(first, (tuple, list)) and type(first) is type(second) and len(first) == len(second):
+        return type(first)(join_halves(a, b, where) for a, b in zip(first, second))
+    if isinstance(first, dict) and isinstance(second, dict) and first.keys() == second.keys():
+        return type(first)((k, join_halves(first[k], second[k], where)) for k in first)
+    raise ValueError(f"paired forward: {where} returned {type(first).__name__}, which cannot be "
+                     "joined along the batch; use the unpaired step (no pair_closure)")
+
+
+def same_halves(first: Any, second: Any) -> bool:
+    """Whether two halves from :func:`split_halves` hold equal tensors (the doubled batch's)."""
+    if isinstance(first, torch.Tensor):
+        return first is second or (first.shape == second.shape and torch.equal(first, second))
+    if isinstance(first, (tuple, list)):
+        return all(same_halves(a, b) for a, b in zip(first, second))
+    if isinstance(first, dict):
+        return all(same_halves(first[k], second[k]) for k in first)
+    return True
+
+
+def first_rows(args: Sequence[Any], kwargs: Dict[str, Any]) -> Optional[int]:
+    """The leading size of the first tensor among ``args`` then ``kwargs`` (None: no tensor)."""
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            return int(value.shape[0])
+    return None
+
+
+class HalfRunner:
+    """Runs the owning modules' forwards once per half while a pair is shown.
+
+    ``minus_of(name)`` gives the θ − d copy of trainable ``name`` while its θ + d copy is swapped
+    in (None otherwise). ``install(owners)`` replaces the forward of each ``(module, [(attribute,
+    trainable name)])`` by one that splits the batch (or, nested inside another owner's half,
+    uses that half's copies); ``remove()`` puts the forwards back.
+    """
+
+    def __init__(self, minus_of: Callable[[str], Optional[torch.Tensor]]) -> None:
+        self.minus_of = minus_of
+        self.half: Optional[int] = None  # 0 or 1 inside an owner's half, else None
+        self.rows: Optional[int] = None  # the doubled batch of this pair (set by the first call)
+        self._installed: List[Tuple[nn.Module, bool, Any]] = []
+
+    def reset(self) -> None:
+        """A new pair: the doubled batch is read again from the next call."""
+        self.half, self.rows = None, None
+
+    def install(self, owners: Sequence[Tuple[nn.Module, List[Tuple[str, str]]]]) -> None:
+        if self._installed:
+            return
+        for module, names in owners:
+            had = "forward" in module.__dict__
+            previous = module.__dict__.get("forward")
+            module.forward = self._forward(module, module.forward, names)
+            self._installed.append((module, had, previous))
+
+    def remove(self) -> None:
+        for module, had, previous in reversed(self._installed):
+            if had:
+                module.forward = previous
+            else:
+                del module.forward
+        self._installed = []
+        self.reset()
+
+    def _swap_minus(self, module: nn.Module, names: List[Tuple[str, str]]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Swap ``module``'s θ + d copies for their θ − d copies; returns what to swap back."""
+        back = []
+        for attr, name in names:
+            minus = self.minus_of(name)
+            if minus is not None:
+                p = module._parameters[attr]
+                back.append((p, p.data))
+                p.data = minus
+        return back
+
+    def _forward(self, module: nn.Module, original: Callable[..., Any], names: List[Tuple[str, str]]):
+        label = f"{type(module).__name__} owning {names[0][1]!r}"
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if self.half is not None:  # inside an owner's half: that half's copies, no split
+                back = self._swap_minus(module, names) if self.half == 1 else []
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    for p, data in back:
+                        p.data = data
+            if not any(self.minus_of(name) is not None for _, name in names):
+                return original(*args, **kwargs)  # nothing shown here: both halves see θ
+            rows = first_rows(args, kwargs)
+            if rows is None or rows % 2 or (self.rows is not None and rows != self.rows):
+                expected = "an even number" if self.rows is None else str(self.rows)
+                raise ValueError(f"paired forward: {label} was called with {rows} leading rows, "
+                                 f"expected {expected} (the step's batch stacked twice along "
+                                 "dim 0, batch-major); use the unpaired step (no pair_closure)")
+            a1, a2 = split_halves(args, rows)
+            k1, k2 = split_halves(kwargs, rows)
+            if self.rows is None and not same_halves((a1, k1), (a2, k2)):
+                raise ValueError(f"paired forward: the first module owning a trainable ({label}) got "
+                                 "two different halves; a pair closure runs the step's batch "
+                                 "stacked twice along dim 0 (torch.cat([batch, batch]))")
+            self.rows = rows
+            try:
+                self.half = 0
+                out1 = original(*a1, **k1)
+                self.half = 1
+                back = self._swap_minus(module, names)
+                try:
+                    out2 = original(*a2, **k2)
+                finally:
+                    for p, data in back:
+                        p.data = data
+            finally:
+                self.half = None
+            return join_halves(out1, out2, label)
+
+        return forward
+
+
+def pair_losses(out: PairLosses) -> Tuple[Tuple[Any, Any], float]:
+    """A pair closure's return value as ((L+, L−), weight): a tensor of two losses or a pair of
+    scalars, optionally as ``(losses, weight)`` (weight 1 when omitted)."""
+    def two(x: Any) -> Optional[Tuple[Any, Any]]:
+        if isinstance(x, torch.Tensor):
+            return (x.reshape(-1)[0], x.reshape(-1)[1]) if x.numel() == 2 else None
+        if isinstance(x, (tuple, list)) and len(x) == 2 and all(
+                isinstance(v, (float, int, torch.Tensor)) and (not isinstance(v, torch.Tensor) or v.numel() == 1)
+                for v in x):
+            return x[0], x[1]
+        return None
+
+    if isinstance(out, tuple) and len(out) == 2 and two(out[0]) is not None \
+            and isinstance(out[1], (int, float)) and not isinstance(out[0], (int, float)):
+        return two(out[0]), float(out[1])
+    losses = two(out)
+    if losses is None:
+        raise TypeError("a pair closure returns the two halves' losses: a tensor of 2 values or a "
+                        "pair of scalars (optionally as (losses, weight)); got "
+                        f"{type(out).__name__}")
+    return losses, 1.0
