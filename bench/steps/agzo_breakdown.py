@@ -9,9 +9,10 @@ basis and its refinements), pending updates merged, in one process and interleav
 * one step (timed; its update is merged afterwards, untimed);
 * the side path's operations, each summed over every side-path module's call in one forward,
   timed in place (hooks of ours doing the side path's arithmetic op by op; the loss is checked
-  to equal the optimizer's own side path's): x → float32, x·B (the n × r GEMM),
-  M = A + c·Ξ, s·Mᵀ (the r-deep GEMM), the cast to the output dtype, the add to the output,
-  and the tied embedding's gather + GEMM.
+  to equal the optimizer's own side path's): the cast to the side path's dtype (x → float32
+  for float32 arithmetic; M → bf16 for bf16 outputs, whose side path runs in bf16 with its bases
+  cast once per refresh), x·B (the n × r GEMM), M = A + c·Ξ, s·Mᵀ (the r-deep GEMM), the cast
+  to the output dtype, the add to the output, and the tied embedding's gather + GEMM.
 
 All in units of the idle forward (median of ``--repeats``). ``--threads 1`` (default) times CPU
 time of the calling thread (``time.thread_time``), which a loaded machine disturbs least; more
@@ -49,7 +50,7 @@ def side_parts(opt, loss, clock: Callable[[], float]) -> Dict[str, float]:
     timed in place: the optimizer's side path stays inactive and hooks of ours do its work on
     every side-path module, op by op. Raises if that forward's loss differs from the one through
     the optimizer's own side path (the timed copy must do the same arithmetic)."""
-    spent = dict.fromkeys(("x to float32", "x·B", "M = A + c·Ξ", "s·Mᵀ", "cast to output dtype",
+    spent = dict.fromkeys(("to the side dtype", "x·B", "M = A + c·Ξ", "s·Mᵀ", "cast to output dtype",
                            "add to output", "embedding gather + GEMM"), 0.0)
     eps = opt.eps
 
@@ -61,11 +62,15 @@ def side_parts(opt, loss, clock: Callable[[], float]) -> Dict[str, float]:
 
     def hook(module, inputs, output, s):
         M = timed("M = A + c·Ξ", lambda: s.A + eps * s.Z)
+        x, V = inputs[0], s.V
+        if output.dtype == torch.bfloat16:  # the side path's bf16 arithmetic (pgap.side_paths)
+            M, V = timed("to the side dtype", M.to, torch.bfloat16), opt.side._low(s.V)
+        elif not isinstance(module, nn.Embedding):
+            x = timed("to the side dtype", x.to, torch.float32)
         if isinstance(module, nn.Embedding):
-            side = timed("embedding gather + GEMM", lambda: M[inputs[0]] @ s.V.T)
+            side = timed("embedding gather + GEMM", lambda: M[x] @ V.T)
         else:
-            xf = timed("x to float32", inputs[0].to, torch.float32)
-            side = timed("s·Mᵀ", torch.matmul, timed("x·B", torch.matmul, xf, s.V), M.T)
+            side = timed("s·Mᵀ", torch.matmul, timed("x·B", torch.matmul, x, V), M.T)
         return timed("add to output", torch.add, output, timed("cast to output dtype", side.to, output.dtype))
 
     handles = [m.register_forward_hook(lambda mod, inp, out, s=s: hook(mod, inp, out, s))
