@@ -147,6 +147,12 @@ def done_checkpoints(rows: Sequence[dict]) -> Dict[RunKey, set]:
     return done
 
 
+def done_now(csv_path: Path, key: RunKey) -> set:
+    """The checkpoints of run ``key`` in the CSV as it is now: another process (a second queue
+    given the same run) may have written some since this one started."""
+    return done_checkpoints(common.read_csv_rows(csv_path)).get(key, set())
+
+
 def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task, method: str,
             options: str, lr: float, seed: int, args, done: set) -> None:
     """Train one (method, options, lr, seed) from ``initial`` with pgap-finetune's training loop,
@@ -164,12 +170,13 @@ def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task
     curve: List[dict] = []  # this segment's per-step losses (written with the checkpoint's row)
     losses: List[float] = []
     todo = list(args.checkpoints)
+    key: RunKey = (args.phase, method, options, float(lr), int(seed), args.dtype)
     status, per_step, t_train = "ok", 2, 0.0
     while todo:
         # a checkpoint when the next step would cross it (its forwards: measured on the last step)
         if status != "ok" or opt.forwards + per_step > todo[0]:
             checkpoint = todo.pop(0)
-            if checkpoint not in done:
+            if checkpoint not in done and checkpoint not in done_now(args.csv, key):
                 t = time.perf_counter()
                 test = evaluate(clf, model, task.test, single) if args.phase != "sweep" else ("", "")
                 dev = evaluate(clf, model, task.dev, single)
@@ -281,8 +288,13 @@ def run_v2(args, grid) -> int:
           f"{len(todo)} runs to do")
     zero_shot(model, clf, task, args, rows)
     for method, options, lr, seed in todo:
-        run_one(model, initial, clf, task, method, options, lr, seed, args,
-                done.get((args.phase, method, options, lr, seed, args.dtype), set()))
+        key = (args.phase, method, options, lr, seed, args.dtype)
+        written = done.get(key, set()) | done_now(args.csv, key)
+        if set(args.checkpoints) <= written:
+            print(f"  {run_label(method, options)} lr {lr:g} seed {seed}: written meanwhile (another "
+                  "process), skipped")
+            continue
+        run_one(model, initial, clf, task, method, options, lr, seed, args, written)
     return 0
 
 

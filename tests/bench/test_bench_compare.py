@@ -128,3 +128,11 @@ def test_a_restarted_run_skips_the_checkpoints_it_wrote(tiny_model, tmp_path):  
     bc.run_one(model, initial, clf, task, "backprop-sgd", "", 1e-2, 0, args, done=set())
     fo = [r for r in common.read_csv_rows(args.csv) if r["method"] == "backprop-sgd"]
     assert [(r["step"], r["forwards"]) for r in fo] == [("2", "6"), ("5", "15")]
+    # a checkpoint another process wrote while this one ran (it started with done empty) is not
+    # evaluated or written twice
+    other = dict(rows[0], seed="1", checkpoint="8", step="4", forwards="8", test_accuracy="0.5")
+    common.append_csv(args.csv, bc.FIELDS_V2, [other])
+    bc.run_one(model, initial, clf, task, "mezo", "", 1e-3, 1, args, done=set())
+    seed1 = [r for r in common.read_csv_rows(args.csv) if r["method"] == "mezo" and r["seed"] == "1"]
+    assert [(r["checkpoint"], r["test_accuracy"]) for r in seed1][0] == ("8", "0.5")
+    assert [r["checkpoint"] for r in seed1] == ["8", "16"]
