@@ -8,7 +8,7 @@ at the last prompt position only), in one run, side by side:
 * ``forward``: the loss alone;
 * one step of each method (MeZO, MeZO with Rademacher directions, AGZO, P-GAP in the activation
   subspace at pgap-finetune's defaults, LDSD, MeZO-GV), ``mode="inplace"`` and
-  ``mode="functional"``, for every ``--dtypes``; and MeZO with paired forwards (both points in
+  ``mode="functional"``, for every ``--dtypes``; and MeZO and AGZO with paired forwards (both points in
   one forward over the batch stacked twice, ``pgap-finetune --paired-forward``), functional only.
 
 Each step is timed with ``time.perf_counter`` after ``--warmup`` untimed steps and divided by the
@@ -50,21 +50,23 @@ from pgap.finetune.prompts import PromptClassifier
 from pgap.methods import build_optimizer
 from pgap.params import collect_trainable, resolve_mode
 
-METHODS = ("mezo", "mezo-rademacher", "mezo-paired", "mezo-paired-rademacher", "agzo", "pgap",
-           "ldsd", "mezo-gv")
+METHODS = ("mezo", "mezo-rademacher", "mezo-paired", "mezo-paired-rademacher", "agzo", "agzo-paired",
+           "pgap", "ldsd", "mezo-gv")
 # variants of a method: (the method, options beyond pgap-finetune's defaults)
 VARIANTS = {"mezo-rademacher": ("mezo", {"distribution": "rademacher"}),
             "mezo-paired": ("mezo", {}),
-            "mezo-paired-rademacher": ("mezo", {"distribution": "rademacher"})}
+            "mezo-paired-rademacher": ("mezo", {"distribution": "rademacher"}),
+            "agzo-paired": ("agzo", {})}
 # variants whose steps take PromptClassifier.pair_loss as the pair closure (functional mode only;
 # pgap.paired, pair_copies at its default "mirror")
-PAIRED = ("mezo-paired", "mezo-paired-rademacher")
+PAIRED = ("mezo-paired", "mezo-paired-rademacher", "agzo-paired")
 MODES = ("inplace", "functional")
 TARGETS = {("mezo", "bf16", "default"): 2.4, ("agzo", "bf16", "default"): 2.3,
            ("mezo", "fp32", "inplace"): 2.3,
            ("mezo-rademacher", "bf16", "default"): 2.4, ("mezo-rademacher", "fp32", "inplace"): 2.3,
            ("mezo-paired", "bf16", "functional"): 2.4,
-           ("mezo-paired-rademacher", "bf16", "functional"): 2.4}
+           ("mezo-paired-rademacher", "bf16", "functional"): 2.4,
+           ("agzo-paired", "bf16", "functional"): 2.3}
 FIELDS = ["model", "dtype", "batch", "method", "mode", "default_mode", "warmup", "repeats",
           "forwards_per_step", "median_ms", "mean_ms", "iqr_ms", "forward_ms", "step_in_forwards",
           "mean_in_forwards", "overhead_in_forwards"]

@@ -118,6 +118,7 @@ class ActivationSketcher(Mechanism):
     def __init__(self, bases: Sequence[ActivationBasis]) -> None:
         self.bases = list(bases)
         self.active = False
+        self.first_half = False  # paired forwards: sketch only the first half's rows (θ + ε·P)
         self.token_mask: Optional[torch.Tensor] = None
         self._handles = [m.register_forward_pre_hook(self._hook(b))
                          for b in self.bases for m in b.modules]
@@ -139,7 +140,8 @@ class ActivationSketcher(Mechanism):
         def hook(module: nn.Module, inputs) -> None:
             if not self.active or basis.sketch is None:
                 return None
-            X = self._rows(inputs[0], basis.shape[1])
+            x = inputs[0][: inputs[0].shape[0] // 2] if self.first_half else inputs[0]
+            X = self._rows(x, basis.shape[1])
             if X.shape[0] == 0:
                 return None
             basis.sketch.add_(X.T @ (X @ basis.Q))

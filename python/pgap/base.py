@@ -132,7 +132,7 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         return self.forwards / self.steps_done if self.steps_done else float("nan")
 
     # -- the step protocol -----------------------------------------------------------------
-    supports_pairs = False  # whether step() takes a pair_closure (functional-mode MeZO family)
+    supports_pairs = False  # whether step() takes a pair_closure (functional MeZO family, AGZO)
 
     def step(self, closure: Optional[Closure] = None,  # type: ignore[override]
              pair_closure: Optional[PairClosure] = None) -> float:
@@ -152,8 +152,9 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
                 raise TypeError(f"pair_closure must be callable, got {type(pair_closure).__name__}")
             if not self.supports_pairs:
                 raise ValueError(f"{type(self).__name__} (mode={getattr(self, 'mode', None)!r}) does "
-                                 "not take a pair_closure: paired forwards need a MeZO-family "
-                                 "optimizer in mode='functional'")
+                                 "not take a pair_closure: paired forwards need mode='functional' "
+                                 "with MeZO, MeZO-GV/Greedy, LDSD, or AGZO with every basis "
+                                 "matrix on a side path (docs/optimizers.md, 'Paired forwards')")
         if self.reducer is not None and not self._ranks_checked:
             check_same_on_all_ranks(self.reducer.group, self._rank_fingerprint())
             self._ranks_checked = True

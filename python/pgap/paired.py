@@ -64,15 +64,15 @@ def join_halves(first: Any, second: Any, where: str) -> Any:
                      "joined along the batch; use the unpaired step (no pair_closure)")
 
 
-def same_halves(first: Any, second: Any) -> bool:
-    """Whether two halves from :func:`split_halves` hold equal tensors (the doubled batch's)."""
-    if isinstance(first, torch.Tensor):
-        return first is second or (first.shape == second.shape and torch.equal(first, second))
-    if isinstance(first, (tuple, list)):
-        return all(same_halves(a, b) for a, b in zip(first, second))
-    if isinstance(first, dict):
-        return all(same_halves(first[k], second[k]) for k in first)
-    return True
+def check_token_halves(first: Optional[torch.Tensor], second: Optional[torch.Tensor], where: str) -> None:
+    """ValueError unless an embedding's two halves of token ids are equal: a pair closure runs
+    the step's batch stacked twice (checked where it is cheap and certain: at the embeddings)."""
+    if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and \
+            first.shape == second.shape and torch.equal(first, second):
+        return
+    raise ValueError(f"paired forward: {where} got two different halves of token ids; a pair "
+                     "closure runs the step's batch stacked twice along dim 0 "
+                     "(torch.cat([batch, batch]))")
 
 
 def first_rows(args: Sequence[Any], kwargs: Dict[str, Any]) -> Optional[int]:
@@ -84,7 +84,8 @@ def first_rows(args: Sequence[Any], kwargs: Dict[str, Any]) -> Optional[int]:
 
 
 class HalfRunner:
-    """Runs the owning modules' forwards once per half while a pair is shown.
+    """Runs the owning modules' forwards once per half while a pair is shown (an embedding's two
+    halves of token ids must be equal: :func:`check_token_halves`).
 
     ``minus_of(name)`` gives the θ − d copy of trainable ``name`` while its θ + d copy is swapped
     in (None otherwise). ``install(owners)`` replaces the forward of each ``(module, [(attribute,
@@ -152,10 +153,8 @@ class HalfRunner:
                                  "dim 0, batch-major); use the unpaired step (no pair_closure)")
             a1, a2 = split_halves(args, rows)
             k1, k2 = split_halves(kwargs, rows)
-            if self.rows is None and not same_halves((a1, k1), (a2, k2)):
-                raise ValueError(f"paired forward: the first module owning a trainable ({label}) got "
-                                 "two different halves; a pair closure runs the step's batch "
-                                 "stacked twice along dim 0 (torch.cat([batch, batch]))")
+            if isinstance(module, nn.Embedding):
+                check_token_halves(a1[0] if a1 else None, a2[0] if a2 else None, label)
             self.rows = rows
             try:
                 self.half = 0

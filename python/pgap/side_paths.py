@@ -13,6 +13,7 @@ from torch import nn
 import pgap_kernels
 
 from .mechanism import Mechanism, RoundingFor
+from .paired import check_token_halves
 from .params import Trainable
 
 
@@ -53,6 +54,15 @@ def eligible_modules(model: nn.Module, states: Sequence) -> Dict[int, List[nn.Mo
     return {k: v for k, v in users.items() if k not in blocked}
 
 
+def _halves(x: torch.Tensor, module: nn.Module) -> List[slice]:
+    """The first and last half of a paired forward's leading rows; ValueError if they are odd."""
+    rows = x.shape[0] if x.dim() else 0
+    if rows == 0 or rows % 2:
+        raise ValueError(f"paired forward: {type(module).__name__} got {rows} leading rows; a pair "
+                         "closure runs the step's batch stacked twice along dim 0")
+    return [slice(0, rows // 2), slice(rows // 2, rows)]
+
+
 def pending_key(state) -> str:
     """The state key of a matrix's pending update A."""
     return f"{state.trainable.name}.A"
@@ -83,6 +93,9 @@ class SidePath(Mechanism):
                              "it keeps functional; use mode='inplace' or weight_decay=0")
         self.states = [s for s in states if s.functional]
         self.coeff = 0.0
+        # paired forwards (pgap.paired): the batch is stacked twice; the first half sees
+        # M = A + coeff·Z, the second A − coeff·Z (x·V runs once over both)
+        self.paired = False
         self._handles = []
         self._casts: Dict[int, Tuple[torch.Tensor, int, torch.Tensor]] = {}  # id -> (tensor, version, bf16)
         for s in self.states:
@@ -90,9 +103,9 @@ class SidePath(Mechanism):
                 self._handles.append(module.register_forward_hook(self._hook(s)))
         self._handles.append(model.register_state_dict_pre_hook(lambda *a, **kw: before_state_dict()))
 
-    def _matrix(self, s) -> Optional[torch.Tensor]:
+    def _matrix(self, s, sign: float = 1.0) -> Optional[torch.Tensor]:
         if self.coeff != 0.0 and s.Z is not None:
-            return s.A + self.coeff * s.Z
+            return s.A + (sign * self.coeff) * s.Z
         return s.A if s.accumulated else None
 
     def _low(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -116,16 +129,23 @@ class SidePath(Mechanism):
             M = self._matrix(s)
             if M is None:
                 return None
-            if output.dtype == torch.bfloat16:  # see the class docstring
-                V, U, M, x = self._low(s.V), self._low(s.U), M.to(torch.bfloat16), inputs[0]
+            pair = self.paired and self.coeff != 0.0 and s.Z is not None
+            Ms = [M, self._matrix(s, -1.0)] if pair else [M]
+            low = output.dtype == torch.bfloat16  # see the class docstring
+            if low:
+                V, U, Ms, x = self._low(s.V), self._low(s.U), [m.to(torch.bfloat16) for m in Ms], inputs[0]
             else:
                 V, U = s.V, s.U
                 x = inputs[0] if isinstance(module, nn.Embedding) else inputs[0].to(torch.float32)
+            halves = _halves(x, module) if pair else [slice(None)]
             if isinstance(module, nn.Embedding):
-                rows = M[x] if U is None else U[x] @ M
+                if pair:
+                    check_token_halves(x[halves[0]], x[halves[1]], type(module).__name__)
+                rows = torch.cat([m[x[h]] if U is None else U[x[h]] @ m for m, h in zip(Ms, halves)])
                 side = rows @ V.T
             else:
-                side = (x @ V) @ M.T
+                xv = x @ V  # over both halves at once
+                side = torch.cat([xv[h] @ m.T for m, h in zip(Ms, halves)]) if pair else xv @ Ms[0].T
                 if U is not None:
                     side = side @ U.T
             return output + side.to(output.dtype)
@@ -141,6 +161,7 @@ class SidePath(Mechanism):
 
     def abort(self) -> None:
         self.coeff = 0.0
+        self.paired = False
 
     def merge(self, rounding_for: RoundingFor) -> None:
         """W += U A V^T (A V^T without U) for every matrix with a non-zero A (one batched

@@ -130,7 +130,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "bf16/fp16 weights)")
     g.add_argument("--paired-forward", action="store_true",
                    help="both points of each step in one forward over the batch stacked twice "
-                        "(MeZO family in functional mode; saves one draw of z per step)")
+                        "(MeZO family and AGZO in functional mode; docs/optimizers.md)")
     g.add_argument("--rounding", choices=["stochastic", "nearest"],
                    help="how updates round into bf16/fp16 weights (default stochastic)")
     g.add_argument("--distribution", choices=["gaussian", "rademacher"],
@@ -292,9 +292,9 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
         say(f"pgap-finetune: error: {exc}", file=sys.stderr)
         return 2
     if args.paired_forward and not getattr(opt, "supports_pairs", False):
-        say(f"pgap-finetune: error: --paired-forward needs a MeZO-family method (mezo, mezo-gv, "
-            f"mezo-greedy, ldsd) in functional mode (--mode functional, the default for bf16); "
-            f"got {args.method} in mode {getattr(opt, 'mode', None)!r}", file=sys.stderr)
+        say(f"pgap-finetune: error: --paired-forward needs mezo, mezo-gv, mezo-greedy, ldsd or agzo "
+            f"in functional mode (--mode functional, the default for bf16); got {args.method} in "
+            f"mode {getattr(opt, 'mode', None)!r}", file=sys.stderr)
         return 2
     if resume_step is not None:
         load_optimizer(opt, optimizer_file(out / "checkpoint", args, ranks))
