@@ -94,15 +94,21 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int, clock: str =
     return common.time_ms({"fn": fn}, torch.device("cpu"), warmup, repeats, CLOCK[clock])["fn"]
 
 
-def load_task(dtype_name: str, batch_size: int, pair: bool = False):
-    """The embedded SmolLM2-135M in ``dtype_name`` (eval mode), the first ``batch_size``
-    Rotten Tomatoes training prompts encoded, and the closure ``PromptClassifier.loss`` on them:
-    (model, batch, loss), and with ``pair`` the pair closure ``PromptClassifier.pair_loss`` last."""
+def load_classifier(dtype_name: str, batch_size: int):
+    """The embedded SmolLM2-135M in ``dtype_name`` (eval mode), its ``PromptClassifier`` and the
+    first ``batch_size`` Rotten Tomatoes training prompts encoded: (model, clf, batch)."""
     tokenizer, model = load_causal_lm(None, DTYPES[dtype_name])
     model.eval()
     task = load_rotten_tomatoes(n_train=batch_size, n_dev=0, n_test=0, seed=0)
     clf = PromptClassifier(tokenizer, task.template, task.label_words)
-    batch = clf.encode(task.train[:batch_size])
+    return model, clf, clf.encode(task.train[:batch_size])
+
+
+def load_task(dtype_name: str, batch_size: int, pair: bool = False):
+    """:func:`load_classifier`'s model and batch with the closure ``PromptClassifier.loss`` on
+    them: (model, batch, loss), and with ``pair`` the pair closure ``PromptClassifier.pair_loss``
+    last."""
+    model, clf, batch = load_classifier(dtype_name, batch_size)
     loss = lambda: clf.loss(model, batch)  # noqa: E731
     if pair:
         return model, batch, loss, lambda: clf.pair_loss(model, batch)

@@ -50,3 +50,24 @@ def test_agzo_breakdown_smoke(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "side path per forward: x·B" in out.stdout
+
+
+def test_paired_targets_judge_the_paired_step():
+    from bench.steps import paired as bp
+    rows = [dict(method="mezo", dtype="bf16", paired_in_forwards=2.39, unpaired_in_forwards=2.6),
+            dict(method="agzo", dtype="bf16", paired_in_forwards=2.31, unpaired_in_forwards=2.4),
+            dict(method="mezo-rademacher", dtype="bf16", paired_in_forwards=2.0, unpaired_in_forwards=2.1),
+            dict(method="agzo", dtype="fp32", paired_in_forwards=9.0, unpaired_in_forwards=9.0)]
+    lines = bp.target_lines(rows)
+    assert len(lines) == 2
+    assert lines[0].startswith("PASS: [bf16] mezo paired step = 2.39")
+    assert lines[1].startswith("FAIL: [bf16] agzo paired step = 2.31")
+
+
+@pytest.mark.skipif(os.environ.get("PGAP_RUN_SLOW") != "1", reason="real model: set PGAP_RUN_SLOW=1")
+def test_paired_bench_smoke(tmp_path):
+    out = subprocess.run([*bench_command("steps.paired"), "--methods", "mezo", "agzo", "--repeats", "1",
+                          "--warmup", "1", "--batch", "2", "--csv", str(tmp_path / "p.csv")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "p.csv").read_text().count("\n") == 3  # header, 2 methods

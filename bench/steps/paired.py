@@ -1,0 +1,126 @@
+"""Paired forwards against the unpaired step, interleaved (pgap.paired; issue 23, item 5).
+
+On ``step_cost``'s task (embedded SmolLM2-135M, one batch of Rotten Tomatoes prompts,
+``PromptClassifier.loss``), for each ``--methods`` (functional mode, pgap-finetune's defaults):
+three copies of the model, one plain (no hooks), one with the optimizer stepping unpaired
+(``opt.step(loss)``) and one with the same optimizer stepping paired
+(``opt.step(loss, pair_closure=PromptClassifier.pair_loss)``). Each round times a plain forward,
+an unpaired step and a paired step, one after another (``bench.common.time_ms``), so a loaded
+machine's drift hits all three alike; the rows give medians and the ratios step / forward and
+paired / unpaired. ``--threads 1`` (default) times the thread's CPU time. Target lines: bf16
+MeZO ≤ 2.4 forwards and AGZO ≤ 2.3 (issue 23), paired. Rows go to
+bench/results/paired_steps.csv.
+
+Example::
+
+    python -m bench.steps.paired --methods mezo agzo --repeats 9
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import List
+
+import torch
+
+from bench import common
+from bench.steps.step_cost import CLOCK, load_classifier, options
+
+from pgap.finetune.data import task_needs
+from pgap.finetune.models import model_needs
+from pgap.methods import build_optimizer
+
+METHODS = {"mezo": ("mezo", {}), "mezo-rademacher": ("mezo", {"distribution": "rademacher"}),
+           "agzo": ("agzo", {}), "mezo-gv": ("mezo-gv", {}), "ldsd": ("ldsd", {})}
+TARGETS = {("mezo", "bf16"): 2.4, ("agzo", "bf16"): 2.3}
+FIELDS = ["model", "dtype", "batch", "method", "warmup", "repeats", "forward_ms", "unpaired_ms",
+          "paired_ms", "unpaired_in_forwards", "paired_in_forwards", "paired_over_unpaired"]
+DEFAULT_CSV = common.RESULTS_DIR / "paired_steps.csv"
+
+
+def measure(dtype: str, method: str, args) -> dict:
+    model, clf, batch = load_classifier(dtype, args.batch)
+    base_method, extra = METHODS[method]
+    opts = dict(options(base_method), **extra, mode="functional")
+    unpaired, paired = copy.deepcopy(model), copy.deepcopy(model)
+    opt_u = build_optimizer(base_method, unpaired, lr=1e-9, eps=1e-3, seed=0, **opts)
+    opt_p = build_optimizer(base_method, paired, lr=1e-9, eps=1e-3, seed=0, **opts)
+    for opt in (opt_u, opt_p):
+        opt.set_token_mask(batch["attention_mask"])
+
+    def forward():
+        with torch.no_grad():
+            clf.loss(model, batch)
+
+    def step_unpaired():
+        opt_u.step(lambda: clf.loss(unpaired, batch))
+
+    def step_paired():
+        opt_p.step(lambda: clf.loss(paired, batch), pair_closure=lambda: clf.pair_loss(paired, batch))
+
+    times = common.time_ms({"forward": forward, "unpaired": step_unpaired, "paired": step_paired},
+                           torch.device("cpu"), args.warmup, args.repeats, CLOCK[args.clock])
+    med = {k: common.median(v) for k, v in times.items()}
+    ratios_u = [u / f for u, f in zip(times["unpaired"], times["forward"])]
+    ratios_p = [p / f for p, f in zip(times["paired"], times["forward"])]
+    ratio_pu = [p / u for p, u in zip(times["paired"], times["unpaired"])]
+    row = dict(model="smollm2-135m (embedded)", dtype=dtype, batch=args.batch, method=method,
+               warmup=args.warmup, repeats=args.repeats, forward_ms=med["forward"],
+               unpaired_ms=med["unpaired"], paired_ms=med["paired"],
+               unpaired_in_forwards=common.median(ratios_u), paired_in_forwards=common.median(ratios_p),
+               paired_over_unpaired=common.median(ratio_pu))
+    print(f"  {dtype} {method:16s} forward {med['forward']:7.1f} ms  unpaired {row['unpaired_in_forwards']:.2f}"
+          f"  paired {row['paired_in_forwards']:.2f} forwards  (paired/unpaired {row['paired_over_unpaired']:.3f})",
+          flush=True)
+    for opt in (opt_u, opt_p):
+        opt.close()
+    return row
+
+
+def target_lines(rows: List[dict]) -> List[str]:
+    lines = []
+    for r in rows:
+        limit = TARGETS.get((METHODS[r["method"]][0], r["dtype"]))
+        if limit is not None and r["method"] in ("mezo", "agzo"):
+            ok = r["paired_in_forwards"] <= limit
+            lines.append(f"{'PASS' if ok else 'FAIL'}: [{r['dtype']}] {r['method']} paired step = "
+                         f"{r['paired_in_forwards']:.2f} forwards (unpaired {r['unpaired_in_forwards']:.2f}; "
+                         f"target <= {limit})")
+    return lines
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dtypes", nargs="+", default=["bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--methods", nargs="+", default=["mezo", "mezo-rademacher", "agzo"], choices=list(METHODS))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", default="cpu", choices=sorted(CLOCK))
+    p.add_argument("--device", default="cpu", choices=["cpu"])
+    p.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    p.add_argument("--no-csv", action="store_true")
+    p.add_argument("--no-plot", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        raise SystemExit("paired: --clock cpu needs --threads 1 (other threads' work is not counted)")
+    common.require("bench/steps/paired.py", ("transformers",), plot=False,
+                   needs=model_needs(None) + task_needs("rotten_tomatoes"))
+    _, meta = common.start_timing_run(args)
+    rows = [measure(dtype, method, args) for dtype in args.dtypes for method in args.methods]
+    common.print_targets(target_lines(rows))
+    csv_rows = [{k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+    args.no_plot = True
+    common.write_outputs(args, meta, FIELDS, csv_rows, Path(), lambda path: None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
