@@ -230,6 +230,14 @@ def write_outputs(args, meta: Mapping[str, str], fields: Sequence[str],
         draw_plot(plot_path, plot)
 
 
+def write_rows(args, meta: Mapping[str, str], fields: Sequence[str],
+               rows: Sequence[Mapping[str, object]]) -> None:
+    """:func:`write_outputs` for a bench without a plot: floats to 4 significant digits."""
+    args.no_plot = True
+    write_outputs(args, meta, fields, [{k: f"{v:.4g}" if isinstance(v, float) else v
+                                        for k, v in r.items()} for r in rows], Path(), lambda path: None)
+
+
 def draw_plot(path: Path, plot: Callable[[Path], None]) -> None:
     """``plot(path)`` and say so; a failure is a warning line (the results are written by now)."""
     if plot_or_warn(Path(sys.argv[0]).name, lambda: plot(path)):

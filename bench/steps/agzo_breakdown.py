@@ -162,9 +162,7 @@ def main(argv=None) -> int:
     print(f"\n{'part':<52}{'ms':>9}{'forwards':>10}")
     for r in rows:
         print(f"{r['part']:<52}{r['ms']:>9.1f}{r['in_forwards']:>10.3f}")
-    csv_rows = [{k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
-    args.no_plot = True
-    common.write_outputs(args, meta, FIELDS, csv_rows, Path(), lambda path: None)
+    common.write_rows(args, meta, FIELDS, rows)
     return 0
 
 

@@ -116,9 +116,7 @@ def main(argv=None) -> int:
     _, meta = common.start_timing_run(args)
     rows = [measure(dtype, method, args) for dtype in args.dtypes for method in args.methods]
     common.print_targets(target_lines(rows))
-    csv_rows = [{k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
-    args.no_plot = True
-    common.write_outputs(args, meta, FIELDS, csv_rows, Path(), lambda path: None)
+    common.write_rows(args, meta, FIELDS, rows)
     return 0
 
 
