@@ -71,7 +71,7 @@ def side_parts(opt, loss, clock: Callable[[], float]) -> Dict[str, float]:
             side = timed("embedding gather + GEMM", lambda: M[x] @ V.T)
         else:
             side = timed("s·Mᵀ", torch.matmul, timed("x·B", torch.matmul, x, V), M.T)
-        return timed("add to output", torch.add, output, timed("cast to output dtype", side.to, output.dtype))
+        return timed("add to output", output.add_, timed("cast to output dtype", side.to, output.dtype))
 
     handles = [m.register_forward_hook(lambda mod, inp, out, s=s: hook(mod, inp, out, s))
                for s in opt.side.states for m in s.modules]

@@ -145,10 +145,17 @@ class SidePath(Mechanism):
                 side = rows @ V.T
             else:
                 xv = x @ V  # over both halves at once
+                if pair and not torch.is_grad_enabled():  # each half's term into its rows
+                    for m, h in zip(Ms, halves):
+                        term = xv[h] @ m.T
+                        output[h].add_((term if U is None else term @ U.T).to(output.dtype))
+                    return output
                 side = torch.cat([xv[h] @ m.T for m, h in zip(Ms, halves)]) if pair else xv @ Ms[0].T
                 if U is not None:
                     side = side @ U.T
-            return output + side.to(output.dtype)
+            if torch.is_grad_enabled():
+                return output + side.to(output.dtype)
+            return output.add_(side.to(output.dtype))  # the forwards of a step: no new tensor
         return hook
 
     def accumulate(self, alpha: float) -> None:
