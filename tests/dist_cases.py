@@ -47,6 +47,17 @@ def closure_for(model: nn.Module, rows: List[int], weighted: bool):
     return closure
 
 
+def pair_closure_for(model: nn.Module, rows: List[int], weighted: bool):
+    """:func:`closure_for`'s losses at both points from one forward over the rows stacked twice."""
+    x, y = data()
+    x, y = torch.cat([x[rows], x[rows]]), torch.cat([y[rows], y[rows]])
+
+    def pair():
+        losses = ((model(x) - y) ** 2).mean(dim=1).view(2, -1).mean(dim=1)
+        return (losses, len(rows)) if weighted else losses
+    return pair
+
+
 def llama_and_closure(rank: int, world: int):
     """The tests' tiny Llama (tied embeddings: the root module owns embedding, final norm and
     head) on this rank's half of its 4 sequences."""
@@ -78,16 +89,19 @@ def full_weights(model: nn.Module) -> Dict[str, torch.Tensor]:
 # -- cases ---------------------------------------------------------------------------------
 def train(rank: int, world: int, method: str, options: Dict[str, Any], steps: int,
           sharded: bool = False, uneven: bool = False, weighted: bool = False, lr: float = 1e-2,
-          seed: int = 0, eps: float = 1e-2, llama: bool = False) -> Dict[str, Any]:
+          seed: int = 0, eps: float = 1e-2, llama: bool = False, paired: bool = False) -> Dict[str, Any]:
+    pair = None
     if llama:
         model, closure = llama_and_closure(rank, world)
     else:
         model = net()
         closure = closure_for(model, rows_of(rank, world, uneven), weighted)
+        if paired:
+            pair = pair_closure_for(model, rows_of(rank, world, uneven), weighted)
     if sharded and world > 1:
         model = shard(model)
     opt = build_optimizer(method, model, lr=lr, eps=eps, seed=seed, **options)
-    losses = [opt.step(closure) for _ in range(steps)]
+    losses = [opt.step(closure, pair_closure=pair) if pair else opt.step(closure) for _ in range(steps)]
     opt.merge()  # functional modes: the updates kept in the side paths
     out = {"losses": losses, "weights": full_weights(model), "forwards": opt.forwards}
     if hasattr(opt, "bases"):  # AGZO's activation bases

@@ -75,6 +75,16 @@ def test_data_parallel_functional_mode_follows_the_inplace_run(tmp_path, method,
     assert_same_run(results, ref)
 
 
+def test_paired_forwards_on_uneven_weighted_ranks_follow_the_one_process_run(tmp_path):
+    """A pair closure on 2 ranks (3 and 5 rows, each half's loss weighted by the rank's rows):
+    both losses are all-reduced as two forwards' are; the one-process unpaired in-place run."""
+    results = run_ranks(tmp_path, "train", method="mezo", steps=4, uneven=True, weighted=True,
+                        options={"mode": "functional"}, paired=True)
+    ref = reference(method="mezo", options={"mode": "inplace"}, steps=4)
+    assert_same_run(results, ref)
+    assert results[0]["bytes"] == 16 * results[0]["forwards"]  # (w·L, w) per counted forward
+
+
 @pytest.mark.parametrize("sharded", [False, True], ids=["data-parallel", "fsdp2"])
 def test_agzo_ranks_share_the_one_process_bases(tmp_path, sharded):
     """Each rank sketches its half of the batch; the summed sketches give every rank the bases
