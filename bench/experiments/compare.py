@@ -334,6 +334,20 @@ def fmt_ci(mean: float, half: float, n: int, scale: float = 100.0, sign: str = "
     return f"{mean * scale:{sign}.1f} ± {half_text} ({n})"
 
 
+def paired_lines(table, base: Group, groups: Sequence[Group], checkpoints: Sequence[int]) -> List[str]:
+    """Per group, its paired difference from ``base`` at each checkpoint (test accuracy, points)."""
+    lines = []
+    for g in groups:
+        cells = []
+        for c in checkpoints:
+            m, h, n = paired_ci(column(table[g].get(c, {}), "test_accuracy"),
+                                column(table[base].get(c, {}), "test_accuracy"))
+            star = "*" if n > 1 and abs(m) > h else " "
+            cells.append(f"{fmt_ci(m, h, n, sign='+')}{star}")
+        lines.append(f"  {run_label(g[0], g[1]):<26} {g[2]:<8g} " + " ".join(f"{c:>18}" for c in cells))
+    return lines
+
+
 def report_v2(args, rows: List[dict]) -> int:
     dtypes = sorted({r["dtype"] for r in rows})
     for dtype in dtypes:
@@ -379,17 +393,15 @@ def report_v2(args, rows: List[dict]) -> int:
         if base is not None:
             print(f"== {dtype}: paired difference vs {BASELINE} lr {base[2]:g} (same seeds), points, "
                   "mean ± 95 % CI (seeds); * = the CI excludes 0")
-            for g in sorted(table):
-                if g == base:
-                    continue
-                cells = []
-                for c in checkpoints:
-                    m, h, n = paired_ci(column(table[g].get(c, {}), "test_accuracy"),
-                                        column(table[base].get(c, {}), "test_accuracy"))
-                    star = "*" if n > 1 and abs(m) > h else " "
-                    cells.append(f"{fmt_ci(m, h, n, sign='+')}{star}")
-                print(f"  {run_label(g[0], g[1]):<26} {g[2]:<8g} " + " ".join(f"{c:>18}" for c in cells))
+            print("\n".join(paired_lines(table, base, [g for g in sorted(table) if g != base], checkpoints)))
             print("\n".join(target_v2(table, base)))
+        controls = [g for g in sorted(table) if g[0] == "subzero" and g[1] == ""]
+        probes = [g for g in sorted(table) if g[0] == "pgap" and "subspace=probe" in g[1]]
+        for control in controls[:1]:  # what P-GAP's probes and alignment add over a random subspace
+            if probes:
+                print(f"== {dtype}: paired difference vs the SubZero control (random subspace, lr "
+                      f"{control[2]:g}), points, mean ± 95 % CI (seeds); * = the CI excludes 0")
+                print("\n".join(paired_lines(table, control, probes, checkpoints)))
         share = first_order_share(table, zero, checkpoints[-1])
         if share:
             print("\n".join(share))

@@ -136,3 +136,13 @@ def test_a_restarted_run_skips_the_checkpoints_it_wrote(tiny_model, tmp_path):  
     seed1 = [r for r in common.read_csv_rows(args.csv) if r["method"] == "mezo" and r["seed"] == "1"]
     assert [(r["checkpoint"], r["test_accuracy"]) for r in seed1][0] == ("8", "0.5")
     assert [r["checkpoint"] for r in seed1] == ["8", "16"]
+
+
+def test_paired_lines_difference_per_checkpoint():
+    """The probe control against SubZero: seed by seed, only the seeds both ran."""
+    row = lambda acc: {"test_accuracy": str(acc)}  # noqa: E731
+    probe, control = ("pgap", "subspace=probe", 3e-5, "bf16"), ("subzero", "", 3e-5, "bf16")
+    table = {probe: {300: {0: row(0.60), 1: row(0.70), 2: row(0.65)}},
+             control: {300: {0: row(0.62), 1: row(0.71)}, 600: {0: row(0.7)}}}
+    (line,) = bc.paired_lines(table, control, [probe], [300, 600])
+    assert "-1.5 ± 6.4 (2)" in line and line.rstrip().endswith("-")
