@@ -109,7 +109,9 @@ class HalfRunner:
         for module, names in owners:
             had = "forward" in module.__dict__
             previous = module.__dict__.get("forward")
-            module.forward = self._forward(module, module.forward, names)
+            # an nn.Linear running its class's own forward gets the concatenation-free path
+            plain_linear = not had and type(module).forward is nn.Linear.forward
+            module.forward = self._forward(module, module.forward, names, plain_linear)
             self._installed.append((module, had, previous))
 
     def remove(self) -> None:
@@ -132,7 +134,27 @@ class HalfRunner:
                 p.data = minus
         return back
 
-    def _forward(self, module: nn.Module, original: Callable[..., Any], names: List[Tuple[str, str]]):
+    def _linear_halves(self, module: nn.Module, names: List[Tuple[str, str]], x: torch.Tensor) -> torch.Tensor:
+        """An ``nn.Linear`` over both halves of a contiguous batch-major ``x``, each half's product
+        written into its rows of one output (no concatenation): the first with the θ + d copies,
+        the second with the θ − d copies. Under no_grad only (``out=``)."""
+        flat = x.reshape(-1, x.shape[-1])
+        half = flat.shape[0] // 2
+        out = torch.empty(flat.shape[0], module.out_features, dtype=x.dtype, device=x.device)
+        for i, rows in enumerate((slice(0, half), slice(half, None))):
+            back = self._swap_minus(module, names) if i else []
+            try:
+                if module.bias is None:
+                    torch.mm(flat[rows], module.weight.t(), out=out[rows])
+                else:
+                    torch.addmm(module.bias, flat[rows], module.weight.t(), out=out[rows])
+            finally:
+                for p, data in back:
+                    p.data = data
+        return out.view(*x.shape[:-1], module.out_features)
+
+    def _forward(self, module: nn.Module, original: Callable[..., Any], names: List[Tuple[str, str]],
+                 plain_linear: bool = False):
         label = f"{type(module).__name__} owning {names[0][1]!r}"
 
         def forward(*args: Any, **kwargs: Any) -> Any:
@@ -156,6 +178,8 @@ class HalfRunner:
             if isinstance(module, nn.Embedding):
                 check_token_halves(a1[0] if a1 else None, a2[0] if a2 else None, label)
             self.rows = rows
+            if (plain_linear and len(args) == 1 and not kwargs and args[0].is_contiguous() and not torch.is_grad_enabled()):
+                return self._linear_halves(module, names, args[0])
             try:
                 self.half = 0
                 out1 = original(*a1, **k1)
