@@ -35,7 +35,7 @@ from pgap.methods import build_optimizer
 METHODS = {"mezo": ("mezo", {}), "mezo-rademacher": ("mezo", {"distribution": "rademacher"}),
            "agzo": ("agzo", {}), "mezo-gv": ("mezo-gv", {}), "ldsd": ("ldsd", {})}
 TARGETS = {("mezo", "bf16"): 2.4, ("agzo", "bf16"): 2.3}
-FIELDS = ["model", "dtype", "batch", "method", "warmup", "repeats", "forward_ms", "unpaired_ms",
+FIELDS = ["model", "dtype", "batch", "method", "pair_copies", "warmup", "repeats", "forward_ms", "unpaired_ms",
           "paired_ms", "unpaired_in_forwards", "paired_in_forwards", "paired_over_unpaired"]
 DEFAULT_CSV = common.RESULTS_DIR / "paired_steps.csv"
 
@@ -47,6 +47,8 @@ def measure(dtype: str, method: str, args) -> dict:
     unpaired, paired = copy.deepcopy(model), copy.deepcopy(model)
     opt_u = build_optimizer(base_method, unpaired, lr=1e-9, eps=1e-3, seed=0, **opts)
     opt_p = build_optimizer(base_method, paired, lr=1e-9, eps=1e-3, seed=0, **opts)
+    if hasattr(opt_p, "pair_copies"):  # the MeZO family (AGZO's side terms are exact either way)
+        opt_p.pair_copies = args.pair_copies
     for opt in (opt_u, opt_p):
         opt.set_token_mask(batch["attention_mask"])
 
@@ -67,11 +69,11 @@ def measure(dtype: str, method: str, args) -> dict:
     ratios_p = [p / f for p, f in zip(times["paired"], times["forward"])]
     ratio_pu = [p / u for p, u in zip(times["paired"], times["unpaired"])]
     row = dict(model="smollm2-135m (embedded)", dtype=dtype, batch=args.batch, method=method,
-               warmup=args.warmup, repeats=args.repeats, forward_ms=med["forward"],
+               pair_copies=getattr(opt_p, "pair_copies", ""), warmup=args.warmup, repeats=args.repeats, forward_ms=med["forward"],
                unpaired_ms=med["unpaired"], paired_ms=med["paired"],
                unpaired_in_forwards=common.median(ratios_u), paired_in_forwards=common.median(ratios_p),
                paired_over_unpaired=common.median(ratio_pu))
-    print(f"  {dtype} {method:16s} forward {med['forward']:7.1f} ms  unpaired {row['unpaired_in_forwards']:.2f}"
+    print(f"  {dtype} {method:16s} ({row['pair_copies'] or 'side path'}) forward {med['forward']:7.1f} ms  unpaired {row['unpaired_in_forwards']:.2f}"
           f"  paired {row['paired_in_forwards']:.2f} forwards  (paired/unpaired {row['paired_over_unpaired']:.3f})",
           flush=True)
     for opt in (opt_u, opt_p):
@@ -96,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtypes", nargs="+", default=["bf16"], choices=["fp32", "bf16"])
     p.add_argument("--methods", nargs="+", default=["mezo", "mezo-rademacher", "agzo"], choices=list(METHODS))
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--pair-copies", default="draw", choices=["draw", "mirror"],
+                   help="how the MeZO family's paired step makes its minus copies")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=1)

@@ -3,10 +3,11 @@
 A pair closure runs the model once on the step's batch stacked twice along dim 0 (rows 2B) and
 returns the two halves' losses. While a pair is shown (:meth:`pgap.views.PerturbedViews.show`
 with ``paired=True``), every module that owns a trainable runs its forward once per half: the
-first B rows with its θ + d copies, the last B rows with its θ − d copies. The other modules
-(attention, activations, the loss) see the whole doubled batch, so every matrix product of the
-model runs once at 2B rows instead of twice at B rows, and the direction d is drawn once per
-unit for both copies (the − copy is 2θ − (θ + d), rounded once: :func:`mirror_`).
+first B rows with its θ + d copies, the last B rows with its θ − d copies (a plain ``nn.Linear``
+writes both into one output). The other modules (attention, activations, the loss, and the
+weight products of AGZO's side-path matrices, which are never copied) run once over 2B rows.
+The − copies are drawn again (default) or mirrored from the + copies, 2θ − (θ + d)
+(:func:`mirror_`, no second draw; for bf16 weights a different estimate: docs/optimizers.md).
 
 Requirement: each module that owns a trainable receives its batch-major inputs with the doubled
 batch as dim 0 (true for ``nn.Linear``, ``nn.Embedding``, the norms and Hugging Face decoders,

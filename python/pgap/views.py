@@ -50,8 +50,9 @@ ALIGN = 64  # bytes: each copy starts on a cache line of the arena
 MAX_UNIT_PLANS = 1024  # cached unit plans (a few per unit); all dropped beyond that
 _NO_BUFFER = torch.empty(0)  # stands for a tied parameter's kept buffer that does not exist (yet)
 UNIT_CHOICES = ("block", "module")
-# paired forwards, the θ − d copies: "draw" (the kernels again with −d: the numbers the unpaired
-# forward sees) or "mirror" (2θ − (θ + d), one elementwise pass, no second draw: pgap.paired.mirror_)
+# paired forwards, the θ − d copies: "draw" (default: the kernels again with −d, the numbers the
+# unpaired forward sees) or "mirror" (2θ − (θ + d), one elementwise pass, no second draw:
+# pgap.paired.mirror_; in bf16 a different estimate, docs/optimizers.md)
 PAIR_COPIES = ("draw", "mirror")
 BLOCK_SHARE = 16  # unit="block": a unit holds at most 1/16 of the trainable bytes (or the largest one)
 Entry = Tuple[nn.Module, str, Trainable]  # (the module that owns it, its name there, the trainable)
@@ -214,7 +215,7 @@ class PerturbedViews:
         self._minus_arena: Optional[torch.Tensor] = None
         self._minus_top = 0
         self.pairs = HalfRunner(self._minus.get)
-        self.pair_copies = "mirror"  # how the θ − d copies are made: PAIR_COPIES
+        self.pair_copies = "draw"  # how the θ − d copies are made: PAIR_COPIES
         self._by_name = {t.name: t for t in trainables}
         self._owners: List[Tuple[nn.Module, List[Tuple[str, str]]]] = []
         self.covered: List[Trainable] = []
@@ -327,17 +328,17 @@ class PerturbedViews:
                 p = params[name][0]
                 self._swapped[name] = (p, p.data)
                 p.data = copy
-            minus_size = self._mirror(names) if self.paired else 0
+            minus_size = self._minus_copies(names) if self.paired else 0
             stack.append((names, size, minus_size))
             self.live_bytes += size
             self._minus_top += minus_size
             self.peak_bytes = max(self.peak_bytes, self.live_bytes + self._minus_top + self.kept_bytes)
         return hook
 
-    def _mirror(self, names: List[str]) -> int:
+    def _minus_copies(self, names: List[str]) -> int:
         """Paired forwards: the θ − d copies of the parameters ``names`` just swapped in (their θ + d
-        copies): :func:`pgap.paired.mirror_`, into the minus arena, or for a tied parameter a kept
-        buffer made once per show. Returns the minus-arena bytes taken."""
+        copies), drawn or mirrored (:attr:`pair_copies`), into the minus arena, or for a tied
+        parameter a kept buffer made once per show. Returns the minus-arena bytes taken."""
         fresh = [n for n in names if n not in self._shared]
         arena, rooms, size, _ = (arena_rooms(self._minus_arena, self._minus_top,
                                              [self._swapped[n][1] for n in fresh]) if fresh else
