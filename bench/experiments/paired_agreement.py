@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     opts = {v: build_optimizer(args.method, models[v], lr=0.0, eps=args.eps, seed=args.seed,
                                **dict(options, mode="functional")) for v in VARIANTS}
     if hasattr(opts["draw"], "pair_copies"):
-        opts["draw"].pair_copies = "draw"
+        opts["mirror"].pair_copies, opts["draw"].pair_copies = "mirror", "draw"
     else:  # AGZO: its − side terms are always exact; only its norm weights' views are mirrored
         del opts["draw"], models["draw"]
     meta = run_metadata()
