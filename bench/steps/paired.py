@@ -98,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtypes", nargs="+", default=["bf16"], choices=["fp32", "bf16"])
     p.add_argument("--methods", nargs="+", default=["mezo", "mezo-rademacher", "agzo"], choices=list(METHODS))
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--pair-copies", default="draw", choices=["draw", "mirror"],
+    p.add_argument("--pair-copies", default="auto", choices=["auto", "draw", "mirror"],
                    help="how the MeZO family's paired step makes its minus copies")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=9)

@@ -58,7 +58,7 @@ VARIANTS = {"mezo-rademacher": ("mezo", {"distribution": "rademacher"}),
             "mezo-paired-rademacher": ("mezo", {"distribution": "rademacher"}),
             "agzo-paired": ("agzo", {})}
 # variants whose steps take PromptClassifier.pair_loss as the pair closure (functional mode only;
-# pgap.paired, pair_copies at its default "draw")
+# pgap.paired, pair_copies at its default "auto": mirrored float32, drawn bf16)
 PAIRED = ("mezo-paired", "mezo-paired-rademacher", "agzo-paired")
 MODES = ("inplace", "functional")
 TARGETS = {("mezo", "bf16", "default"): 2.4, ("agzo", "bf16", "default"): 2.3,

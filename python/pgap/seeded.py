@@ -80,12 +80,13 @@ class SeededZO(ZOOptimizer):
 
     @property
     def pair_copies(self) -> str:
-        """How a paired step makes the θ − ε·d copies (functional mode): "draw" (default: the
-        kernels again with −ε·d, the numbers the unpaired step shows) or "mirror" (2θ − (θ + ε·d),
-        one elementwise pass, no second draw of d: exact to float32 rounding for float32 weights;
-        for bf16 weights a different estimate, measured far from the unpaired one on SmolLM2:
-        docs/optimizers.md, "Paired forwards"). Settable."""
-        return self.views.pair_copies if self.views is not None else "draw"
+        """How a paired step makes the θ − ε·d copies (functional mode): "draw" (the kernels again
+        with −ε·d, the numbers the unpaired step shows), "mirror" (2θ − (θ + ε·d), one elementwise
+        pass, no second draw of d: θ − ε·d to float32 rounding for float32 weights; for bf16
+        weights a different estimate, measured far from the unpaired one on SmolLM2) or "auto"
+        (default: mirror for float32 parameters, draw for bf16/fp16 ones). Settable; see
+        docs/optimizers.md, "Paired forwards"."""
+        return self.views.pair_copies if self.views is not None else "auto"
 
     @pair_copies.setter
     def pair_copies(self, value: str) -> None:

@@ -50,10 +50,11 @@ ALIGN = 64  # bytes: each copy starts on a cache line of the arena
 MAX_UNIT_PLANS = 1024  # cached unit plans (a few per unit); all dropped beyond that
 _NO_BUFFER = torch.empty(0)  # stands for a tied parameter's kept buffer that does not exist (yet)
 UNIT_CHOICES = ("block", "module")
-# paired forwards, the θ − d copies: "draw" (default: the kernels again with −d, the numbers the
-# unpaired forward sees) or "mirror" (2θ − (θ + d), one elementwise pass, no second draw:
-# pgap.paired.mirror_; in bf16 a different estimate, docs/optimizers.md)
-PAIR_COPIES = ("draw", "mirror")
+# paired forwards, the θ − d copies: "draw" (the kernels again with −d, the numbers the unpaired
+# forward sees), "mirror" (2θ − (θ + d), one elementwise pass, no second draw: pgap.paired.mirror_;
+# for bf16 weights a different estimate, docs/optimizers.md) or "auto" (default: mirror float32
+# parameters, draw the others)
+PAIR_COPIES = ("auto", "draw", "mirror")
 BLOCK_SHARE = 16  # unit="block": a unit holds at most 1/16 of the trainable bytes (or the largest one)
 Entry = Tuple[nn.Module, str, Trainable]  # (the module that owns it, its name there, the trainable)
 Swapped = Tuple[List[str], int, int]  # per unit call: the names swapped, + copies' bytes, − copies' bytes
@@ -215,7 +216,7 @@ class PerturbedViews:
         self._minus_arena: Optional[torch.Tensor] = None
         self._minus_top = 0
         self.pairs = HalfRunner(self._minus.get)
-        self.pair_copies = "draw"  # how the θ − d copies are made: PAIR_COPIES
+        self.pair_copies = "auto"  # how the θ − d copies are made: PAIR_COPIES
         self._by_name = {t.name: t for t in trainables}
         self._owners: List[Tuple[nn.Module, List[Tuple[str, str]]]] = []
         self.covered: List[Trainable] = []
@@ -354,13 +355,14 @@ class PerturbedViews:
                     buffer = self._minus_buffers[name] = torch.empty_like(stored)
                 outs[name] = buffer
                 self.kept_bytes += buffer.numel() * buffer.element_size()
-        todo = list(outs)
+        mirrored = [n for n in outs if self.pair_copies == "mirror" or (
+            self.pair_copies == "auto" and self._swapped[n][1].dtype == torch.float32)]
+        todo = [n for n in outs if n not in mirrored]
         with torch.no_grad():
-            if self.pair_copies == "mirror":
-                for name in todo:
-                    p, stored = self._swapped[name]
-                    mirror_(outs[name], p.data, stored)
-            elif todo:
+            for name in mirrored:
+                p, stored = self._swapped[name]
+                mirror_(outs[name], p.data, stored)
+            if todo:
                 trainables = [self._by_name[name] for name in todo]
                 with_mean = self.mean_coeff != 0.0 and self.means is not None
                 self._fill([self._swapped[name][1] for name in todo], trainables,

@@ -218,3 +218,18 @@ def test_split_join_and_pair_losses():
     (lp, lm), w = pair_losses((torch.tensor([1.0, 2.0]), 8))
     assert (float(lp), float(lm), w) == (1.0, 2.0, 8.0)
     assert pair_losses((0.5, 0.25)) == ((0.5, 0.25), 1.0)
+
+
+def test_auto_pair_copies_mirror_float32_and_draw_bf16():
+    """pair_copies="auto": float32 parameters mirrored (one pass), bf16 ones drawn (the unpaired
+    numbers): the bf16 run's losses equal the "draw" run's bit for bit."""
+    for dtype, same_as in ((torch.bfloat16, "draw"), (torch.float32, "mirror")):
+        model, closure, pair = _llama(dtype)
+        w0 = weights(model)
+        runs = {}
+        for copies in ("auto", same_as):
+            _restore(model, w0)
+            runs[copies], opt = _run(model, closure, pair, 2, copies=copies)
+            assert opt.pair_copies == copies
+        assert [(d["loss_plus"], d["loss_minus"]) for d in runs["auto"]] == \
+            [(d["loss_plus"], d["loss_minus"]) for d in runs[same_as]], dtype
