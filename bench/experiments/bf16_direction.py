@@ -78,9 +78,10 @@ def gradients(args, meta: Dict[str, str]) -> None:
     opts = {name: build_optimizer("mezo", model, lr=0.0, eps=eps, seed=args.seed)
             for name, (model, eps) in runs.items()}
     gs: Dict[str, List[float]] = {name: [] for name in runs}
+    ranks = Ranks()
     for step in range(args.gradients):
         for name, opt in opts.items():
-            train_step(opt, runs[name][0], clf, task.train, step, 8, args.seed, Ranks())
+            train_step(opt, runs[name][0], clf, task.train, step, 8, args.seed, ranks)
             gs[name].append(opt.diagnostics()["projected_grad"])
         append_csv(args.csv.with_name("bf16_gradients.csv"), ["step", "run", "g", "seed", "git_rev", "timestamp"],
                    [{"step": step + 1, "run": name, "g": gs[name][-1], "seed": args.seed,

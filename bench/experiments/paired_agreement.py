@@ -69,13 +69,14 @@ def main(argv=None) -> int:
     task = load_rotten_tomatoes(n_train=1000, n_dev=0, n_test=0, seed=args.seed)
     clf = PromptClassifier(tokenizer, task.template, task.label_words)
     options = {k: v for k, v in DEFAULTS[args.method].items() if k != "lr"}
-    models = {v: copy.deepcopy(model) for v in VARIANTS}
+    # AGZO has no pair_copies: its side terms are exact for either sign and its views follow
+    # "auto" (mirror float32, draw bf16), so it has one paired variant, named for what "auto" does
+    variants = VARIANTS if args.method == "mezo" else ("unpaired", "mirror" if args.dtype == "fp32" else "draw")
+    models = {v: copy.deepcopy(model) for v in variants}
     opts = {v: build_optimizer(args.method, models[v], lr=0.0, eps=args.eps, seed=args.seed,
-                               **dict(options, mode="functional")) for v in VARIANTS}
-    if hasattr(opts["draw"], "pair_copies"):
+                               **dict(options, mode="functional")) for v in variants}
+    if args.method == "mezo":
         opts["mirror"].pair_copies, opts["draw"].pair_copies = "mirror", "draw"
-    else:  # AGZO: its − side terms are always exact; only its norm weights' views are mirrored
-        del opts["draw"], models["draw"]
     meta = run_metadata()
     gs: Dict[str, List[float]] = {v: [] for v in opts}
     ranks = Ranks()

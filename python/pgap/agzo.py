@@ -217,10 +217,7 @@ class AGZO(LowRankZO):
             self.views.show([seed], [self.eps], only=self._perturbed_vectors(), paired=True)
         self.sketcher.first_half = True
         try:
-            with self._capturing(refresh):
-                plus, minus = self.evaluate_pair(self._pair)
-            for mechanism in self.mechanisms:
-                mechanism.forward_checked()
+            plus, minus = self.evaluate_pair(self._pair, capture=self._capturing(refresh))
         finally:
             self.sketcher.first_half = False
             self.side.paired = False

@@ -234,19 +234,24 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
             value = self.reducer.mean(value, float(weight))
         return value
 
-    def evaluate_pair(self, pair_closure: PairClosure) -> Tuple[float, float]:
+    def evaluate_pair(self, pair_closure: PairClosure,
+                      capture: Optional[contextlib.AbstractContextManager] = None) -> Tuple[float, float]:
         """(L+, L−) from one forward of ``pair_closure`` over the doubled batch (under no_grad
-        and eval mode, as :meth:`evaluate`; counts two forwards); NonFiniteLossError when either
-        is NaN or infinite."""
-        with torch.no_grad(), self._forward_mode():
-            out = pair_closure()
-        self.forwards += 2
-        losses, weight = pair_losses(out)
-        values = (self._loss_value(losses[0], weight), self._loss_value(losses[1], weight))
-        for value, where in zip(values, ("at θ+ε·P", "at θ−ε·P")):
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"step {self.steps_done}: the loss {where} (paired "
-                                         f"forward) is {value}; weights restored")
+        and eval mode, as :meth:`evaluate`, inside ``capture`` when given; counts two forwards),
+        after which every mechanism checks what it showed (as :meth:`two_point` does after its
+        first forward); NonFiniteLossError when either loss is NaN or infinite."""
+        with capture or contextlib.nullcontext():  # a failure below also ends the capture as failed
+            with torch.no_grad(), self._forward_mode():
+                out = pair_closure()
+            self.forwards += 2
+            losses, weight = pair_losses(out)
+            values = (self._loss_value(losses[0], weight), self._loss_value(losses[1], weight))
+            for value, where in zip(values, ("at θ+ε·P", "at θ−ε·P")):
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(f"step {self.steps_done}: the loss {where} (paired "
+                                             f"forward) is {value}; weights restored")
+        for mechanism in self.mechanisms:
+            mechanism.forward_checked()
         return values
 
     def evaluate_finite(self, closure: Closure, where: str) -> float:

@@ -16,7 +16,8 @@ size raises ``ValueError`` (the step then takes the weights back to θ).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+import contextlib
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -124,16 +125,24 @@ class HalfRunner:
         self._installed = []
         self.reset()
 
-    def _swap_minus(self, module: nn.Module, names: List[Tuple[str, str]]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        """Swap ``module``'s θ + d copies for their θ − d copies; returns what to swap back."""
+    @contextlib.contextmanager
+    def _minus_of_module(self, module: nn.Module, names: List[Tuple[str, str]], active: bool = True
+                         ) -> Iterator[None]:
+        """Inside the block ``module``'s θ + d copies are swapped for their θ − d copies (when
+        ``active``); swapped back on the way out, whatever happens."""
         back = []
-        for attr, name in names:
-            minus = self.minus_of(name)
-            if minus is not None:
-                p = module._parameters[attr]
-                back.append((p, p.data))
-                p.data = minus
-        return back
+        if active:
+            for attr, name in names:
+                minus = self.minus_of(name)
+                if minus is not None:
+                    p = module._parameters[attr]
+                    back.append((p, p.data))
+                    p.data = minus
+        try:
+            yield
+        finally:
+            for p, data in back:
+                p.data = data
 
     def _linear_halves(self, module: nn.Module, names: List[Tuple[str, str]], x: torch.Tensor) -> torch.Tensor:
         """An ``nn.Linear`` over both halves of a contiguous batch-major ``x``, each half's product
@@ -143,15 +152,11 @@ class HalfRunner:
         half = flat.shape[0] // 2
         out = torch.empty(flat.shape[0], module.out_features, dtype=x.dtype, device=x.device)
         for i, rows in enumerate((slice(0, half), slice(half, None))):
-            back = self._swap_minus(module, names) if i else []
-            try:
+            with self._minus_of_module(module, names, active=i == 1):
                 if module.bias is None:
                     torch.mm(flat[rows], module.weight.t(), out=out[rows])
                 else:
                     torch.addmm(module.bias, flat[rows], module.weight.t(), out=out[rows])
-            finally:
-                for p, data in back:
-                    p.data = data
         return out.view(*x.shape[:-1], module.out_features)
 
     def _forward(self, module: nn.Module, original: Callable[..., Any], names: List[Tuple[str, str]],
@@ -160,12 +165,8 @@ class HalfRunner:
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             if self.half is not None:  # inside an owner's half: that half's copies, no split
-                back = self._swap_minus(module, names) if self.half == 1 else []
-                try:
+                with self._minus_of_module(module, names, active=self.half == 1):
                     return original(*args, **kwargs)
-                finally:
-                    for p, data in back:
-                        p.data = data
             if not any(self.minus_of(name) is not None for _, name in names):
                 return original(*args, **kwargs)  # nothing shown here: both halves see θ
             rows = first_rows(args, kwargs)
@@ -174,23 +175,20 @@ class HalfRunner:
                 raise ValueError(f"paired forward: {label} was called with {rows} leading rows, "
                                  f"expected {expected} (the step's batch stacked twice along "
                                  "dim 0, batch-major); use the unpaired step (no pair_closure)")
+            self.rows = rows
+            if plain_linear and len(args) == 1 and not kwargs and args[0].is_contiguous() \
+                    and not torch.is_grad_enabled():
+                return self._linear_halves(module, names, args[0])
             a1, a2 = split_halves(args, rows)
             k1, k2 = split_halves(kwargs, rows)
             if isinstance(module, nn.Embedding):
                 check_token_halves(a1[0] if a1 else None, a2[0] if a2 else None, label)
-            self.rows = rows
-            if (plain_linear and len(args) == 1 and not kwargs and args[0].is_contiguous() and not torch.is_grad_enabled()):
-                return self._linear_halves(module, names, args[0])
             try:
                 self.half = 0
                 out1 = original(*a1, **k1)
                 self.half = 1
-                back = self._swap_minus(module, names)
-                try:
+                with self._minus_of_module(module, names):
                     out2 = original(*a2, **k2)
-                finally:
-                    for p, data in back:
-                        p.data = data
             finally:
                 self.half = None
             return join_halves(out1, out2, label)
@@ -198,24 +196,36 @@ class HalfRunner:
         return forward
 
 
+def half_slices(x: torch.Tensor, where: str) -> List[slice]:
+    """The first and last half of a paired forward's leading rows of ``x``; ValueError naming
+    ``where`` when there are none or an odd number."""
+    rows = x.shape[0] if x.dim() else 0
+    if rows == 0 or rows % 2:
+        raise ValueError(f"paired forward: {where} got {rows} leading rows; a pair closure runs the "
+                         "step's batch stacked twice along dim 0")
+    return [slice(0, rows // 2), slice(rows // 2, rows)]
+
+
+def _two_losses(x: Any) -> Optional[Tuple[Any, Any]]:
+    """``x`` as two losses (a tensor of 2 values, or a pair of scalars / one-element tensors)."""
+    if isinstance(x, torch.Tensor):
+        return (x.reshape(-1)[0], x.reshape(-1)[1]) if x.numel() == 2 else None
+    if isinstance(x, (tuple, list)) and len(x) == 2 and all(
+            isinstance(v, (float, int)) or (isinstance(v, torch.Tensor) and v.numel() == 1) for v in x):
+        return x[0], x[1]
+    return None
+
+
 def pair_losses(out: PairLosses) -> Tuple[Tuple[Any, Any], float]:
     """A pair closure's return value as ((L+, L−), weight): a tensor of two losses or a pair of
     scalars, optionally as ``(losses, weight)`` (weight 1 when omitted)."""
-    def two(x: Any) -> Optional[Tuple[Any, Any]]:
-        if isinstance(x, torch.Tensor):
-            return (x.reshape(-1)[0], x.reshape(-1)[1]) if x.numel() == 2 else None
-        if isinstance(x, (tuple, list)) and len(x) == 2 and all(
-                isinstance(v, (float, int, torch.Tensor)) and (not isinstance(v, torch.Tensor) or v.numel() == 1)
-                for v in x):
-            return x[0], x[1]
-        return None
-
-    if isinstance(out, tuple) and len(out) == 2 and two(out[0]) is not None \
-            and isinstance(out[1], (int, float)) and not isinstance(out[0], (int, float)):
-        return two(out[0]), float(out[1])
-    losses = two(out)
-    if losses is None:
+    losses, weight = out, 1.0
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], (int, float)) \
+            and _two_losses(out[0]) is not None:
+        losses, weight = out
+    pair = _two_losses(losses)
+    if pair is None:
         raise TypeError("a pair closure returns the two halves' losses: a tensor of 2 values or a "
                         "pair of scalars (optionally as (losses, weight)); got "
                         f"{type(out).__name__}")
-    return losses, 1.0
+    return pair, float(weight)

@@ -185,8 +185,6 @@ class SeededZO(ZOOptimizer):
             step = direction.scaled(self.eps)
             self.views.show(step.seeds, step.coeffs, step.mean_coeff, paired=True)
             plus, minus = self.evaluate_pair(self._pair)
-            for mechanism in self.mechanisms:
-                mechanism.forward_checked()
         else:
             plus, minus = self.two_point(closure, apply, self.eps)
         if self.views is not None:

@@ -13,7 +13,7 @@ from torch import nn
 import pgap_kernels
 
 from .mechanism import Mechanism, RoundingFor
-from .paired import check_token_halves
+from .paired import check_token_halves, half_slices
 from .params import Trainable
 
 
@@ -52,15 +52,6 @@ def eligible_modules(model: nn.Module, states: Sequence) -> Dict[int, List[nn.Mo
             else:
                 blocked.add(id(p))
     return {k: v for k, v in users.items() if k not in blocked}
-
-
-def _halves(x: torch.Tensor, module: nn.Module) -> List[slice]:
-    """The first and last half of a paired forward's leading rows; ValueError if they are odd."""
-    rows = x.shape[0] if x.dim() else 0
-    if rows == 0 or rows % 2:
-        raise ValueError(f"paired forward: {type(module).__name__} got {rows} leading rows; a pair "
-                         "closure runs the step's batch stacked twice along dim 0")
-    return [slice(0, rows // 2), slice(rows // 2, rows)]
 
 
 def pending_key(state) -> str:
@@ -137,25 +128,20 @@ class SidePath(Mechanism):
             else:
                 V, U = s.V, s.U
                 x = inputs[0] if isinstance(module, nn.Embedding) else inputs[0].to(torch.float32)
-            halves = _halves(x, module) if pair else [slice(None)]
+            halves = half_slices(x, type(module).__name__) if pair else [slice(None)]
             if isinstance(module, nn.Embedding):
                 if pair:
                     check_token_halves(x[halves[0]], x[halves[1]], type(module).__name__)
-                rows = torch.cat([m[x[h]] if U is None else U[x[h]] @ m for m, h in zip(Ms, halves)])
-                side = rows @ V.T
+                terms = [(h, (m[x[h]] if U is None else U[x[h]] @ m) @ V.T) for m, h in zip(Ms, halves)]
             else:
                 xv = x @ V  # over both halves at once
-                if pair and not torch.is_grad_enabled():  # each half's term into its rows
-                    for m, h in zip(Ms, halves):
-                        term = xv[h] @ m.T
-                        output[h].add_((term if U is None else term @ U.T).to(output.dtype))
-                    return output
-                side = torch.cat([xv[h] @ m.T for m, h in zip(Ms, halves)]) if pair else xv @ Ms[0].T
-                if U is not None:
-                    side = side @ U.T
-            if torch.is_grad_enabled():
+                terms = [(h, xv[h] @ m.T if U is None else (xv[h] @ m.T) @ U.T) for m, h in zip(Ms, halves)]
+            if torch.is_grad_enabled():  # outside a step's forwards (paired ones run under no_grad)
+                side = terms[0][1] if len(terms) == 1 else torch.cat([t for _, t in terms])
                 return output + side.to(output.dtype)
-            return output.add_(side.to(output.dtype))  # the forwards of a step: no new tensor
+            for h, term in terms:  # a step's forwards: into the output's rows, no new tensor
+                output[h].add_(term.to(output.dtype))
+            return output
         return hook
 
     def accumulate(self, alpha: float) -> None:

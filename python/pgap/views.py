@@ -109,6 +109,18 @@ def arena_rooms(arena: Optional[torch.Tensor], top: int, likes: Sequence[torch.T
     return arena, rooms, total, True
 
 
+def kept_buffer(buffers: Dict[str, torch.Tensor], name: str, like: torch.Tensor
+                ) -> Tuple[torch.Tensor, bool]:
+    """``buffers[name]`` if it still fits ``like`` (shape, dtype, device), else a new one stored
+    there: (the buffer, whether it is new)."""
+    buffer = buffers.get(name)
+    if buffer is not None and buffer.shape == like.shape and buffer.dtype == like.dtype \
+            and buffer.device == like.device:
+        return buffer, False
+    buffers[name] = torch.empty_like(like)
+    return buffers[name], True
+
+
 def _runs_forward(module: nn.Module) -> bool:
     """Whether calling ``module`` runs a forward (``nn.ModuleList``/``ModuleDict`` have none)."""
     return type(module).forward is not nn.Module.forward
@@ -348,13 +360,8 @@ class PerturbedViews:
         outs = dict(zip(fresh, rooms))
         for name in names:
             if name in self._shared and name not in self._minus:
-                stored = self._swapped[name][1]
-                buffer = self._minus_buffers.get(name)
-                if buffer is None or buffer.shape != stored.shape or buffer.dtype != stored.dtype \
-                        or buffer.device != stored.device:
-                    buffer = self._minus_buffers[name] = torch.empty_like(stored)
-                outs[name] = buffer
-                self.kept_bytes += buffer.numel() * buffer.element_size()
+                outs[name] = kept_buffer(self._minus_buffers, name, self._swapped[name][1])[0]
+                self.kept_bytes += outs[name].numel() * outs[name].element_size()
         mirrored = [n for n in outs if self.pair_copies == "mirror" or (
             self.pair_copies == "auto" and self._swapped[n][1].dtype == torch.float32)]
         todo = [n for n in outs if n not in mirrored]
@@ -418,11 +425,9 @@ class PerturbedViews:
         for p, (x, t) in enumerate(params):
             if t.name not in self._shared:
                 continue
-            buffer = self._kept_buffers.get(t.name)
-            if buffer is None or buffer.shape != x.shape or buffer.dtype != x.dtype or buffer.device != x.device:
-                buffer = self._kept_buffers[t.name] = torch.empty_like(x.data)
+            copies[p], new = kept_buffer(self._kept_buffers, t.name, x.data)
+            if new:
                 self._plans.clear()  # a plan may hold the old buffer
-            copies[p] = buffer
         todo_t, outs = [params[p][1] for p in todo], [copies[p] for p in todo]
         if not reusable:
             self._fill([params[p][0].data for p in todo], todo_t, outs, means)
