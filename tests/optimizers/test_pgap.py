@@ -14,7 +14,9 @@ from zo_problems import (Recorder, loss_of, mlp_problem, poisoned, resumed_run, 
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-6}
 # inplace vs functional: W + U(A + cZ)V^T computed in a different order; losses agree to float32
 # rounding amplified by 1/(2 eps) in g (see test_optimizers.TRAJECTORY_TOL)
-MODE_TOL = {"rtol": 1e-4, "atol": 5e-5}
+# the weights move ~0.02 in these tests; the modes round differently by up to 7.8e-5 on an Intel
+# Xeon (torch's CPU GEMMs; < 5e-5 on AMD EPYC)
+MODE_TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
 def test_probe_subspace_is_the_top_r_svd_of_the_materialized_probe_sum():
