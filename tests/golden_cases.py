@@ -1,6 +1,8 @@
 """The golden trajectories (issue 25): every optimizer in every mode runs a few steps on a tiny
 problem; losses, weights and optimizer state are fingerprinted. ``python tests/golden_cases.py
---update`` records tests/golden/trajectories.json; ``tests/optimizers/test_golden.py`` replays and compares.
+--update`` records tests/golden/trajectories.json (``--cases a/b c/d``: only those, the others
+keep their record); ``tests/optimizers/test_golden.py`` replays and compares. Each case records
+the platform it was recorded on (CPU and torch): there the comparison is bit for bit.
 A redesign that keeps behaviour must leave every fingerprint unchanged."""
 from __future__ import annotations
 
@@ -98,16 +100,25 @@ def all_trajectories() -> Dict[str, Any]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--update", action="store_true", help=f"write {GOLDEN.relative_to(ROOT.parent)}")
+    p.add_argument("--cases", nargs="+", default=None,
+                   help="re-record only these cases (optimizer/setting); the others keep their record")
     args = p.parse_args()
-    data = {"platform": platform_id(), "steps": STEPS, "cases": all_trajectories()}
+    known = [f"{o}/{s}" for o in OPTIMIZERS for s in SETTINGS]
+    unknown = sorted(set(args.cases or []) - set(known))
+    if unknown:
+        p.error(f"--cases: unknown {unknown}; known: {known}")
+    here = platform_id()
+    cases = {c: dict(trajectory(*c.split("/")), platform=here) for c in (args.cases or known)}
     if args.update:
+        old = json.loads(GOLDEN.read_text()) if GOLDEN.exists() and args.cases else {"cases": {}}
+        kept = {c: dict(v, platform=v.get("platform", old.get("platform"))) for c, v in old["cases"].items()}
+        data = {"steps": STEPS, "cases": dict(kept, **cases)}
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         GOLDEN.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        print(f"wrote {len(data['cases'])} trajectories to {GOLDEN}")
+        print(f"wrote {len(cases)} trajectories on {here} to {GOLDEN} ({len(data['cases'])} in all)")
     else:
-        print(json.dumps(data, indent=1, sort_keys=True)[:2000])
+        print(json.dumps(cases, indent=1, sort_keys=True)[:2000])
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,6 +54,16 @@ def eligible_modules(model: nn.Module, states: Sequence) -> Dict[int, List[nn.Mo
     return {k: v for k, v in users.items() if k not in blocked}
 
 
+def add_product_(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+    """out += left @ right (left (..., r), right (r, k), out (..., k)), inside the GEMM (beta = 1:
+    no temporary, one rounding of the sum) when out is contiguous and of left's dtype, else as
+    a product cast to out's dtype and added."""
+    if out.is_contiguous() and out.dtype == left.dtype == right.dtype:
+        out.view(-1, out.shape[-1]).addmm_(left.reshape(-1, left.shape[-1]), right)
+    else:
+        out.add_((left @ right).to(out.dtype))
+
+
 def pending_key(state) -> str:
     """The state key of a matrix's pending update A."""
     return f"{state.trainable.name}.A"
@@ -67,7 +77,10 @@ class SidePath(Mechanism):
     accumulated in float32 by the GEMM, each product rounded to bf16): the sum output + side
     rounds to bf16 anyway, and that rounding (2^-9 of the output) is far larger than the side
     term's own (2^-9 of the side term, itself ~ε of the output); on CPUs with native bf16 the
-    n × r products then run 4-6× faster than in float32 (docs/results.md, "AGZO's step"). ``coeff`` is the current
+    n × r products then run 4-6× faster than in float32 (docs/results.md, "AGZO's step"). Inside
+    a step's forwards (no autograd) the last product is added to the output by the GEMM itself
+    (``addmm_``, beta = 1: no temporary, the sum rounded once) where the dtypes allow; outside
+    them the side term is a new tensor added to the output. ``coeff`` is the current
     perturbation coefficient (±ε inside a step, 0 otherwise). ``before_state_dict`` runs before
     ``model.state_dict()`` (the optimizer's merge, unless inside its ``unmerged()``). The pending
     A of a matrix is saved under ``"<name>.A"`` (:meth:`pending_state`). Raises ValueError for
@@ -94,10 +107,13 @@ class SidePath(Mechanism):
                 self._handles.append(module.register_forward_hook(self._hook(s)))
         self._handles.append(model.register_state_dict_pre_hook(lambda *a, **kw: before_state_dict()))
 
-    def _matrix(self, s, sign: float = 1.0) -> Optional[torch.Tensor]:
+    def _matrices(self, s, dtype: torch.dtype) -> List[torch.Tensor]:
+        """``s``'s side matrices in ``dtype``: [] (no side term), [A + coeff·Z] or, when paired,
+        [A + coeff·Z, A − coeff·Z], or [A] for a pending update alone."""
         if self.coeff != 0.0 and s.Z is not None:
-            return s.A + (sign * self.coeff) * s.Z
-        return s.A if s.accumulated else None
+            signs = (1.0, -1.0) if self.paired else (1.0,)
+            return [(s.A + (sign * self.coeff) * s.Z).to(dtype) for sign in signs]
+        return [s.A.to(dtype)] if s.accumulated else []
 
     def _low(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """``t`` (a basis V or U, float32) in bf16, cached until ``t`` is replaced or written."""
@@ -117,30 +133,31 @@ class SidePath(Mechanism):
         def hook(module: nn.Module, inputs, output):
             if s.V is None:
                 return None
-            M = self._matrix(s)
-            if M is None:
-                return None
-            pair = self.paired and self.coeff != 0.0 and s.Z is not None
-            Ms = [M, self._matrix(s, -1.0)] if pair else [M]
             low = output.dtype == torch.bfloat16  # see the class docstring
+            Ms = self._matrices(s, torch.bfloat16 if low else torch.float32)
+            if not Ms:
+                return None
+            pair = len(Ms) == 2
             if low:
-                V, U, Ms, x = self._low(s.V), self._low(s.U), [m.to(torch.bfloat16) for m in Ms], inputs[0]
+                V, U, x = self._low(s.V), self._low(s.U), inputs[0]
             else:
                 V, U = s.V, s.U
                 x = inputs[0] if isinstance(module, nn.Embedding) else inputs[0].to(torch.float32)
             halves = half_slices(x, type(module).__name__) if pair else [slice(None)]
+            # each half's term as a product left @ right
             if isinstance(module, nn.Embedding):
                 if pair:
                     check_token_halves(x[halves[0]], x[halves[1]], type(module).__name__)
-                terms = [(h, (m[x[h]] if U is None else U[x[h]] @ m) @ V.T) for m, h in zip(Ms, halves)]
+                factors = [(h, m[x[h]] if U is None else U[x[h]] @ m, V.T) for m, h in zip(Ms, halves)]
             else:
                 xv = x @ V  # over both halves at once
-                terms = [(h, xv[h] @ m.T if U is None else (xv[h] @ m.T) @ U.T) for m, h in zip(Ms, halves)]
+                factors = [(h, xv[h], m.T) if U is None else (h, xv[h] @ m.T, U.T) for m, h in zip(Ms, halves)]
             if torch.is_grad_enabled():  # outside a step's forwards (paired ones run under no_grad)
-                side = terms[0][1] if len(terms) == 1 else torch.cat([t for _, t in terms])
+                terms = [left @ right for _, left, right in factors]
+                side = terms[0] if len(terms) == 1 else torch.cat(terms)
                 return output + side.to(output.dtype)
-            for h, term in terms:  # a step's forwards: into the output's rows, no new tensor
-                output[h].add_(term.to(output.dtype))
+            for h, left, right in factors:  # a step's forwards: into the output's rows
+                add_product_(output[h], left, right)
             return output
         return hook
 

@@ -282,3 +282,19 @@ def test_functional_mode_rejects_weight_decay_on_its_matrices():
         pgap.AGZO(model, lr=1e-3, mode="functional", weight_decay=0.1)
     with pytest.raises(ValueError, match="mode"):
         pgap.AGZO(model, lr=1e-3, mode="lazy")
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_side_term_added_inside_the_gemm_equals_the_added_product(dtype, tol, contiguous):
+    from pgap.side_paths import add_product_
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(3, 5, 7, generator=g).to(dtype)
+    if not contiguous:
+        out = torch.randn(3, 7, 5, generator=g).to(dtype).transpose(1, 2)
+    left, right = torch.randn(3, 5, 4, generator=g).to(dtype), torch.randn(4, 7, generator=g).to(dtype)
+    want = out.float() + left.float() @ right.float()
+    before = out.data_ptr()
+    add_product_(out, left, right)
+    assert out.data_ptr() == before and out.dtype == dtype  # in place
+    torch.testing.assert_close(out.float(), want, rtol=tol, atol=tol * 4)
