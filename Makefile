@@ -42,7 +42,7 @@ gpu-check:
 DEMO_STAMP := $(VENV)/.pgap-demo-installed
 DEMO_STEPS ?= 100
 DEMO_COMMON ?= --steps $(DEMO_STEPS) --batch-size 8 --test 500 --eval-every 50 --eval-examples 100 --no-progress
-# MeZO (pgap-finetune's default method, lr 3e-5) and P-GAP beside it at its defaults (activation
+# MeZO (pgap-finetune's default method, lr 3e-5, Rademacher directions) and P-GAP beside it at its defaults (activation
 # subspace, lr 1e-5, rank 8, window 50, 4 probes): protocol v2's sweeps (docs/results.md)
 DEMO_PGAP_ARGS ?=
 DEMO_MEZO_ARGS ?=

@@ -69,7 +69,7 @@ GPU_TARGET_BACKENDS = ("cuda", "triton")
 GPU_TARGET_MIN_BYTES = 256 << 20
 GPU_TARGET_COPY_FRACTION = 0.8
 GPU_TARGET_SPEEDUP = 2.0
-ADD_TARGET = (24, 2.0)  # issue 23: perturb_ (Rademacher, nearest) <= 2x add_ from 2^24 elements
+ADD_TARGET = (24, 2.0)  # issue 23: perturb_ (nearest) <= 2x add_ from 2^24 elements
 SR_TARGET = (24, 1.15)  # issue 23: stochastic rounding <= 1.15x rounding to nearest, from 2^24
 DEFAULT_REPEATS = {"cpu": 10, "cuda": 30}
 
@@ -361,8 +361,8 @@ def target_lines(device: torch.device, results: Sequence[Result]) -> List[str]:
             lines.append(f"{'PASS' if r.speedup >= GPU_TARGET_SPEEDUP else 'FAIL'}  gpu: {case}: "
                          f"{r.speedup:.2f}x faster than eager (target >= {GPU_TARGET_SPEEDUP:g}x)")
     for r in results:
-        if (r.path.fused and r.path.op == "perturb_" and r.path.distribution == "rademacher"
-                and r.path.rounding == "nearest" and r.log2_numel >= ADD_TARGET[0]):
+        if (r.path.fused and r.path.op == "perturb_" and r.path.rounding == "nearest"
+                and r.log2_numel >= ADD_TARGET[0]):  # both streams (the Gaussian's misses on CPUs)
             lines.append(f"{'PASS' if r.vs_add <= ADD_TARGET[1] else 'FAIL'}  {device.type}: "
                          f"{r.path.label} at 2^{r.log2_numel} {dtype_name(r.dtype)} takes "
                          f"{r.vs_add:.2f}x the time of add_ (target <= {ADD_TARGET[1]:g}x)")

@@ -6,7 +6,8 @@ Rotten Tomatoes prompts (``pgap-finetune``'s task, its loss: ``PromptClassifier.
 at the last prompt position only), in one run, side by side:
 
 * ``forward``: the loss alone;
-* one step of each method (MeZO, MeZO with Rademacher directions, AGZO, P-GAP in the activation
+* one step of each method (MeZO with Gaussian and with Rademacher directions, pgap-finetune's
+  default since this file's rows say "mezo-rademacher"; AGZO, P-GAP in the activation
   subspace at pgap-finetune's defaults, LDSD, MeZO-GV), ``mode="inplace"`` and
   ``mode="functional"``, for every ``--dtypes``; and MeZO and AGZO with paired forwards (both points in
   one forward over the batch stacked twice, ``pgap-finetune --paired-forward``), functional only.
@@ -50,21 +51,24 @@ from pgap.finetune.prompts import PromptClassifier
 from pgap.methods import build_optimizer
 from pgap.params import collect_trainable, resolve_mode
 
-METHODS = ("mezo", "mezo-rademacher", "mezo-paired", "mezo-paired-rademacher", "agzo", "agzo-paired",
-           "pgap", "ldsd", "mezo-gv")
-# variants of a method: (the method, options beyond pgap-finetune's defaults)
-VARIANTS = {"mezo-rademacher": ("mezo", {"distribution": "rademacher"}),
-            "mezo-paired": ("mezo", {}),
+METHODS = ("mezo-gaussian", "mezo-rademacher", "mezo-paired-gaussian", "mezo-paired-rademacher", "agzo",
+           "agzo-paired", "pgap", "ldsd", "mezo-gv")
+# variants of a method: (the method, options beyond pgap-finetune's defaults). MeZO's rows name
+# their directions (pgap-finetune's MeZO takes Rademacher ones since rev 7fd97ce+; rows before it
+# named "mezo" and "mezo-paired" are Gaussian)
+VARIANTS = {"mezo-gaussian": ("mezo", {"distribution": "gaussian"}),
+            "mezo-rademacher": ("mezo", {"distribution": "rademacher"}),
+            "mezo-paired-gaussian": ("mezo", {"distribution": "gaussian"}),
             "mezo-paired-rademacher": ("mezo", {"distribution": "rademacher"}),
             "agzo-paired": ("agzo", {})}
 # variants whose steps take PromptClassifier.pair_loss as the pair closure (functional mode only;
 # pgap.paired, pair_copies at its default "auto": mirrored float32, drawn bf16)
-PAIRED = ("mezo-paired", "mezo-paired-rademacher", "agzo-paired")
+PAIRED = ("mezo-paired-gaussian", "mezo-paired-rademacher", "agzo-paired")
 MODES = ("inplace", "functional")
-TARGETS = {("mezo", "bf16", "default"): 2.4, ("agzo", "bf16", "default"): 2.3,
-           ("mezo", "fp32", "inplace"): 2.3,
-           ("mezo-rademacher", "bf16", "default"): 2.4, ("mezo-rademacher", "fp32", "inplace"): 2.3,
-           ("mezo-paired", "bf16", "functional"): 2.4,
+TARGETS = {("mezo-rademacher", "bf16", "default"): 2.4, ("mezo-gaussian", "bf16", "default"): 2.4,
+           ("agzo", "bf16", "default"): 2.3,
+           ("mezo-rademacher", "fp32", "inplace"): 2.3, ("mezo-gaussian", "fp32", "inplace"): 2.3,
+           ("mezo-paired-gaussian", "bf16", "functional"): 2.4,
            ("mezo-paired-rademacher", "bf16", "functional"): 2.4,
            ("agzo-paired", "bf16", "functional"): 2.3}
 FIELDS = ["model", "dtype", "batch", "method", "mode", "default_mode", "warmup", "repeats",

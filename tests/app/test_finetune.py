@@ -88,6 +88,13 @@ def test_default_method_is_mezo_with_and_without_fsdp():
     assert (b.method, b.lr) == ("mezo", finetune.DEFAULTS["mezo"]["lr"])
 
 
+def test_mezo_takes_rademacher_directions_by_default_and_gaussian_on_request():
+    # protocol v2: the two tie (5 paired seeds), Rademacher steps cost 2/3 in bf16
+    assert finetune.parse_args(["--method", "mezo"]).distribution == "rademacher"
+    assert finetune.parse_args(["--method", "mezo", "--distribution", "gaussian"]).distribution == "gaussian"
+    assert finetune.parse_args(["--method", "mezo-gv"]).distribution is None  # pgap's default: Gaussian
+
+
 PGAP_SMALL = ["--rank", "2", "--window", "2", "--probes", "2", "--delta", "1", "1"]
 AGZO_SMALL = ["--rank", "2", "--refresh", "2"]
 

@@ -16,20 +16,21 @@ def _row(method, dtype, mode, default, steps_in_forwards):
 
 
 def test_targets_judge_the_default_mode_and_in_place_rows():
-    rows = [_row("mezo", "bf16", "inplace", False, 9.0), _row("mezo", "bf16", "functional", True, 2.39),
+    rows = [_row("mezo-rademacher", "bf16", "inplace", False, 9.0),
+            _row("mezo-rademacher", "bf16", "functional", True, 2.39),
             _row("agzo", "bf16", "inplace", False, 2.0), _row("agzo", "bf16", "functional", True, 2.31),
-            _row("mezo", "fp32", "inplace", True, 2.2), _row("mezo", "fp32", "functional", False, 9.0)]
+            _row("mezo-gaussian", "fp32", "inplace", True, 2.2), _row("mezo-gaussian", "fp32", "functional", False, 9.0)]
     lines = bsc.target_lines(rows)
     assert len(lines) == 3
-    assert lines[0].startswith("PASS: [bf16] mezo functional step = 2.39")
+    assert lines[0].startswith("PASS: [bf16] mezo-rademacher functional step = 2.39")
     assert lines[1].startswith("FAIL: [bf16] agzo functional step = 2.31")
-    assert lines[2].startswith("PASS: [fp32] mezo inplace step = 2.20")
+    assert lines[2].startswith("PASS: [fp32] mezo-gaussian inplace step = 2.20")
 
 
 @pytest.mark.skipif(os.environ.get("PGAP_RUN_SLOW") != "1", reason="real model: set PGAP_RUN_SLOW=1")
 def test_real_model_smoke(tmp_path):
     out = subprocess.run([*bench_command("steps.step_cost"), "--dtypes", "bf16",
-                          "--methods", "mezo", "agzo", "--repeats", "1", "--warmup", "1", "--batch", "2",
+                          "--methods", "mezo-rademacher", "agzo", "--repeats", "1", "--warmup", "1", "--batch", "2",
                           "--threads", "1", "--csv", str(tmp_path / "s.csv"), "--no-plot"],
                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -54,19 +55,19 @@ def test_agzo_breakdown_smoke(tmp_path):
 
 def test_paired_targets_judge_the_paired_step():
     from bench.steps import paired as bp
-    rows = [dict(method="mezo", dtype="bf16", paired_in_forwards=2.39, unpaired_in_forwards=2.6),
+    rows = [dict(method="mezo-gaussian", dtype="bf16", paired_in_forwards=2.39, unpaired_in_forwards=2.6),
             dict(method="agzo", dtype="bf16", paired_in_forwards=2.31, unpaired_in_forwards=2.4),
-            dict(method="mezo-rademacher", dtype="bf16", paired_in_forwards=2.0, unpaired_in_forwards=2.1),
+            dict(method="mezo-gv", dtype="bf16", paired_in_forwards=2.0, unpaired_in_forwards=2.1),
             dict(method="agzo", dtype="fp32", paired_in_forwards=9.0, unpaired_in_forwards=9.0)]
     lines = bp.target_lines(rows)
     assert len(lines) == 2
-    assert lines[0].startswith("PASS: [bf16] mezo paired step = 2.39")
+    assert lines[0].startswith("PASS: [bf16] mezo-gaussian paired step = 2.39")
     assert lines[1].startswith("FAIL: [bf16] agzo paired step = 2.31")
 
 
 @pytest.mark.skipif(os.environ.get("PGAP_RUN_SLOW") != "1", reason="real model: set PGAP_RUN_SLOW=1")
 def test_paired_bench_smoke(tmp_path):
-    out = subprocess.run([*bench_command("steps.paired"), "--methods", "mezo", "agzo", "--repeats", "1",
+    out = subprocess.run([*bench_command("steps.paired"), "--methods", "mezo-rademacher", "agzo", "--repeats", "1",
                           "--warmup", "1", "--batch", "2", "--csv", str(tmp_path / "p.csv")],
                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
