@@ -117,11 +117,18 @@ class AGZO(LowRankZO):
             side.V = self._directions[i]
 
     def _set_xi(self, seed: int) -> None:
-        """The functional matrices' Ξ of this step (m × r each, materialized)."""
-        for i, side in self._sides.items():
-            b = self.bases[i]
-            side.Z = pgap_kernels.gaussian((b.shape[0], b.rank), seed, key=b.trainable.key,
-                                           device=self.device)
+        """The functional matrices' Ξ of this step (m × r each, materialized): new tensors (the
+        last step's stay as they were, for a rollback), views of one buffer, drawn in one
+        ``perturb_`` call (decay 0: the stream alone, what ``pgap_kernels.gaussian`` gives)."""
+        if not self._sides:
+            return
+        bases = [self.bases[i] for i in self._sides]
+        sizes = [b.shape[0] * b.rank for b in bases]
+        flat = torch.empty(sum(sizes), device=self.device)
+        xis = [part.view(b.shape[0], b.rank) for part, b in zip(flat.split(sizes), bases)]
+        pgap_kernels.perturb_(xis, seed, 1.0, keys=[b.trainable.key for b in bases], decay=0.0)
+        for side, xi in zip(self._sides.values(), xis):
+            side.Z = xi
 
     # -- bases -----------------------------------------------------------------------------
     def _scaled(self, b: ActivationBasis) -> torch.Tensor:

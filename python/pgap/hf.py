@@ -67,8 +67,8 @@ def _driven_by_trainer(opt: ZOOptimizer) -> None:
     """Let the Trainer's own ``optimizer.step()`` (no closure) do nothing: ZOTrainer's training
     step has already run ``opt.step(closure)``. Mutates ``opt.step`` on this instance only, as a
     bound method (lr schedulers wrap ``opt.step.__func__``)."""
-    def step(self: ZOOptimizer, closure: Any = None) -> Optional[float]:
-        return None if closure is None else type(self).step(self, closure)
+    def step(self: ZOOptimizer, closure: Any = None, **kwargs: Any) -> Optional[float]:
+        return None if closure is None else type(self).step(self, closure, **kwargs)
     opt.step = types.MethodType(step, opt)
 
 
@@ -99,6 +99,12 @@ class ZOTrainer(Trainer):
         weight_decay are refused with where to set them instead.
     zo_backend : pgap_kernels backend ("native", "reference", "cuda", "triton") or None (the
         automatic choice per device)
+    zo_paired_forward : bool, both points of each step in one forward over the batch stacked
+        twice (:mod:`pgap.paired`; MeZO family and AGZO in functional mode, which ZOTrainer then
+        picks unless ``zo_options`` set a mode). Each half's loss is the model's own
+        ``loss_function`` (transformers' causal-LM / classification losses) on that half's
+        logits and the batch's ``labels``, i.e. what ``compute_loss`` computes unpaired; a model
+        without ``loss_function``, or a batch without ``labels``, is refused (ValueError).
 
     lr, weight decay and seed come from ``TrainingArguments`` (``learning_rate``,
     ``weight_decay``, ``seed``); the lr scheduler is Trainer's. Gradient accumulation and
@@ -118,8 +124,11 @@ class ZOTrainer(Trainer):
 
     def __init__(self, *args: Any, zo_method: str = "mezo", zo_eps: float = 1e-3,
                  zo_options: Optional[Dict[str, Any]] = None, zo_backend: Optional[str] = None,
-                 **kwargs: Any) -> None:
+                 zo_paired_forward: bool = False, **kwargs: Any) -> None:
         self.zo_options = check_zo_options(zo_method, zo_options)
+        if not isinstance(zo_paired_forward, bool):
+            raise TypeError(f"zo_paired_forward must be a bool, got {type(zo_paired_forward).__name__}")
+        self.zo_paired_forward = zo_paired_forward
         super().__init__(*args, **kwargs)
         if self.args.gradient_accumulation_steps != 1:
             raise ValueError("ZOTrainer needs gradient_accumulation_steps=1 (a ZO step has no "
@@ -146,8 +155,18 @@ class ZOTrainer(Trainer):
         if not all(id(t.param) in own for t in opt.trainables):
             raise ValueError("optimizers[0] tunes parameters that are not the trainer's model's; "
                              "build it on the model passed as ZOTrainer(model=...)")
+        self._check_pairs(opt)
         _driven_by_trainer(opt)
         self.zo_optimizer = opt
+
+    def _check_pairs(self, opt: ZOOptimizer) -> None:
+        if self.zo_paired_forward and not getattr(opt, "supports_pairs", False):
+            raise ValueError(f"zo_paired_forward=True needs mezo, mezo-gv, mezo-greedy, ldsd or agzo in "
+                             f"functional mode; got {type(opt).__name__} in mode "
+                             f"{getattr(opt, 'mode', None)!r}")
+        if self.zo_paired_forward and not callable(getattr(self.model, "loss_function", None)):
+            raise ValueError("zo_paired_forward=True takes each half's loss from the model's "
+                             f"loss_function, which {type(self.model).__name__} does not have")
 
     def create_optimizer(self, model: Optional[nn.Module] = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
@@ -156,9 +175,12 @@ class ZOTrainer(Trainer):
                 options["total_steps"] = self.args.max_steps
             if self.args.weight_decay:
                 options["weight_decay"] = self.args.weight_decay
+            if self.zo_paired_forward and "mode" in option_names(self.zo_method):
+                options.setdefault("mode", "functional")
             opt = build_optimizer(self.zo_method, model or self.model, lr=self.args.learning_rate,
                                   eps=self.zo_eps, seed=self.args.seed, backend=self.zo_backend,
                                   **options)
+            self._check_pairs(opt)
             _driven_by_trainer(opt)
             self.optimizer = self.zo_optimizer = opt
         return self.optimizer
@@ -200,6 +222,28 @@ class ZOTrainer(Trainer):
             raise RuntimeError("ZOTrainer.training_step ran before create_optimizer; call "
                                "trainer.train(), which builds the ZO optimizer first")
         self.zo_optimizer.set_token_mask(inputs.get("attention_mask"))
-        loss = self.zo_optimizer.step(lambda: self.compute_loss(model, inputs))
+        closure = lambda: self.compute_loss(model, inputs)  # noqa: E731
+        if self.zo_paired_forward:
+            loss = self.zo_optimizer.step(closure, pair_closure=lambda: self._pair_losses(model, inputs))
+        else:
+            loss = self.zo_optimizer.step(closure)
         self._projected_grads.append(float(self.zo_optimizer.diagnostics()["projected_grad"]))
         return torch.tensor(loss, device=self.args.device)
+
+    def _pair_losses(self, model: nn.Module, inputs: Dict[str, Any]) -> torch.Tensor:
+        """The pair closure: one forward of ``inputs`` stacked twice along dim 0 (labels left out
+        of it) and the model's ``loss_function`` on each half's logits with the labels: a tensor
+        of 2 losses (:mod:`pgap.paired`)."""
+        if "labels" not in inputs:
+            raise ValueError("zo_paired_forward=True needs batches with 'labels' (each half's loss "
+                             "is the model's loss_function on them)")
+        labels = inputs["labels"]
+        rows = labels.shape[0]
+        doubled = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == rows
+                   else v for k, v in inputs.items() if k != "labels"}
+        logits = model(**doubled).logits
+        unwrapped = self.model
+        config = getattr(unwrapped, "config", None)
+        vocab = getattr(config, "vocab_size", None)
+        return torch.stack([unwrapped.loss_function(logits=half, labels=labels, vocab_size=vocab)
+                            for half in (logits[:rows], logits[rows:])])

@@ -203,3 +203,44 @@ def test_zotrainer_logs_the_projected_gradient_not_grad_norm(tmp_path):
         assert log["projected_grad_rms"] == pytest.approx(((g1 * g1 + g2 * g2) / 2) ** 0.5, rel=1e-12)
     assert type(trainer.optimizer).__name__ == "AcceleratedOptimizer"  # accelerate's wrapper
     assert trainer.optimizer.optimizer is trainer.zo_optimizer
+
+
+def _zo_trainer(out, method, options, max_steps, **zo):
+    model, _ = tiny_llama()
+    args = TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
+                             learning_rate=3e-3, lr_scheduler_type="constant", logging_steps=1,
+                             report_to=[], seed=0, use_cpu=True, dataloader_num_workers=0,
+                             disable_tqdm=True)
+    return ZOTrainer(model=model, args=args, train_dataset=Tokens(), zo_method=method,
+                     zo_options=options, **zo)
+
+
+@pytest.mark.parametrize("method, options", [("mezo", {}), ("agzo", {"rank": 2, "refresh": 2})])
+def test_zotrainer_paired_forward_follows_the_unpaired_run(tmp_path, method, options):
+    """One forward over the batch stacked twice, each half's loss from the model's own
+    loss_function: float32, so the paired steps equal the unpaired ones up to rounding (MeZO's
+    − copies mirrored, AGZO's side terms exact), in functional mode, which it picks itself."""
+    runs = []
+    for paired in (False, True):
+        trainer = _zo_trainer(tmp_path / str(paired), method, dict(options, mode="functional") if not paired
+                              else options, 4, zo_paired_forward=paired)
+        calls = []
+        if paired:
+            pair = trainer._pair_losses
+            trainer._pair_losses = lambda *a: calls.append(1) or pair(*a)
+        trainer.train()
+        assert trainer.zo_optimizer.mode == "functional"
+        assert len(calls) == (4 if paired else 0)
+        runs.append(([h["loss"] for h in trainer.state.log_history if "loss" in h], trainer.model.state_dict()))
+    (l0, w0), (l1, w1) = runs
+    assert l1 == pytest.approx(l0, rel=1e-4)
+    for k in w0:
+        torch.testing.assert_close(w1[k], w0[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_zotrainer_paired_forward_refusals(tmp_path):
+    with pytest.raises(ValueError, match="zo_paired_forward=True needs mezo, mezo-gv, mezo-greedy, ldsd or agzo in "
+                                         "functional mode; got MeZO in mode 'inplace'"):
+        _zo_trainer(tmp_path, "mezo", {"mode": "inplace"}, 1, zo_paired_forward=True).train()
+    with pytest.raises(TypeError, match="zo_paired_forward must be a bool"):
+        _zo_trainer(tmp_path, "mezo", {}, 1, zo_paired_forward="yes")
