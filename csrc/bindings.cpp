@@ -41,18 +41,21 @@ void host_perturb(int dtype, const std::vector<uintptr_t>& data, const std::vect
                   const std::vector<uint64_t>& offset, const std::vector<uint32_t>& key,
                   const std::vector<uint64_t>& seeds, const std::vector<float>& coeffs, float decay,
                   float mean_coeff, bool stochastic, uint64_t rounding_seed, int distribution,
-                  int num_threads) {
+                  int num_threads, const std::vector<uintptr_t>& minus) {
   const size_t n = data.size();
   if (src.size() != n || mean.size() != n || numel.size() != n || offset.size() != n ||
-      key.size() != n)
+      key.size() != n || (!minus.empty() && minus.size() != n))
     throw std::invalid_argument("per-tensor argument lists must have equal lengths");
+  if (!minus.empty() && stochastic)
+    throw std::invalid_argument("minus copies are rounded to nearest; stochastic rounding refused");
   if (seeds.size() != coeffs.size()) throw std::invalid_argument("seeds and coeffs differ in length");
   const DType dt = to_dtype(dtype);
   const Distribution dist = to_distribution(distribution);
   std::vector<TensorArgs> tensors(n);
   for (size_t p = 0; p < n; ++p)
     tensors[p] = TensorArgs{reinterpret_cast<void*>(data[p]), reinterpret_cast<const void*>(src[p]),
-                            reinterpret_cast<const void*>(mean[p]), numel[p], offset[p], key[p]};
+                            reinterpret_cast<const void*>(mean[p]), numel[p], offset[p], key[p],
+                            minus.empty() ? nullptr : reinterpret_cast<void*>(minus[p])};
   const StreamArgs stream{seeds.data(), coeffs.data(), static_cast<int64_t>(seeds.size()), decay,
                           mean_coeff, RoundingArgs{stochastic, rounding_seed}, dist};
   py::gil_scoped_release release;
@@ -183,7 +186,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("offset"),
         py::arg("key"), py::arg("seeds"), py::arg("coeffs"), py::arg("decay"), py::arg("mean_coeff"),
         py::arg("stochastic"), py::arg("rounding_seed"), py::arg("distribution"),
-        py::arg("num_threads"));
+        py::arg("num_threads"), py::arg("minus") = std::vector<uintptr_t>{});
   m.def("host_lowrank_update", &host_lowrank_update,
         "In-place W <- decay*W + L*R^T on the CPU (L, R float32 row-major)", py::arg("dtype"),
         py::arg("w"), py::arg("m"), py::arg("n"), py::arg("left"), py::arg("right"), py::arg("k"),

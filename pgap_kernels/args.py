@@ -14,7 +14,7 @@ This module imports no op and no backend, so the backends and the self-check can
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -46,10 +46,24 @@ class PerturbArgs:
     sources: Optional[List[torch.Tensor]] = None
     rounding_seed: Optional[int] = None  # None: round to nearest; else stochastic (docs/rng.md)
     distribution: str = "gaussian"  # or "rademacher"
+    # perturbed_many's out_minus: tensors like ``tensors`` that receive the same pass with the mean
+    # and stream coefficients negated (out-of-place passes rounded to nearest only)
+    minus: Optional[List[torch.Tensor]] = None
 
     def source(self, p: int) -> torch.Tensor:
         """The tensor the decay term of tensor p reads."""
         return self.tensors[p] if self.sources is None else self.sources[p]
+
+    def split_minus(self) -> "Tuple[PerturbArgs, Optional[PerturbArgs]]":
+        """(the pass into ``tensors``, the pass into ``minus`` with the mean and stream
+        coefficients negated, or None): what a backend without a fused minus output runs one
+        after the other. Negating a float32 coefficient is exact, so the second pass gives the
+        bits a fused one gives."""
+        plus = replace(self, minus=None)
+        if self.minus is None:
+            return plus, None
+        return plus, replace(self, tensors=list(self.minus), coeffs=[-c for c in self.coeffs],
+                             mean_coeff=-self.mean_coeff, minus=None)
 
 
 @dataclass

@@ -90,11 +90,13 @@ def validate_perturb(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloat
 def validate_perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats, *,
                             keys: Optional[Sequence[int]], offsets: Optional[Sequence[int]],
                             mean: Optional[TensorList], mean_coeff: float,
-                            out: Optional[TensorList], distribution: str = "gaussian") -> PerturbArgs:
+                            out: Optional[TensorList], distribution: str = "gaussian",
+                            out_minus: Optional[TensorList] = None) -> PerturbArgs:
     """Check every argument of ``perturbed_many``; raise TypeError/ValueError naming the culprit.
 
     Returns one out-of-place pass (decay 1) from ``tensors`` (the sources, read only) into
-    ``out`` (new tensors like them when None). Overlaps are checked by the op on the real tensors.
+    ``out`` (new tensors like them when None), and into ``out_minus`` (when given) the pass with
+    the mean and stream coefficients negated. Overlaps are checked by the op on the real tensors.
     """
     args = _check_stream_terms(tensors, seeds, coeffs, keys, offsets, mean, mean_coeff, 1.0,
                                distribution)
@@ -107,6 +109,13 @@ def validate_perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: Float
             raise ValueError(f"out has {len(outs)} tensors but tensors has {len(sources)}")
         for p, (o, t) in enumerate(zip(outs, sources)):
             check_like(o, t, f"out[{p}]", f"tensors[{p}]")
+    if out_minus is not None:
+        minus = as_list([out_minus] if isinstance(out_minus, torch.Tensor) else out_minus, "out_minus")
+        if len(minus) != len(sources):
+            raise ValueError(f"out_minus has {len(minus)} tensors but tensors has {len(sources)}")
+        for p, (o, t) in enumerate(zip(minus, sources)):
+            check_like(o, t, f"out_minus[{p}]", f"tensors[{p}]")
+        args.minus = minus
     args.tensors, args.sources = outs, sources
     return args
 
@@ -272,12 +281,13 @@ def _run_perturbed(backend: str, args: PerturbArgs, indexed: bool = False) -> No
 
 
 def check_out_disjoint(args: PerturbArgs, indexed: bool = True) -> None:
-    """ValueError if an ``out`` (``args.tensors``) shares memory with another one, a source or a
-    mean (read from the real tensors' data pointers); names as for :func:`_run_perturbed`."""
+    """ValueError if an ``out`` (``args.tensors``) or ``out_minus`` shares memory with another
+    one, a source or a mean (read from the real tensors' data pointers); names as for
+    :func:`_run_perturbed`."""
     def named(name: str, tensors: Sequence[torch.Tensor]):
         return [(f"{name}[{p}]" if indexed else name, t) for p, t in enumerate(tensors)]
 
-    check_disjoint(named("out", args.tensors),
+    check_disjoint(named("out", args.tensors) + named("out_minus", args.minus or []),
                    named("tensors" if indexed else "tensor", args.sources) + named("mean", args.means or []))
 
 
@@ -372,11 +382,23 @@ def _perturbed_many_impl(tensors: List[torch.Tensor], means: List[torch.Tensor],
                          distribution: str = "gaussian") -> None:
     """Body of ``pgap::perturbed_many_into`` on CPU and CUDA: ``out[p]`` <- ``tensors[p]`` + the
     stream terms (``means`` empty when there is no mean term; seeds as int64 bit patterns)."""
+    _perturbed_pair_many_impl(tensors, means, seeds, coeffs, keys, offsets, mean_coeff, out, [],
+                              backend, distribution)
+
+
+def _perturbed_pair_many_impl(tensors: List[torch.Tensor], means: List[torch.Tensor],
+                              seeds: List[int], coeffs: List[float], keys: List[int],
+                              offsets: List[int], mean_coeff: float, out: List[torch.Tensor],
+                              out_minus: List[torch.Tensor], backend: str,
+                              distribution: str = "gaussian") -> None:
+    """Body of ``pgap::perturbed_pair_many_into``: as ``perturbed_many_into``, and ``out_minus[p]``
+    <- ``tensors[p]`` minus the mean and stream terms (``out_minus`` empty: none)."""
     _run_perturbed(backend, PerturbArgs(list(out), list(means) if means else None,
                                         [seed_from_int64(s) for s in seeds], list(coeffs),
                                         list(keys), list(offsets), 1.0, mean_coeff,
                                         sources=list(tensors),
-                                        distribution=check_distribution(distribution)),
+                                        distribution=check_distribution(distribution),
+                                        minus=list(out_minus) if out_minus else None),
                    indexed=True)
 
 
@@ -386,6 +408,14 @@ def _perturbed_many_fake(tensors, means, seeds, coeffs, keys, offsets, mean_coef
     return None
 
 
+def _perturbed_pair_many_fake(tensors, means, seeds, coeffs, keys, offsets, mean_coeff, out,
+                              out_minus, backend, distribution="gaussian") -> None:
+    check_distribution(distribution)
+    return None
+
+
+define_op("perturbed_pair_many_into", _perturbed_pair_many_impl, _perturbed_pair_many_fake,
+          mutates_args=("out", "out_minus"))
 define_op("perturbed_many_into", _perturbed_many_impl, _perturbed_many_fake, mutates_args=("out",))
 
 
@@ -394,7 +424,8 @@ def perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
                    keys: Optional[Sequence[int]] = None, offsets: Optional[Sequence[int]] = None,
                    mean: Optional[TensorList] = None, mean_coeff: float = 0.0,
                    out: Optional[TensorList] = None,
-                   distribution: str = "gaussian") -> List[torch.Tensor]:
+                   distribution: str = "gaussian",
+                   out_minus: Optional[TensorList] = None) -> List[torch.Tensor]:
     """Perturbed copies of many tensors in one call: :func:`perturbed` for each tensor, with
     :func:`perturb_`'s list arguments.
 
@@ -417,6 +448,13 @@ def perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
     out : iterable of Tensor, optional
         One tensor per entry of ``tensors``, shaped, typed and placed like it, contiguous, sharing
         no memory with each other, any source or any mean. **Mutated.** Default: new tensors.
+    out_minus : iterable of Tensor, optional
+        As ``out`` (and disjoint from it): ``out_minus[p]`` receives the mirrored copy
+        ``tensors[p][i] - mean_coeff*mean[p][i] - sum_j coeffs[j] * xi(...)``, bit for bit what
+        the call with every coefficient and ``mean_coeff`` negated writes to ``out`` (the two
+        points of a two-point estimate, θ ± ε·z, from one draw of z). **Mutated.** The native
+        backend writes both in one pass over ``tensors`` with one draw of the stream; the
+        others run the second pass after the first.
 
     Returns
     -------
@@ -431,12 +469,14 @@ def perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
         If a backend forced by ``PGAP_BACKEND``/:func:`use_backend` cannot run.
     """
     args = validate_perturbed_many(tensors, seeds, coeffs, keys=keys, offsets=offsets, mean=mean,
-                                   mean_coeff=mean_coeff, out=out, distribution=distribution)
+                                   mean_coeff=mean_coeff, out=out, distribution=distribution,
+                                   out_minus=out_minus)
     if not args.tensors:
         return []
-    if plain_eager_call(args.sources + args.tensors + (args.means or [])):
+    written = args.tensors + (args.minus or [])
+    if plain_eager_call(args.sources + written + (args.means or [])):
         _run_perturbed("", args, indexed=True)
-        torch.autograd.graph.increment_version(args.tensors)  # as the op's ADInplaceOrView does
+        torch.autograd.graph.increment_version(written)  # as the op's ADInplaceOrView does
         return args.tensors
     perturbed_many_op(args)
     return args.tensors
@@ -444,9 +484,15 @@ def perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
 
 def perturbed_many_op(args: PerturbArgs) -> None:
     """Run the validated out-of-place pass ``args`` through the custom op
-    ``pgap::perturbed_many_into`` (for torch.compile, dispatch modes, tensor subclasses)."""
-    torch.ops.pgap.perturbed_many_into(args.sources, args.means or [],
-                                       [seed_to_int64(s) for s in args.seeds], args.coeffs,
+    ``pgap::perturbed_many_into``, or ``pgap::perturbed_pair_many_into`` with minus outputs
+    (for torch.compile, dispatch modes, tensor subclasses)."""
+    seeds = [seed_to_int64(s) for s in args.seeds]
+    if args.minus is not None:
+        torch.ops.pgap.perturbed_pair_many_into(args.sources, args.means or [], seeds, args.coeffs,
+                                                args.keys, args.offsets, args.mean_coeff, args.tensors,
+                                                args.minus, "", args.distribution)
+        return
+    torch.ops.pgap.perturbed_many_into(args.sources, args.means or [], seeds, args.coeffs,
                                        args.keys, args.offsets, args.mean_coeff, args.tensors, "",
                                        args.distribution)
 

@@ -168,6 +168,14 @@ static void perturb_chunk_typed(const TensorArgs& ta, const StreamArgs& sa, int6
     }
   }
   apply_chunk_for<D, false>(t, s, m, acc + shift, 0u, g_lo, hi - lo, sa);
+  if (ta.minus) {  // the same chunk with every coefficient negated: -(c*x) and -(a + b) are exact
+    float* a = acc + shift;
+#pragma omp simd
+    for (int64_t l = 0; l < hi - lo; ++l) a[l] = -a[l];
+    StreamArgs negated = sa;
+    negated.mean_coeff = -sa.mean_coeff;
+    apply_chunk_for<D, false>(static_cast<S*>(ta.minus) + lo, s, m, a, 0u, g_lo, hi - lo, negated);
+  }
 }
 
 // Elements [lo, hi) of one tensor, hi - lo <= kHostChunk.

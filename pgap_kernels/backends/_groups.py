@@ -1,7 +1,8 @@
 """Split validated arguments into (dtype code, sub-arguments) groups, dropping empty tensors."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Tuple
+import functools
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import torch
 
@@ -24,4 +25,17 @@ def split_by_dtype(args: PerturbArgs) -> Iterator[Tuple[int, PerturbArgs]]:
             seeds=args.seeds, coeffs=args.coeffs,
             keys=[args.keys[p] for p in ps], offsets=[args.offsets[p] for p in ps],
             decay=args.decay, mean_coeff=args.mean_coeff, rounding_seed=args.rounding_seed,
-            distribution=args.distribution)
+            distribution=args.distribution,
+            minus=[args.minus[p] for p in ps] if args.minus is not None else None)
+
+
+def minus_in_two_passes(perturb_group: Callable[[PerturbArgs], None]) -> Callable[[PerturbArgs], None]:
+    """``perturb_group`` for a backend without a fused minus output: the pass, then the minus
+    pass (:meth:`PerturbArgs.split_minus`), bit for bit what a fused one writes."""
+    @functools.wraps(perturb_group)
+    def run(args: PerturbArgs) -> None:
+        plus, minus = args.split_minus()
+        perturb_group(plus)
+        if minus is not None:
+            perturb_group(minus)
+    return run

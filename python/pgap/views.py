@@ -288,11 +288,11 @@ class PerturbedViews:
         return rooms, total, reusable
 
     def _groups(self, sources: List[torch.Tensor], todo: List[Trainable], outs: List[torch.Tensor],
-                means: List[Optional[torch.Tensor]]):
+                means: List[Optional[torch.Tensor]], minus: Optional[List[torch.Tensor]] = None):
         """``perturbed_many``'s tensor-side arguments for ``outs[p]`` <- the shown combination on
-        ``sources[p]`` (trainable ``todo[p]``, mean ``means[p]``), in as few calls as the mean
-        terms allow (one, unless only some trainables have a mean): (keyword arguments, with a
-        mean?) per call."""
+        ``sources[p]`` (trainable ``todo[p]``, mean ``means[p]``; and ``minus[p]`` <- its mirror
+        when given), in as few calls as the mean terms allow (one, unless only some trainables
+        have a mean): (keyword arguments, with a mean?) per call."""
         for with_mean in (False, True):
             ps = [p for p, m in enumerate(means) if (m is not None) == with_mean]
             if ps:
@@ -300,13 +300,16 @@ class PerturbedViews:
                 yield dict(tensors=[sources[p] for p in ps], keys=[todo[p].key for p in ps],
                            offsets=[0 if todo[p].sharded else todo[p].offset for p in ps],
                            mean=[means[p] for p in ps] if with_mean else None,
-                           out=[outs[p] for p in ps], distribution=self.distribution), with_mean
+                           out=[outs[p] for p in ps], distribution=self.distribution,
+                           **({} if minus is None else {"out_minus": [minus[p] for p in ps]})), with_mean
 
     def _fill(self, sources: List[torch.Tensor], todo: List[Trainable], outs: List[torch.Tensor],
-              means: List[Optional[torch.Tensor]], sign: float = 1.0) -> None:
+              means: List[Optional[torch.Tensor]], sign: float = 1.0,
+              minus: Optional[List[torch.Tensor]] = None) -> None:
         """The calls of :meth:`_groups`, each validated in full (copies that are not reused);
-        ``sign`` -1: the copies of θ − d."""
-        for kwargs, with_mean in self._groups(sources, todo, outs, means):
+        ``sign`` -1: the copies of θ − d; ``minus``: also the copies of θ − d there, in the same
+        calls."""
+        for kwargs, with_mean in self._groups(sources, todo, outs, means, minus):
             pgap_kernels.perturbed_many(seeds=list(self.seeds), coeffs=[sign * c for c in self.coeffs],
                                         mean_coeff=sign * self.mean_coeff if with_mean else 0.0, **kwargs)
             self.calls += 1
@@ -334,19 +337,49 @@ class PerturbedViews:
                     raise RuntimeError(f"parameter {t.name!r} is still sharded inside its module's "
                                        "forward; perturbed views need FSDP2's unsharded parameters")
                 params[t.name] = (p, t)
-            with torch.no_grad():
-                copies, size = self._copies(list(params.values()))
             names = list(params)
+            fused = self._fused_pair(list(params.values())) if self.paired else None
+            if fused is None:
+                with torch.no_grad():
+                    copies, size = self._copies(list(params.values()))
+            else:
+                copies, size, minus, minus_size = fused
             for name, copy in zip(names, copies):
                 p = params[name][0]
                 self._swapped[name] = (p, p.data)
                 p.data = copy
-            minus_size = self._minus_copies(names) if self.paired else 0
+            if fused is not None:
+                self._minus.update(zip(names, minus))
+            else:
+                minus_size = self._minus_copies(names) if self.paired else 0
             stack.append((names, size, minus_size))
             self.live_bytes += size
             self._minus_top += minus_size
             self.peak_bytes = max(self.peak_bytes, self.live_bytes + self._minus_top + self.kept_bytes)
         return hook
+
+    def _drawn(self, dtype: torch.dtype) -> bool:
+        """Whether a paired forward draws the − copy of a parameter of ``dtype`` (:attr:`pair_copies`)."""
+        return self.pair_copies == "draw" or (self.pair_copies == "auto" and dtype != torch.float32)
+
+    def _fused_pair(self, params: List[Tuple[torch.Tensor, Trainable]]
+                    ) -> Optional[Tuple[List[torch.Tensor], int, List[torch.Tensor], int]]:
+        """Paired forwards on the CPU, every − copy drawn and no tied parameter: both copies of
+        every parameter from one ``perturbed_many`` call with ``out_minus`` (the native backend
+        draws z once for both). (+ copies, their arena bytes, − copies, their minus-arena bytes),
+        or None where this does not apply (then :meth:`_copies` and :meth:`_minus_copies`)."""
+        if not params or any(t.name in self._shared or x.device.type != "cpu" or not self._drawn(x.dtype)
+                             for x, t in params):
+            return None
+        likes = [x.data for x, _ in params]
+        rooms, size, _ = self._alloc(likes)
+        self._minus_arena, minus, minus_size, _ = arena_rooms(self._minus_arena, self._minus_top, likes)
+        todo = [t for _, t in params]
+        with_mean = self.mean_coeff != 0.0 and self.means is not None
+        with torch.no_grad():
+            self._fill(likes, todo, rooms, [self.means(t) if with_mean else None for t in todo],
+                       minus=minus)
+        return rooms, size, minus, minus_size
 
     def _minus_copies(self, names: List[str]) -> int:
         """Paired forwards: the θ − d copies of the parameters ``names`` just swapped in (their θ + d
@@ -362,8 +395,7 @@ class PerturbedViews:
             if name in self._shared and name not in self._minus:
                 outs[name] = kept_buffer(self._minus_buffers, name, self._swapped[name][1])[0]
                 self.kept_bytes += outs[name].numel() * outs[name].element_size()
-        mirrored = [n for n in outs if self.pair_copies == "mirror" or (
-            self.pair_copies == "auto" and self._swapped[n][1].dtype == torch.float32)]
+        mirrored = [n for n in outs if not self._drawn(self._swapped[n][1].dtype)]
         todo = [n for n in outs if n not in mirrored]
         with torch.no_grad():
             for name in mirrored:

@@ -128,3 +128,49 @@ def test_fake_tensor_mode_goes_through_the_op():
     with FakeTensorMode():
         ys = pk.perturbed_many([torch.empty(5, 3), torch.empty(2)], 1, 1.0)
         assert [tuple(y.shape) for y in ys] == [(5, 3), (2,)]
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
+def test_out_minus_is_the_call_with_negated_coefficients(device_backend, distribution):
+    """θ ± d from one call: out_minus bit for bit what the call with every coefficient and the
+    mean coefficient negated writes (native: one pass, one draw; the others: a second pass)."""
+    device, backend = device_backend
+    xs, means = _tensors(device), _tensors(device, seed=100)
+    keys, offsets = [3, 0xFFFFFFFF, 9, 9, 1, 2, 77], [0, CARRY, 5, 1 << 40, 11, 0, 3]
+    before = [x.clone() for x in xs]
+    common = dict(keys=keys, offsets=offsets, mean=means, distribution=distribution)
+    with pk.use_backend(backend):
+        minus = [torch.empty_like(x) for x in xs]
+        plus = pk.perturbed_many(xs, SEEDS[:2], COEFFS[:2], mean_coeff=-0.25, out_minus=minus, **common)
+        want_plus = pk.perturbed_many(xs, SEEDS[:2], COEFFS[:2], mean_coeff=-0.25, **common)
+        want_minus = pk.perturbed_many(xs, SEEDS[:2], [-c for c in COEFFS[:2]], mean_coeff=0.25, **common)
+    for p in range(len(xs)):
+        assert torch.equal(bits(plus[p]), bits(want_plus[p])), p
+        assert torch.equal(bits(minus[p]), bits(want_minus[p])), p
+        assert torch.equal(bits(before[p]), bits(xs[p])), "a source was written"
+
+
+def test_out_minus_is_checked_before_anything_is_written():
+    x, y = values(12, torch.float32), values(5, torch.bfloat16, seed=1)
+    out = [torch.zeros(12), torch.zeros(5, dtype=torch.bfloat16)]
+    for bad, exc, match in [([torch.zeros(12)], ValueError, "out_minus has 1 tensors but tensors has 2"),
+                            ([torch.zeros(12), torch.zeros(5)], TypeError, r"out_minus\[1\] has dtype"),
+                            ([out[0], torch.zeros(5, dtype=torch.bfloat16)], ValueError,
+                             r"out_minus\[0\] and out\[0\] are the same tensor"),
+                            ([x, torch.zeros(5, dtype=torch.bfloat16)], ValueError, "overlaps")]:
+        watched = [x, y] + out + [t for t in bad if t is not x and t is not out[0]]
+        saved = [t.clone() for t in watched]
+        with pytest.raises(exc, match=match):
+            pk.perturbed_many([x, y], 1, 1.0, out=out, out_minus=bad)
+        assert all(torch.equal(bits(a), bits(b)) for a, b in zip(saved, watched))
+
+
+@pytest.mark.parametrize("device,backend", OP_CASES)
+def test_pair_opcheck(device, backend):
+    require(device, backend)
+    x = values(17, torch.float32, device)
+    h = values(9, torch.bfloat16, device, seed=1)
+    args = ([x, h], [], [seed_to_int64(3)], [0.5], [0, 1], [0, 0], 0.0,
+            [torch.empty_like(x), torch.empty_like(h)], [torch.empty_like(x), torch.empty_like(h)],
+            backend)
+    torch.library.opcheck(torch.ops.pgap.perturbed_pair_many_into.default, args)

@@ -233,3 +233,34 @@ def test_auto_pair_copies_mirror_float32_and_draw_bf16():
             assert opt.pair_copies == copies
         assert [(d["loss_plus"], d["loss_minus"]) for d in runs["auto"]] == \
             [(d["loss_plus"], d["loss_minus"]) for d in runs[same_as]], dtype
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_drawn_minus_copies_are_the_unpaired_numbers_bit_for_bit(tie):
+    """bf16, pair_copies "draw": inside the paired forward every module sees exactly
+    perturbed(θ, seed, −ε) as its − copy. Untied parameters get both copies from one
+    perturbed_many call with out_minus (one draw of z on the CPU); a tied one the two-call path."""
+    import pgap_kernels as pk
+    model, _, pair = _llama(torch.bfloat16, tie)
+    opt = pgap.MeZO(model, lr=1e-3, eps=1e-2, seed=5, mode="functional")
+    opt.pair_copies = "draw"
+    views, seen = opt.views, []
+    by_name = views._by_name
+
+    def check(module, inputs):
+        for name, minus in list(views._minus.items()):
+            if name not in views._swapped:  # a tied parameter's − copy between its two modules
+                continue
+            t = by_name[name]
+            theta = views._swapped[name][1]
+            want = pk.perturbed(theta, list(views.seeds), [-c for c in views.coeffs], key=t.key,
+                                offset=t.offset)
+            assert torch.equal(minus.view(torch.int16), want.view(torch.int16)), name
+            seen.append(name)
+
+    # registered after the views' hooks, so each runs once the module's copies are in place
+    handles = [m.register_forward_pre_hook(check) for m in model.modules()]
+    opt.step(lambda: pair().mean(), pair_closure=pair)
+    for h in handles:
+        h.remove()
+    assert set(seen) == set(by_name)

@@ -5,7 +5,8 @@
 //   t[l] <- decay*s[l] + mean_coeff*mean[l] + sum_j coeffs[j] * xi(seeds[j], key, offset + l)
 // with xi the Gaussian stream, or rho, the Rademacher stream (pgap/rademacher.h), in its place.
 // s == t for perturb_ (in place); s is another tensor for the out-of-place perturbed. decay == 0
-// writes t without reading s; a null mean drops the mean term.
+// writes t without reading s; a null mean drops the mean term. A non-null `minus` also receives
+// the pass with the mean and stream coefficients negated (perturbed_many's out_minus).
 #pragma once
 #include <cstdint>
 
@@ -23,6 +24,10 @@ struct TensorArgs {
   int64_t numel;
   uint64_t offset;     // stream index of element 0
   uint32_t key;
+  // null, or contiguous numel elements of the dtype, disjoint from everything else (written):
+  // the mirrored copy decay*s - mean_coeff*mean - sum_j coeffs[j] * xi(...), bit for bit what the
+  // same pass with every coefficient negated writes to data (host builds; rounded to nearest)
+  void* minus = nullptr;
 };
 
 // How results are rounded to a 16-bit dtype: to nearest even, or stochastically with the

@@ -6,12 +6,13 @@ import torch
 from ... import _native
 from ..._stream import DISTRIBUTION_CODES, RADEMACHER_BLOCK
 from ...args import PerturbArgs
-from .._groups import split_by_dtype
+from .._groups import minus_in_two_passes, split_by_dtype
 from .._device_tables import on_device
 from .._tables import chunk_table, stream_tables
 from .lowrank import _device_index
 
 
+@minus_in_two_passes
 def perturb_group(args: PerturbArgs) -> None:
     """On CUDA tensors of one device, in place or from ``args.sources``; see :class:`PerturbArgs`.
 

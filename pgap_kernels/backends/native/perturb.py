@@ -1,4 +1,5 @@
-"""Native fused perturbation: one ``_C.host_perturb`` call per dtype group."""
+"""Native fused perturbation: one ``_C.host_perturb`` call per dtype group (a minus output
+in the same pass)."""
 from __future__ import annotations
 
 import torch
@@ -29,4 +30,5 @@ def perturb_group(args: PerturbArgs) -> None:
             group.rounding_seed or 0,
             DISTRIBUTION_CODES[group.distribution],
             torch.get_num_threads(),
+            [t.data_ptr() for t in group.minus] if group.minus is not None else [],
         )

@@ -5,6 +5,7 @@ import torch
 
 from ..._stream import as_float32
 from ...args import PerturbArgs
+from .._groups import minus_in_two_passes
 from .philox import normals
 from .rademacher import signs
 from .rounding import store
@@ -13,6 +14,7 @@ CHUNK = 1 << 20  # elements drawn at a time, to bound the int64 working set
 
 
 @torch.no_grad()
+@minus_in_two_passes
 def perturb_group(args: PerturbArgs) -> None:
     """For every tensor t (position p) with source s (t itself unless ``args.sources``), in
     float32 with one rounding to t.dtype:

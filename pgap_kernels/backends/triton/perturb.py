@@ -16,7 +16,7 @@ import triton.language as tl
 from ..._stream import RADEMACHER_BLOCK, as_float32
 from ...args import PerturbArgs
 from .._device_tables import on_device
-from .._groups import split_by_dtype
+from .._groups import minus_in_two_passes, split_by_dtype
 from .._tables import META_FIELDS, chunk_table, stream_tables
 from ._rounding import round_stochastic, rounding_block_words, rounding_seed_table
 from ._stream import sum_block_normals, sum_group_signs, table_row
@@ -104,6 +104,7 @@ def _aligned(group: PerturbArgs) -> bool:
             and all(t.numel() % 4 == 0 for t in group.tensors))
 
 
+@minus_in_two_passes
 def perturb_group(args: PerturbArgs) -> None:
     """On tensors of one device, in place or from ``args.sources``, rounded to nearest or
     stochastically; see :class:`PerturbArgs`."""
