@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--distribution", choices=["gaussian", "rademacher"], default="gaussian",
+                   help="MeZO's directions (the recorded rows are Gaussian; pgap-finetune's MeZO "
+                        "takes Rademacher ones by default)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--csv", type=Path, default=RESULTS_DIR / "paired_agreement.csv")
     return p.parse_args(argv)
@@ -69,6 +72,8 @@ def main(argv=None) -> int:
     task = load_rotten_tomatoes(n_train=1000, n_dev=0, n_test=0, seed=args.seed)
     clf = PromptClassifier(tokenizer, task.template, task.label_words)
     options = {k: v for k, v in DEFAULTS[args.method].items() if k != "lr"}
+    if args.method == "mezo":
+        options["distribution"] = args.distribution
     # AGZO has no pair_copies: its side terms are exact for either sign and its views follow
     # "auto" (mirror float32, draw bf16), so it has one paired variant, named for what "auto" does
     variants = VARIANTS if args.method == "mezo" else ("unpaired", "mirror" if args.dtype == "fp32" else "draw")
