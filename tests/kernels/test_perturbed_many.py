@@ -174,3 +174,17 @@ def test_pair_opcheck(device, backend):
             [torch.empty_like(x), torch.empty_like(h)], [torch.empty_like(x), torch.empty_like(h)],
             backend)
     torch.library.opcheck(torch.ops.pgap.perturbed_pair_many_into.default, args)
+
+
+def test_out_minus_under_torch_compile_fullgraph_matches_eager():
+    w, b = values((6, 5), torch.float32), values(6, torch.float32, seed=1)
+
+    def both(w, b):
+        minus = [torch.empty_like(w), torch.empty_like(b)]
+        plus = pk.perturbed_many([w, b], 9, 1e-2, keys=[1, 2], out_minus=minus)
+        return plus + minus
+
+    eager = both(w, b)
+    compiled = torch.compile(both, fullgraph=True)(w, b)
+    assert all(torch.equal(bits(a), bits(c)) for a, c in zip(eager, compiled))
+    assert torch.equal(bits(eager[2]), bits(pk.perturbed(w, 9, -1e-2, key=1)))
