@@ -117,16 +117,11 @@ class AGZO(LowRankZO):
             side.V = self._directions[i]
 
     def _set_xi(self, seed: int) -> None:
-        """The functional matrices' Ξ of this step (m × r each, materialized): new tensors (the
-        last step's stay as they were, for a rollback), views of one buffer, drawn in one
-        ``perturb_`` call (decay 0: the stream alone, what ``pgap_kernels.gaussian`` gives)."""
-        if not self._sides:
-            return
+        """The functional matrices' Ξ of this step (m × r each, materialized; new tensors, so the
+        last step's stay as they were for a rollback), in one draw."""
         bases = [self.bases[i] for i in self._sides]
-        sizes = [b.shape[0] * b.rank for b in bases]
-        flat = torch.empty(sum(sizes), device=self.device)
-        xis = [part.view(b.shape[0], b.rank) for part, b in zip(flat.split(sizes), bases)]
-        pgap_kernels.perturb_(xis, seed, 1.0, keys=[b.trainable.key for b in bases], decay=0.0)
+        xis = self._draw_factors([(b.shape[0], b.rank) for b in bases], seed,
+                                 [b.trainable.key for b in bases])
         for side, xi in zip(self._sides.values(), xis):
             side.Z = xi
 

@@ -3,6 +3,8 @@ moves by a low-rank direction, every other trainable (a "vector": biases, norm w
 without a subspace) by the stream Gaussian of the step's seed, in one two-point difference."""
 from __future__ import annotations
 
+import math
+
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -65,6 +67,18 @@ class LowRankZO(ZOOptimizer):
                                          lambda: before_state_dict(self)))
         if viewed:
             self.views = self.attach(Views(model, viewed))
+
+    def _draw_factors(self, shapes: Sequence[Sequence[int]], seed: int, keys: Sequence[int]
+                      ) -> List[torch.Tensor]:
+        """New float32 tensors of ``shapes`` holding the Gaussian stream of ``seed`` under
+        ``keys`` (views of one buffer), drawn in one ``perturb_`` call (decay 0: the stream alone,
+        what ``pgap_kernels.gaussian`` gives per tensor)."""
+        sizes = [math.prod(shape) for shape in shapes]
+        flat = torch.empty(sum(sizes), device=self.device)
+        out = [part.view(*shape) for part, shape in zip(flat.split(sizes), shapes)]
+        if out:
+            pgap_kernels.perturb_(out, seed, 1.0, keys=list(keys), decay=0.0)
+        return out
 
     # -- passes ----------------------------------------------------------------------------
     @property

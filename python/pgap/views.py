@@ -358,27 +358,36 @@ class PerturbedViews:
             self.peak_bytes = max(self.peak_bytes, self.live_bytes + self._minus_top + self.kept_bytes)
         return hook
 
+    @property
+    def _with_mean(self) -> bool:
+        """Whether the shown combination has a mean term."""
+        return self.mean_coeff != 0.0 and self.means is not None
+
+    def _means_of(self, trainables: Sequence[Trainable]) -> List[Optional[torch.Tensor]]:
+        """The mean term's tensor of each of ``trainables`` for the shown combination (None for
+        all when it has no mean term)."""
+        if not self._with_mean:
+            return [None] * len(trainables)
+        return [self.means(t) for t in trainables]
+
     def _drawn(self, dtype: torch.dtype) -> bool:
         """Whether a paired forward draws the − copy of a parameter of ``dtype`` (:attr:`pair_copies`)."""
         return self.pair_copies == "draw" or (self.pair_copies == "auto" and dtype != torch.float32)
 
     def _fused_pair(self, params: List[Tuple[torch.Tensor, Trainable]]
                     ) -> Optional[Tuple[List[torch.Tensor], int, List[torch.Tensor], int]]:
-        """Paired forwards on the CPU, every − copy drawn and no tied parameter: both copies of
-        every parameter from one ``perturbed_many`` call with ``out_minus`` (the native backend
-        draws z once for both). (+ copies, their arena bytes, − copies, their minus-arena bytes),
+        """Paired forwards, every − copy drawn and no tied parameter: both copies of every
+        parameter from one ``perturbed_many`` call with ``out_minus`` (the native backend draws z
+        once for both, the others run its second pass). (+ copies, their arena bytes, − copies, their minus-arena bytes),
         or None where this does not apply (then :meth:`_copies` and :meth:`_minus_copies`)."""
-        if not params or any(t.name in self._shared or x.device.type != "cpu" or not self._drawn(x.dtype)
-                             for x, t in params):
+        if not params or any(t.name in self._shared or not self._drawn(x.dtype) for x, t in params):
             return None
         likes = [x.data for x, _ in params]
         rooms, size, _ = self._alloc(likes)
         self._minus_arena, minus, minus_size, _ = arena_rooms(self._minus_arena, self._minus_top, likes)
         todo = [t for _, t in params]
-        with_mean = self.mean_coeff != 0.0 and self.means is not None
         with torch.no_grad():
-            self._fill(likes, todo, rooms, [self.means(t) if with_mean else None for t in todo],
-                       minus=minus)
+            self._fill(likes, todo, rooms, self._means_of(todo), minus=minus)
         return rooms, size, minus, minus_size
 
     def _minus_copies(self, names: List[str]) -> int:
@@ -403,10 +412,8 @@ class PerturbedViews:
                 mirror_(outs[name], p.data, stored)
             if todo:
                 trainables = [self._by_name[name] for name in todo]
-                with_mean = self.mean_coeff != 0.0 and self.means is not None
                 self._fill([self._swapped[name][1] for name in todo], trainables,
-                           [outs[name] for name in todo],
-                           [self.means(t) if with_mean else None for t in trainables], sign=-1.0)
+                           [outs[name] for name in todo], self._means_of(trainables), sign=-1.0)
         self._minus.update(outs)
         return size
 
@@ -421,9 +428,8 @@ class PerturbedViews:
         todo = [p for p, (_, t) in enumerate(params)  # arena copies first, then the tied ones
                 if t.name not in self._shared] + [p for p, (_, t) in enumerate(params)
                                                   if t.name in self._shared and t.name not in self._kept]
-        with_mean = self.mean_coeff != 0.0 and self.means is not None
-        means = [self.means(params[p][1]) if with_mean else None for p in todo]
-        key = (tuple(t.name for _, t in params), tuple(todo), self.live_bytes, with_mean)
+        means = self._means_of([params[p][1] for p in todo])
+        key = (tuple(t.name for _, t in params), tuple(todo), self.live_bytes, self._with_mean)
         buffers = [self._kept_buffers.get(t.name, _NO_BUFFER) if t.name in self._shared else None
                    for _, t in params]
         unit = self._plans.get(key)

@@ -87,10 +87,8 @@ class WindowedLowRankZO(LowRankZO):
         shape; :meth:`_aligned` transforms each batch)."""
         if not self.matrices:
             return
-        dev = self.device
-        Z0 = [torch.empty(s.shape[0] if self.one_sided else s.rank, s.rank, device=dev)
-              for s in self.matrices]
-        pgap_kernels.perturb_(Z0, seed, 1.0, keys=[s.z_key for s in self.matrices], decay=0.0)
+        Z0 = self._draw_factors([(s.shape[0] if self.one_sided else s.rank, s.rank) for s in self.matrices],
+                                seed, [s.z_key for s in self.matrices])
         by_rank: Dict[tuple, List[int]] = {}
         for i, s in enumerate(self.matrices):
             by_rank.setdefault(tuple(Z0[i].shape), []).append(i)

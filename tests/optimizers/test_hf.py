@@ -23,7 +23,7 @@ class Tokens(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def make_trainer(out, method, options, max_steps, **kw):
+def make_trainer(out, method, options, max_steps, zo=None, **kw):
     model, _ = tiny_llama()
     args = TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
                              learning_rate=kw.pop("lr", 3e-3), lr_scheduler_type="constant",
@@ -32,7 +32,7 @@ def make_trainer(out, method, options, max_steps, **kw):
                              report_to=[], seed=0, use_cpu=True,
                              dataloader_num_workers=0, disable_tqdm=True, **kw)
     return ZOTrainer(model=model, args=args, train_dataset=Tokens(), zo_method=method,
-                     zo_options=options), model
+                     zo_options=options, **(zo or {})), model
 
 
 @pytest.mark.parametrize("method, options, lr", [
@@ -205,16 +205,6 @@ def test_zotrainer_logs_the_projected_gradient_not_grad_norm(tmp_path):
     assert trainer.optimizer.optimizer is trainer.zo_optimizer
 
 
-def _zo_trainer(out, method, options, max_steps, **zo):
-    model, _ = tiny_llama()
-    args = TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
-                             learning_rate=3e-3, lr_scheduler_type="constant", logging_steps=1,
-                             report_to=[], seed=0, use_cpu=True, dataloader_num_workers=0,
-                             disable_tqdm=True)
-    return ZOTrainer(model=model, args=args, train_dataset=Tokens(), zo_method=method,
-                     zo_options=options, **zo)
-
-
 @pytest.mark.parametrize("method, options", [("mezo", {}), ("agzo", {"rank": 2, "refresh": 2})])
 def test_zotrainer_paired_forward_follows_the_unpaired_run(tmp_path, method, options):
     """One forward over the batch stacked twice, each half's loss from the model's own
@@ -222,8 +212,8 @@ def test_zotrainer_paired_forward_follows_the_unpaired_run(tmp_path, method, opt
     − copies mirrored, AGZO's side terms exact), in functional mode, which it picks itself."""
     runs = []
     for paired in (False, True):
-        trainer = _zo_trainer(tmp_path / str(paired), method, dict(options, mode="functional") if not paired
-                              else options, 4, zo_paired_forward=paired)
+        trainer, _ = make_trainer(tmp_path / str(paired), method, dict(options, mode="functional")
+                                  if not paired else options, 4, zo={"zo_paired_forward": paired})
         calls = []
         if paired:
             pair = trainer._pair_losses
@@ -241,6 +231,6 @@ def test_zotrainer_paired_forward_follows_the_unpaired_run(tmp_path, method, opt
 def test_zotrainer_paired_forward_refusals(tmp_path):
     with pytest.raises(ValueError, match="zo_paired_forward=True needs mezo, mezo-gv, mezo-greedy, ldsd or agzo in "
                                          "functional mode; got MeZO in mode 'inplace'"):
-        _zo_trainer(tmp_path, "mezo", {"mode": "inplace"}, 1, zo_paired_forward=True).train()
+        make_trainer(tmp_path, "mezo", {"mode": "inplace"}, 1, zo={"zo_paired_forward": True})[0].train()
     with pytest.raises(TypeError, match="zo_paired_forward must be a bool"):
-        _zo_trainer(tmp_path, "mezo", {}, 1, zo_paired_forward="yes")
+        make_trainer(tmp_path, "mezo", {}, 1, zo={"zo_paired_forward": "yes"})
