@@ -63,3 +63,27 @@ def device_backend(request):
 
 def is_triton_interpreter(device: str, backend: str) -> bool:
     return backend == "triton" and device == "cpu"
+
+
+def on_every_host_isa(compute):
+    """``compute()`` run under every instruction-set build of the native kernel (skipped
+    without one), asserted to give identical tensors (bit patterns: compare integer views
+    where NaNs occur) on all of them: the first build's results."""
+    from pgap_kernels import _native
+
+    lib, reason = _native.load()
+    if lib is None:
+        pytest.skip(reason)
+    info = lib.build_info()
+    results = {}
+    try:
+        for isa in info["host_isas"]:
+            lib.set_host_isa(isa)
+            results[isa] = compute()
+    finally:
+        lib.set_host_isa(info["host_isa"])
+    first = next(iter(results.values()))
+    for isa, res in results.items():
+        for a, b in zip(res, first):
+            assert torch.equal(a, b), isa
+    return first

@@ -19,7 +19,7 @@ from pgap_kernels._stream import RADEMACHER_DOMAIN
 from pgap_kernels.backends.reference.philox import block_words
 from pgap_kernels.testing import TINY, ULP, assert_within
 
-from conftest import backend_cases, is_triton_interpreter, require
+from conftest import backend_cases, is_triton_interpreter, on_every_host_isa, require
 from oracle import rho_exact
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -288,28 +288,18 @@ def test_perturbed_and_perturbed_many_equal_perturb_(any_backend, dtype):
 
 def test_host_isas_agree():
     """Every instruction-set build of the native kernel draws the same signs (bit for bit)."""
-    lib, reason = _native.load()
-    if lib is None:
-        pytest.skip(reason)
-    info = lib.build_info()
     tensors = [values(n, d, seed=n) for n, d in ((4097, torch.bfloat16), (3, torch.float32),
                                                   (9000, torch.float16), (1 << 14, torch.float32))]
     offsets = [1, CARRY - 3, 130, (1 << 39) - 4096 * 2 - 5]
-    results = {}
-    try:
-        for isa in info["host_isas"]:
-            lib.set_host_isa(isa)
-            out = [t.clone() for t in tensors]
-            with pk.use_backend("native"):
-                pk.perturb_(out, [1, 2], [0.3, -0.1], decay=0.99, offsets=offsets,
-                            distribution="rademacher", rounding="stochastic", rounding_seed=5)
-            results[isa] = out
-    finally:
-        lib.set_host_isa(info["host_isa"])
-    first = next(iter(results.values()))
-    for isa, res in results.items():
-        for a, b in zip(res, first):
-            assert torch.equal(bits(a), bits(b)), isa
+
+    def compute():
+        out = [t.clone() for t in tensors]
+        with pk.use_backend("native"):
+            pk.perturb_(out, [1, 2], [0.3, -0.1], decay=0.99, offsets=offsets,
+                        distribution="rademacher", rounding="stochastic", rounding_seed=5)
+        return [bits(t) for t in out]
+
+    on_every_host_isa(compute)
 
 
 # -- the custom ops and validation ------------------------------------------------------------
