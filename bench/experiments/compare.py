@@ -22,7 +22,9 @@ Protocol v2 (the default; bench/results/compare_v2.csv, docs/finetune.md "Protoc
   budget over the seeds every lr ran; a tie goes to the smaller lr);
 - ``--report``: per method and checkpoint the mean test accuracy ± the 95 % CI half-width over
   seeds (t distribution), dev loss, peak memory, share of the first-order gain; per method vs
-  MeZO the paired difference (same seeds) with its 95 % CI; a plot with CI bands.
+  MeZO the paired difference (same seeds) with its 95 % CI; a run made in bf16 and in another
+  dtype, the other's paired difference from bf16; a plot with CI bands. ``--also CSV ...`` joins
+  more CSVs' rows (e.g. float32 runs of the same seeds kept apart).
 
     python -m bench.experiments.compare --phase sweep --grid mezo=1e-5,3e-5,1e-4 backprop-adamw=1e-5,3e-5,1e-4 --seeds 0 --threads 1
     python -m bench.experiments.compare --phase final --grid mezo=best backprop-adamw=best --seeds 0 1 2 3 4 --threads 1
@@ -334,17 +336,40 @@ def fmt_ci(mean: float, half: float, n: int, scale: float = 100.0, sign: str = "
     return f"{mean * scale:{sign}.1f} ± {half_text} ({n})"
 
 
+def paired_cell(cells: Dict[int, dict], base_cells: Dict[int, dict]) -> str:
+    """The paired difference of test accuracy, ``cells`` − ``base_cells`` (seed -> row), in points:
+    mean ± 95 % CI (seeds), and * when the CI excludes 0."""
+    m, h, n = paired_ci(column(cells, "test_accuracy"), column(base_cells, "test_accuracy"))
+    return f"{fmt_ci(m, h, n, sign='+')}{'*' if n > 1 and abs(m) > h else ' '}"
+
+
 def paired_lines(table, base: Group, groups: Sequence[Group], checkpoints: Sequence[int]) -> List[str]:
     """Per group, its paired difference from ``base`` at each checkpoint (test accuracy, points)."""
     lines = []
     for g in groups:
-        cells = []
-        for c in checkpoints:
-            m, h, n = paired_ci(column(table[g].get(c, {}), "test_accuracy"),
-                                column(table[base].get(c, {}), "test_accuracy"))
-            star = "*" if n > 1 and abs(m) > h else " "
-            cells.append(f"{fmt_ci(m, h, n, sign='+')}{star}")
+        cells = [paired_cell(table[g].get(c, {}), table[base].get(c, {})) for c in checkpoints]
         lines.append(f"  {run_label(g[0], g[1]):<26} {g[2]:<8g} " + " ".join(f"{c:>18}" for c in cells))
+    return lines
+
+
+def dtype_pair_lines(table, base_dtype: str = "bf16") -> List[str]:
+    """A run (method, options, lr) made in ``base_dtype`` and in another dtype: the other's paired
+    difference from it (same seeds, so the same batches and directions) at the checkpoints both
+    have, test accuracy in points, mean ± 95 % CI; * = the CI excludes 0. Issue 23's check that
+    bf16 stays within 2 points of float32."""
+    lines = []
+    for g in sorted(table):
+        if g[3] != base_dtype:
+            continue
+        others = [h for h in sorted(table) if h[:3] == g[:3] and h[3] != base_dtype]
+        for h in others:
+            cells = [f"@{c}: {paired_cell(table[h][c], table[g][c])}"
+                     for c in sorted(set(table[g]) & set(table[h]))]
+            if cells:
+                lines.append(f"  {run_label(g[0], g[1]):<26} {g[2]:<8g} {h[3]} − {base_dtype}  " + "  ".join(cells))
+    if lines:
+        lines.insert(0, f"== dtypes: paired difference from {base_dtype} (same method, options, lr and "
+                        "seeds), test accuracy points, mean ± 95 % CI (seeds); * = the CI excludes 0")
     return lines
 
 
@@ -405,6 +430,9 @@ def report_v2(args, rows: List[dict]) -> int:
         share = first_order_share(table, zero, checkpoints[-1])
         if share:
             print("\n".join(share))
+    pairs = dtype_pair_lines(final_table(rows))
+    if pairs:
+        print("\n".join(pairs))
     revs = sorted({r["git_rev"] for r in rows if r["phase"] == "final"})
     if revs:
         print(f"final rows from revision(s): {', '.join(revs)}")
@@ -658,6 +686,8 @@ def plot_v1(path: Path, table: dict) -> None:
 def report(args) -> int:
     """Summarize the CSV: protocol v2's report, or v1's for a v1 CSV (recognized by its header)."""
     rows = common.read_csv_rows(args.csv)
+    for extra in args.also:
+        rows += common.read_csv_rows(extra)
     if not rows:
         print(f"bench/experiments/compare.py: no rows in {args.csv}")
         return 1
@@ -686,6 +716,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--plot", type=Path, default=None, help="default: the CSV's path with .png")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--report", action="store_true", help="only summarize the CSV")
+    p.add_argument("--also", type=Path, nargs="+", default=[], metavar="CSV",
+                   help="--report: more protocol v2 CSVs whose rows join the report (e.g. another "
+                        "dtype's runs of the same seeds)")
     args = p.parse_args(argv)
     if args.plot is None:
         args.plot = args.csv.with_suffix(".png")

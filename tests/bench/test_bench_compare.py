@@ -4,6 +4,7 @@ written again). Fast: no real model (the resumption test trains the tiny Llama o
 tests/tiny_task.py for a few steps)."""
 import csv
 import math
+import statistics
 import subprocess
 from types import SimpleNamespace
 
@@ -86,6 +87,29 @@ def test_report_prints_ci_and_paired_difference(tmp_path):
     assert agzo[1].rstrip().endswith("+10.0 ± 0.0 (3)*")
     share = next(i for i, line in enumerate(lines) if line.startswith("share of the first-order gain"))
     assert any(line.split()[0] == "mezo" and "%" in line and "1100 MB" in line for line in lines[share:])
+
+
+def test_report_pairs_dtypes_across_csvs(tmp_path):
+    """bf16 runs in one CSV, float32 runs of the same method, lr and seeds in another (--also):
+    the report prints float32 − bf16 per checkpoint, paired by seed: differences +0.01, −0.01,
+    +0.03 at 600 forwards -> +1.0 ± 5.0 (3), no star; a method only in bf16 gets no line."""
+    bf16, fp32 = [], []
+    for seed, (a, b) in enumerate(((0.70, 0.71), (0.72, 0.71), (0.68, 0.71))):
+        bf16.append(_row("final", "mezo", 3e-5, seed, 600, test=a, dev=0.7, dev_loss=0.6))
+        bf16.append(_row("final", "agzo", 3e-5, seed, 600, test=a, dev=0.7, dev_loss=0.6))
+        fp32.append(dict(_row("final", "mezo", 3e-5, seed, 600, test=b, dev=0.7, dev_loss=0.6), dtype="fp32"))
+    _write(tmp_path / "bf16.csv", bf16)
+    _write(tmp_path / "fp32.csv", fp32)
+    out = subprocess.run([*bench_command("experiments.compare"), "--report", "--csv", str(tmp_path / "bf16.csv"),
+                          "--also", str(tmp_path / "fp32.csv"), "--no-plot"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("== dtypes"))
+    pairs = [line for line in lines[head + 1:] if line.startswith("  ")]
+    assert len(pairs) == 1 and pairs[0].split()[0] == "mezo" and "fp32 − bf16" in pairs[0]
+    half = 4.303 * statistics.stdev([0.01, -0.01, 0.03]) / math.sqrt(3) * 100
+    assert pairs[0].rstrip().endswith(f"@600: +1.0 ± {half:.1f} (3)")
 
 
 def test_report_still_reads_a_v1_csv(tmp_path):
