@@ -15,6 +15,8 @@ Protocol v2 (the default; bench/results/compare_v2.csv, docs/finetune.md "Protoc
   accuracy and cross-entropy, the mean training loss since the last checkpoint, the peak memory
   of the training steps (pgap.finetune.memory: peak RSS on the CPU), method, lr, seed, dtype, forwards,
   git revision; the per-step training losses go to ``<csv stem>_loss.csv``;
+- a progress bar of each run's forwards with its last training loss on stderr (``--no-progress``:
+  none);
 - resumable: a run whose checkpoints are all in the CSV is skipped; a run killed part-way is
   restarted from step 0 (its trajectory is a function of the seed), and the checkpoints it
   already wrote are neither evaluated nor written again;
@@ -158,7 +160,10 @@ def done_now(csv_path: Path, key: RunKey) -> set:
 def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task, method: str,
             options: str, lr: float, seed: int, args, done: set) -> None:
     """Train one (method, options, lr, seed) from ``initial`` with pgap-finetune's training loop,
-    evaluating (and appending a row) at every checkpoint not in ``done``."""
+    evaluating (and appending a row) at every checkpoint not in ``done``; a progress bar of its
+    forwards on stderr unless ``args.no_progress``."""
+    from tqdm import tqdm  # noqa: PLC0415 - after common.require's check
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(initial[name])
@@ -174,6 +179,8 @@ def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task
     todo = list(args.checkpoints)
     key: RunKey = (args.phase, method, options, float(lr), int(seed), args.dtype)
     status, per_step, t_train = "ok", 2, 0.0
+    bar = tqdm(total=args.checkpoints[-1], unit="fwd", disable=args.no_progress, leave=False,
+               desc=f"{run_label(method, options)} lr {lr:g} seed {seed}")
     while todo:
         # a checkpoint when the next step would cross it (its forwards: measured on the last step)
         if status != "ok" or opt.forwards + per_step > todo[0]:
@@ -206,8 +213,11 @@ def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task
             status = f"diverged at step {step}"
             continue
         losses.append(loss)
+        bar.update(min(opt.forwards, bar.total) - bar.n)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         curve.append(dict(phase=args.phase, git_rev=args.rev, method=method, options=options, lr=lr,
                           seed=seed, dtype=args.dtype, step=step, forwards=opt.forwards, loss=round(loss, 5)))
+    bar.close()
     opt.close()  # the optimizer's hooks (side paths, views, sketches) leave the shared model
 
 
@@ -274,7 +284,7 @@ def run_v2(args, grid) -> int:
     if not todo:
         print("bench_compare: every run of this grid is in the CSV")
         return 0
-    common.require("bench/experiments/compare.py", ("transformers",),
+    common.require("bench/experiments/compare.py", ("transformers", "tqdm"),
                    needs=model_needs(None) + task_needs("rotten_tomatoes"))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -715,6 +725,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="the rows (the training losses go to <stem>_loss.csv beside it)")
     p.add_argument("--plot", type=Path, default=None, help="default: the CSV's path with .png")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar of each run's forwards")
     p.add_argument("--report", action="store_true", help="only summarize the CSV")
     p.add_argument("--also", type=Path, nargs="+", default=[], metavar="CSV",
                    help="--report: more protocol v2 CSVs whose rows join the report (e.g. another "

@@ -124,7 +124,7 @@ def test_report_still_reads_a_v1_csv(tmp_path):
     assert out.returncode == 0 and "<- chosen" in out.stdout, out.stderr
 
 
-def test_a_restarted_run_skips_the_checkpoints_it_wrote(tiny_model, tmp_path):  # noqa: F811
+def test_a_restarted_run_skips_the_checkpoints_it_wrote(tiny_model, tmp_path, capfd):  # noqa: F811
     """run_one with checkpoint 8 already in the CSV writes only checkpoint 16's row and the
     losses of its segment (steps 5..8); the two-point forward count is 2 per step."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -141,8 +141,10 @@ def test_a_restarted_run_skips_the_checkpoints_it_wrote(tiny_model, tmp_path):  
     clf = PromptClassifier(tok, task.template, task.label_words)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = SimpleNamespace(phase="final", rev="r", eps=1e-2, dtype="fp32", batch_size=4, checkpoints=[8, 16],
-                           csv=tmp_path / "v2.csv", loss_csv=tmp_path / "v2_loss.csv")
+                           csv=tmp_path / "v2.csv", loss_csv=tmp_path / "v2_loss.csv", no_progress=False)
     bc.run_one(model, initial, clf, task, "mezo", "", 1e-3, 0, args, done={8})
+    assert "mezo lr 0.001 seed 0" in capfd.readouterr().err  # the run's progress bar, on stderr
+    args.no_progress = True
     rows = common.read_csv_rows(args.csv)
     assert [(r["checkpoint"], r["step"], r["forwards"]) for r in rows] == [("16", "8", "16")]
     assert rows[0]["test_accuracy"] != "" and rows[0]["dev_loss"] != ""
