@@ -10,7 +10,8 @@ time limit, all inside one overall budget (default 480 s):
    any op waited for it;
 4. the quick benchmarks, each for the cuda and triton backends: ``kernels.perturb`` (>= 256 MiB
    tensors: GB/s, % of the measured copy bandwidth, ratio to eager ``randn`` + ``add_``; the
-   Gaussian and the Rademacher stream, the latter against ``w.add_(o)``: issue 23),
+   Gaussian and the Rademacher stream against ``w.add_(o)``, ``perturb_`` and ``perturbed``, bf16
+   rounded stochastically against to nearest: issue 23),
    ``kernels.lowrank``, ``kernels.subspace`` (OPT-1.3B and LLaMA-7B MLP shapes), ``kernels.perturbed``
    (when that script exists, issue 14), and
    ``steps.zo_step`` on the OPT-1.3B shape in bf16.
@@ -179,9 +180,11 @@ def plan(args: argparse.Namespace, env: Dict[str, str], out: Path, scratch: Path
              what="host time per op while the GPU is busy (no op waits for it)"),
         Step("perturb", [py, "-m", "bench.kernels.perturb", "--device", device, "--dtypes",
                          "fp32,bf16", "--backends", ",".join(backends),
-                         "--distributions", "gaussian,rademacher"] + perturb
-             + csv("perturb") + plot("perturb"), 120,
-             what="perturb_ GB/s vs copy, eager and add_ (Gaussian and Rademacher streams)"),
+                         "--distributions", "gaussian,rademacher", "--roundings", "nearest,stochastic",
+                         "--ops", "perturb_,perturbed"] + perturb
+             + csv("perturb") + plot("perturb"), 150,
+             what="perturb_ and perturbed GB/s vs copy, eager and add_ (Gaussian and Rademacher "
+                  "streams; bf16 stochastic rounding against nearest)"),
         Step("lowrank", [py, "-m", "bench.kernels.lowrank", "--device", device, "--sections",
                          "lowrank", "--backends", *backends, "--no-progress"] + lowrank
              + csv("lowrank") + plot("lowrank"), 90, what="lowrank_perturb_ vs eager"),
