@@ -410,8 +410,8 @@ def _perturbed_many_fake(tensors, means, seeds, coeffs, keys, offsets, mean_coef
 
 def _perturbed_pair_many_fake(tensors, means, seeds, coeffs, keys, offsets, mean_coeff, out,
                               out_minus, backend, distribution="gaussian") -> None:
-    check_distribution(distribution)
-    return None
+    return _perturbed_many_fake(tensors, means, seeds, coeffs, keys, offsets, mean_coeff, out,
+                                backend, distribution)
 
 
 define_op("perturbed_pair_many_into", _perturbed_pair_many_impl, _perturbed_pair_many_fake,

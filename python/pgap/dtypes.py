@@ -8,6 +8,9 @@ from typing import Tuple, Union
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# what bf16 costs at equal forwards, measured (docs/results.md, "bf16 against float32 on the real task")
+BF16_COST = ("bf16 MeZO trailed float32 by 2.5 points at 1,200 forwards on SmolLM2 / Rotten Tomatoes, "
+             "--dtype fp32 for float32")
 
 
 def native_bf16(device: Union[str, torch.device]) -> Tuple[bool, str]:
@@ -41,8 +44,3 @@ def resolve_dtype(name: str, device: Union[str, torch.device]) -> Tuple[torch.dt
     if not fast:
         return torch.float32, f"auto: {why}"
     return torch.bfloat16, f"auto: {why}; {BF16_COST}"
-
-
-# what bf16 costs at equal forwards, measured (docs/results.md, "bf16 against float32 on the real task")
-BF16_COST = ("bf16 MeZO trailed float32 by 2.5 points at 1,200 forwards on SmolLM2 / Rotten Tomatoes, "
-             "--dtype fp32 for float32")

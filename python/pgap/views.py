@@ -343,14 +343,12 @@ class PerturbedViews:
                 with torch.no_grad():
                     copies, size = self._copies(list(params.values()))
             else:
-                copies, size, minus, minus_size = fused
+                copies, size, minus_size = fused
             for name, copy in zip(names, copies):
                 p = params[name][0]
                 self._swapped[name] = (p, p.data)
                 p.data = copy
-            if fused is not None:
-                self._minus.update(zip(names, minus))
-            else:
+            if fused is None:
                 minus_size = self._minus_copies(names) if self.paired else 0
             stack.append((names, size, minus_size))
             self.live_bytes += size
@@ -375,11 +373,13 @@ class PerturbedViews:
         return self.pair_copies == "draw" or (self.pair_copies == "auto" and dtype != torch.float32)
 
     def _fused_pair(self, params: List[Tuple[torch.Tensor, Trainable]]
-                    ) -> Optional[Tuple[List[torch.Tensor], int, List[torch.Tensor], int]]:
+                    ) -> Optional[Tuple[List[torch.Tensor], int, int]]:
         """Paired forwards, every − copy drawn and no tied parameter: both copies of every
         parameter from one ``perturbed_many`` call with ``out_minus`` (the native backend draws z
-        once for both, the others run its second pass). (+ copies, their arena bytes, − copies, their minus-arena bytes),
-        or None where this does not apply (then :meth:`_copies` and :meth:`_minus_copies`)."""
+        once for both, the others run its second pass), the − copies recorded as
+        :meth:`_minus_copies` records them. (+ copies, their arena bytes, the − copies'
+        minus-arena bytes), or None where this does not apply (then :meth:`_copies` and
+        :meth:`_minus_copies`)."""
         if not params or any(t.name in self._shared or not self._drawn(x.dtype) for x, t in params):
             return None
         likes = [x.data for x, _ in params]
@@ -388,7 +388,8 @@ class PerturbedViews:
         todo = [t for _, t in params]
         with torch.no_grad():
             self._fill(likes, todo, rooms, self._means_of(todo), minus=minus)
-        return rooms, size, minus, minus_size
+        self._minus.update((t.name, copy) for t, copy in zip(todo, minus))
+        return rooms, size, minus_size
 
     def _minus_copies(self, names: List[str]) -> int:
         """Paired forwards: the θ − d copies of the parameters ``names`` just swapped in (their θ + d
