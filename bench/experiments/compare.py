@@ -51,7 +51,7 @@ import torch
 
 from bench import common
 
-from pgap.dtypes import DTYPES
+from pgap.dtypes import COMPUTE, DTYPES
 from pgap.finetune.data import load_rotten_tomatoes, task_needs
 from pgap.finetune.memory import PeakMemory
 from pgap.finetune.models import load_causal_lm, model_needs
@@ -294,7 +294,7 @@ def run_v2(args, grid) -> int:
     initial = {n: prm.detach().clone() for n, prm in model.named_parameters()}
     task = load_rotten_tomatoes(n_train=args.train, n_dev=args.dev, n_test=args.test, seed=args.data_seed,
                                 by_movie=True)
-    clf = PromptClassifier(tok, task.template, task.label_words)
+    clf = PromptClassifier(tok, task.template, task.label_words, compute_dtype=COMPUTE.get(args.dtype))
     print(f"bench_compare v2 ({args.phase}): SmolLM2-135M {args.dtype}, RT by movie {args.train}/{args.dev}/"
           f"{args.test}, batch {args.batch_size}, checkpoints {args.checkpoints} forwards, rev {args.rev}, "
           f"{len(todo)} runs to do")

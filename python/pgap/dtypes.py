@@ -1,13 +1,17 @@
-"""Which dtype a run should use when the user does not say: bf16 where the hardware computes
+"""Which precision a run should use when the user does not say: bf16 where the hardware computes
 in it natively (and ZO training in it is exact: functional views + stochastic rounding), else
-float32."""
+float32; and ``bf16-mixed``: float32 weights whose forwards run in bf16 (autocast)."""
 from __future__ import annotations
 
-from typing import Tuple, Union
+import contextlib
+from typing import ContextManager, Optional, Tuple, Union
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# the weights' dtype of each precision name
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-mixed": torch.float32}
+# the names whose forwards compute in another dtype than the weights' (torch.autocast)
+COMPUTE = {"bf16-mixed": torch.bfloat16}
 # what bf16 costs at equal forwards, measured (docs/results.md, "bf16 against float32 on the real task")
 BF16_COST = ("bf16 MeZO trailed float32 by 2.5 points at 1,200 forwards on SmolLM2 / Rotten Tomatoes, "
              "--dtype fp32 for float32")
@@ -34,13 +38,32 @@ def native_bf16(device: Union[str, torch.device]) -> Tuple[bool, str]:
     return False, f"no bf16 rule for {device.type} devices"
 
 
-def resolve_dtype(name: str, device: Union[str, torch.device]) -> Tuple[torch.dtype, str]:
-    """``name`` ("auto", "fp32", "bf16", "fp16") as a torch dtype and the reason for it."""
+def resolve_dtype(name: str, device: Union[str, torch.device]) -> Tuple[str, str]:
+    """``name`` ("auto" or a key of :data:`DTYPES`) resolved to a key of :data:`DTYPES`, and the
+    reason for it."""
     if name != "auto":
         if name not in DTYPES:
             raise ValueError(f"dtype must be 'auto' or one of {', '.join(DTYPES)}; got {name!r}")
-        return DTYPES[name], "chosen with --dtype"
+        return name, "chosen with --dtype"
     fast, why = native_bf16(device)
     if not fast:
-        return torch.float32, f"auto: {why}"
-    return torch.bfloat16, f"auto: {why}; {BF16_COST}"
+        return "fp32", f"auto: {why}"
+    return "bf16", f"auto: {why}; {BF16_COST}"
+
+
+def describe(name: str) -> str:
+    """What precision ``name`` (a key of :data:`DTYPES`) means, in words: "bfloat16", or
+    "bf16-mixed (float32 weights, bfloat16 forwards)"."""
+    weights = str(DTYPES[name]).replace("torch.", "")
+    if name not in COMPUTE:
+        return weights
+    return f"{name} ({weights} weights, {str(COMPUTE[name]).replace('torch.', '')} forwards)"
+
+
+def compute_context(compute: Optional[torch.dtype], device: Union[str, torch.device]) -> ContextManager:
+    """The context a forward runs in for compute dtype ``compute`` (None: a no-op): autocast on
+    ``device``'s type without its cast cache, so weights changed in place between two forwards
+    (a ZO step's ±ε·z) are cast again, never reused from the first forward."""
+    if compute is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=compute, cache_enabled=False)

@@ -147,10 +147,10 @@ def test_bf16_side_path_checkpoints_leave_the_trajectory_alone(tiny_model, tmp_p
 
 
 def test_dtype_auto_says_what_it_chose(tiny_model, tmp_path, capsys):
-    from pgap.dtypes import resolve_dtype
+    from pgap.dtypes import describe, resolve_dtype
     assert finetune.main(cli(tiny_model, tmp_path / "o", "--steps", "1", "--no-plot")) == 0
-    dtype, why = resolve_dtype("auto", "cpu")
-    assert f"dtype {str(dtype).replace('torch.', '')} ({why})" in capsys.readouterr().out
+    name, why = resolve_dtype("auto", "cpu")
+    assert f"dtype {describe(name)} ({why})" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, message", [

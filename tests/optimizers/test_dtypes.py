@@ -6,14 +6,14 @@ from pgap import dtypes
 
 
 def test_explicit_names_win():
-    for name, dtype in dtypes.DTYPES.items():
-        assert dtypes.resolve_dtype(name, "cpu") == (dtype, "chosen with --dtype")
-    with pytest.raises(ValueError, match="dtype must be 'auto' or one of fp32, bf16, fp16; got 'fp64'"):
+    for name in dtypes.DTYPES:
+        assert dtypes.resolve_dtype(name, "cpu") == (name, "chosen with --dtype")
+    with pytest.raises(ValueError, match="dtype must be 'auto' or one of fp32, bf16, fp16, bf16-mixed; got 'fp64'"):
         dtypes.resolve_dtype("fp64", "cpu")
 
 
 @pytest.mark.parametrize("amx,avx512bf16,expected", [
-    (True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, torch.float32)])
+    (True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
 def test_cpu_auto_follows_native_bf16(monkeypatch, amx, avx512bf16, expected):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512bf16)

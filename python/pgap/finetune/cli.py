@@ -265,17 +265,17 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
                                  f"{state.get('ranks')} ranks, not {ranks.world}")
             if not args.lora:  # with LoRA the base comes from --model, the adapters from the checkpoint
                 model_path = str(out / "checkpoint" / "model")
-        dtype, why = dtypes.resolve_dtype(args.dtype, "cuda" if args.fsdp and torch.cuda.is_available()
-                                          else "cpu")
-        say(f"pgap-finetune: dtype {str(dtype).replace('torch.', '')} ({why})")
-        tokenizer, model = load_causal_lm(model_path, dtype)
+        precision, why = dtypes.resolve_dtype(args.dtype, "cuda" if args.fsdp and torch.cuda.is_available()
+                                              else "cpu")
+        say(f"pgap-finetune: dtype {dtypes.describe(precision)} ({why})")
+        tokenizer, model = load_causal_lm(model_path, DTYPES[precision])
         if args.lora and resume_step is not None:
             model = load_lora(model, out / "checkpoint" / "model")
         elif args.lora:
             model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets,
                                seed=args.seed)
         clf = PromptClassifier(tokenizer, task.template, args.label_words or task.label_words,
-                               args.max_length)
+                               args.max_length, compute_dtype=dtypes.COMPUTE.get(precision))
     except (FileNotFoundError, ValueError) as exc:
         say(f"pgap-finetune: error: {exc}", file=sys.stderr)
         return 2

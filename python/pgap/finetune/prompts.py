@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..dtypes import compute_context
 from .data import Example
 
 _KEEPS_LOGITS: Dict[type, bool] = {}
@@ -41,10 +42,12 @@ class PromptClassifier:
     their cross-entropy with the label.
     """
 
-    def __init__(self, tokenizer, template: str, label_words: Sequence[str], max_length: int = 128) -> None:
+    def __init__(self, tokenizer, template: str, label_words: Sequence[str], max_length: int = 128,
+                 compute_dtype: Optional[torch.dtype] = None) -> None:
         if "{text}" not in template:
             raise ValueError(f"template must contain '{{text}}', got {template!r}")
         self.tokenizer, self.template, self.max_length = tokenizer, template, int(max_length)
+        self.compute_dtype = compute_dtype  # forwards under autocast to it (float32 weights, bf16 math)
         ids = []
         for word in label_words:
             toks = tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -92,6 +95,14 @@ class PromptClassifier:
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         last = batch["attention_mask"].sum(dim=1) - 1  # on the CPU: no device sync for unique
         rows_at = torch.arange(ids.shape[0], device=device)
+        with compute_context(self.compute_dtype, device):
+            rows = self._last_rows(model, ids, mask, last, rows_at)
+        return rows[:, self.label_ids.to(device)].float()
+
+    @staticmethod
+    def _last_rows(model, ids, mask, last, rows_at) -> torch.Tensor:
+        """The logits at each row's last prompt position: (batch, vocab)."""
+        device = ids.device
         if keeps_logits(model):
             positions, column = torch.unique(last, return_inverse=True)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False,
@@ -100,7 +111,7 @@ class PromptClassifier:
         else:
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             rows = logits[rows_at, last.to(device)]
-        return rows[:, self.label_ids.to(device)].float()
+        return rows
 
     def loss(self, model, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         scores = self.scores(model, batch)
