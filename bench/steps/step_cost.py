@@ -43,7 +43,7 @@ import torch
 
 from bench import common
 
-from pgap.dtypes import DTYPES
+from pgap.dtypes import COMPUTE, DTYPES
 from pgap.finetune.cli import DEFAULTS
 from pgap.finetune.data import load_rotten_tomatoes, task_needs
 from pgap.finetune.models import load_causal_lm, model_needs
@@ -104,7 +104,7 @@ def load_classifier(dtype_name: str, batch_size: int):
     tokenizer, model = load_causal_lm(None, DTYPES[dtype_name])
     model.eval()
     task = load_rotten_tomatoes(n_train=batch_size, n_dev=0, n_test=0, seed=0)
-    clf = PromptClassifier(tokenizer, task.template, task.label_words)
+    clf = PromptClassifier(tokenizer, task.template, task.label_words, compute_dtype=COMPUTE.get(dtype_name))
     return model, clf, clf.encode(task.train[:batch_size])
 
 
@@ -188,11 +188,11 @@ def target_lines(rows: Sequence[dict]) -> List[str]:
 
 
 def print_table(rows: Sequence[dict]) -> None:
-    print(f"\n{'dtype':<6}{'method':<16}{'mode':<12}{'fwd/step':>9}{'median ms':>11}{'mean ms':>9}"
+    print(f"\n{'dtype':<11}{'method':<16}{'mode':<12}{'fwd/step':>9}{'median ms':>11}{'mean ms':>9}"
           f"{'= forwards':>11}{'(mean)':>8}{'overhead':>9}")
     for r in rows:
         mode = r["mode"] + ("*" if r["default_mode"] else "")
-        print(f"{r['dtype']:<6}{r['method']:<16}{mode:<12}{r['forwards_per_step']!s:>9}"
+        print(f"{r['dtype']:<11}{r['method']:<16}{mode:<12}{r['forwards_per_step']!s:>9}"
               f"{r['median_ms']:>11.1f}{r['mean_ms']:>9.1f}{r['step_in_forwards']:>11.2f}"
               f"{r['mean_in_forwards']:>8.2f}{r['overhead_in_forwards']:>9.2f}")
     print("* the mode pgap's default (mode='auto') picks; = forwards: median step / median forward;\n"
@@ -220,7 +220,9 @@ def plot(rows: Sequence[dict], path: Path) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "bf16-mixed"],
+                   help="bf16-mixed: float32 weights, forwards under bf16 autocast (its rows' "
+                        "forward is that forward, so compare milliseconds across dtypes)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--warmup", type=int, default=1)

@@ -556,3 +556,54 @@ def test_paired_forward_runs_and_refuses_what_it_cannot_pair(tiny_model, tmp_pat
         assert finetune.main(cli(tiny_model, tmp_path / "o", "--steps", "1", "--paired-forward",
                                  *extra)) == 2
         assert "--paired-forward needs mezo, mezo-gv, mezo-greedy, ldsd or agzo" in capsys.readouterr().err
+
+
+def test_bf16_mixed_forwards_compute_in_bf16_from_float32_weights(tiny_model):
+    """``compute_dtype=torch.bfloat16``: float32 weights, the linear layers run in bf16
+    (their outputs are bf16 inside the forward), scores float32 and near the float32 ones."""
+    clf, model, examples = _classifier_and_model(tiny_model)
+    mixed = type(clf)(clf.tokenizer, clf.template, [" terrible", " great"], compute_dtype=torch.bfloat16)
+    batch = clf.encode(examples)
+    seen = []
+    hook = model.model.layers[0].mlp.down_proj.register_forward_hook(
+        lambda mod, args, out: seen.append((mod.weight.dtype, out.dtype)))
+    with torch.no_grad():
+        got, want = mixed.scores(model, batch), clf.scores(model, batch)
+    hook.remove()
+    assert seen == [(torch.float32, torch.bfloat16), (torch.float32, torch.float32)]
+    assert got.dtype == torch.float32 and not torch.equal(got, want)
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)  # bf16 products: ~3 significant digits
+
+
+def test_bf16_mixed_recasts_weights_changed_in_place_between_forwards(tiny_model):
+    """Inside one outer autocast region (as a user's trainer may open), a weight perturbed in
+    place between two forwards is cast again: autocast's cast cache would hand the second forward
+    the first one's bf16 copy, and a ZO step would measure g = 0."""
+    from pgap.dtypes import compute_context
+
+    clf, model, examples = _classifier_and_model(tiny_model)
+    for p in model.parameters():
+        p.requires_grad_(True)  # autocast caches casts of leaf tensors that require grad
+    mixed = type(clf)(clf.tokenizer, clf.template, [" terrible", " great"], compute_dtype=torch.bfloat16)
+    batch = clf.encode(examples)
+    with torch.no_grad(), compute_context(torch.bfloat16, "cpu"):
+        before = mixed.loss(model, batch)
+        for layer in model.model.layers:  # only weights that autocast casts (not norms, embedding)
+            for m in layer.modules():
+                if isinstance(m, torch.nn.Linear):
+                    m.weight.add_(0.05)
+        after = mixed.loss(model, batch)
+    assert before != after
+
+
+@pytest.mark.parametrize("method", ["mezo", "agzo", "backprop-adamw"])
+def test_bf16_mixed_trains_float32_weights(tiny_model, tmp_path, capsys, method):
+    out = tmp_path / "mixed"
+    assert finetune.main(cli(tiny_model, out, "--dtype", "bf16-mixed", "--steps", "3", "--lr", "1e-3",
+                             "--method", method, "--no-plot")) == 0
+    assert "dtype bf16-mixed (float32 weights, bfloat16 forwards) (chosen with --dtype)" in capsys.readouterr().out
+    from safetensors.torch import load_file
+    weights = load_file(out / "model" / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in weights.values())
+    losses = _step_losses(out)
+    assert len(losses) == 3 and len(set(losses)) > 1
