@@ -1,6 +1,8 @@
-"""Which precision a run should use when the user does not say: bf16 where the hardware computes
-in it natively (and ZO training in it is exact: functional views + stochastic rounding), else
-float32; and ``bf16-mixed``: float32 weights whose forwards run in bf16 (autocast)."""
+"""Which precision a run uses when the user does not say: ``bf16-mixed`` (float32 weights, every
+forward under bf16 autocast) where the device computes bf16 matrix products natively, else
+float32. Pure bf16 weights (exact ZO training in them: functional views + stochastic rounding)
+halve the weights' memory but cost accuracy (docs/results.md, "bf16 against float32 on the real
+task"), so they are only chosen with ``--dtype bf16``."""
 from __future__ import annotations
 
 import contextlib
@@ -12,9 +14,10 @@ import torch
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-mixed": torch.float32}
 # the names whose forwards compute in another dtype than the weights' (torch.autocast)
 COMPUTE = {"bf16-mixed": torch.bfloat16}
-# what bf16 costs at equal forwards, measured (docs/results.md, "bf16 against float32 on the real task")
-BF16_COST = ("bf16 MeZO trailed float32 by 2.5 points at 1,200 forwards on SmolLM2 / Rotten Tomatoes, "
-             "--dtype fp32 for float32")
+# why auto takes bf16-mixed, not bf16, measured (docs/results.md, "bf16 against float32 on the real task")
+MIXED_WHY = ("float32 weights with bf16 forwards: bf16 weights trailed float32 by 2.5 points at 1,200 "
+             "forwards on SmolLM2 / Rotten Tomatoes, bf16 forwards from float32 weights did not; "
+             "--dtype bf16 halves the weights' memory, --dtype fp32 computes in float32")
 
 
 def native_bf16(device: Union[str, torch.device]) -> Tuple[bool, str]:
@@ -48,7 +51,7 @@ def resolve_dtype(name: str, device: Union[str, torch.device]) -> Tuple[str, str
     fast, why = native_bf16(device)
     if not fast:
         return "fp32", f"auto: {why}"
-    return "bf16", f"auto: {why}; {BF16_COST}"
+    return "bf16-mixed", f"auto: {why}; {MIXED_WHY}"
 
 
 def describe(name: str) -> str:

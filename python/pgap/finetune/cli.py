@@ -168,8 +168,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--dtype", choices=["auto"] + sorted(DTYPES), default="auto",
-                   help="auto (default): bf16 where the device computes in it natively (a CPU with "
-                   "AVX512-BF16 or AMX, a CUDA GPU from Ampere on), else fp32; the run says which")
+                   help="auto (default): bf16-mixed (float32 weights, bf16 forwards) where the device "
+                   "computes bf16 natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU from Ampere on), "
+                   "else fp32; bf16: bf16 weights (half the memory, less accuracy); the run says which")
     p.add_argument("--output-dir", type=Path, default=Path("runs/pgap-finetune"))
     p.add_argument("--resume", action="store_true", help="continue from --output-dir/checkpoint")
     p.add_argument("--seed", type=int, default=0)
