@@ -16,7 +16,7 @@ from torch import nn
 import pgap_kernels
 
 from . import state as state_hooks
-from ._checks import check_backend, check_choice, check_int, check_real
+from ._checks import check_backend, check_choice, check_int, check_no_autocast_cache, check_real
 from .alignment import GradientAlignment
 from .distributed import LossReducer, ProcessGroup, check_same_on_all_ranks, fsdp_modules, reshard, resolve_group
 from .mechanism import Mechanism
@@ -155,6 +155,7 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
                                  "not take a pair_closure: paired forwards need mode='functional' "
                                  "with MeZO, MeZO-GV/Greedy, LDSD, or AGZO with every basis "
                                  "matrix on a side path (docs/optimizers.md, 'Paired forwards')")
+        check_no_autocast_cache(t.param.device.type for t in self.trainables)
         if self.reducer is not None and not self._ranks_checked:
             check_same_on_all_ranks(self.reducer.group, self._rank_fingerprint())
             self._ranks_checked = True

@@ -138,3 +138,21 @@ def test_ctrl_c_during_the_update_is_delivered_after_the_step(default_sigint):
     assert opt.steps_done == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     for k, w in weights(model).items():
         assert torch.equal(w, weights(ref_model)[k]), k
+
+
+@pytest.mark.parametrize("method, options", CONFIGS, ids=IDS)
+def test_a_step_inside_cached_autocast_is_refused_untouched(method, options):
+    """Autocast's cast cache would give the second forward the first one's bf16 weights (g = 0,
+    silently): a step inside it raises before anything changes; per forward, or without the
+    cache (pgap.dtypes.compute_context), it runs."""
+    model, closure, opt = make(method, options)
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError, match="cast cache on"):
+            opt.step(closure)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert opt.steps_done == 0 and opt.forwards == 0
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        opt.step(closure)
+    assert opt.steps_done == 1
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))

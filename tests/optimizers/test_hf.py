@@ -234,3 +234,30 @@ def test_zotrainer_paired_forward_refusals(tmp_path):
         make_trainer(tmp_path, "mezo", {"mode": "inplace"}, 1, zo={"zo_paired_forward": True})[0].train()
     with pytest.raises(TypeError, match="zo_paired_forward must be a bool"):
         make_trainer(tmp_path, "mezo", {}, 1, zo={"zo_paired_forward": "yes"})
+
+
+def test_zotrainer_bf16_autocast_measures_each_point(tmp_path):
+    """``TrainingArguments(bf16=True)`` on float32 weights: accelerate runs each forward under
+    bf16 autocast (pgap-finetune's bf16-mixed), a context per forward, so the weights perturbed
+    in place between a step's two forwards are cast again: the two losses differ at every step."""
+    trainer, model = make_trainer(tmp_path, "mezo", {}, 3, bf16=True)
+    linear = {id(m.weight) for layer in model.model.layers for m in layer.modules()
+              if isinstance(m, torch.nn.Linear)}
+    for p in model.parameters():  # train only what autocast casts: a stale cast would give equal losses
+        p.requires_grad_(id(p) in linear)
+    seen, points = [], []
+    hook = model.model.layers[0].mlp.down_proj.register_forward_hook(
+        lambda mod, args, out: seen.append((mod.weight.dtype, out.dtype)))
+    step = trainer.training_step
+
+    def recording_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        d = trainer.zo_optimizer.diagnostics()
+        points.append((d["loss_plus"], d["loss_minus"]))
+        return out
+
+    trainer.training_step = recording_step
+    trainer.train()
+    hook.remove()
+    assert seen and all(s == (torch.float32, torch.bfloat16) for s in seen)
+    assert len(points) == 3 and all(plus != minus for plus, minus in points)
