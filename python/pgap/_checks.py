@@ -52,18 +52,3 @@ def check_backend(backend: Optional[str], device: torch.device) -> Optional[str]
         raise ValueError(f"backend {backend!r} cannot run on {device}: {status[backend]}")
     return backend
 
-
-def check_no_autocast_cache(device_types: Iterable[str]) -> None:
-    """Raise if a step is about to run inside ``torch.autocast`` with its cast cache on for one of
-    ``device_types``: the cache keeps each weight's first low-precision cast for the whole
-    region, so the second forward of a two-point step would read the first one's weights and
-    every projected gradient would come out 0, silently."""
-    if not torch.is_autocast_cache_enabled():
-        return
-    for device_type in sorted(set(device_types)):
-        if torch.is_autocast_enabled(device_type):
-            raise RuntimeError(
-                f"step() runs inside torch.autocast({device_type!r}) with its cast cache on: the "
-                "weights perturbed in place between the step's forwards would be read from the first "
-                "forward's cached casts (g = 0). Enter autocast inside the closure, per forward, or "
-                "pass cache_enabled=False (pgap.dtypes.compute_context does both)")

@@ -16,7 +16,8 @@ from torch import nn
 import pgap_kernels
 
 from . import state as state_hooks
-from ._checks import check_backend, check_choice, check_int, check_no_autocast_cache, check_real
+from . import autocast as autocast_regions
+from ._checks import check_backend, check_choice, check_int, check_real
 from .alignment import GradientAlignment
 from .distributed import LossReducer, ProcessGroup, check_same_on_all_ranks, fsdp_modules, reshard, resolve_group
 from .mechanism import Mechanism
@@ -143,7 +144,11 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         stacked twice along dim 0 and returns the two halves' losses (a tensor of 2, or a pair);
         the two-point pair is then that one forward, its first half at θ + ε·P and its second
         at θ − ε·P (:mod:`pgap.paired`; counted as 2 forwards). ``closure`` still serves any
-        other forward of the step (probes)."""
+        other forward of the step (probes).
+
+        Inside a ``torch.autocast`` region the forwards run in the region's dtype, each in its
+        own region without the cast cache (the cache would hand the second forward the first
+        one's weights), and the rest of the step with autocast off (:mod:`pgap.autocast`)."""
         if closure is None or not callable(closure):
             raise TypeError(f"{type(self).__name__}.step needs a closure that runs a forward on "
                             "the current batch and returns the loss")
@@ -155,7 +160,6 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
                                  "not take a pair_closure: paired forwards need mode='functional' "
                                  "with MeZO, MeZO-GV/Greedy, LDSD, or AGZO with every basis "
                                  "matrix on a side path (docs/optimizers.md, 'Paired forwards')")
-        check_no_autocast_cache(t.param.device.type for t in self.trainables)
         if self.reducer is not None and not self._ranks_checked:
             check_same_on_all_ranks(self.reducer.group, self._rank_fingerprint())
             self._ranks_checked = True
@@ -163,9 +167,12 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         saved = self._step_state()
         self._undo = None
         self._held = []
-        self._pair = pair_closure
+        # inside a user's autocast region: each forward gets its own region, the rest none
+        regions = autocast_regions.open_regions(t.param.device.type for t in self.trainables)
+        closure = autocast_regions.per_forward(closure, regions)
+        self._pair = autocast_regions.per_forward(pair_closure, regions)
         try:
-            with self._kernels():
+            with self._kernels(), autocast_regions.outside(regions):
                 loss = self._step(closure)
         except BaseException:
             self._abort(saved)
