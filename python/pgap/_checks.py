@@ -51,4 +51,3 @@ def check_backend(backend: Optional[str], device: torch.device) -> Optional[str]
     if status[backend] is not None:
         raise ValueError(f"backend {backend!r} cannot run on {device}: {status[backend]}")
     return backend
-

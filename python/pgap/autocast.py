@@ -4,8 +4,9 @@ everything else of the step does not.
 Autocast's cast cache keeps each weight's first low-precision cast for as long as the region
 lasts, so around a whole step the second forward would read the first one's weights (g = 0,
 silently), and the optimizer's own linear algebra (P-GAP's randomized SVD, AGZO's bases) would
-run in bf16. :func:`split` turns a region open at ``step()`` into one region per forward (same
-dtype, no cast cache) around the closures, with autocast off for the rest of the step.
+run in bf16. :func:`per_forward` gives each closure a region of its own (same dtype, no cast
+cache: :func:`pgap.dtypes.compute_context`), and :func:`outside` turns autocast off for the rest
+of the step.
 """
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 import torch
 
+from .dtypes import compute_context
+
 Region = Tuple[str, torch.dtype]  # device type, autocast dtype
 F = TypeVar("F", bound=Callable)
 
 
 def open_regions(device_types: Iterable[str]) -> List[Region]:
-    """The autocast regions enabled now for ``device_types``."""
-    return [(t, torch.get_autocast_dtype(t)) for t in sorted(set(device_types))
-            if torch.is_autocast_enabled(t)]
+    """The autocast regions enabled now for ``device_types`` (distinct device type names)."""
+    return [(t, torch.get_autocast_dtype(t)) for t in device_types if torch.is_autocast_enabled(t)]
 
 
 def per_forward(fn: Optional[F], regions: List[Region]) -> Optional[F]:
@@ -32,7 +34,7 @@ def per_forward(fn: Optional[F], regions: List[Region]) -> Optional[F]:
     def forward(*args, **kwargs):
         with contextlib.ExitStack() as stack:
             for device_type, dtype in regions:
-                stack.enter_context(torch.autocast(device_type, dtype=dtype, cache_enabled=False))
+                stack.enter_context(compute_context(dtype, device_type))
             return fn(*args, **kwargs)
     return forward  # type: ignore[return-value]
 

@@ -15,8 +15,8 @@ from torch import nn
 
 import pgap_kernels
 
-from . import state as state_hooks
 from . import autocast as autocast_regions
+from . import state as state_hooks
 from ._checks import check_backend, check_choice, check_int, check_real
 from .alignment import GradientAlignment
 from .distributed import LossReducer, ProcessGroup, check_same_on_all_ranks, fsdp_modules, reshard, resolve_group
@@ -97,6 +97,8 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         self.eval_mode = bool(eval_mode)
         self.model = model
         self.trainables: List[Trainable] = collect_trainable(model, decay_filter)
+        # the device types whose autocast regions a step looks for (pgap.autocast)
+        self._device_types = sorted({t.param.device.type for t in self.trainables})
         self.device = self.trainables[0].local.device
         # any bf16/fp16 trainable (stochastic rounding applies; read every update pass)
         self.low_precision = any(t.param.dtype in LOW_PRECISION for t in self.trainables)
@@ -168,7 +170,7 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         self._undo = None
         self._held = []
         # inside a user's autocast region: each forward gets its own region, the rest none
-        regions = autocast_regions.open_regions(t.param.device.type for t in self.trainables)
+        regions = autocast_regions.open_regions(self._device_types)
         closure = autocast_regions.per_forward(closure, regions)
         self._pair = autocast_regions.per_forward(pair_closure, regions)
         try:

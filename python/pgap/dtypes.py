@@ -57,10 +57,12 @@ def resolve_dtype(name: str, device: Union[str, torch.device]) -> Tuple[str, str
 def describe(name: str) -> str:
     """What precision ``name`` (a key of :data:`DTYPES`) means, in words: "bfloat16", or
     "bf16-mixed (float32 weights, bfloat16 forwards)"."""
-    weights = str(DTYPES[name]).replace("torch.", "")
+    def plain(dtype: torch.dtype) -> str:
+        return str(dtype).replace("torch.", "")
+
     if name not in COMPUTE:
-        return weights
-    return f"{name} ({weights} weights, {str(COMPUTE[name]).replace('torch.', '')} forwards)"
+        return plain(DTYPES[name])
+    return f"{name} ({plain(DTYPES[name])} weights, {plain(COMPUTE[name])} forwards)"
 
 
 def compute_context(compute: Optional[torch.dtype], device: Union[str, torch.device]) -> ContextManager:
