@@ -41,7 +41,7 @@ void host_perturb(int dtype, const std::vector<uintptr_t>& data, const std::vect
                   const std::vector<uint64_t>& offset, const std::vector<uint32_t>& key,
                   const std::vector<uint64_t>& seeds, const std::vector<float>& coeffs, float decay,
                   float mean_coeff, bool stochastic, uint64_t rounding_seed, int distribution,
-                  int num_threads, const std::vector<uintptr_t>& minus) {
+                  int num_threads, const std::vector<uintptr_t>& minus, int src_dtype) {
   const size_t n = data.size();
   if (src.size() != n || mean.size() != n || numel.size() != n || offset.size() != n ||
       key.size() != n || (!minus.empty() && minus.size() != n))
@@ -50,6 +50,12 @@ void host_perturb(int dtype, const std::vector<uintptr_t>& data, const std::vect
     throw std::invalid_argument("minus copies are rounded to nearest; stochastic rounding refused");
   if (seeds.size() != coeffs.size()) throw std::invalid_argument("seeds and coeffs differ in length");
   const DType dt = to_dtype(dtype);
+  const DType src_dt = src_dtype < 0 ? dt : to_dtype(src_dtype);
+  if (src_dt != dt && stochastic)
+    throw std::invalid_argument("a copy into another dtype is rounded to nearest; stochastic rounding refused");
+  if (src_dt != dt)
+    for (size_t p = 0; p < n; ++p)
+      if (src[p] == data[p]) throw std::invalid_argument("in place needs src_dtype == dtype");
   const Distribution dist = to_distribution(distribution);
   std::vector<TensorArgs> tensors(n);
   for (size_t p = 0; p < n; ++p)
@@ -59,7 +65,7 @@ void host_perturb(int dtype, const std::vector<uintptr_t>& data, const std::vect
   const StreamArgs stream{seeds.data(), coeffs.data(), static_cast<int64_t>(seeds.size()), decay,
                           mean_coeff, RoundingArgs{stochastic, rounding_seed}, dist};
   py::gil_scoped_release release;
-  host::perturb(dt, tensors, stream, num_threads);
+  host::perturb(dt, src_dt, tensors, stream, num_threads);
 }
 
 void host_lowrank_update(int dtype, uintptr_t w, int64_t m, int64_t n, uintptr_t left,
@@ -181,12 +187,14 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pgap-kernels native kernels (host always, CUDA when built with nvcc)";
   m.def("host_perturb", &host_perturb,
-        "Fused seeded perturbation of one dtype group on the CPU (data <- f(src); src == data in place)",
+        "Fused seeded perturbation of one dtype group on the CPU (data <- f(src); src == data in place; "
+        "src_dtype -1: data's dtype)",
         py::arg("dtype"), py::arg("data"), py::arg("src"), py::arg("mean"), py::arg("numel"),
         py::arg("offset"),
         py::arg("key"), py::arg("seeds"), py::arg("coeffs"), py::arg("decay"), py::arg("mean_coeff"),
         py::arg("stochastic"), py::arg("rounding_seed"), py::arg("distribution"),
-        py::arg("num_threads"), py::arg("minus") = std::vector<uintptr_t>{});
+        py::arg("num_threads"), py::arg("minus") = std::vector<uintptr_t>{},
+        py::arg("src_dtype") = -1);
   m.def("host_lowrank_update", &host_lowrank_update,
         "In-place W <- decay*W + L*R^T on the CPU (L, R float32 row-major)", py::arg("dtype"),
         py::arg("w"), py::arg("m"), py::arg("n"), py::arg("left"), py::arg("right"), py::arg("k"),
@@ -221,16 +229,24 @@ PYBIND11_MODULE(_C, m) {
       "cuda_perturb",
       [](int dtype, uintptr_t meta, int64_t n_tensors, int64_t total_chunks, uintptr_t seeds,
          uintptr_t coeffs, int64_t n_seeds, float decay, float mean_coeff, bool has_mean,
-         bool stochastic, uint64_t rounding_seed, int distribution, int device, uintptr_t stream) {
+         bool stochastic, uint64_t rounding_seed, int distribution, int device, uintptr_t stream,
+         int src_dtype) {
         const DType dt = to_dtype(dtype);
+        const DType src_dt = src_dtype < 0 ? dt : to_dtype(src_dtype);
+        if (src_dt != dt && stochastic)
+          throw std::invalid_argument("a copy into another dtype is rounded to nearest; stochastic rounding refused");
         const Distribution dist = to_distribution(distribution);
         py::gil_scoped_release release;
-        cuda::perturb(dt, reinterpret_cast<const cuda::TensorMeta*>(meta), n_tensors, total_chunks,
+        cuda::perturb(dt, src_dt, reinterpret_cast<const cuda::TensorMeta*>(meta), n_tensors, total_chunks,
                       reinterpret_cast<const uint64_t*>(seeds), reinterpret_cast<const float*>(coeffs),
                       n_seeds, decay, mean_coeff, has_mean, stochastic, rounding_seed, dist, device,
                       reinterpret_cast<void*>(stream));
       },
-      "Fused seeded perturbation of one dtype group on a CUDA device (device pointers)");
+      "Fused seeded perturbation of one dtype group on a CUDA device (device pointers)",
+      py::arg("dtype"), py::arg("meta"), py::arg("n_tensors"), py::arg("total_chunks"),
+      py::arg("seeds"), py::arg("coeffs"), py::arg("n_seeds"), py::arg("decay"),
+      py::arg("mean_coeff"), py::arg("has_mean"), py::arg("stochastic"), py::arg("rounding_seed"),
+      py::arg("distribution"), py::arg("device"), py::arg("stream"), py::arg("src_dtype") = -1);
   m.attr("CUDA_CHUNK_BLOCKS") = cuda::kChunkBlocks;
   m.attr("CUDA_RADEMACHER_CHUNK_BLOCKS") = cuda::kRademacherChunkBlocks;
   m.def(

@@ -188,13 +188,16 @@ def check_tensor(t, name: str) -> torch.Tensor:
     return t
 
 
-def check_like(x, t: torch.Tensor, name: str, like: str) -> torch.Tensor:
-    """A contiguous tensor ``x`` shaped, typed and placed like ``t`` (called ``like``)."""
+def check_like(x, t: torch.Tensor, name: str, like: str, any_float: bool = False) -> torch.Tensor:
+    """A contiguous tensor ``x`` shaped, typed and placed like ``t`` (called ``like``); with
+    ``any_float``, of any float32/bfloat16/float16 dtype instead of ``t``'s."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.shape != t.shape:
         raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(t.shape)}")
-    if x.dtype != t.dtype:
+    if any_float:
+        check_float_dtype(x.dtype, name)
+    elif x.dtype != t.dtype:
         raise TypeError(f"{name} has dtype {x.dtype}, expected {t.dtype} like {like}")
     if x.device != t.device:
         raise ValueError(f"{name} is on {x.device}, expected {t.device} like {like}")

@@ -95,8 +95,9 @@ def validate_perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: Float
     """Check every argument of ``perturbed_many``; raise TypeError/ValueError naming the culprit.
 
     Returns one out-of-place pass (decay 1) from ``tensors`` (the sources, read only) into
-    ``out`` (new tensors like them when None), and into ``out_minus`` (when given) the pass with
-    the mean and stream coefficients negated. Overlaps are checked by the op on the real tensors.
+    ``out`` (new tensors like them when None; each may have another float dtype than its source),
+    and into ``out_minus`` (when given, each like ``out[p]``) the pass with the mean and stream
+    coefficients negated. Overlaps are checked by the op on the real tensors.
     """
     args = _check_stream_terms(tensors, seeds, coeffs, keys, offsets, mean, mean_coeff, 1.0,
                                distribution)
@@ -108,13 +109,13 @@ def validate_perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: Float
         if len(outs) != len(sources):
             raise ValueError(f"out has {len(outs)} tensors but tensors has {len(sources)}")
         for p, (o, t) in enumerate(zip(outs, sources)):
-            check_like(o, t, f"out[{p}]", f"tensors[{p}]")
+            check_like(o, t, f"out[{p}]", f"tensors[{p}]", any_float=True)
     if out_minus is not None:
         minus = as_list([out_minus] if isinstance(out_minus, torch.Tensor) else out_minus, "out_minus")
         if len(minus) != len(sources):
             raise ValueError(f"out_minus has {len(minus)} tensors but tensors has {len(sources)}")
-        for p, (o, t) in enumerate(zip(minus, sources)):
-            check_like(o, t, f"out_minus[{p}]", f"tensors[{p}]")
+        for p, (o, t) in enumerate(zip(minus, outs)):
+            check_like(o, t, f"out_minus[{p}]", f"out[{p}]")
         args.minus = minus
     args.tensors, args.sources = outs, sources
     return args
@@ -125,8 +126,8 @@ def validate_perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFl
                        out: Optional[torch.Tensor], distribution: str = "gaussian") -> PerturbArgs:
     """Check every argument of ``perturbed``; raise TypeError/ValueError naming the culprit.
 
-    Returns the arguments of one out-of-place pass (decay 1) from ``tensor`` into ``out``, a new
-    tensor like ``tensor`` when None. Memory overlaps need data pointers: the op checks them on
+    Returns the arguments of one out-of-place pass (decay 1) from ``tensor`` into ``out`` (of any
+    float dtype), a new tensor like ``tensor`` when None. Memory overlaps need data pointers: the op checks them on
     the real tensors (:func:`pgap_kernels._checks.check_disjoint`), still before
     anything is written.
     """
@@ -141,7 +142,7 @@ def validate_perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFl
     if out is None:
         out = torch.empty_like(tensor, memory_format=torch.contiguous_format)
     else:
-        check_like(out, tensor, "out", "tensor")
+        check_like(out, tensor, "out", "tensor", any_float=True)
     return PerturbArgs([out], None if mean is None else [mean], seeds_l, coeffs_l, [key], [offset],
                        1.0, mean_coeff, sources=[tensor], distribution=distribution)
 
@@ -322,11 +323,13 @@ def perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *, 
         tensor[i] + mean_coeff*mean[i] + sum_j coeffs[j] * xi(seeds[j], key, offset + i)
 
     (``rho`` in place of ``xi`` with ``distribution="rademacher"``) in float32 with one rounding
-    to ``tensor.dtype``: bit for bit what
+    to nearest into the result's dtype: bit for bit what
     ``t = tensor.clone(); perturb_(t, seeds, coeffs, keys=[key], offsets=[offset], mean=...,
     mean_coeff=..., distribution=...)`` leaves in ``t`` (decay 1), on every backend, in one pass
     that reads ``tensor`` and writes the result. For forwards that must see W + c·z without the
-    weights ever holding it.
+    weights ever holding it. An ``out`` of another dtype receives that float32 result rounded to
+    nearest into its dtype: from float32 weights, the bf16/fp16 copy ``torch.autocast`` would
+    cast the perturbed float32 copy to, bit for bit, in one pass that writes half the bytes.
 
     Parameters
     ----------
@@ -346,8 +349,10 @@ def perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *, 
     mean_coeff : float
         Coefficient of ``mean``; must be 0 when ``mean`` is None.
     out : Tensor, optional
-        Where to write the result: shaped, typed and placed like ``tensor``, contiguous, sharing
-        no memory with ``tensor`` or ``mean``. **Mutated.** Default: a new tensor.
+        Where to write the result: shaped and placed like ``tensor``, contiguous, float32,
+        bfloat16 or float16 (``tensor``'s dtype or another: one rounding to nearest from the
+        float32 result), sharing no memory with ``tensor`` or ``mean``. **Mutated.** Default: a
+        new tensor like ``tensor``.
     distribution : "gaussian" or "rademacher"
         The stream of the seeded terms, as for :func:`perturb_` (default "gaussian").
 
@@ -355,6 +360,13 @@ def perturbed(tensor: torch.Tensor, seeds: IntOrInts, coeffs: FloatOrFloats, *, 
     -------
     Tensor
         ``out``, or the new tensor (same shape, dtype and device as ``tensor``).
+
+    Example
+    -------
+    A bf16 copy of float32 weights at θ + ε·z, for a forward under ``torch.autocast(bfloat16)``
+    (which then casts nothing)::
+
+        w16 = perturbed(w, seed, eps, key=k, out=torch.empty_like(w, dtype=torch.bfloat16))
 
     Raises
     ------
@@ -434,7 +446,7 @@ def perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
         tensors[p][i] + mean_coeff*mean[p][i] + sum_j coeffs[j] * xi(seeds[j], keys[p], offsets[p] + i)
 
     bit for bit what ``perturbed(tensors[p], ..., key=keys[p], offset=offsets[p])`` returns, on
-    every backend, in one kernel launch per dtype (one Python call instead of one per tensor: on
+    every backend, in one kernel launch per dtype pair (one Python call instead of one per tensor: on
     a GPU each call costs ~100 us of host time). ``tensors`` are never written.
 
     Parameters
@@ -446,10 +458,13 @@ def perturbed_many(tensors: TensorList, seeds: IntOrInts, coeffs: FloatOrFloats,
         As for :func:`perturb_` (keys default to the list positions, offsets to 0; the stream
         ``xi``, or ``rho`` with ``distribution="rademacher"``).
     out : iterable of Tensor, optional
-        One tensor per entry of ``tensors``, shaped, typed and placed like it, contiguous, sharing
-        no memory with each other, any source or any mean. **Mutated.** Default: new tensors.
+        One tensor per entry of ``tensors``, shaped and placed like it, contiguous, float32,
+        bfloat16 or float16 (its source's dtype or another, as for :func:`perturbed`), sharing no
+        memory with each other, any source or any mean. **Mutated.** Default: new tensors like
+        the sources.
     out_minus : iterable of Tensor, optional
-        As ``out`` (and disjoint from it): ``out_minus[p]`` receives the mirrored copy
+        Each like ``out[p]`` (its dtype too) and disjoint from every ``out``: ``out_minus[p]``
+        receives the mirrored copy
         ``tensors[p][i] - mean_coeff*mean[p][i] - sum_j coeffs[j] * xi(...)``, bit for bit what
         the call with every coefficient and ``mean_coeff`` negated writes to ``out`` (the two
         points of a two-point estimate, θ ± ε·z, from one draw of z). **Mutated.** The native

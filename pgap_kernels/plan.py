@@ -64,9 +64,10 @@ class PerturbedManyPlan:
         One tensor per entry of ``tensors``, like it (read only). Without it every call's
         ``mean_coeff`` must be 0.
     out : iterable of Tensor, optional
-        One tensor per entry of ``tensors``, shaped, typed and placed like it, contiguous, sharing
-        no memory with each other, any source or any mean. **Mutated by every call.** Default:
-        new tensors, made once (``plan.out``).
+        One tensor per entry of ``tensors``, shaped and placed like it, contiguous, of its dtype
+        or another float dtype (as for ``perturbed_many``), sharing no memory with each other,
+        any source or any mean. **Mutated by every call.** Default: new tensors like the
+        sources, made once (``plan.out``).
 
     Raises
     ------

@@ -26,22 +26,24 @@ namespace {
 
 // Elements first .. first + 3 (local indices of the tensor; those outside [0, numel) are
 // skipped) of one 4-aligned group of stream indices: t[l] <- decay*s[l] + mean_coeff*m[l] +
-// acc[k], rounded to nearest or (kStochastic) with the group's rounding words rw. One vector
+// acc[k], rounded to nearest or (kStochastic) with the group's rounding words rw; t is stored as
+// T, s and m are read as S (T, or another type for an out-of-place copy into T). One vector
 // load/store per operand when `aligned` (the tensor is, and first >= 0) and the group ends
 // inside the tensor.
-template <class T, bool kHasMean, bool kOverwrite, bool kStochastic>
-__device__ __forceinline__ void apply_group(T* t, const T* s, const T* m, int64_t first,
+template <class T, class S, bool kHasMean, bool kOverwrite, bool kStochastic>
+__device__ __forceinline__ void apply_group(T* t, const S* s, const S* m, int64_t first,
                                             int64_t numel, bool aligned, const float (&acc)[4],
                                             const Words4& rw, float decay, float mean_coeff) {
   if (aligned && first + 3 < numel) {
+    Vec4<S> sv;
+    if (!kOverwrite) sv = *reinterpret_cast<const Vec4<S>*>(s + first);
+    Vec4<S> mv;
+    if (kHasMean) mv = *reinterpret_cast<const Vec4<S>*>(m + first);
     Vec4<T> out;
-    if (!kOverwrite) out = *reinterpret_cast<const Vec4<T>*>(s + first);
-    Vec4<T> mv;
-    if (kHasMean) mv = *reinterpret_cast<const Vec4<T>*>(m + first);
 #pragma unroll
     for (int lane = 0; lane < 4; ++lane) {
-      float base = kOverwrite ? 0.0f : decay * Conv<T>::load(out.v[lane]);
-      if (kHasMean) base = base + mean_coeff * Conv<T>::load(mv.v[lane]);
+      float base = kOverwrite ? 0.0f : decay * Conv<S>::load(sv.v[lane]);
+      if (kHasMean) base = base + mean_coeff * Conv<S>::load(mv.v[lane]);
       out.v[lane] = round_store<T, kStochastic>(base + acc[lane], word_of_lane(rw, lane));
     }
     *reinterpret_cast<Vec4<T>*>(t + first) = out;
@@ -51,42 +53,42 @@ __device__ __forceinline__ void apply_group(T* t, const T* s, const T* m, int64_
   for (int lane = 0; lane < 4; ++lane) {
     const int64_t l = first + lane;
     if (l < 0 || l >= numel) continue;
-    float base = kOverwrite ? 0.0f : decay * Conv<T>::load(s[l]);
-    if (kHasMean) base = base + mean_coeff * Conv<T>::load(m[l]);
+    float base = kOverwrite ? 0.0f : decay * Conv<S>::load(s[l]);
+    if (kHasMean) base = base + mean_coeff * Conv<S>::load(m[l]);
     t[l] = round_store<T, kStochastic>(base + acc[lane], word_of_lane(rw, lane));
   }
 }
 
-// The tensor of a chunk, as the kernels read it.
-template <class T>
+// The tensor of a chunk, as the kernels read it: written as T, its source and mean read as S.
+template <class T, class S>
 struct ChunkTensor {
   T* t;
-  const T* s;  // == t in place
-  const T* m;
+  const S* s;  // == t in place (then S == T)
+  const S* m;
   int64_t numel;
   uint64_t offset;
   uint32_t key;
   bool aligned;  // offset % 4 == 0 and every operand aligned for one vector access per group
 };
 
-template <class T, bool kHasMean, bool kOverwrite>
-__device__ __forceinline__ ChunkTensor<T> chunk_tensor(const TensorMeta& tm) {
-  constexpr int64_t kVecBytes = 4 * sizeof(T);
-  ChunkTensor<T> c;
+template <class T, class S, bool kHasMean, bool kOverwrite>
+__device__ __forceinline__ ChunkTensor<T, S> chunk_tensor(const TensorMeta& tm) {
+  constexpr int64_t kVecBytes = 4 * sizeof(T), kSrcVecBytes = 4 * sizeof(S);
+  ChunkTensor<T, S> c;
   c.t = reinterpret_cast<T*>(tm.data);
-  c.s = reinterpret_cast<const T*>(tm.src);
-  c.m = reinterpret_cast<const T*>(tm.mean);
+  c.s = reinterpret_cast<const S*>(tm.src);
+  c.m = reinterpret_cast<const S*>(tm.mean);
   c.numel = tm.numel;
   c.offset = static_cast<uint64_t>(tm.offset);
   c.key = static_cast<uint32_t>(tm.key);
   // Whole, aligned groups of 4: one vector load/store per operand (uniform per tensor).
   c.aligned = (tm.offset & 3) == 0 && (tm.data & (kVecBytes - 1)) == 0 &&
-              (kOverwrite || (tm.src & (kVecBytes - 1)) == 0) &&
-              (!kHasMean || (tm.mean & (kVecBytes - 1)) == 0);
+              (kOverwrite || (tm.src & (kSrcVecBytes - 1)) == 0) &&
+              (!kHasMean || (tm.mean & (kSrcVecBytes - 1)) == 0);
   return c;
 }
 
-template <class T, bool kHasMean, bool kOverwrite, bool kStochastic>
+template <class T, class S, bool kHasMean, bool kOverwrite, bool kStochastic>
 __global__ void __launch_bounds__(kThreads)
 perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t total_chunks,
                const uint64_t* __restrict__ seeds, const float* __restrict__ coeffs,
@@ -94,7 +96,7 @@ perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t t
   for (int64_t chunk = blockIdx.x; chunk < total_chunks; chunk += gridDim.x) {
     const TensorMeta tm =
         meta[find_owner<TensorMeta, &TensorMeta::chunk_begin>(meta, n_tensors, chunk)];
-    const ChunkTensor<T> ct = chunk_tensor<T, kHasMean, kOverwrite>(tm);
+    const ChunkTensor<T, S> ct = chunk_tensor<T, S, kHasMean, kOverwrite>(tm);
     // The rounding hash state of the tensor (pgap/rounding.h), once per chunk.
     const uint64_t rbase = kStochastic ? rounding_base(rounding_seed, ct.key) : 0u;
     const uint64_t chunk_block = (ct.offset >> 2) +
@@ -112,7 +114,7 @@ perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t t
       // The rounding words of the same four element indices (read only when kStochastic).
       Words4 rw{0u, 0u, 0u, 0u};
       if (kStochastic) rw = rounding_block_words(rbase, block);
-      apply_group<T, kHasMean, kOverwrite, kStochastic>(ct.t, ct.s, ct.m, first, ct.numel,
+      apply_group<T, S, kHasMean, kOverwrite, kStochastic>(ct.t, ct.s, ct.m, first, ct.numel,
                                                          ct.aligned, acc, rw, decay, mean_coeff);
     }
   }
@@ -122,7 +124,7 @@ perturb_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t t
 // kRademacherWarpBlocks per warp, in the warp schedule of pgap/rademacher.h: per seed each lane
 // draws one Philox block and keeps one word, and in step r shuffles in the word of block r it
 // needs for its four elements 4*lane .. 4*lane + 3 of that block (contiguous across the warp).
-template <class T, bool kHasMean, bool kOverwrite, bool kStochastic>
+template <class T, class S, bool kHasMean, bool kOverwrite, bool kStochastic>
 __global__ void __launch_bounds__(kThreads)
 rademacher_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_t total_chunks,
                   const uint64_t* __restrict__ seeds, const float* __restrict__ coeffs,
@@ -132,7 +134,7 @@ rademacher_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_
   for (int64_t chunk = blockIdx.x; chunk < total_chunks; chunk += gridDim.x) {
     const TensorMeta tm =
         meta[find_owner<TensorMeta, &TensorMeta::chunk_begin>(meta, n_tensors, chunk)];
-    const ChunkTensor<T> ct = chunk_tensor<T, kHasMean, kOverwrite>(tm);
+    const ChunkTensor<T, S> ct = chunk_tensor<T, S, kHasMean, kOverwrite>(tm);
     const uint64_t rbase = kStochastic ? rounding_base(rounding_seed, ct.key) : 0u;
     const uint64_t first_block = rademacher_block(ct.offset) +
                                  static_cast<uint64_t>(chunk - tm.chunk_begin) * kRademacherChunkBlocks +
@@ -166,14 +168,14 @@ rademacher_kernel(const TensorMeta* __restrict__ meta, int64_t n_tensors, int64_
       Words4 rw{0u, 0u, 0u, 0u};
       if (kStochastic) rw = rounding_block_words(rbase, e0 >> 2);
       // A tensor that starts inside the warp's first block has groups before it (first < 0).
-      apply_group<T, kHasMean, kOverwrite, kStochastic>(ct.t, ct.s, ct.m, first, ct.numel,
+      apply_group<T, S, kHasMean, kOverwrite, kStochastic>(ct.t, ct.s, ct.m, first, ct.numel,
                                                          ct.aligned && first >= 0, acc[r], rw,
                                                          decay, mean_coeff);
     }
   }
 }
 
-template <class T, bool kStochastic, bool kRademacher>
+template <class T, class S, bool kStochastic, bool kRademacher>
 void launch(const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks, const uint64_t* seeds,
             const float* coeffs, int64_t n_seeds, float decay, float mean_coeff, bool has_mean,
             uint64_t rounding_seed, cudaStream_t stream) {
@@ -183,11 +185,14 @@ void launch(const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks, con
 #define PGAP_LAUNCH(M, O)                                                                   \
   do {                                                                                      \
     if constexpr (kRademacher)                                                              \
-      rademacher_kernel<T, M, O, kStochastic><<<grid, kThreads, 0, stream>>>(PGAP_ARGS);    \
+      rademacher_kernel<T, S, M, O, kStochastic><<<grid, kThreads, 0, stream>>>(PGAP_ARGS); \
     else                                                                                    \
-      perturb_kernel<T, M, O, kStochastic><<<grid, kThreads, 0, stream>>>(PGAP_ARGS);       \
+      perturb_kernel<T, S, M, O, kStochastic><<<grid, kThreads, 0, stream>>>(PGAP_ARGS);    \
   } while (0)
-  if (has_mean) {
+  if constexpr (!std::is_same<T, S>::value) {  // a copy into another dtype: decay 1, never 0
+    if (overwrite) throw std::invalid_argument("perturb: a copy into another dtype needs decay != 0");
+    if (has_mean) PGAP_LAUNCH(true, false); else PGAP_LAUNCH(false, false);
+  } else if (has_mean) {
     if (overwrite) PGAP_LAUNCH(true, true); else PGAP_LAUNCH(true, false);
   } else {
     if (overwrite) PGAP_LAUNCH(false, true); else PGAP_LAUNCH(false, false);
@@ -196,40 +201,61 @@ void launch(const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks, con
 #undef PGAP_ARGS
 }
 
-template <class T, bool kRademacher>
+// Stochastic rounding in place only (S == T): copies into another dtype round to nearest.
+template <class T, class S, bool kRademacher>
 void launch_rounding(const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks,
                      const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
                      float mean_coeff, bool has_mean, bool stochastic, uint64_t rounding_seed,
                      cudaStream_t stream) {
-  if constexpr (kHasStochastic<T>) {
+  if constexpr (kHasStochastic<T> && std::is_same<T, S>::value) {
     if (stochastic) {
-      launch<T, true, kRademacher>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay,
-                                   mean_coeff, has_mean, rounding_seed, stream);
+      launch<T, S, true, kRademacher>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay,
+                                      mean_coeff, has_mean, rounding_seed, stream);
       return;
     }
+  } else {
+    if (stochastic && !std::is_same<T, float>::value)
+      throw std::invalid_argument("perturb: a copy into another dtype is rounded to nearest");
   }
-  launch<T, false, kRademacher>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay,
+  launch<T, S, false, kRademacher>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay,
                                 mean_coeff, has_mean, rounding_seed, stream);
+}
+
+// The written type T, then the source type S (each of the three dtypes).
+template <class T>
+void perturb_from(DType src_dtype, const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks,
+                  const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
+                  float mean_coeff, bool has_mean, bool stochastic, uint64_t rounding_seed,
+                  Distribution distribution, cudaStream_t s) {
+#define PGAP_LAUNCH(S)                                                                          \
+  do {                                                                                          \
+    if (distribution == Distribution::kRademacher)                                              \
+      launch_rounding<T, S, true>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay, \
+                                  mean_coeff, has_mean, stochastic, rounding_seed, s);          \
+    else                                                                                        \
+      launch_rounding<T, S, false>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds,       \
+                                   decay, mean_coeff, has_mean, stochastic, rounding_seed, s);  \
+  } while (0)
+  switch (src_dtype) {
+    case DType::kFloat32: PGAP_LAUNCH(float); break;
+    case DType::kBFloat16: PGAP_LAUNCH(__nv_bfloat16); break;
+    case DType::kFloat16: PGAP_LAUNCH(__half); break;
+  }
+#undef PGAP_LAUNCH
 }
 
 }  // namespace
 
-void perturb(DType dtype, const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks,
-             const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
+void perturb(DType dtype, DType src_dtype, const TensorMeta* meta, int64_t n_tensors,
+             int64_t total_chunks, const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
              float mean_coeff, bool has_mean, bool stochastic, uint64_t rounding_seed,
              Distribution distribution, int device, void* stream) {
   if (total_chunks == 0) return;
   const DeviceGuard guard(device, "perturb: select the tensors' device");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-#define PGAP_LAUNCH(T)                                                                          \
-  do {                                                                                          \
-    if (distribution == Distribution::kRademacher)                                              \
-      launch_rounding<T, true>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay,    \
-                               mean_coeff, has_mean, stochastic, rounding_seed, s);             \
-    else                                                                                        \
-      launch_rounding<T, false>(meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay,   \
-                                mean_coeff, has_mean, stochastic, rounding_seed, s);            \
-  } while (0)
+#define PGAP_LAUNCH(T)                                                                            \
+  perturb_from<T>(src_dtype, meta, n_tensors, total_chunks, seeds, coeffs, n_seeds, decay,        \
+                  mean_coeff, has_mean, stochastic, rounding_seed, distribution, s)
   switch (dtype) {
     case DType::kFloat32: PGAP_LAUNCH(float); break;
     case DType::kBFloat16: PGAP_LAUNCH(__nv_bfloat16); break;

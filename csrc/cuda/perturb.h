@@ -36,9 +36,11 @@ constexpr int64_t kRademacherChunkBlocks = static_cast<int64_t>(kThreads / 32) *
 // (see pgap_kernels/backends/cuda/perturb.py). With `stochastic`, 16-bit results round
 // stochastically: element l of a tensor with the rounding word of element offset + l under
 // (rounding_seed, key) (pgap/rounding.h).
-void perturb(DType dtype, const TensorMeta* meta, int64_t n_tensors, int64_t total_chunks,
-             const uint64_t* seeds, const float* coeffs, int64_t n_seeds, float decay,
-             float mean_coeff, bool has_mean, bool stochastic, uint64_t rounding_seed,
+// src_dtype: the sources' and means' dtype (dtype in place; another one only for out-of-place
+// copies, decay 1, rounded to nearest).
+void perturb(DType dtype, DType src_dtype, const TensorMeta* meta, int64_t n_tensors,
+             int64_t total_chunks, const uint64_t* seeds, const float* coeffs, int64_t n_seeds,
+             float decay, float mean_coeff, bool has_mean, bool stochastic, uint64_t rounding_seed,
              Distribution distribution, int device, void* stream);
 
 }  // namespace cuda

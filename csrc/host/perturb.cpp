@@ -13,13 +13,13 @@
 namespace pgap {
 namespace host {
 
-namespace generic { void perturb_chunk(DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t); }
-namespace avx2 { void perturb_chunk(DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t); }
-namespace avx512 { void perturb_chunk(DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t); }
+namespace generic { void perturb_chunk(DType, DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t); }
+namespace avx2 { void perturb_chunk(DType, DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t); }
+namespace avx512 { void perturb_chunk(DType, DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t); }
 
 namespace {
 
-using ChunkFn = void (*)(DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t);
+using ChunkFn = void (*)(DType, DType, const TensorArgs&, const StreamArgs&, int64_t, int64_t);
 
 bool cpu_has(const std::string& isa) {
   if (isa == "generic") return true;
@@ -57,7 +57,7 @@ double time_isa(const std::string& isa) {
   for (int rep = 0; rep < 3; ++rep) {
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t lo = 0; lo < kTimedElements; lo += kHostChunk)
-      fn(DType::kBFloat16, ta, sa, lo, lo + kHostChunk);
+      fn(DType::kBFloat16, DType::kBFloat16, ta, sa, lo, lo + kHostChunk);
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   return best;
@@ -121,8 +121,8 @@ void set_isa(const std::string& isa) {
   selected_isa() = isa;
 }
 
-void perturb(DType dtype, const std::vector<TensorArgs>& tensors, const StreamArgs& stream,
-             int num_threads) {
+void perturb(DType dtype, DType src_dtype, const std::vector<TensorArgs>& tensors,
+             const StreamArgs& stream, int num_threads) {
   struct Item {
     int32_t tensor;
     int64_t lo;
@@ -142,7 +142,7 @@ void perturb(DType dtype, const std::vector<TensorArgs>& tensors, const StreamAr
     const TensorArgs& ta = tensors[items[k].tensor];
     const int64_t lo = items[k].lo;
     const int64_t hi = (ta.numel - lo < kHostChunk) ? ta.numel : lo + kHostChunk;
-    fn(dtype, ta, stream, lo, hi);
+    fn(dtype, src_dtype, ta, stream, lo, hi);
   }
 }
 

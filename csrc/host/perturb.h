@@ -17,9 +17,11 @@ constexpr int64_t kHostRademacherBlocks = kHostChunk / 128 + 1;  // Rademacher b
 // the Rademacher stream's 128-element blocks, 3 for the Gaussian's) and the tail of its last.
 constexpr int64_t kHostAccFloats = 128 * kHostRademacherBlocks;
 
-// Applies the perturbation to every tensor of one dtype group (see perturb_args.h).
-void perturb(DType dtype, const std::vector<TensorArgs>& tensors, const StreamArgs& stream,
-             int num_threads);
+// Applies the perturbation to every tensor of one dtype group (see perturb_args.h): the written
+// tensors (data, minus) of `dtype`, their sources and means of `src_dtype` (== dtype in place;
+// another dtype only out of place and rounded to nearest).
+void perturb(DType dtype, DType src_dtype, const std::vector<TensorArgs>& tensors,
+             const StreamArgs& stream, int num_threads);
 
 std::vector<std::string> supported_isas();  // "generic", "avx2", "avx512" this CPU can run
 std::string current_isa();                  // the one in use (the fastest, measured once; or PGAP_HOST_ISA)

@@ -1,4 +1,4 @@
-"""Split validated arguments into (dtype code, sub-arguments) groups, dropping empty tensors."""
+"""Split validated arguments into (dtype codes, sub-arguments) groups, dropping empty tensors."""
 from __future__ import annotations
 
 import functools
@@ -11,14 +11,16 @@ from ..args import PerturbArgs
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc DType
 
 
-def split_by_dtype(args: PerturbArgs) -> Iterator[Tuple[int, PerturbArgs]]:
-    """One sub-argument set per dtype, in first-seen order, without zero-size tensors."""
-    index: Dict[torch.dtype, List[int]] = {}
+def split_by_dtype(args: PerturbArgs) -> Iterator[Tuple[int, int, PerturbArgs]]:
+    """One sub-argument set per (written dtype, source dtype) pair, in first-seen order, without
+    zero-size tensors: (the written tensors' dtype code, their sources' and means' dtype code,
+    the sub-arguments). The two codes differ only for out-of-place copies into another dtype."""
+    index: Dict[Tuple[torch.dtype, torch.dtype], List[int]] = {}
     for p, t in enumerate(args.tensors):
         if t.numel() > 0:
-            index.setdefault(t.dtype, []).append(p)
-    for dtype, ps in index.items():
-        yield DTYPE_CODES[dtype], PerturbArgs(
+            index.setdefault((t.dtype, args.source(p).dtype), []).append(p)
+    for (dtype, src_dtype), ps in index.items():
+        yield DTYPE_CODES[dtype], DTYPE_CODES[src_dtype], PerturbArgs(
             tensors=[args.tensors[p] for p in ps],
             means=[args.means[p] for p in ps] if args.means is not None else None,
             sources=[args.sources[p] for p in ps] if args.sources is not None else None,

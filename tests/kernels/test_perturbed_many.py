@@ -80,7 +80,8 @@ def test_bad_input(backend):
         assert_rejected(ValueError, "mean_coeff is nonzero but mean is None", [x], 1, 1.0, mean_coeff=1.0)
         assert_rejected(ValueError, "mean has 1 tensors but tensors has 2", [x, y], 1, 1.0, mean=[x], mean_coeff=1.0)
         assert_rejected(ValueError, "out has 1 tensors but tensors has 2", [x, y], 1, 1.0, out=[torch.empty(12)])
-        assert_rejected(TypeError, r"out\[1\] has dtype", [x, y], 1, 1.0, out=[torch.empty(12), torch.empty(5)])
+        assert_rejected(TypeError, r"out\[1\] has dtype torch.float64", [x, y], 1, 1.0,
+                        out=[torch.empty(12), torch.empty(5, dtype=torch.float64)])
         assert_rejected(ValueError, r"out\[0\] has shape", [x, y], 1, 1.0,
                         out=[torch.empty(3), torch.empty(5, dtype=torch.bfloat16)])
         assert_rejected(ValueError, r"tensors\[0\] overlaps out\[0\]|out\[0\] overlaps tensors\[0\]",

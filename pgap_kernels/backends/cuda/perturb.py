@@ -1,4 +1,5 @@
-"""CUDA fused perturbation: one kernel launch per dtype group, on torch's current stream."""
+"""CUDA fused perturbation: one kernel launch per dtype group (written dtype, source dtype), on
+torch's current stream."""
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,7 @@ def perturb_group(args: PerturbArgs) -> None:
     seeds, coeffs = stream_tables(args, device)
     stream = torch.cuda.current_stream(device)
     rademacher = args.distribution == "rademacher"
-    for code, group in split_by_dtype(args):
+    for code, src_code, group in split_by_dtype(args):
         rows, total_chunks = (chunk_table(group, lib.CUDA_RADEMACHER_CHUNK_BLOCKS, RADEMACHER_BLOCK)
                               if rademacher else chunk_table(group, lib.CUDA_CHUNK_BLOCKS))
         meta = on_device(rows, torch.int64, device)
@@ -33,4 +34,4 @@ def perturb_group(args: PerturbArgs) -> None:
                          coeffs.data_ptr(), len(group.seeds), group.decay, group.mean_coeff,
                          group.means is not None, group.rounding_seed is not None,
                          group.rounding_seed or 0, DISTRIBUTION_CODES[group.distribution],
-                         _device_index(device), stream.cuda_stream)
+                         _device_index(device), stream.cuda_stream, src_code)

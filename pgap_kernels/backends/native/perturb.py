@@ -1,5 +1,5 @@
-"""Native fused perturbation: one ``_C.host_perturb`` call per dtype group (a minus output
-in the same pass)."""
+"""Native fused perturbation: one ``_C.host_perturb`` call per dtype group (written dtype,
+source dtype), a minus output in the same pass."""
 from __future__ import annotations
 
 import torch
@@ -13,7 +13,7 @@ from .._groups import split_by_dtype
 def perturb_group(args: PerturbArgs) -> None:
     """On CPU tensors, in place or from ``args.sources``; see :class:`PerturbArgs`."""
     lib, _ = _native.load()
-    for code, group in split_by_dtype(args):
+    for code, src_code, group in split_by_dtype(args):
         lib.host_perturb(
             code,
             [t.data_ptr() for t in group.tensors],
@@ -31,4 +31,5 @@ def perturb_group(args: PerturbArgs) -> None:
             DISTRIBUTION_CODES[group.distribution],
             torch.get_num_threads(),
             [t.data_ptr() for t in group.minus] if group.minus is not None else [],
+            src_code,
         )

@@ -1,4 +1,5 @@
-"""Triton fused perturbation: one launch per dtype group over a multi-tensor chunk table.
+"""Triton fused perturbation: one launch per dtype group (written dtype, source dtype) over a
+multi-tensor chunk table.
 
 Each program handles BLOCKS groups of 4 consecutive stream elements (4*BLOCKS elements) of one
 tensor. Gaussian: a group is a Philox block; the program calls ``tl.philox(seed, c0, c1, c2, c3)``
@@ -36,7 +37,7 @@ def _by_lane(x0, x1, x2, x3):
 
 @triton.jit
 def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, mean_coeff,
-                    rseed_ptr, DTYPE: tl.constexpr, HAS_MEAN: tl.constexpr,
+                    rseed_ptr, DTYPE: tl.constexpr, SRC_DTYPE: tl.constexpr, HAS_MEAN: tl.constexpr,
                     OVERWRITE: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCKS: tl.constexpr,
                     SEARCH_STEPS: tl.constexpr, ALIGNED: tl.constexpr,
                     RADEMACHER: tl.constexpr):
@@ -59,8 +60,10 @@ def _perturb_kernel(meta_ptr, seeds_ptr, coeffs_ptr, n_seeds, n_tensors, decay, 
         acc = _by_lane(acc0, acc1, acc2, acc3)
 
     lane = tl.arange(0, 4)[None, :]
-    mean = tl.load(row + 1).to(tl.pointer_type(DTYPE))
-    src = tl.load(row + 6).to(tl.pointer_type(DTYPE))  # the decay term's source (data in place)
+    # the mean and the decay term's source (data in place) are SRC_DTYPE (DTYPE but for copies
+    # into another dtype)
+    mean = tl.load(row + 1).to(tl.pointer_type(SRC_DTYPE))
+    src = tl.load(row + 6).to(tl.pointer_type(SRC_DTYPE))
     if ALIGNED:
         # offset % 4 == 0, numel % 4 == 0 and 16-byte aligned pointers (checked on the host):
         # each tile row is one whole, aligned Philox block, masked as a unit, so the loads and
@@ -113,7 +116,7 @@ def perturb_group(args: PerturbArgs) -> None:
     rseed = rounding_seed_table(args.rounding_seed, device)
     decay = as_float32(args.decay)  # OVERWRITE on the value the kernel multiplies by
     rademacher = args.distribution == "rademacher"
-    for code, group in split_by_dtype(args):
+    for code, src_code, group in split_by_dtype(args):
         rows, total_chunks = (chunk_table(group, BLOCKS // 32, RADEMACHER_BLOCK) if rademacher
                               else chunk_table(group, BLOCKS))
         meta = on_device(rows, torch.int64, device)
@@ -121,7 +124,7 @@ def perturb_group(args: PerturbArgs) -> None:
         _perturb_kernel[(total_chunks,)](
             meta, seeds, coeffs, len(group.seeds), n,
             decay, as_float32(group.mean_coeff), rseed,
-            DTYPE=TL_DTYPES[code], HAS_MEAN=group.means is not None,
+            DTYPE=TL_DTYPES[code], SRC_DTYPE=TL_DTYPES[src_code], HAS_MEAN=group.means is not None,
             OVERWRITE=decay == 0.0,
             STOCHASTIC=group.rounding_seed is not None and code != 0, BLOCKS=BLOCKS,
             SEARCH_STEPS=max(1, n.bit_length()), ALIGNED=_aligned(group), RADEMACHER=rademacher,
