@@ -118,12 +118,14 @@ def clear_cache() -> None:
 
 
 def run_checks(backend: str, device: torch.device) -> CheckResult:
-    """Run every case for ``backend`` on ``device`` now (uncached); stops at the first failure."""
+    """Run every case for ``backend`` on ``device`` now (uncached); stops at the first failure.
+    Autocast is off for the cases (the first op call may come from inside a user's autocast
+    region, e.g. a functional view's copy: its expectations are float32 products)."""
     start = time.perf_counter()
     done = 0
     for case in CASES:
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
                 expected = None if case.oracle is None else _compute(case.oracle, "reference", device)
                 case.compare(_compute(case.run, backend, device), expected)
         except Exception as exc:  # noqa: BLE001 - any failure of the backend is reported

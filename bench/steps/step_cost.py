@@ -10,7 +10,9 @@ at the last prompt position only), in one run, side by side:
   default since this file's rows say "mezo-rademacher"; AGZO, P-GAP in the activation
   subspace at pgap-finetune's defaults, LDSD, MeZO-GV), ``mode="inplace"`` and
   ``mode="functional"``, for every ``--dtypes``; and MeZO and AGZO with paired forwards (both points in
-  one forward over the batch stacked twice, ``pgap-finetune --paired-forward``), functional only.
+  one forward over the batch stacked twice, ``pgap-finetune --paired-forward``), functional only;
+  for ``bf16-mixed`` also ``functional-wide``: the functional mode with its copies kept float32
+  and cast by autocast (``views.narrow = False``), the mode before copies in the autocast dtype.
 
 Each step is timed with ``time.perf_counter`` after ``--warmup`` untimed steps and divided by the
 median of ``--repeats`` plain forwards timed just before the optimizer is built and again after it
@@ -65,6 +67,7 @@ VARIANTS = {"mezo-gaussian": ("mezo", {"distribution": "gaussian"}),
 # pgap.paired, pair_copies at its default "auto": mirrored float32, drawn bf16)
 PAIRED = ("mezo-paired-gaussian", "mezo-paired-rademacher", "agzo-paired")
 MODES = ("inplace", "functional")
+WIDE = "functional-wide"  # bf16-mixed: functional with float32 copies that autocast casts
 TARGETS = {("mezo-rademacher", "bf16", "default"): 2.4, ("mezo-gaussian", "bf16", "default"): 2.4,
            ("agzo", "bf16", "default"): 2.3,
            ("mezo-rademacher", "fp32", "inplace"): 2.3, ("mezo-gaussian", "fp32", "inplace"): 2.3,
@@ -134,12 +137,15 @@ def measure(dtype_name: str, args) -> List[dict]:
                  median_ms=fwd_ms, mean_ms=statistics.fmean(forward), iqr_ms=common.iqr(forward),
                  forward_ms=fwd_ms, step_in_forwards=1.0, mean_in_forwards=1.0,
                  overhead_in_forwards=0.0)]
+    wide = (WIDE,) if COMPUTE.get(dtype_name) is not None else ()
     for method in args.methods:
-        for mode in ("functional",) if method in PAIRED else MODES:
+        for mode in (("functional",) if method in PAIRED else MODES) + wide:
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             fwds = time_calls(plain, 0, args.repeats, args.clock)  # the reference, before and after the steps
-            opt = build_optimizer(base_method(method), model, lr=1e-9, eps=1e-3, seed=0, mode=mode,
-                                  **options(method))
+            opt = build_optimizer(base_method(method), model, lr=1e-9, eps=1e-3, seed=0,
+                                  mode="functional" if mode == WIDE else mode, **options(method))
+            if mode == WIDE:
+                opt.views.narrow = False
             default = build_default_mode(base_method(method), model)
             opt.set_token_mask(batch["attention_mask"])
             step = (lambda: opt.step(loss, pair_closure=pair)) if method in PAIRED else (lambda: opt.step(loss))

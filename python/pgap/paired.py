@@ -176,8 +176,10 @@ class HalfRunner:
                                  f"expected {expected} (the step's batch stacked twice along "
                                  "dim 0, batch-major); use the unpaired step (no pair_closure)")
             self.rows = rows
+            # the fast path's mm(out=) bypasses autocast: inside an autocast region (bf16-mixed)
+            # each half runs the module's own forward, which autocast casts
             if plain_linear and len(args) == 1 and not kwargs and args[0].is_contiguous() \
-                    and not torch.is_grad_enabled():
+                    and not torch.is_grad_enabled() and not torch.is_autocast_enabled(args[0].device.type):
                 return self._linear_halves(module, names, args[0])
             a1, a2 = split_halves(args, rows)
             k1, k2 = split_halves(kwargs, rows)

@@ -31,6 +31,14 @@ record which parameters a forward read under their perturbed copies, so a closur
 the requirement is refused instead of training nothing. FSDP2: the hooks run inside FSDP2's
 unshard/reshard, so they copy the unsharded parameter (stream index 0 on: the sharded run's
 global indices); a mean term (LDSD) on sharded parameters is not supported.
+
+Copies in the autocast dtype. When a unit's forward starts inside ``torch.autocast`` (bf16 or
+fp16; pgap-finetune's ``bf16-mixed``), the float32 weights and biases of plain ``nn.Linear``
+modules (not tied to another module) are copied straight into that dtype
+(``perturbed_many`` with a narrower ``out``): the bits autocast would cast their float32 copy
+to, so every forward gives the same numbers, while each copy writes half the bytes and autocast
+has nothing left to cast. Everything else (norms, embeddings, tied weights) is copied in its own
+dtype, as autocast leaves it. ``narrow=False`` turns this off.
 """
 from __future__ import annotations
 
@@ -87,24 +95,32 @@ class _UnitPlan:
                 and all(a is b for a, b in zip(self.means, means)))
 
 
-def arena_rooms(arena: Optional[torch.Tensor], top: int, likes: Sequence[torch.Tensor]
+def arena_rooms(arena: Optional[torch.Tensor], top: int, likes: Sequence[torch.Tensor],
+                dtypes: Optional[Sequence[torch.dtype]] = None
                 ) -> Tuple[Optional[torch.Tensor], List[torch.Tensor], int, bool]:
-    """Room for copies of ``likes`` in ``arena`` (uint8) above byte ``top``, each on a cache line:
-    (the arena, possibly a new one grown to fit when ``top`` is 0, the rooms, the bytes they take,
-    whether they are arena slices); fresh tensors when a nested unit finds the arena full (top > 0)
-    or the devices differ. A stack: the caller frees in the reverse order."""
-    sizes = [-(-x.numel() * x.element_size() // ALIGN) * ALIGN for x in likes]
+    """Room for copies of ``likes`` (shaped like them, of ``dtypes[p]`` or their own dtype) in
+    ``arena`` (uint8) above byte ``top``, each on a cache line: (the arena, possibly a new one
+    grown to fit when ``top`` is 0, the rooms, the bytes they take, whether they are arena
+    slices); fresh tensors when a nested unit finds the arena full (top > 0) or the devices
+    differ. A stack: the caller frees in the reverse order."""
+    dtypes = [x.dtype for x in likes] if dtypes is None else list(dtypes)
+    nbytes = [x.numel() * d.itemsize for x, d in zip(likes, dtypes)]
+    sizes = [-(-n // ALIGN) * ALIGN for n in nbytes]
     total = sum(sizes)
     device = likes[0].device
+
+    def fresh() -> List[torch.Tensor]:
+        return [torch.empty(x.shape, dtype=d, device=x.device) for x, d in zip(likes, dtypes)]
+
     if any(x.device != device for x in likes):
-        return arena, [torch.empty_like(x) for x in likes], total, False
+        return arena, fresh(), total, False
     if arena is None or top + total > arena.numel() or arena.device != device:
         if top:
-            return arena, [torch.empty_like(x) for x in likes], total, False
+            return arena, fresh(), total, False
         arena = torch.empty(total, dtype=torch.uint8, device=device)
     rooms = []
-    for x, size in zip(likes, sizes):
-        rooms.append(arena[top:top + x.numel() * x.element_size()].view(x.dtype).view(x.shape))
+    for x, d, n, size in zip(likes, dtypes, nbytes, sizes):
+        rooms.append(arena[top:top + n].view(d).view(x.shape))
         top += size
     return arena, rooms, total, True
 
@@ -180,12 +196,15 @@ class PerturbedViews:
     and AGZO's vectors, whose matrices go through their side paths). ``means(t)`` gives μ of
     trainable ``t`` when the shown combination has a mean term (LDSD). ``unit``: "block",
     "module", or "auto" (default: "module" when a trainable is FSDP2-sharded, else "block");
-    ``unit_bytes``: the block budget of :func:`find_units` (default there).
+    ``unit_bytes``: the block budget of :func:`find_units` (default there). ``narrow``: inside
+    ``torch.autocast``, copy the float32 parameters of plain ``nn.Linear`` modules straight into
+    the autocast dtype (module docstring; the attribute may be changed between steps).
     """
 
     def __init__(self, model: nn.Module, trainables: Sequence[Trainable],
                  means: Optional[MeansFor] = None, unit: str = "auto",
-                 unit_bytes: Optional[int] = None, distribution: str = "gaussian") -> None:
+                 unit_bytes: Optional[int] = None, distribution: str = "gaussian",
+                 narrow: bool = True) -> None:
         if means is not None and any(t.sharded for t in trainables):
             raise ValueError("perturbed views (mode='functional') do not support a mean term (LDSD) "
                              "on FSDP2-sharded parameters; use mode='inplace'")
@@ -194,6 +213,7 @@ class PerturbedViews:
         if unit not in UNIT_CHOICES:
             raise ValueError(f"unit must be one of 'auto', {', '.join(map(repr, UNIT_CHOICES))}; got {unit!r}")
         self.unit = unit
+        self.narrow = narrow
         self.means = means
         self.distribution = distribution  # the stream of z (pgap_kernels.STREAM_VERSIONS)
         self.seeds: Tuple[int, ...] = ()
@@ -238,15 +258,21 @@ class PerturbedViews:
             self._stacks.append(stack)
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(entries, stack)))
             self._handles.append(module.register_forward_hook(self._post_hook(stack), always_call=True))
+        linear: Dict[str, bool] = {}  # whether every module owning the trainable is a plain nn.Linear
         for module, entries in find_units(model, trainables, "module"):  # every owning module once
             for _, _, t in entries:
                 users[t.name] = users.get(t.name, 0) + 1
+                linear[t.name] = linear.get(t.name, True) and type(module) is nn.Linear
                 if users[t.name] == 1:
                     self.covered.append(t)
             names = [t.name for _, _, t in entries]
             self._witnesses.append(module.register_forward_pre_hook(self._witness(names)))
             self._owners.append((module, [(attr, t.name) for _, attr, t in entries]))
         self._shared = {name for name, n in users.items() if n > 1}
+        # what autocast casts (F.linear's weight and bias) and nothing else reads: copied in the
+        # autocast dtype inside an autocast region (float32 parameters only)
+        self._narrowable = {t.name for t in self.covered if linear[t.name] and t.name not in self._shared
+                            and t.param.dtype == torch.float32}
 
     # -- what the forwards see -------------------------------------------------------------
     def show(self, seeds: Sequence[int], coeffs: Sequence[float], mean_coeff: float = 0.0,
@@ -278,10 +304,12 @@ class PerturbedViews:
         self.show((), (), 0.0)
 
     # -- hooks -----------------------------------------------------------------------------
-    def _alloc(self, likes: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], int, bool]:
-        """Room for copies of ``likes`` above the live copies (:func:`arena_rooms`), the bytes
-        they take, and whether they are arena slices; a new arena drops the plans."""
-        arena, rooms, total, reusable = arena_rooms(self._arena, self.live_bytes, likes)
+    def _alloc(self, likes: Sequence[torch.Tensor], dtypes: Sequence[torch.dtype]
+               ) -> Tuple[List[torch.Tensor], int, bool]:
+        """Room for copies of ``likes`` (of ``dtypes``) above the live copies
+        (:func:`arena_rooms`), the bytes they take, and whether they are arena slices; a new
+        arena drops the plans."""
+        arena, rooms, total, reusable = arena_rooms(self._arena, self.live_bytes, likes, dtypes)
         if arena is not self._arena:
             self._arena = arena
             self._plans.clear()  # their copies are slices of the old arena
@@ -338,10 +366,11 @@ class PerturbedViews:
                                        "forward; perturbed views need FSDP2's unsharded parameters")
                 params[t.name] = (p, t)
             names = list(params)
-            fused = self._fused_pair(list(params.values())) if self.paired else None
+            dtypes = self._copy_dtypes(list(params.values()))
+            fused = self._fused_pair(list(params.values()), dtypes) if self.paired else None
             if fused is None:
                 with torch.no_grad():
-                    copies, size = self._copies(list(params.values()))
+                    copies, size = self._copies(list(params.values()), dtypes)
             else:
                 copies, size, minus_size = fused
             for name, copy in zip(names, copies):
@@ -356,6 +385,21 @@ class PerturbedViews:
             self.peak_bytes = max(self.peak_bytes, self.live_bytes + self._minus_top + self.kept_bytes)
         return hook
 
+    def _copy_dtypes(self, params: List[Tuple[torch.Tensor, Trainable]]) -> List[torch.dtype]:
+        """The dtype of each parameter's copy for the forward starting now: the autocast dtype
+        (bf16/fp16) for a narrowable parameter inside an autocast region of its device (with
+        :attr:`narrow`), else the parameter's own."""
+        dtypes = []
+        for x, t in params:
+            dtype = x.dtype
+            if self.narrow and t.name in self._narrowable and x.dtype == torch.float32 \
+                    and torch.is_autocast_enabled(x.device.type):
+                compute = torch.get_autocast_dtype(x.device.type)
+                if compute in (torch.bfloat16, torch.float16):
+                    dtype = compute
+            dtypes.append(dtype)
+        return dtypes
+
     @property
     def _with_mean(self) -> bool:
         """Whether the shown combination has a mean term."""
@@ -368,11 +412,13 @@ class PerturbedViews:
             return [None] * len(trainables)
         return [self.means(t) for t in trainables]
 
-    def _drawn(self, dtype: torch.dtype) -> bool:
-        """Whether a paired forward draws the − copy of a parameter of ``dtype`` (:attr:`pair_copies`)."""
-        return self.pair_copies == "draw" or (self.pair_copies == "auto" and dtype != torch.float32)
+    def _drawn(self, dtype: torch.dtype, copy_dtype: torch.dtype) -> bool:
+        """Whether a paired forward draws the − copy of a parameter of ``dtype`` whose copies are
+        ``copy_dtype`` (:attr:`pair_copies`; a copy into another dtype is always drawn)."""
+        return (self.pair_copies == "draw" or copy_dtype != dtype
+                or (self.pair_copies == "auto" and dtype != torch.float32))
 
-    def _fused_pair(self, params: List[Tuple[torch.Tensor, Trainable]]
+    def _fused_pair(self, params: List[Tuple[torch.Tensor, Trainable]], dtypes: List[torch.dtype]
                     ) -> Optional[Tuple[List[torch.Tensor], int, int]]:
         """Paired forwards, every − copy drawn and no tied parameter: both copies of every
         parameter from one ``perturbed_many`` call with ``out_minus`` (the native backend draws z
@@ -380,11 +426,13 @@ class PerturbedViews:
         :meth:`_minus_copies` records them. (+ copies, their arena bytes, the − copies'
         minus-arena bytes), or None where this does not apply (then :meth:`_copies` and
         :meth:`_minus_copies`)."""
-        if not params or any(t.name in self._shared or not self._drawn(x.dtype) for x, t in params):
+        if not params or any(t.name in self._shared or not self._drawn(x.dtype, d)
+                             for (x, t), d in zip(params, dtypes)):
             return None
         likes = [x.data for x, _ in params]
-        rooms, size, _ = self._alloc(likes)
-        self._minus_arena, minus, minus_size, _ = arena_rooms(self._minus_arena, self._minus_top, likes)
+        rooms, size, _ = self._alloc(likes, dtypes)
+        self._minus_arena, minus, minus_size, _ = arena_rooms(self._minus_arena, self._minus_top,
+                                                              likes, dtypes)
         todo = [t for _, t in params]
         with torch.no_grad():
             self._fill(likes, todo, rooms, self._means_of(todo), minus=minus)
@@ -396,8 +444,8 @@ class PerturbedViews:
         copies), drawn or mirrored (:attr:`pair_copies`), into the minus arena, or for a tied
         parameter a kept buffer made once per show. Returns the minus-arena bytes taken."""
         fresh = [n for n in names if n not in self._shared]
-        arena, rooms, size, _ = (arena_rooms(self._minus_arena, self._minus_top,
-                                             [self._swapped[n][1] for n in fresh]) if fresh else
+        arena, rooms, size, _ = (arena_rooms(self._minus_arena, self._minus_top,  # like the + copies
+                                             [self._swapped[n][0].data for n in fresh]) if fresh else
                                  (self._minus_arena, [], 0, True))
         self._minus_arena = arena
         outs = dict(zip(fresh, rooms))
@@ -405,7 +453,8 @@ class PerturbedViews:
             if name in self._shared and name not in self._minus:
                 outs[name] = kept_buffer(self._minus_buffers, name, self._swapped[name][1])[0]
                 self.kept_bytes += outs[name].numel() * outs[name].element_size()
-        mirrored = [n for n in outs if not self._drawn(self._swapped[n][1].dtype)]
+        mirrored = [n for n in outs
+                    if not self._drawn(self._swapped[n][1].dtype, self._swapped[n][0].data.dtype)]
         todo = [n for n in outs if n not in mirrored]
         with torch.no_grad():
             for name in mirrored:
@@ -418,10 +467,11 @@ class PerturbedViews:
         self._minus.update(outs)
         return size
 
-    def _copies(self, params: List[Tuple[torch.Tensor, Trainable]]
+    def _copies(self, params: List[Tuple[torch.Tensor, Trainable]], dtypes: List[torch.dtype]
                 ) -> Tuple[List[torch.Tensor], int]:
-        """The perturbed copies of ``params`` (in order) and the arena bytes they take: arena
-        slices, or for a tied parameter its kept copy (made on its first use since show()).
+        """The perturbed copies of ``params`` (in order, of ``dtypes``) and the arena bytes they
+        take: arena slices, or for a tied parameter its kept copy (made on its first use since
+        show()).
 
         The copies and the plans filling them are reused from the unit's last call with the same
         parameters, arena offset and means (:class:`_UnitPlan`); else made anew, and kept when
@@ -430,7 +480,8 @@ class PerturbedViews:
                 if t.name not in self._shared] + [p for p, (_, t) in enumerate(params)
                                                   if t.name in self._shared and t.name not in self._kept]
         means = self._means_of([params[p][1] for p in todo])
-        key = (tuple(t.name for _, t in params), tuple(todo), self.live_bytes, self._with_mean)
+        key = (tuple(t.name for _, t in params), tuple(todo), tuple(dtypes), self.live_bytes,
+               self._with_mean)
         buffers = [self._kept_buffers.get(t.name, _NO_BUFFER) if t.name in self._shared else None
                    for _, t in params]
         unit = self._plans.get(key)
@@ -442,7 +493,7 @@ class PerturbedViews:
         else:
             unit = None
         if unit is None:
-            unit = self._new_copies(params, todo, means, key)
+            unit = self._new_copies(params, todo, means, key, dtypes)
         for p in todo:
             x, t = params[p]
             if t.name in self._shared:
@@ -451,12 +502,14 @@ class PerturbedViews:
         return unit.copies, unit.size
 
     def _new_copies(self, params: List[Tuple[torch.Tensor, Trainable]], todo: List[int],
-                    means: List[Optional[torch.Tensor]], key: tuple) -> _UnitPlan:
+                    means: List[Optional[torch.Tensor]], key: tuple, dtypes: List[torch.dtype]
+                    ) -> _UnitPlan:
         """:meth:`_copies` without a reusable unit plan: room for the copies, and the plans that
         fill them (kept under ``key``), or one validated call per group when some copies are
         fresh tensors (a nested unit finding the arena full)."""
         arena_ps = [p for p, (_, t) in enumerate(params) if t.name not in self._shared]
-        rooms, size, reusable = (self._alloc([params[p][0].data for p in arena_ps]) if arena_ps
+        rooms, size, reusable = (self._alloc([params[p][0].data for p in arena_ps],
+                                             [dtypes[p] for p in arena_ps]) if arena_ps
                                  else ([], 0, True))
         copies: List[Optional[torch.Tensor]] = [None] * len(params)
         for p, room in zip(arena_ps, rooms):

@@ -59,6 +59,15 @@ def test_working_backends_pass(device, backend, fresh):
                                               "gaussian_sketch", "subspace_perturb_"}
 
 
+def test_the_check_passes_when_first_called_inside_autocast(fresh):
+    """The first op call may come from inside a user's autocast region (a functional view's copy
+    in bf16-mixed): the check's float32 expectations must not be computed in bf16."""
+    require("cpu", "native")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = selftest.run_checks("native", torch.device("cpu"))
+    assert result.passed, result.message()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_working_gpu_backends_pass(backend, fresh):

@@ -1,0 +1,151 @@
+"""Functional mode inside torch.autocast: the float32 parameters of plain nn.Linear modules are
+copied straight into the autocast dtype (pgap.views, "Copies in the autocast dtype"). The step is
+bit for bit the one whose copies stay float32 and are cast by autocast (``narrow=False``), for
+every functional optimizer and for paired forwards; nothing else is narrowed (embeddings, norms,
+tied weights, bf16 weights, forwards outside autocast); the copies take half the bytes."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pgap
+from pgap.dtypes import compute_context
+from pgap.methods import build_optimizer
+
+from zo_problems import mlp_problem, tiny_llama
+
+PGAP = {"rank": 2, "window": 2, "probes": 2}
+FUNCTIONAL = [
+    ("mezo", {}), ("mezo", {"distribution": "rademacher"}), ("mezo-gv", {"num_probes": 2}),
+    ("ldsd", {"num_probes": 2, "lr_mu": 0.1}),
+    ("pgap", dict(PGAP, subspace="activation")),
+    ("agzo", {"rank": 2, "refresh": 2, "first_iters": 0}),
+]
+IDS = [m + ("-rademacher" if o.get("distribution") else "") for m, o in FUNCTIONAL]
+HALF = [torch.bfloat16, torch.float16]
+
+
+def _autocast_closure(closure, dtype):
+    def run():
+        with compute_context(dtype, "cpu"):
+            return closure()
+    return run
+
+
+def _weight_dtypes(model):
+    """A pre-hook on every nn.Linear recording the dtype of the weight its forward reads."""
+    seen = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            m.register_forward_pre_hook(lambda mod, _: seen.append(mod.weight.dtype))
+    return seen
+
+
+def _train(method, options, dtype, narrow, steps=3, problem=mlp_problem, pair=False, copies=None):
+    model, closure = problem(3)
+    opt = build_optimizer(method, model, lr=1e-2, eps=1e-2, seed=1, mode="functional", **options)
+    opt.views.narrow = narrow
+    if copies is not None:
+        opt.pair_copies = copies
+    seen = _weight_dtypes(model)
+    run = _autocast_closure(closure, dtype)
+    diags = []
+    for _ in range(steps):
+        if pair:
+            opt.step(run, pair_closure=_autocast_closure(pair(model), dtype))
+        else:
+            opt.step(run)
+        diags.append(opt.diagnostics()["projected_grad"])
+    peak = opt.views.peak_bytes
+    opt.close()
+    return [p.detach().clone() for p in model.parameters()], diags, set(seen), peak
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("method, options", FUNCTIONAL, ids=IDS)
+def test_narrow_copies_give_the_steps_autocast_gives(method, options, dtype):
+    w_narrow, g_narrow, seen_narrow, _ = _train(method, options, dtype, narrow=True)
+    w_wide, g_wide, seen_wide, _ = _train(method, options, dtype, narrow=False)
+    assert all(g != 0 for g in g_narrow) and g_narrow == g_wide
+    assert all(torch.equal(a, b) for a, b in zip(w_narrow, w_wide))
+    assert all(w.dtype == torch.float32 for w in w_narrow)  # the stored weights stay float32
+    if method not in ("pgap", "agzo"):  # their matrices take side paths: the forward reads θ
+        assert seen_narrow == {dtype} and seen_wide == {torch.float32}
+
+
+def _linear_only(seed):
+    """mlp_problem with only its nn.Linear parameters trainable."""
+    model, closure = mlp_problem(seed)
+    for m in model.modules():
+        if type(m) is not nn.Linear:
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)
+    return model, closure
+
+
+def test_narrow_copies_take_half_the_bytes():
+    *_, narrow_peak = _train("mezo", {}, torch.bfloat16, narrow=True, steps=1, problem=_linear_only)
+    *_, wide_peak = _train("mezo", {}, torch.bfloat16, narrow=False, steps=1, problem=_linear_only)
+    # each copy starts on a 64-byte line: at most 4 parameters' padding apart from one half
+    assert wide_peak > 0 and wide_peak / 2 - 4 * 64 <= narrow_peak <= wide_peak / 2 + 4 * 64
+
+
+def test_no_narrowing_outside_autocast_nor_for_bf16_weights():
+    model, closure = mlp_problem(3)
+    opt = pgap.MeZO(model, lr=1e-2, eps=1e-2, mode="functional")
+    seen = _weight_dtypes(model)
+    opt.step(closure)
+    assert set(seen) == {torch.float32}
+    model16, closure16 = mlp_problem(3, torch.bfloat16)
+    opt16 = pgap.MeZO(model16, lr=1e-2, eps=1e-2, mode="functional")
+    seen16 = _weight_dtypes(model16)
+    with compute_context(torch.bfloat16, "cpu"):  # bf16 weights under autocast: copied as they are
+        opt16.step(closure16)
+    assert set(seen16) == {torch.bfloat16}
+
+
+def _llama_pair(model):
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(4))
+
+    def per_example(input_ids):
+        logits = model(input_ids=input_ids).logits[:, :-1].float()
+        return F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none").mean(dim=1)
+
+    return lambda: per_example(torch.cat([ids, ids])).view(2, -1).mean(dim=1)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_tied_and_non_linear_weights_keep_their_dtype_and_paired_forwards_draw_both(tie):
+    """A tied embedding / lm_head is read by the embedding lookup too (autocast leaves it float32):
+    its copy stays float32. Paired forwards: the narrow − copies are drawn (θ − ε·z), so the step
+    equals the float32-copy step that draws them too."""
+    problem = lambda seed: tiny_llama(seed, tie=tie)  # noqa: E731
+    runs = {}
+    for narrow in (True, False):
+        model, _ = tiny_llama(3, tie=tie)
+        opt = pgap.MeZO(model, lr=1e-3, eps=1e-2, seed=5, mode="functional")
+        assert ("lm_head.weight" in opt.views._narrowable) == (not tie)
+        assert "model.embed_tokens.weight" not in opt.views._narrowable
+        assert not any("norm" in n for n in opt.views._narrowable)
+        runs[narrow] = _train("mezo", {}, torch.bfloat16, narrow, steps=2, problem=problem,
+                              pair=_llama_pair, copies="draw")
+        opt.close()
+    (w_n, g_n, _, _), (w_w, g_w, _, _) = runs[True], runs[False]
+    assert g_n == g_w and all(torch.equal(a, b) for a, b in zip(w_n, w_w))
+
+
+@pytest.mark.parametrize("narrow", [True, False])
+def test_paired_linears_inside_autocast_compute_in_the_autocast_dtype(narrow):
+    """Paired forwards' fast path for nn.Linear (one mm per half into one output) bypasses
+    autocast: inside an autocast region each half runs the module's forward instead."""
+    model, _ = tiny_llama(3, tie=False)
+    opt = pgap.MeZO(model, lr=1e-3, eps=1e-2, seed=5, mode="functional")
+    opt.views.narrow = narrow
+    outputs = []
+    for m in model.modules():
+        if type(m) is nn.Linear:
+            m.register_forward_hook(lambda mod, _, out: outputs.append(out.dtype))
+    opt.step(_autocast_closure(lambda: torch.tensor(0.0), torch.bfloat16),
+             pair_closure=_autocast_closure(_llama_pair(model), torch.bfloat16))
+    assert outputs and set(outputs) == {torch.bfloat16}
+    opt.close()
