@@ -34,11 +34,12 @@ global indices); a mean term (LDSD) on sharded parameters is not supported.
 
 Copies in the autocast dtype. When a unit's forward starts inside ``torch.autocast`` (bf16 or
 fp16; pgap-finetune's ``bf16-mixed``), the float32 weights and biases of plain ``nn.Linear``
-modules (not tied to another module) are copied straight into that dtype
+modules are copied straight into that dtype
 (``perturbed_many`` with a narrower ``out``): the bits autocast would cast their float32 copy
 to, so every forward gives the same numbers, while each copy writes half the bytes and autocast
-has nothing left to cast. Everything else (norms, embeddings, tied weights) is copied in its own
-dtype, as autocast leaves it. ``narrow=False`` turns this off.
+has nothing left to cast. Everything else (norms, embeddings) is copied in its own dtype, as
+autocast leaves it; a tied embedding / ``lm_head`` gets both copies, float32 for the embedding's
+forward and narrow for ``lm_head``'s (not in paired forwards). ``narrow=False`` turns this off.
 """
 from __future__ import annotations
 
@@ -125,16 +126,17 @@ def arena_rooms(arena: Optional[torch.Tensor], top: int, likes: Sequence[torch.T
     return arena, rooms, total, True
 
 
-def kept_buffer(buffers: Dict[str, torch.Tensor], name: str, like: torch.Tensor
+def kept_buffer(buffers: Dict, key, like: torch.Tensor, dtype: Optional[torch.dtype] = None
                 ) -> Tuple[torch.Tensor, bool]:
-    """``buffers[name]`` if it still fits ``like`` (shape, dtype, device), else a new one stored
-    there: (the buffer, whether it is new)."""
-    buffer = buffers.get(name)
-    if buffer is not None and buffer.shape == like.shape and buffer.dtype == like.dtype \
+    """``buffers[key]`` if it still fits ``like`` (shape, device, and ``dtype`` or like's), else a
+    new one stored there: (the buffer, whether it is new)."""
+    dtype = like.dtype if dtype is None else dtype
+    buffer = buffers.get(key)
+    if buffer is not None and buffer.shape == like.shape and buffer.dtype == dtype \
             and buffer.device == like.device:
         return buffer, False
-    buffers[name] = torch.empty_like(like)
-    return buffers[name], True
+    buffers[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+    return buffers[key], True
 
 
 def _runs_forward(module: nn.Module) -> bool:
@@ -227,10 +229,11 @@ class PerturbedViews:
         self.calls = 0  # perturbed_many calls made so far (one per unit forward showing copies)
         self._arena: Optional[torch.Tensor] = None  # uint8 room for the copies, reused
         # a parameter owned by several modules (a tied embedding / lm_head) is copied once per
-        # shown combination (the names in _kept) into its own buffer, not the arena; the buffer
-        # stays allocated, as the arena does (a fresh one per show would page-fault every time)
+        # shown combination and copy dtype (the (name, dtype) pairs in _kept) into its own buffer,
+        # not the arena; the buffer stays allocated, as the arena does (a fresh one per show
+        # would page-fault every time)
         self._kept: set = set()
-        self._kept_buffers: Dict[str, torch.Tensor] = {}
+        self._kept_buffers: Dict[Tuple[str, torch.dtype], torch.Tensor] = {}
         self.kept_bytes = 0
         # (names, which are filled, arena offset, mean?) -> the unit call's copies and plans;
         # emptied whenever the arena or a kept buffer is replaced
@@ -258,21 +261,15 @@ class PerturbedViews:
             self._stacks.append(stack)
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(entries, stack)))
             self._handles.append(module.register_forward_hook(self._post_hook(stack), always_call=True))
-        linear: Dict[str, bool] = {}  # whether every module owning the trainable is a plain nn.Linear
         for module, entries in find_units(model, trainables, "module"):  # every owning module once
             for _, _, t in entries:
                 users[t.name] = users.get(t.name, 0) + 1
-                linear[t.name] = linear.get(t.name, True) and type(module) is nn.Linear
                 if users[t.name] == 1:
                     self.covered.append(t)
             names = [t.name for _, _, t in entries]
             self._witnesses.append(module.register_forward_pre_hook(self._witness(names)))
             self._owners.append((module, [(attr, t.name) for _, attr, t in entries]))
         self._shared = {name for name, n in users.items() if n > 1}
-        # what autocast casts (F.linear's weight and bias) and nothing else reads: copied in the
-        # autocast dtype inside an autocast region (float32 parameters only)
-        self._narrowable = {t.name for t in self.covered if linear[t.name] and t.name not in self._shared
-                            and t.param.dtype == torch.float32}
 
     # -- what the forwards see -------------------------------------------------------------
     def show(self, seeds: Sequence[int], coeffs: Sequence[float], mean_coeff: float = 0.0,
@@ -350,6 +347,12 @@ class PerturbedViews:
             self.calls += 1
 
     def _pre_hook(self, entries: List[Entry], stack: List[Swapped]):
+        # what autocast casts (F.linear's weight and bias) and nothing else in this unit reads:
+        # copied in the autocast dtype inside an autocast region (a tied embedding / lm_head gets
+        # a float32 copy in the embedding's unit and a narrow one in lm_head's)
+        linear_here = {t.name for _, _, t in entries
+                       if all(type(o) is nn.Linear for o, _, u in entries if u.name == t.name)}
+
         def hook(module: nn.Module, inputs) -> None:
             if not self.shown:
                 stack.append(([], 0, 0))  # even when empty: the post-hook pops one entry per call
@@ -366,7 +369,7 @@ class PerturbedViews:
                                        "forward; perturbed views need FSDP2's unsharded parameters")
                 params[t.name] = (p, t)
             names = list(params)
-            dtypes = self._copy_dtypes(list(params.values()))
+            dtypes = self._copy_dtypes(list(params.values()), linear_here)
             fused = self._fused_pair(list(params.values()), dtypes) if self.paired else None
             if fused is None:
                 with torch.no_grad():
@@ -385,14 +388,18 @@ class PerturbedViews:
             self.peak_bytes = max(self.peak_bytes, self.live_bytes + self._minus_top + self.kept_bytes)
         return hook
 
-    def _copy_dtypes(self, params: List[Tuple[torch.Tensor, Trainable]]) -> List[torch.dtype]:
-        """The dtype of each parameter's copy for the forward starting now: the autocast dtype
-        (bf16/fp16) for a narrowable parameter inside an autocast region of its device (with
-        :attr:`narrow`), else the parameter's own."""
+    def _copy_dtypes(self, params: List[Tuple[torch.Tensor, Trainable]], linear_here: set
+                     ) -> List[torch.dtype]:
+        """The dtype of each parameter's copy for the unit forward starting now: the autocast
+        dtype (bf16/fp16) for a float32 parameter that only plain ``nn.Linear`` modules of the
+        unit read (``linear_here``), inside an autocast region of its device, with :attr:`narrow`
+        (not a tied parameter in a paired forward, whose − copies are one per name); else the
+        parameter's own."""
         dtypes = []
         for x, t in params:
             dtype = x.dtype
-            if self.narrow and t.name in self._narrowable and x.dtype == torch.float32 \
+            if self.narrow and t.name in linear_here and x.dtype == torch.float32 \
+                    and not (self.paired and t.name in self._shared) \
                     and torch.is_autocast_enabled(x.device.type):
                 compute = torch.get_autocast_dtype(x.device.type)
                 if compute in (torch.bfloat16, torch.float16):
@@ -478,12 +485,13 @@ class PerturbedViews:
         they are all arena slices or kept buffers."""
         todo = [p for p, (_, t) in enumerate(params)  # arena copies first, then the tied ones
                 if t.name not in self._shared] + [p for p, (_, t) in enumerate(params)
-                                                  if t.name in self._shared and t.name not in self._kept]
+                                                  if t.name in self._shared
+                                                  and (t.name, dtypes[p]) not in self._kept]
         means = self._means_of([params[p][1] for p in todo])
         key = (tuple(t.name for _, t in params), tuple(todo), tuple(dtypes), self.live_bytes,
                self._with_mean)
-        buffers = [self._kept_buffers.get(t.name, _NO_BUFFER) if t.name in self._shared else None
-                   for _, t in params]
+        buffers = [self._kept_buffers.get((t.name, d), _NO_BUFFER) if t.name in self._shared else None
+                   for (_, t), d in zip(params, dtypes)]
         unit = self._plans.get(key)
         if unit is not None and unit.serves(self._arena, [x for x, _ in params], means, buffers):
             try:
@@ -497,8 +505,8 @@ class PerturbedViews:
         for p in todo:
             x, t = params[p]
             if t.name in self._shared:
-                self._kept.add(t.name)
-                self.kept_bytes += x.numel() * x.element_size()
+                self._kept.add((t.name, dtypes[p]))
+                self.kept_bytes += x.numel() * dtypes[p].itemsize
         return unit.copies, unit.size
 
     def _new_copies(self, params: List[Tuple[torch.Tensor, Trainable]], todo: List[int],
@@ -517,7 +525,7 @@ class PerturbedViews:
         for p, (x, t) in enumerate(params):
             if t.name not in self._shared:
                 continue
-            copies[p], new = kept_buffer(self._kept_buffers, t.name, x.data)
+            copies[p], new = kept_buffer(self._kept_buffers, (t.name, dtypes[p]), x.data, dtypes[p])
             if new:
                 self._plans.clear()  # a plan may hold the old buffer
         todo_t, outs = [params[p][1] for p in todo], [copies[p] for p in todo]
@@ -578,8 +586,8 @@ class PerturbedViews:
         if self._arena is not None and aliased(self._arena):
             self._arena = None
             self._plans.clear()
-        for name in [n for n, b in self._kept_buffers.items() if aliased(b)]:
-            del self._kept_buffers[name]
+        for key in [k for k, b in self._kept_buffers.items() if aliased(b)]:
+            del self._kept_buffers[key]
             self._plans.clear()
 
     def unshown(self) -> List[str]:

@@ -114,24 +114,47 @@ def _llama_pair(model):
     return lambda: per_example(torch.cat([ids, ids])).view(2, -1).mean(dim=1)
 
 
+def _dtypes_read(model):
+    """{module kind: the dtypes of the weights its forwards read}, from forward pre-hooks."""
+    seen = {}
+    for name, m in model.named_modules():
+        kind = ("lm_head" if name == "lm_head" else "embedding" if isinstance(m, nn.Embedding)
+                else "norm" if "norm" in type(m).__name__.lower() else "linear" if type(m) is nn.Linear
+                else None)
+        if kind:
+            m.register_forward_pre_hook(lambda mod, _, k=kind: seen.setdefault(k, set()).add(mod.weight.dtype))
+    return seen
+
+
 @pytest.mark.parametrize("tie", [True, False])
-def test_tied_and_non_linear_weights_keep_their_dtype_and_paired_forwards_draw_both(tie):
-    """A tied embedding / lm_head is read by the embedding lookup too (autocast leaves it float32):
-    its copy stays float32. Paired forwards: the narrow − copies are drawn (θ − ε·z), so the step
-    equals the float32-copy step that draws them too."""
+def test_what_each_module_reads_under_autocast(tie):
+    """Linear weights (lm_head too, tied or not) read bf16 copies; the embedding (tied or not) and
+    the norms read float32 ones, as autocast leaves them; in a paired forward a tied lm_head
+    keeps its float32 copy (one − copy per name)."""
+    model, closure = tiny_llama(3, tie=tie)
+    opt = pgap.MeZO(model, lr=1e-3, eps=1e-2, seed=5, mode="functional")
+    seen = _dtypes_read(model)
+    opt.step(_autocast_closure(closure, torch.bfloat16))
+    assert seen == {"lm_head": {torch.bfloat16}, "embedding": {torch.float32},
+                    "norm": {torch.float32}, "linear": {torch.bfloat16}}
+    seen.clear()
+    opt.step(_autocast_closure(closure, torch.bfloat16), pair_closure=_autocast_closure(_llama_pair(model), torch.bfloat16))
+    assert seen["lm_head"] == ({torch.float32} if tie else {torch.bfloat16})
+    opt.close()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_a_tied_lm_head_and_paired_forwards_give_the_steps_autocast_gives(tie):
+    """A tied embedding / lm_head: a float32 copy for the embedding, a narrow one for lm_head,
+    the step bit for bit the float32-copy one. Paired forwards: the narrow − copies are drawn
+    (θ − ε·z), so the step equals the float32-copy step that draws them too."""
     problem = lambda seed: tiny_llama(seed, tie=tie)  # noqa: E731
-    runs = {}
-    for narrow in (True, False):
-        model, _ = tiny_llama(3, tie=tie)
-        opt = pgap.MeZO(model, lr=1e-3, eps=1e-2, seed=5, mode="functional")
-        assert ("lm_head.weight" in opt.views._narrowable) == (not tie)
-        assert "model.embed_tokens.weight" not in opt.views._narrowable
-        assert not any("norm" in n for n in opt.views._narrowable)
-        runs[narrow] = _train("mezo", {}, torch.bfloat16, narrow, steps=2, problem=problem,
-                              pair=_llama_pair, copies="draw")
-        opt.close()
-    (w_n, g_n, _, _), (w_w, g_w, _, _) = runs[True], runs[False]
-    assert g_n == g_w and all(torch.equal(a, b) for a, b in zip(w_n, w_w))
+    for pair in (None, _llama_pair):
+        runs = {narrow: _train("mezo", {}, torch.bfloat16, narrow, steps=2, problem=problem,
+                               pair=pair, copies="draw") for narrow in (True, False)}
+        (w_n, g_n, _, _), (w_w, g_w, _, _) = runs[True], runs[False]
+        assert all(g != 0 for g in g_n) and g_n == g_w
+        assert all(torch.equal(a, b) for a, b in zip(w_n, w_w))
 
 
 @pytest.mark.parametrize("narrow", [True, False])
