@@ -147,16 +147,21 @@ class HalfRunner:
     def _linear_halves(self, module: nn.Module, names: List[Tuple[str, str]], x: torch.Tensor) -> torch.Tensor:
         """An ``nn.Linear`` over both halves of a contiguous batch-major ``x``, each half's product
         written into its rows of one output (no concatenation): the first with the θ + d copies,
-        the second with the θ − d copies. Under no_grad only (``out=``)."""
-        flat = x.reshape(-1, x.shape[-1])
+        the second with the θ − d copies. Under no_grad only (``out=``). Inside an autocast
+        region (a low-precision dtype for x's device) the operands are cast to its dtype first, as
+        autocast casts ``F.linear``'s (``mm(out=)`` itself is not autocast)."""
+        device = x.device.type
+        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        cast = (lambda t: t) if compute is None else (lambda t: t.to(compute))  # noqa: E731
+        flat = cast(x.reshape(-1, x.shape[-1]))
         half = flat.shape[0] // 2
-        out = torch.empty(flat.shape[0], module.out_features, dtype=x.dtype, device=x.device)
+        out = torch.empty(flat.shape[0], module.out_features, dtype=flat.dtype, device=x.device)
         for i, rows in enumerate((slice(0, half), slice(half, None))):
             with self._minus_of_module(module, names, active=i == 1):
                 if module.bias is None:
-                    torch.mm(flat[rows], module.weight.t(), out=out[rows])
+                    torch.mm(flat[rows], cast(module.weight).t(), out=out[rows])
                 else:
-                    torch.addmm(module.bias, flat[rows], module.weight.t(), out=out[rows])
+                    torch.addmm(cast(module.bias), flat[rows], cast(module.weight).t(), out=out[rows])
         return out.view(*x.shape[:-1], module.out_features)
 
     def _forward(self, module: nn.Module, original: Callable[..., Any], names: List[Tuple[str, str]],
@@ -176,10 +181,8 @@ class HalfRunner:
                                  f"expected {expected} (the step's batch stacked twice along "
                                  "dim 0, batch-major); use the unpaired step (no pair_closure)")
             self.rows = rows
-            # the fast path's mm(out=) bypasses autocast: inside an autocast region (bf16-mixed)
-            # each half runs the module's own forward, which autocast casts
             if plain_linear and len(args) == 1 and not kwargs and args[0].is_contiguous() \
-                    and not torch.is_grad_enabled() and not torch.is_autocast_enabled(args[0].device.type):
+                    and not torch.is_grad_enabled():
                 return self._linear_halves(module, names, args[0])
             a1, a2 = split_halves(args, rows)
             k1, k2 = split_halves(kwargs, rows)

@@ -172,3 +172,26 @@ def test_paired_linears_inside_autocast_compute_in_the_autocast_dtype(narrow):
              pair_closure=_autocast_closure(_llama_pair(model), torch.bfloat16))
     assert outputs and set(outputs) == {torch.bfloat16}
     opt.close()
+
+
+def test_paired_losses_under_autocast_match_the_unpaired_points():
+    """Both points from one paired forward under bf16 autocast (nn.Linear's halves by mm into one
+    output, operands cast as autocast casts them) equal the unpaired step's two forwards within
+    bf16 tolerance (matmul blocking differs between B and 2B rows)."""
+    runs = {}
+    for pair in (None, _llama_pair):
+        model, closure = tiny_llama(3, tie=True)
+        opt = pgap.MeZO(model, lr=1e-3, eps=1e-2, seed=5, mode="functional")
+        opt.pair_copies = "draw"
+        kwargs = {} if pair is None else {"pair_closure": _autocast_closure(pair(model), torch.bfloat16)}
+        ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(4))
+
+        def per_example(m=model):
+            logits = m(input_ids=ids).logits[:, :-1].float()
+            return F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").mean(dim=1).mean()
+
+        opt.step(_autocast_closure(per_example, torch.bfloat16), **kwargs)
+        runs[pair is None] = opt.diagnostics()
+        opt.close()
+    for key in ("loss_plus", "loss_minus"):
+        assert runs[True][key] == pytest.approx(runs[False][key], abs=2e-3), key
