@@ -14,7 +14,10 @@ from a fixed seed (MeZO's ``+eps`` pass), by these paths:
   per backend in ``pgap_kernels.available_backends(device)``, forced with ``use_backend``; and
   once per ``--distributions`` (``gaussian``, ``rademacher``), ``--roundings`` (``nearest``,
   ``stochastic``: 16-bit dtypes only) and ``--ops`` (``perturb_``; ``perturbed``, the
-  out-of-place op, writing into a preallocated ``out``).
+  out-of-place op, writing into a preallocated ``out``; ``perturbed-bf16``, float32 cases only:
+  into a bf16 ``out``, the narrow copy functional views make under bf16 autocast);
+* ``cast``   -- float32 cases with ``perturbed-bf16``: ``o16.copy_(t)``, the cast autocast makes
+  of a float32 weight per forward (what the narrow copy replaces, with the float32 copy).
 
 Rows carry the op, the distribution and the rounding (CSV columns ``op``, ``distribution``,
 ``rounding``); ``vs_add`` is a path's median time over the ``add_`` median of the same case
@@ -55,12 +58,13 @@ import pgap_kernels
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
                                   "fp16": torch.float16}
-EAGER, MEZO, ADD = "eager", "mezo", "add_"
+EAGER, MEZO, ADD, CAST = "eager", "mezo", "add_", "cast"
 LABELS = {EAGER: "eager randn + add_", MEZO: "mezo p.data = p + s*eps*normal",
-          ADD: "w.add_(o) (memory yardstick)"}
+          ADD: "w.add_(o) (memory yardstick)", CAST: "o16.copy_(w) (autocast's bf16 cast)"}
 DISTRIBUTIONS = ("gaussian", "rademacher")
 ROUNDINGS = ("nearest", "stochastic")
-OPS = ("perturb_", "perturbed")
+OPS = ("perturb_", "perturbed", "perturbed-bf16")
+NARROW = "perturbed-bf16"  # perturbed into a bf16 out, from float32
 SEED = 1234
 EPS = 1e-3  # MeZO's default zo_eps
 COPY_BYTES = 1 << 30
@@ -102,7 +106,7 @@ class TimedPath:
     def columns(self) -> Dict[str, str]:
         """The CSV columns op, distribution, rounding."""
         if not self.fused:
-            return {"op": "", "distribution": "none" if self.kind == ADD else "gaussian",
+            return {"op": "", "distribution": "none" if self.kind in (ADD, CAST) else "gaussian",
                     "rounding": "nearest"}
         return {"op": self.op, "distribution": self.distribution, "rounding": self.rounding}
 
@@ -259,6 +263,8 @@ def path_fns(t: torch.Tensor, paths: Sequence[TimedPath]) -> Dict[TimedPath, Cal
     into a second tensor for ``perturbed``), or adds a second tensor to it (``add_``)."""
     gen = torch.Generator(device=t.device)
     other = torch.zeros_like(t) if any(p.kind == ADD or p.op == "perturbed" for p in paths) else None
+    narrow = (torch.zeros_like(t, dtype=torch.bfloat16)
+              if any(p.kind == CAST or p.op == NARROW for p in paths) else None)
 
     def eager() -> None:
         gen.manual_seed(SEED)
@@ -274,6 +280,9 @@ def path_fns(t: torch.Tensor, paths: Sequence[TimedPath]) -> Dict[TimedPath, Cal
     def add() -> None:
         t.add_(other)
 
+    def cast() -> None:
+        narrow.copy_(t)
+
     def fused(path: TimedPath) -> Callable[[], None]:
         rounding = {"rounding": "stochastic", "rounding_seed": SEED} if path.rounding == "stochastic" else {}
 
@@ -281,11 +290,13 @@ def path_fns(t: torch.Tensor, paths: Sequence[TimedPath]) -> Dict[TimedPath, Cal
             with pgap_kernels.use_backend(path.kind):
                 if path.op == "perturbed":
                     pgap_kernels.perturbed(t, SEED, EPS, out=other, distribution=path.distribution)
+                elif path.op == NARROW:
+                    pgap_kernels.perturbed(t, SEED, EPS, out=narrow, distribution=path.distribution)
                 else:
                     pgap_kernels.perturb_(t, SEED, EPS, distribution=path.distribution, **rounding)
         return run
 
-    fns = {EAGER: eager, MEZO: mezo, ADD: add}
+    fns = {EAGER: eager, MEZO: mezo, ADD: add, CAST: cast}
     return {p: fused(p) if p.fused else fns[p.kind] for p in paths}
 
 
@@ -489,8 +500,12 @@ def make_cases(args: argparse.Namespace,
             fused = [TimedPath(b, op, dist, rnd) for b in backends for op in args.ops
                      for dist in args.distributions for rnd in roundings
                      if not (is_slow(b, args.device) and k > args.reference_max_log2)
-                     and not (op == "perturbed" and rnd == "stochastic")]  # perturbed: nearest only
-            cases.append((dtype, k, [TimedPath(EAGER), TimedPath(MEZO), TimedPath(ADD)] + fused))
+                     and not (op != "perturb_" and rnd == "stochastic")  # perturbed: nearest only
+                     and not (op == NARROW and dtype != torch.float32)]  # narrow: from float32
+            base = [TimedPath(EAGER), TimedPath(MEZO), TimedPath(ADD)]
+            if dtype == torch.float32 and NARROW in args.ops:
+                base.append(TimedPath(CAST))
+            cases.append((dtype, k, base + fused))
     return cases
 
 
