@@ -612,3 +612,13 @@ def test_bf16_mixed_trains_float32_weights(tiny_model, tmp_path, capsys, method)
     assert all(t.dtype == torch.float32 for t in weights.values())
     losses = _step_losses(out)
     assert len(losses) == 3 and len(set(losses)) > 1
+
+
+@pytest.mark.parametrize("dtype, method, extra, mode", [
+    ("bf16-mixed", "mezo", [], "functional"), ("bf16-mixed", "mezo", ["--mode", "inplace"], "inplace"),
+    ("fp32", "mezo", [], "inplace"), ("bf16-mixed", "agzo", [], "inplace"), ("bf16", "mezo", [], "functional")])
+def test_mode_left_unset_is_functional_for_mezo_under_bf16_mixed(tiny_model, tmp_path, capsys, dtype,
+                                                                 method, extra, mode):
+    assert finetune.main(cli(tiny_model, tmp_path / "run", "--dtype", dtype, "--steps", "1", "--lr", "1e-3",
+                             "--method", method, "--no-plot", *extra)) == 0
+    assert f", {mode} mode" in capsys.readouterr().out

@@ -94,6 +94,11 @@ METHOD_OPTIONS = ("rank", "window", "probes", "mode", "delta", "svd_iters", "sca
                   "num_probes", "top_frac", "sigma", "lr_mu", "weight_decay",
                   "refresh", "oversample", "others", "sigma_power", "rounding", "distribution")
 DTYPES = dtypes.DTYPES
+# --mode left unset under bf16-mixed: functional views copy the linear weights straight into bf16
+# (pgap.views), which makes MeZO's step the cheapest there (in place: three float32 passes plus
+# autocast's cast of every weight per forward; docs/results.md, "Functional copies in the autocast
+# dtype"). The other methods keep mode="auto" (in place for float32 weights): not measured faster.
+FUNCTIONAL_WHEN_MIXED = ("mezo",)
 DECAY_RULES = {"pgap": pgap_decay_rule, "mezo": mezo_decay_rule}
 
 
@@ -130,7 +135,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--probes", type=int)
     g.add_argument("--mode", choices=["auto", "inplace", "functional"],
                    help="functional: the weights never hold ±eps*z (default auto: functional for "
-                        "bf16/fp16 weights)")
+                        "bf16/fp16 weights, and for MeZO under bf16-mixed)")
     g.add_argument("--paired-forward", action="store_true",
                    help="both points of each step in one forward over the batch stacked twice "
                         "(MeZO family and AGZO in functional mode; docs/optimizers.md)")
@@ -291,6 +296,9 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
     if args.method == "pgap":
         options["total_steps"] = args.steps
     options["decay_filter"] = DECAY_RULES[args.decay_rule]
+    if options["mode"] is None and args.method in FUNCTIONAL_WHEN_MIXED and not args.fsdp \
+            and dtypes.COMPUTE.get(precision) is not None:
+        options["mode"] = "functional"
     try:
         opt = build_optimizer(args.method, model, lr=args.lr, eps=args.eps, seed=args.seed,
                               backend=args.backend, **options)
@@ -313,6 +321,7 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
         f"{len(task.test)}), {n_params / 1e6:.1f} M parameters{tuned}, lr {args.lr}, eps {args.eps}, "
         f"batch {args.batch_size}, {args.steps} steps" +
         (f", {opt.distribution} directions" if isinstance(getattr(opt, "distribution", None), str) else "") +
+        (f", {opt.mode} mode" if isinstance(getattr(opt, "mode", None), str) else "") +
         (f", {ranks.world} ranks" if ranks.world > 1 else "") +
         (f", resuming at step {resume_step}" if resume_step is not None else ""))
     zero_shot = None
