@@ -195,3 +195,23 @@ def test_paired_losses_under_autocast_match_the_unpaired_points():
         opt.close()
     for key in ("loss_plus", "loss_minus"):
         assert runs[True][key] == pytest.approx(runs[False][key], abs=2e-3), key
+
+
+def test_lora_adapters_are_narrowed_and_give_the_steps_autocast_gives():
+    """PEFT LoRA adapters (lora_A / lora_B are plain nn.Linear; PEFT casts their input to
+    lora_A's dtype): narrow copies give the step the float32-copy one gives, bit for bit."""
+    pytest.importorskip("peft")
+    from pgap.finetune.lora import apply_lora
+
+    def lora_llama(seed):
+        model, _ = tiny_llama(seed)
+        model = apply_lora(model, r=2, targets=("q_proj", "v_proj"), seed=seed)
+        ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(seed + 1))
+        return model, lambda: model(input_ids=ids, labels=ids).loss
+
+    runs = {narrow: _train("mezo", {}, torch.bfloat16, narrow, steps=3, problem=lora_llama)
+            for narrow in (True, False)}
+    (w_n, g_n, seen_n, _), (w_w, g_w, seen_w, _) = runs[True], runs[False]
+    assert all(g != 0 for g in g_n) and g_n == g_w
+    assert all(torch.equal(a, b) for a, b in zip(w_n, w_w))
+    assert torch.bfloat16 in seen_n and torch.bfloat16 not in seen_w
