@@ -25,6 +25,8 @@ def test_triton_kernels_compile_for_nvidia_and_vectorize():
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     by_kernel = {name: [r for r in rows if r["kernel"] == name]
                  for name in ("perturb", "lowrank", "sketch", "subspace")}
+    narrow = [r for r in by_kernel["perturb"] if r["src_dtype"] != r["dtype"]]
+    by_kernel["perturb"] = [r for r in by_kernel["perturb"] if r["src_dtype"] == r["dtype"]]
     roundings = 5  # float32, and bfloat16/float16 each rounded to nearest or stochastically
     # Gaussian: mean x overwrite x aligned; Rademacher: 2 of the mean x overwrite pairs x aligned
     assert len(by_kernel["perturb"]) == 2 * roundings * (2 * 2 * 2 + 2 * 2)
@@ -39,6 +41,12 @@ def test_triton_kernels_compile_for_nvidia_and_vectorize():
             assert f"st.global.{width}.b32" in ops, r
             if not r["overwrite"]:
                 assert f"ld.global.{width}.b32" in ops, r
+    # float32 into bf16/fp16 (functional views under autocast): arch x out dtype x mean x aligned
+    # x stream; aligned, each Philox block one 16-byte load of the source, one 8-byte store
+    assert len(narrow) == 2 * 2 * 2 * 2 * 2
+    for r in narrow:
+        if r["aligned"]:
+            assert "ld.global.v4.b32" in r["memory_ops"] and "st.global.v2.b32" in r["memory_ops"], r
     for r in by_kernel["lowrank"] + by_kernel["sketch"] + by_kernel["subspace"]:
         # float32 dots with input_precision="ieee" run on FMA units: no TF32 tensor-core mma;
         # no atomics, so the results are deterministic.

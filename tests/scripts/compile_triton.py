@@ -67,13 +67,27 @@ def perturb_cases(archs):
             yield arch, dtype, stochastic, has_mean, overwrite, aligned, rademacher
 
 
+def narrow_cases(archs):
+    """(arch, dtype, has_mean, aligned, rademacher): perturbed from float32 into a 16-bit out
+    (functional views under autocast): decay 1, rounded to nearest."""
+    return itertools.product(archs, ("bfloat16", "float16"), (False, True), (False, True), (False, True))
+
+
 def main(archs):
     for arch, dtype, stochastic, has_mean, overwrite, aligned, rademacher in perturb_cases(archs):
-        constexprs = {"DTYPE": getattr(tl, dtype), "HAS_MEAN": has_mean, "OVERWRITE": overwrite,
-                      "STOCHASTIC": stochastic, "BLOCKS": BLOCKS, "SEARCH_STEPS": 3,
+        constexprs = {"DTYPE": getattr(tl, dtype), "SRC_DTYPE": getattr(tl, dtype), "HAS_MEAN": has_mean,
+                      "OVERWRITE": overwrite, "STOCHASTIC": stochastic, "BLOCKS": BLOCKS,
+                      "SEARCH_STEPS": 3, "ALIGNED": aligned, "RADEMACHER": rademacher}
+        emit({"kernel": "perturb", "arch": arch, "dtype": dtype, "src_dtype": dtype,
+              "stochastic": stochastic, "has_mean": has_mean, "overwrite": overwrite,
+              "aligned": aligned, "rademacher": rademacher,
+              **compile_one(_perturb_kernel, arch, constexprs)})
+    for arch, dtype, has_mean, aligned, rademacher in narrow_cases(archs):
+        constexprs = {"DTYPE": getattr(tl, dtype), "SRC_DTYPE": tl.float32, "HAS_MEAN": has_mean,
+                      "OVERWRITE": False, "STOCHASTIC": False, "BLOCKS": BLOCKS, "SEARCH_STEPS": 3,
                       "ALIGNED": aligned, "RADEMACHER": rademacher}
-        emit({"kernel": "perturb", "arch": arch, "dtype": dtype, "stochastic": stochastic,
-              "has_mean": has_mean, "overwrite": overwrite, "aligned": aligned,
+        emit({"kernel": "perturb", "arch": arch, "dtype": dtype, "src_dtype": "float32",
+              "stochastic": False, "has_mean": has_mean, "overwrite": False, "aligned": aligned,
               "rademacher": rademacher, **compile_one(_perturb_kernel, arch, constexprs)})
     block_m, block_n, block_k, warps = lowrank.block_sizes()
     for arch, (dtype, stochastic), overwrite, aligned in itertools.product(
