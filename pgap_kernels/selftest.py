@@ -7,7 +7,8 @@ The first time a backend is about to run on a device (chosen automatically, or f
   triples, the c0→c1 carry and a 10¹² offset included, within the contract's 1e-5·(1 + |ξ|);
 * a small parity check against ``reference`` of every op the library provides: ``perturb_``
   (several tensors of odd sizes, two seeds, decay, a mean term), ``perturbed`` (its source
-  unchanged), ``lowrank_perturb_``, the
+  unchanged; and into outs of another dtype, as functional views copy under autocast),
+  ``lowrank_perturb_``, the
   Gaussian sketches (plain and transposed) and ``subspace_perturb_`` (two matrices, one a row
   shard), in float32 and bfloat16, a few hundred elements each;
 * stochastic rounding of ``perturb_``, ``lowrank_perturb_`` and ``subspace_perturb_`` into
@@ -238,6 +239,32 @@ def _compare_perturbed(actual: Tuple[torch.Tensor, torch.Tensor],
     assert_perturb_close(actual[0], expected[0], PERTURB_COEFFS + [0.5])
 
 
+# the copies of functional views under autocast: sources of one dtype, outs of another
+PERTURBED_CAST = ((((5, 27), torch.float32, torch.bfloat16), ((130,), torch.float32, torch.float16),
+                   ((3, 50), torch.bfloat16, torch.float32)))
+
+
+def _perturbed_cast(backend: str, device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """Out-of-place passes into another dtype (float32 into bf16 and fp16, bf16 into float32),
+    2 seeds, a mean term, across the c0 -> c1 carry; returns the results, then the sources."""
+    xs = [_values(shape, src, device, 60 + p) for p, (shape, src, _) in enumerate(PERTURBED_CAST)]
+    means = [_values(shape, src, device, 65 + p) for p, (shape, src, _) in enumerate(PERTURBED_CAST)]
+    outs = [torch.empty(shape, dtype=out, device=device) for shape, _, out in PERTURBED_CAST]
+    args = PerturbArgs(outs, means, list(PERTURB_SEEDS), list(PERTURB_COEFFS), [0xFFFFFFFF, 4, 9],
+                       [(1 << 32) * 4 - 60, 3, 128], 1.0, 0.5, sources=xs)
+    backends.call(backend, backends.PERTURB, device, args)
+    return tuple(outs + xs)
+
+
+def _compare_perturbed_cast(actual: Tuple[torch.Tensor, ...], expected: Tuple[torch.Tensor, ...]) -> None:
+    n = len(PERTURBED_CAST)
+    for a, e in zip(actual[n:], expected[n:]):
+        if not torch.equal(a.cpu(), e.cpu()):
+            raise AssertionError("perturbed wrote its source tensor")
+    for a, e in zip(actual[:n], expected[:n]):
+        assert_perturb_close(a, e, PERTURB_COEFFS + [0.5])
+
+
 LOWRANK = (37, 29, 3, 2)  # m, n, r, s
 
 
@@ -420,6 +447,9 @@ CASES += [Case("perturb_", "fp32 and bf16 in one call, sizes 1, 3x5, 257, 129, 2
                "mean term", _perturb, _compare_perturb, _perturb)]
 CASES += [Case("perturbed", "bf16 5x27 from a source that stays unchanged, 2 seeds, mean term, "
                "across the 2^32-block carry", _perturbed, _compare_perturbed, _perturbed)]
+CASES += [Case("perturbed", "into another dtype: fp32 5x27 into bf16, fp32 130 into fp16, bf16 3x50 "
+               "into fp32, 2 seeds, mean term", _perturbed_cast, _compare_perturbed_cast,
+               _perturbed_cast)]
 CASES += [Case("lowrank_perturb_", f"{_NAMES[d]} W {LOWRANK[0]}x{LOWRANK[1]}, r {LOWRANK[2]}, "
                f"s {LOWRANK[3]}", _lowrank(d), _compare_lowrank, _lowrank(d)) for d in DTYPES]
 CASES += [Case("gaussian_sketch", f"{SKETCH[0]}x{SKETCH[1]}, q {SKETCH[2]}, plain and transposed",
