@@ -33,13 +33,14 @@ unshard/reshard, so they copy the unsharded parameter (stream index 0 on: the sh
 global indices); a mean term (LDSD) on sharded parameters is not supported.
 
 Copies in the autocast dtype. When a unit's forward starts inside ``torch.autocast`` (bf16 or
-fp16; pgap-finetune's ``bf16-mixed``), the float32 weights and biases of plain ``nn.Linear``
-modules are copied straight into that dtype
-(``perturbed_many`` with a narrower ``out``): the bits autocast would cast their float32 copy
-to, so every forward gives the same numbers, while each copy writes half the bytes and autocast
-has nothing left to cast. Everything else (norms, embeddings) is copied in its own dtype, as
-autocast leaves it; a tied embedding / ``lm_head`` gets both copies, float32 for the embedding's
-forward and narrow for ``lm_head``'s (not in paired forwards). ``narrow=False`` turns this off.
+fp16; pgap-finetune's ``bf16-mixed``), the float32 weights and biases that only plain
+``nn.Linear`` modules of the unit read are copied straight into that dtype (``perturbed_many``
+with a narrower ``out``): the bits autocast would cast their float32 copy to, so every forward
+gives the same numbers, while each copy writes half the bytes and autocast has nothing left to
+cast. Everything else (norms, embeddings) is copied in its own dtype, as autocast leaves it; a
+tied embedding / ``lm_head`` gets both copies, float32 for the embedding's forward and narrow for
+``lm_head``'s (not in paired forwards). ``narrow=False`` turns this off: for a model that also
+reads such a weight with an op autocast leaves in float32 (it would see the bf16 values).
 """
 from __future__ import annotations
 
