@@ -99,8 +99,9 @@ PGAP_SMALL = ["--rank", "2", "--window", "2", "--probes", "2", "--delta", "1", "
 AGZO_SMALL = ["--rank", "2", "--refresh", "2"]
 
 
-# A checkpoint does not touch the trajectory: float32 weights train in place (also under bf16-mixed,
-# --dtype auto on a CPU with native bf16); bf16 P-GAP/AGZO keep
+# A checkpoint does not touch the trajectory: float32 weights train in place (under bf16-mixed,
+# --dtype auto on a CPU with native bf16, MeZO trains functional: no state beyond the weights);
+# bf16 P-GAP/AGZO keep
 # pending updates in a side path, saved unmerged with the optimizer state (see the next test).
 @pytest.mark.parametrize("method, extra", [
     ("mezo", []), ("mezo", ["--dtype", "bf16-mixed"]), ("mezo", ["--dtype", "fp32"]),
