@@ -44,6 +44,25 @@ def test_bench_distributions_side_by_side(tmp_path):
     assert {r["distribution"] for r in rows if r["path"] == "add_"} == {"none"}
 
 
+def test_bench_narrow_copy_beside_the_cast_it_replaces(tmp_path):
+    """--ops perturbed-bf16: float32 cases get the narrow copy (into a bf16 out) and the cast
+    yardstick; 16-bit cases get neither."""
+    import csv as csvlib
+
+    csv = tmp_path / "perturb.csv"
+    out = subprocess.run(
+        [*BENCH, "--device", "cpu", "--min-log2", "10", "--max-log2", "10", "--dtypes", "fp32,bf16",
+         "--backends", "native", "--distributions", "rademacher", "--ops", "perturbed,perturbed-bf16",
+         "--repeats", "1", "--warmup", "0", "--csv", str(csv), "--no-plot"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "perturbed-bf16 [native] rademacher" in out.stdout and "autocast's bf16 cast" in out.stdout
+    rows = list(csvlib.DictReader(csv.open()))
+    assert {(r["dtype"], r["op"]) for r in rows if r["path"] == "native"} == {
+        ("float32", "perturbed"), ("float32", "perturbed-bf16"), ("bfloat16", "perturbed")}
+    assert {r["dtype"] for r in rows if r["path"] == "cast"} == {"float32"}
+
+
 LOWRANK = bench_command("kernels.lowrank")
 
 
