@@ -30,6 +30,15 @@ DType to_dtype(int code) {
   return static_cast<DType>(code);
 }
 
+// The sources' dtype of a perturbation group: dtype itself (src_code -1), or another one for an
+// out-of-place copy, which is rounded to nearest.
+DType to_src_dtype(DType dtype, int src_code, bool stochastic) {
+  const DType src = src_code < 0 ? dtype : to_dtype(src_code);
+  if (src != dtype && stochastic)
+    throw std::invalid_argument("a copy into another dtype is rounded to nearest; stochastic rounding refused");
+  return src;
+}
+
 Distribution to_distribution(int code) {
   if (code < 0 || code > 1)
     throw std::invalid_argument("distribution code must be 0 (gaussian) or 1 (rademacher)");
@@ -50,9 +59,7 @@ void host_perturb(int dtype, const std::vector<uintptr_t>& data, const std::vect
     throw std::invalid_argument("minus copies are rounded to nearest; stochastic rounding refused");
   if (seeds.size() != coeffs.size()) throw std::invalid_argument("seeds and coeffs differ in length");
   const DType dt = to_dtype(dtype);
-  const DType src_dt = src_dtype < 0 ? dt : to_dtype(src_dtype);
-  if (src_dt != dt && stochastic)
-    throw std::invalid_argument("a copy into another dtype is rounded to nearest; stochastic rounding refused");
+  const DType src_dt = to_src_dtype(dt, src_dtype, stochastic);
   if (src_dt != dt)
     for (size_t p = 0; p < n; ++p)
       if (src[p] == data[p]) throw std::invalid_argument("in place needs src_dtype == dtype");
@@ -232,9 +239,7 @@ PYBIND11_MODULE(_C, m) {
          bool stochastic, uint64_t rounding_seed, int distribution, int device, uintptr_t stream,
          int src_dtype) {
         const DType dt = to_dtype(dtype);
-        const DType src_dt = src_dtype < 0 ? dt : to_dtype(src_dtype);
-        if (src_dt != dt && stochastic)
-          throw std::invalid_argument("a copy into another dtype is rounded to nearest; stochastic rounding refused");
+        const DType src_dt = to_src_dtype(dt, src_dtype, stochastic);
         const Distribution dist = to_distribution(distribution);
         py::gil_scoped_release release;
         cuda::perturb(dt, src_dt, reinterpret_cast<const cuda::TensorMeta*>(meta), n_tensors, total_chunks,

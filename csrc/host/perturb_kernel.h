@@ -68,12 +68,12 @@ static inline VF combine_vector(const S* s, const S* m, const float* acc, int64_
 #endif
 
 // apply_chunk rounded to nearest. AVX2/AVX-512, float16 and bfloat16 (as D or Src): vectors of
-// kVW elements converted by vload_w/vstore_w, then the scalar rest. float16: F16C vcvtph2ps/vcvtps2ph, round
-// to nearest even, the bits of F16::load and F16::store (which GCC compiles there to the same
-// instructions one element at a time, but does not vectorize). bfloat16: bf16_nearest_bits, the
-// bits of BF16::store (NaN kept quiet), 3-4 % faster than GCC's vectorization of the scalar
-// loop (docs/results.md). float32 to float32 (its scalar loop vectorizes) and the generic build
-// take apply_chunk.
+// kVW elements converted by vload_w/vstore_w, then the scalar rest. float16: F16C
+// vcvtph2ps/vcvtps2ph, round to nearest even, the bits of F16::load and F16::store (which GCC
+// compiles there to the same instructions one element at a time, but does not vectorize).
+// bfloat16: bf16_nearest_bits, the bits of BF16::store (NaN kept quiet), 3-4 % faster than GCC's
+// vectorization of the scalar loop (docs/results.md). float32 to float32 (its scalar loop
+// vectorizes) and the generic build take apply_chunk.
 template <class D, class Src, bool kHasMean, bool kOverwrite>
 static void apply_chunk_nearest(typename D::Storage* t, const typename Src::Storage* s,
                                 const typename Src::Storage* m, const float* acc, int64_t n,

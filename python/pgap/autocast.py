@@ -21,9 +21,14 @@ Region = Tuple[str, torch.dtype]  # device type, autocast dtype
 F = TypeVar("F", bound=Callable)
 
 
+def active_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype of the autocast region enabled now for ``device_type``, or None."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
 def open_regions(device_types: Iterable[str]) -> List[Region]:
     """The autocast regions enabled now for ``device_types`` (distinct device type names)."""
-    return [(t, torch.get_autocast_dtype(t)) for t in device_types if torch.is_autocast_enabled(t)]
+    return [(t, d) for t in device_types for d in [active_dtype(t)] if d is not None]
 
 
 def per_forward(fn: Optional[F], regions: List[Region]) -> Optional[F]:

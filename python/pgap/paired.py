@@ -22,6 +22,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
+from .autocast import active_dtype
+
 PairLosses = Any  # a tensor of two losses, a pair of scalars, or (either, weight)
 PairClosure = Callable[[], PairLosses]
 
@@ -150,8 +152,7 @@ class HalfRunner:
         the second with the θ − d copies. Under no_grad only (``out=``). Inside an autocast
         region (a low-precision dtype for x's device) the operands are cast to its dtype first, as
         autocast casts ``F.linear``'s (``mm(out=)`` itself is not autocast)."""
-        device = x.device.type
-        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        compute = active_dtype(x.device.type)
         cast = (lambda t: t) if compute is None else (lambda t: t.to(compute))  # noqa: E731
         flat = cast(x.reshape(-1, x.shape[-1]))
         half = flat.shape[0] // 2

@@ -51,6 +51,7 @@ from torch import nn
 
 import pgap_kernels
 
+from .autocast import active_dtype
 from .mechanism import Mechanism
 from .paired import HalfRunner, mirror_
 from .params import Trainable, is_dtensor
@@ -396,15 +397,16 @@ class PerturbedViews:
         unit read (``linear_here``), inside an autocast region of its device, with :attr:`narrow`
         (not a tied parameter in a paired forward, whose − copies are one per name); else the
         parameter's own."""
+        computes: Dict[str, Optional[torch.dtype]] = {}  # device type -> the autocast dtype now
         dtypes = []
         for x, t in params:
             dtype = x.dtype
             if self.narrow and t.name in linear_here and x.dtype == torch.float32 \
-                    and not (self.paired and t.name in self._shared) \
-                    and torch.is_autocast_enabled(x.device.type):
-                compute = torch.get_autocast_dtype(x.device.type)
-                if compute in (torch.bfloat16, torch.float16):
-                    dtype = compute
+                    and not (self.paired and t.name in self._shared):
+                if x.device.type not in computes:
+                    computes[x.device.type] = active_dtype(x.device.type)
+                if computes[x.device.type] in (torch.bfloat16, torch.float16):
+                    dtype = computes[x.device.type]
             dtypes.append(dtype)
         return dtypes
 

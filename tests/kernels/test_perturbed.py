@@ -33,6 +33,14 @@ def in_place(backend, tensor, seeds, coeffs, *, key=0, offset=0, mean=None, mean
     return t
 
 
+def call_cases(mean):
+    """``perturbed`` keyword sets: one seed; three seeds at key 2**32-1 across the c0 carry; two
+    seeds with ``mean`` and a negative mean_coeff."""
+    return [dict(seeds=7, coeffs=1e-3),
+            dict(seeds=SEEDS, coeffs=COEFFS, key=0xFFFFFFFF, offset=CARRY),
+            dict(seeds=SEEDS[:2], coeffs=COEFFS[:2], key=3, offset=5, mean=mean, mean_coeff=-0.25)]
+
+
 @pytest.fixture(params=backend_cases(include_reference=True))
 def device_backend(request):
     device, backend = request.param
@@ -47,10 +55,7 @@ def test_equals_clone_and_perturb_(device_backend, dtype, size):
     x = values(size, dtype, device)
     mean = values(size, dtype, device, seed=1)
     before = x.clone()
-    cases = [dict(seeds=7, coeffs=1e-3),
-             dict(seeds=SEEDS, coeffs=COEFFS, key=0xFFFFFFFF, offset=CARRY),
-             dict(seeds=SEEDS[:2], coeffs=COEFFS[:2], key=3, offset=5, mean=mean, mean_coeff=-0.25)]
-    for case in cases:
+    for case in call_cases(mean):
         seeds, coeffs = case.pop("seeds"), case.pop("coeffs")
         with pk.use_backend(backend):
             y = pk.perturbed(x, seeds, coeffs, **case)

@@ -12,7 +12,7 @@ import torch
 import pgap_kernels as pk
 
 from conftest import is_triton_interpreter, on_every_host_isa
-from test_perturbed import CARRY, COEFFS, SEEDS, bits, device_backend, values  # noqa: F401
+from test_perturbed import CARRY, COEFFS, SEEDS, bits, call_cases, device_backend, values  # noqa: F401
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 PAIRS = [(s, o) for s, o in itertools.product(DTYPES, DTYPES) if s != o]
@@ -38,10 +38,7 @@ def test_perturbed_into_another_dtype(device_backend, src_dtype, out_dtype, dist
         x = values(size, src_dtype, device)
         mean = values(size, src_dtype, device, seed=1)
         before = x.clone()
-        cases = [dict(seeds=7, coeffs=1e-3),
-                 dict(seeds=SEEDS, coeffs=COEFFS, key=0xFFFFFFFF, offset=CARRY),
-                 dict(seeds=SEEDS[:2], coeffs=COEFFS[:2], key=3, offset=5, mean=mean, mean_coeff=-0.25)]
-        for case in cases:
+        for case in call_cases(mean):
             m = case.pop("mean", None)
             out = torch.full((size,), float("nan"), dtype=out_dtype, device=device)
             with pk.use_backend(backend):
