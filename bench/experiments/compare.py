@@ -20,6 +20,8 @@ Protocol v2 (the default; bench/results/compare_v2.csv, docs/finetune.md "Protoc
 - resumable: a run whose checkpoints are all in the CSV is skipped; a run killed part-way is
   restarted from step 0 (its trajectory is a function of the seed), and the checkpoints it
   already wrote are neither evaluated nor written again;
+- an option ``paired=1`` in a grid item is the run's, not the optimizer's: both points of each
+  step in one forward (pgap-finetune's ``--paired-forward``; the method must support pairs);
 - ``--grid METHOD=best`` takes the lr the sweep chose (best mean dev accuracy at the sweep's
   budget over the seeds every lr ran; a tie goes to the smaller lr);
 - ``--report``: per method and checkpoint the mean test accuracy ± the 95 % CI half-width over
@@ -167,13 +169,18 @@ def run_one(model, initial: Dict[str, torch.Tensor], clf: PromptClassifier, task
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(initial[name])
-    opt = build_optimizer(method, model, lr=lr, eps=args.eps, seed=seed, **parse_options(options))
+    kwargs = parse_options(options)
+    paired = bool(kwargs.pop("paired", 0))  # the training loop's option (pgap.paired), not the optimizer's
+    opt = build_optimizer(method, model, lr=lr, eps=args.eps, seed=seed, **kwargs)
+    if paired and not opt.supports_pairs:
+        raise SystemExit(f"bench/experiments/compare.py: error: {method} with options {options!r} "
+                         "does not take paired forwards (paired=1)")
     base = dict(protocol="v2", phase=args.phase, git_rev=args.rev, method=method, options=options,
                 lr=lr, eps=args.eps, seed=seed, dtype=args.dtype, batch=args.batch_size)
     single = Ranks()
     peak = PeakMemory(next(model.parameters()).device)
     steps = training_steps(opt, model, clf, task.train, args.batch_size, seed, single, peak,
-                           catch_nonfinite=True)
+                           catch_nonfinite=True, paired=paired)
     curve: List[dict] = []  # this segment's per-step losses (written with the checkpoint's row)
     losses: List[float] = []
     todo = list(args.checkpoints)
