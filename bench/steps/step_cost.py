@@ -9,7 +9,7 @@ at the last prompt position only), in one run, side by side:
 * one step of each method (MeZO with Gaussian and with Rademacher directions, pgap-finetune's
   default since this file's rows say "mezo-rademacher"; AGZO, P-GAP in the activation
   subspace at pgap-finetune's defaults, LDSD, MeZO-GV), ``mode="inplace"`` and
-  ``mode="functional"``, for every ``--dtypes``; and MeZO and AGZO with paired forwards (both points in
+  ``mode="functional"``, for every ``--dtypes``; and MeZO, AGZO and P-GAP with paired forwards (both points in
   one forward over the batch stacked twice, ``pgap-finetune --paired-forward``), functional only;
   for ``bf16-mixed`` also ``functional-wide``: the functional mode with its copies kept float32
   and cast by autocast (``views.narrow = False``), the mode before copies in the autocast dtype.
@@ -55,7 +55,7 @@ from pgap.methods import build_optimizer
 from pgap.params import collect_trainable, resolve_mode
 
 METHODS = ("mezo-gaussian", "mezo-rademacher", "mezo-paired-gaussian", "mezo-paired-rademacher", "agzo",
-           "agzo-paired", "pgap", "ldsd", "mezo-gv")
+           "agzo-paired", "pgap", "pgap-paired", "ldsd", "mezo-gv")
 # variants of a method: (the method, options beyond pgap-finetune's defaults). MeZO's rows name
 # their directions (pgap-finetune's MeZO takes Rademacher ones since rev 7fd97ce+; rows before it
 # named "mezo" and "mezo-paired" are Gaussian)
@@ -63,10 +63,11 @@ VARIANTS = {"mezo-gaussian": ("mezo", {"distribution": "gaussian"}),
             "mezo-rademacher": ("mezo", {"distribution": "rademacher"}),
             "mezo-paired-gaussian": ("mezo", {"distribution": "gaussian"}),
             "mezo-paired-rademacher": ("mezo", {"distribution": "rademacher"}),
-            "agzo-paired": ("agzo", {})}
+            "agzo-paired": ("agzo", {}),
+            "pgap-paired": ("pgap", {})}
 # variants whose steps take PromptClassifier.pair_loss as the pair closure (functional mode only;
 # pgap.paired, pair_copies at its default "auto": mirrored float32, drawn bf16)
-PAIRED = ("mezo-paired-gaussian", "mezo-paired-rademacher", "agzo-paired")
+PAIRED = ("mezo-paired-gaussian", "mezo-paired-rademacher", "agzo-paired", "pgap-paired")
 MODES = ("inplace", "functional")
 WIDE = "functional-wide"  # bf16-mixed: functional with float32 copies that autocast casts
 TARGETS = {("mezo-rademacher", "bf16", "default"): 2.4, ("mezo-gaussian", "bf16", "default"): 2.4,

@@ -189,7 +189,7 @@ class AGZO(LowRankZO):
         seed = self.step_seed()
         self._set_xi(seed)
         if self._pair is not None:
-            plus, minus = self._paired_two_point(seed, refresh)
+            plus, minus = self._paired_agzo(seed, refresh)
         else:
             plus, minus = self.two_point(closure, lambda c: self._apply(seed, c), self.eps,
                                          capture=lambda: self._capturing(refresh))
@@ -201,29 +201,17 @@ class AGZO(LowRankZO):
         self._diag = dict(self._refresh_diag, loss_plus=plus, loss_minus=minus, projected_grad=g)
         return 0.5 * (plus + minus)
 
-    @property
-    def supports_pairs(self) -> bool:  # type: ignore[override]
-        """Paired forwards (``step(closure, pair_closure=...)``) need functional mode with every
-        basis matrix on a side path (none written in place) and the views on blocks."""
-        return (self.mode == "functional" and len(self._sides) == len(self.bases)
-                and (self.views is None or self.views.unit == "block"))
+    def _all_on_side_paths(self) -> bool:
+        return len(self._sides) == len(self.bases)
 
-    def _paired_two_point(self, seed: int, refresh: bool) -> "tuple[float, float]":
-        """(L+, L−) from one forward of the pair closure over the doubled batch (pgap.paired): the
-        side paths add +ε·Ξ·Bᵀ on its first half and −ε·Ξ·Bᵀ on its second (x·B once over
-        both), the other parameters' views show ±ε·z likewise; a refresh sketches the first
-        half's activations, the +ε forward's. Leaves the side coefficient at +ε (the update
-        resets it); the weights are never written."""
-        self.side.coeff, self.side.paired = self.eps, True
-        if self.views is not None:
-            self.views.show([seed], [self.eps], only=self._perturbed_vectors(), paired=True)
+    def _paired_agzo(self, seed: int, refresh: bool) -> "tuple[float, float]":
+        """:meth:`_paired_two_point`; a refresh sketches the first half's activations, the +ε
+        forward's."""
         self.sketcher.first_half = True
         try:
-            plus, minus = self.evaluate_pair(self._pair, capture=self._capturing(refresh))
+            return self._paired_two_point(seed, capture=self._capturing(refresh))
         finally:
             self.sketcher.first_half = False
-            self.side.paired = False
-        return plus, minus
 
     # -- atomic steps ----------------------------------------------------------------------
     def _step_state(self) -> Dict[str, Any]:

@@ -135,7 +135,7 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
         return self.forwards / self.steps_done if self.steps_done else float("nan")
 
     # -- the step protocol -----------------------------------------------------------------
-    supports_pairs = False  # whether step() takes a pair_closure (functional MeZO family, AGZO)
+    supports_pairs = False  # whether step() takes a pair_closure (functional MeZO family and low-rank methods)
 
     def step(self, closure: Optional[Closure] = None,  # type: ignore[override]
              pair_closure: Optional[PairClosure] = None) -> float:
@@ -160,8 +160,8 @@ class ZOOptimizer(SeededPasses, GradientAlignment, torch.optim.Optimizer):
             if not self.supports_pairs:
                 raise ValueError(f"{type(self).__name__} (mode={getattr(self, 'mode', None)!r}) does "
                                  "not take a pair_closure: paired forwards need mode='functional' "
-                                 "with MeZO, MeZO-GV/Greedy, LDSD, or AGZO with every basis "
-                                 "matrix on a side path (docs/optimizers.md, 'Paired forwards')")
+                                 "with MeZO, MeZO-GV/Greedy, LDSD, or AGZO, P-GAP or SubZero with "
+                                 "every low-rank matrix on a side path (docs/optimizers.md, 'Paired forwards')")
         if self.reducer is not None and not self._ranks_checked:
             check_same_on_all_ranks(self.reducer.group, self._rank_fingerprint())
             self._ranks_checked = True

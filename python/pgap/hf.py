@@ -26,6 +26,7 @@ from transformers import Trainer  # noqa: E402
 
 from .base import ZOOptimizer  # noqa: E402
 from .methods import METHODS, build_optimizer, check_method, option_names  # noqa: E402
+from .paired import PAIRED_METHODS  # noqa: E402
 
 # Optimizer arguments that ZOTrainer sets from elsewhere, and where the user sets them.
 SET_ELSEWHERE = {"lr": "TrainingArguments(learning_rate=...)", "eps": "ZOTrainer(zo_eps=...)",
@@ -100,7 +101,7 @@ class ZOTrainer(Trainer):
     zo_backend : pgap_kernels backend ("native", "reference", "cuda", "triton") or None (the
         automatic choice per device)
     zo_paired_forward : bool, both points of each step in one forward over the batch stacked
-        twice (:mod:`pgap.paired`; MeZO family and AGZO in functional mode, which ZOTrainer then
+        twice (:mod:`pgap.paired`; MeZO family, AGZO, P-GAP and SubZero in functional mode, which ZOTrainer then
         picks unless ``zo_options`` set a mode). Each half's loss is the model's own
         ``loss_function`` (transformers' causal-LM / classification losses) on that half's
         logits and the batch's ``labels``, i.e. what ``compute_loss`` computes unpaired; a model
@@ -161,7 +162,7 @@ class ZOTrainer(Trainer):
 
     def _check_pairs(self, opt: ZOOptimizer) -> None:
         if self.zo_paired_forward and not getattr(opt, "supports_pairs", False):
-            raise ValueError(f"zo_paired_forward=True needs mezo, mezo-gv, mezo-greedy, ldsd or agzo in "
+            raise ValueError(f"zo_paired_forward=True needs {PAIRED_METHODS} in "
                              f"functional mode; got {type(opt).__name__} in mode "
                              f"{getattr(opt, 'mode', None)!r}")
         if self.zo_paired_forward and not callable(getattr(self.model, "loss_function", None)):

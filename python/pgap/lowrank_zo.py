@@ -3,9 +3,9 @@ moves by a low-rank direction, every other trainable (a "vector": biases, norm w
 without a subspace) by the stream Gaussian of the step's seed, in one two-point difference."""
 from __future__ import annotations
 
+import contextlib
 import math
-
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -110,6 +110,32 @@ class LowRankZO(ZOOptimizer):
         if self.side is not None:
             self.side.coeff += coeff
         self._move(self._perturbed_vectors(), [seed], [coeff])
+
+    # -- paired forwards (pgap.paired) -----------------------------------------------------
+    def _all_on_side_paths(self) -> bool:
+        """Whether every low-rank matrix moves through the side path (none written in place)."""
+        raise NotImplementedError
+
+    @property
+    def supports_pairs(self) -> bool:  # type: ignore[override]
+        """Paired forwards (``step(closure, pair_closure=...)``) need functional mode with every
+        matrix on a side path (none written in place) and the views on blocks."""
+        return (self.mode == "functional" and self._all_on_side_paths()
+                and (self.views is None or self.views.unit == "block"))
+
+    def _paired_two_point(self, seed: int,
+                          capture: Optional[contextlib.AbstractContextManager] = None) -> Tuple[float, float]:
+        """(L+, L−) from one forward of the pair closure over the doubled batch: the side paths
+        add +ε·P on its first half and −ε·P on its second (x·V once over both), the moving
+        vectors' views show ±ε·z likewise; ``capture`` as :meth:`evaluate_pair`'s. Leaves the
+        side coefficient at +ε (the update resets it); the weights are never written."""
+        self.side.coeff, self.side.paired = self.eps, True
+        if self.views is not None:
+            self.views.show([seed], [self.eps], only=self._perturbed_vectors(), paired=True)
+        try:
+            return self.evaluate_pair(self._pair, capture=capture)
+        finally:
+            self.side.paired = False
 
     def _update(self, seed: int, g: float) -> None:
         """From θ − ε·P to (1 − lr·wd)·θ − lr·g·P, matrices then vectors per weight-decay group

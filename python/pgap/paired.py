@@ -5,7 +5,7 @@ returns the two halves' losses. While a pair is shown (:meth:`pgap.views.Perturb
 with ``paired=True``), every module that owns a trainable runs its forward once per half: the
 first B rows with its θ + d copies, the last B rows with its θ − d copies (a plain ``nn.Linear``
 writes both into one output). The other modules (attention, activations, the loss, and the
-weight products of AGZO's side-path matrices, which are never copied) run once over 2B rows.
+weight products of the side-path matrices of AGZO, P-GAP and SubZero, which are never copied) run once over 2B rows.
 The − copies are drawn again (default) or mirrored from the + copies, 2θ − (θ + d)
 (:func:`mirror_`, no second draw; for bf16 weights a different estimate: docs/optimizers.md).
 
@@ -25,6 +25,8 @@ from torch import nn
 from .autocast import active_dtype
 
 PairLosses = Any  # a tensor of two losses, a pair of scalars, or (either, weight)
+# the methods (pgap.methods names) whose functional mode takes paired forwards, for messages
+PAIRED_METHODS = "mezo, mezo-gv, mezo-greedy, ldsd, agzo, pgap or subzero"
 PairClosure = Callable[[], PairLosses]
 
 

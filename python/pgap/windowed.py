@@ -69,6 +69,9 @@ class WindowedLowRankZO(LowRankZO):
         # views of every trainable: the probes show them all; the two-point pair the vectors
         self._attach_functional(model, self.matrices, self.trainables)
 
+    def _all_on_side_paths(self) -> bool:
+        return all(s.functional for s in self.matrices)
+
     # -- passes ----------------------------------------------------------------------------
     def _matrix_pass(self, decays: Optional[bool], seed: int, coeff: float, decay: float = 1.0,
                      rounding: Optional[Dict[str, Any]] = None) -> None:
@@ -102,7 +105,10 @@ class WindowedLowRankZO(LowRankZO):
         """The rest of a step once Z is set: the two-point pair along P, the update (no rollback
         from there), the diagnostics (the window's statistics, losses, g, ``diag``). Returns
         (L+ + L−)/2."""
-        plus, minus = self.two_point(closure, lambda c: self._apply(seed, c), self.eps)
+        if self._pair is not None:  # paired forwards: one forward over the doubled batch
+            plus, minus = self._paired_two_point(seed)
+        else:
+            plus, minus = self.two_point(closure, lambda c: self._apply(seed, c), self.eps)
         g = (plus - minus) / (2.0 * self.eps)
         with self.committing():
             self._update(seed, g)

@@ -551,17 +551,25 @@ def test_split_by_group_keeps_groups_and_texts_in_one_split():
 
 def test_paired_forward_runs_and_refuses_what_it_cannot_pair(tiny_model, tmp_path, capsys):
     """--paired-forward: MeZO in bf16 (functional) trains with both points in one forward (two
-    forwards counted per step); in-place float32 and AGZO refuse it before training."""
+    forwards counted per step), so does P-GAP in functional mode; in-place float32 MeZO and
+    P-GAP (in place by default for float32 weights) refuse it before training."""
     out = tmp_path / "paired"
     assert finetune.main(cli(tiny_model, out, "--method", "mezo", "--steps", "3", "--lr", "1e-3",
                              "--dtype", "bf16", "--paired-forward", "--no-plot")) == 0
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in steps if r["kind"] == "step"]
     assert [r["forwards"] for r in steps] == [2, 4, 6] and all(math.isfinite(r["loss"]) for r in steps)
-    for extra in (["--method", "mezo", "--dtype", "fp32", "--mode", "inplace"], ["--method", "pgap"]):
+    out = tmp_path / "paired-pgap"
+    assert finetune.main(cli(tiny_model, out, "--method", "pgap", "--steps", "2", "--dtype", "fp32",
+                             "--mode", "functional", "--paired-forward", "--no-plot")) == 0
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in steps if r["kind"] == "step")
+    for extra in (["--method", "mezo", "--dtype", "fp32", "--mode", "inplace"],
+                  ["--method", "pgap", "--dtype", "fp32"]):
         assert finetune.main(cli(tiny_model, tmp_path / "o", "--steps", "1", "--paired-forward",
                                  *extra)) == 2
-        assert "--paired-forward needs mezo, mezo-gv, mezo-greedy, ldsd or agzo" in capsys.readouterr().err
+        assert "--paired-forward needs mezo, mezo-gv, mezo-greedy, ldsd, agzo, pgap or subzero" \
+            in capsys.readouterr().err
 
 
 def test_bf16_mixed_forwards_compute_in_bf16_from_float32_weights(tiny_model):

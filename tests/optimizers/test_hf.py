@@ -229,7 +229,7 @@ def test_zotrainer_paired_forward_follows_the_unpaired_run(tmp_path, method, opt
 
 
 def test_zotrainer_paired_forward_refusals(tmp_path):
-    with pytest.raises(ValueError, match="zo_paired_forward=True needs mezo, mezo-gv, mezo-greedy, ldsd or agzo in "
+    with pytest.raises(ValueError, match="zo_paired_forward=True needs mezo, mezo-gv, mezo-greedy, ldsd, agzo, pgap or subzero in "
                                          "functional mode; got MeZO in mode 'inplace'"):
         make_trainer(tmp_path, "mezo", {"mode": "inplace"}, 1, zo={"zo_paired_forward": True})[0].train()
     with pytest.raises(TypeError, match="zo_paired_forward must be a bool"):

@@ -198,6 +198,30 @@ def test_agzo_functional_paired_follows_the_unpaired_run(dtype):
         torch.testing.assert_close(v.float(), w_ref[k].float(), rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("method, kw, forwards", [
+    (pgap.PGAP, dict(subspace="activation", probes=2, window=3), 2 * 2 * 2 + 2 * 5),
+    (pgap.PGAP, dict(subspace="probe", probes=2, window=3), 2 * 2 * 2 + 2 * 5),
+    (pgap.SubZero, dict(window=3), 2 * 5)])
+def test_windowed_functional_paired_follows_the_unpaired_run(dtype, method, kw, forwards):
+    """P-GAP and SubZero: the side paths take +ε·P on the first half and −ε·P on the second (x·V
+    once over both); the probes of each window (2 at steps 0 and 3 of 5) stay unpaired."""
+    model, closure, pair = _llama(dtype)
+    w0 = weights(model)
+    kw = dict(method=method, rank=2, **kw)
+    ref, _ = _run(model, closure, None, 5, **kw)
+    w_ref = weights(model)
+    _restore(model, w0)
+    got, opt = _run(model, closure, pair, 5, **kw)
+    assert opt.forwards == forwards
+    for a, b in zip(ref, got):
+        for key in ("loss_plus", "loss_minus"):
+            assert math.isclose(a[key], b[key], abs_tol=LOSS_TOL[dtype] * 2), key
+    atol = 1e-6 if dtype == torch.float32 else 2 ** -7
+    for k, v in weights(model).items():
+        torch.testing.assert_close(v.float(), w_ref[k].float(), rtol=0, atol=atol)
+
+
 def test_in_place_agzo_and_pgap_refuse_a_pair_closure():
     model, closure, pair = _llama(torch.float32)
     w0 = weights(model)

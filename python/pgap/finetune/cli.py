@@ -39,6 +39,7 @@ from .. import dtypes
 from .._deps import Need, extra_need, plot_or_warn, script_check
 from ..checkpoint import load_optimizer
 from ..methods import ALL_METHODS, METHODS, build_optimizer
+from ..paired import PAIRED_METHODS
 from ..params import mezo_decay_rule, pgap_decay_rule
 from .data import TaskData, load_rotten_tomatoes, load_text_label_file, task_needs
 from .lora import DEFAULT_TARGETS, apply_lora, load_lora
@@ -138,7 +139,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "bf16/fp16 weights, and for MeZO under bf16-mixed)")
     g.add_argument("--paired-forward", action="store_true",
                    help="both points of each step in one forward over the batch stacked twice "
-                        "(MeZO family and AGZO in functional mode; docs/optimizers.md)")
+                        "(MeZO family, AGZO, P-GAP and SubZero in functional mode; docs/optimizers.md)")
     g.add_argument("--rounding", choices=["stochastic", "nearest"],
                    help="how updates round into bf16/fp16 weights (default stochastic)")
     g.add_argument("--distribution", choices=["gaussian", "rademacher"],
@@ -306,7 +307,7 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
         say(f"pgap-finetune: error: {exc}", file=sys.stderr)
         return 2
     if args.paired_forward and not getattr(opt, "supports_pairs", False):
-        say(f"pgap-finetune: error: --paired-forward needs mezo, mezo-gv, mezo-greedy, ldsd or agzo "
+        say(f"pgap-finetune: error: --paired-forward needs {PAIRED_METHODS} "
             f"in functional mode (--mode functional, the default for bf16); got {args.method} in "
             f"mode {getattr(opt, 'mode', None)!r}", file=sys.stderr)
         return 2
