@@ -100,13 +100,16 @@ AGZO_SMALL = ["--rank", "2", "--refresh", "2"]
 
 
 # A checkpoint does not touch the trajectory: float32 weights train in place (under bf16-mixed,
-# --dtype auto on a CPU with native bf16, MeZO trains functional: no state beyond the weights);
+# --dtype auto on a CPU with native bf16, MeZO trains functional: no state beyond the weights;
+# AGZO and P-GAP keep their pending updates in side paths there);
 # bf16 P-GAP/AGZO keep
 # pending updates in a side path, saved unmerged with the optimizer state (see the next test).
 @pytest.mark.parametrize("method, extra", [
     ("mezo", []), ("mezo", ["--dtype", "bf16-mixed"]), ("mezo", ["--dtype", "fp32"]),
     ("pgap", ["--dtype", "fp32", *PGAP_SMALL]),
     ("agzo", ["--dtype", "fp32", *AGZO_SMALL]), ("mezo-gv", ["--distribution", "rademacher"]),
+    # under bf16-mixed AGZO and P-GAP train functional with paired forwards
+    ("pgap", ["--dtype", "bf16-mixed", *PGAP_SMALL]), ("agzo", ["--dtype", "bf16-mixed", *AGZO_SMALL]),
     # AdamW's moments, and with bf16 weights its float32 masters, are saved and restored
     ("backprop-adamw", []), ("backprop-adamw", ["--dtype", "bf16"]),
 ])
@@ -623,11 +626,24 @@ def test_bf16_mixed_trains_float32_weights(tiny_model, tmp_path, capsys, method)
     assert len(losses) == 3 and len(set(losses)) > 1
 
 
-@pytest.mark.parametrize("dtype, method, extra, mode", [
-    ("bf16-mixed", "mezo", [], "functional"), ("bf16-mixed", "mezo", ["--mode", "inplace"], "inplace"),
-    ("fp32", "mezo", [], "inplace"), ("bf16-mixed", "agzo", [], "inplace"), ("bf16", "mezo", [], "functional")])
-def test_mode_left_unset_is_functional_for_mezo_under_bf16_mixed(tiny_model, tmp_path, capsys, dtype,
-                                                                 method, extra, mode):
-    assert finetune.main(cli(tiny_model, tmp_path / "run", "--dtype", dtype, "--steps", "1", "--lr", "1e-3",
+@pytest.mark.parametrize("dtype, method, extra, mode, paired", [
+    ("bf16-mixed", "mezo", [], "functional", False), ("bf16-mixed", "mezo", ["--mode", "inplace"], "inplace", False),
+    ("fp32", "mezo", [], "inplace", False), ("bf16", "mezo", [], "functional", False),
+    ("bf16-mixed", "agzo", AGZO_SMALL, "functional", True),
+    ("bf16-mixed", "pgap", PGAP_SMALL, "functional", True),
+    ("bf16-mixed", "agzo", [*AGZO_SMALL, "--no-paired-forward"], "functional", False),
+    ("bf16-mixed", "agzo", [*AGZO_SMALL, "--weight-decay", "0.1"], "inplace", False),
+    ("bf16-mixed", "ldsd", ["--num-probes", "2"], "inplace", False),
+    ("fp32", "agzo", AGZO_SMALL, "inplace", False), ("bf16", "agzo", AGZO_SMALL, "functional", False)])
+def test_mode_and_pairing_left_unset_under_bf16_mixed(tiny_model, tmp_path, capsys, dtype, method, extra,
+                                                      mode, paired):
+    """--mode and --paired-forward left unset: MeZO, AGZO and P-GAP run functional under
+    bf16-mixed, AGZO and P-GAP with paired forwards (not with --weight-decay: their side paths
+    take none); elsewhere the optimizer's auto and unpaired."""
+    out = tmp_path / "run"
+    assert finetune.main(cli(tiny_model, out, "--dtype", dtype, "--steps", "2", "--lr", "1e-3",
                              "--method", method, "--no-plot", *extra)) == 0
-    assert f", {mode} mode" in capsys.readouterr().out
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"pgap-finetune: {method} on")][0]
+    assert f", {mode} mode" in line and (", paired forwards" in line) == paired, line
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in steps if r["kind"] == "step")

@@ -95,11 +95,17 @@ METHOD_OPTIONS = ("rank", "window", "probes", "mode", "delta", "svd_iters", "sca
                   "num_probes", "top_frac", "sigma", "lr_mu", "weight_decay",
                   "refresh", "oversample", "others", "sigma_power", "rounding", "distribution")
 DTYPES = dtypes.DTYPES
-# --mode left unset under bf16-mixed: functional views copy the linear weights straight into bf16
-# (pgap.views), which makes MeZO's step the cheapest there (in place: three float32 passes plus
-# autocast's cast of every weight per forward; docs/results.md, "Functional copies in the autocast
-# dtype"). The other methods keep mode="auto" (in place for float32 weights): not measured faster.
-FUNCTIONAL_WHEN_MIXED = ("mezo",)
+# --mode left unset under bf16-mixed (not with --fsdp): these methods run functional there. MeZO's
+# functional views copy the linear weights straight into bf16 (pgap.views), which makes its step
+# the cheapest there (in place: three float32 passes plus autocast's cast of every weight per
+# forward); AGZO and P-GAP keep their matrices on side paths, which lets them pair their two
+# forwards (PAIRED_WHEN_MIXED, unless --no-paired-forward): on an Intel Xeon, one thread, their
+# paired functional step took 0.67-0.84x their in-place one (docs/results.md, "Paired forwards for
+# P-GAP"). Side paths take no weight decay: with --weight-decay > 0 AGZO and P-GAP keep auto.
+# The other methods keep mode="auto" (in place for float32 weights): not measured faster.
+FUNCTIONAL_WHEN_MIXED = ("mezo", "agzo", "pgap")
+PAIRED_WHEN_MIXED = ("agzo", "pgap")
+SIDE_PATH_METHODS = ("agzo", "pgap")
 DECAY_RULES = {"pgap": pgap_decay_rule, "mezo": mezo_decay_rule}
 
 
@@ -136,10 +142,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--probes", type=int)
     g.add_argument("--mode", choices=["auto", "inplace", "functional"],
                    help="functional: the weights never hold ±eps*z (default auto: functional for "
-                        "bf16/fp16 weights, and for MeZO under bf16-mixed)")
-    g.add_argument("--paired-forward", action="store_true",
+                        "bf16/fp16 weights, and for MeZO, AGZO and P-GAP under bf16-mixed)")
+    g.add_argument("--paired-forward", action=argparse.BooleanOptionalAction, default=None,
                    help="both points of each step in one forward over the batch stacked twice "
-                        "(MeZO family, AGZO, P-GAP and SubZero in functional mode; docs/optimizers.md)")
+                        "(MeZO family, AGZO, P-GAP and SubZero in functional mode; default: on for "
+                        "agzo and pgap under bf16-mixed, off otherwise; docs/optimizers.md)")
     g.add_argument("--rounding", choices=["stochastic", "nearest"],
                    help="how updates round into bf16/fp16 weights (default stochastic)")
     g.add_argument("--distribution", choices=["gaussian", "rademacher"],
@@ -198,6 +205,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} does not apply to --method {args.method}")
     apply_defaults(args)
     return args
+
+
+def auto_mode(args: argparse.Namespace, mixed: bool) -> Optional[str]:
+    """The mode when --mode is not given: "functional" under bf16-mixed (``mixed``) for
+    :data:`FUNCTIONAL_WHEN_MIXED`, not with --fsdp nor, for the side-path methods, with
+    --weight-decay > 0; otherwise None (the optimizer's auto)."""
+    if not mixed or args.fsdp or args.method not in FUNCTIONAL_WHEN_MIXED:
+        return None
+    if args.method in SIDE_PATH_METHODS and (args.weight_decay or 0.0) > 0:
+        return None
+    return "functional"
 
 
 def load_task(args: argparse.Namespace) -> TaskData:
@@ -297,16 +315,19 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
     if args.method == "pgap":
         options["total_steps"] = args.steps
     options["decay_filter"] = DECAY_RULES[args.decay_rule]
-    if options["mode"] is None and args.method in FUNCTIONAL_WHEN_MIXED and not args.fsdp \
-            and dtypes.COMPUTE.get(precision) is not None:
-        options["mode"] = "functional"
+    mixed = dtypes.COMPUTE.get(precision) is not None
+    if options["mode"] is None:
+        options["mode"] = auto_mode(args, mixed)
     try:
         opt = build_optimizer(args.method, model, lr=args.lr, eps=args.eps, seed=args.seed,
                               backend=args.backend, **options)
     except ValueError as exc:
         say(f"pgap-finetune: error: {exc}", file=sys.stderr)
         return 2
-    if args.paired_forward and not getattr(opt, "supports_pairs", False):
+    paired = args.paired_forward
+    if paired is None:  # pgap-finetune's choice under bf16-mixed
+        paired = mixed and args.method in PAIRED_WHEN_MIXED and getattr(opt, "supports_pairs", False)
+    if paired and not getattr(opt, "supports_pairs", False):
         say(f"pgap-finetune: error: --paired-forward needs {PAIRED_METHODS} "
             f"in functional mode (--mode functional, the default for bf16); got {args.method} in "
             f"mode {getattr(opt, 'mode', None)!r}", file=sys.stderr)
@@ -323,6 +344,7 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
         f"batch {args.batch_size}, {args.steps} steps" +
         (f", {opt.distribution} directions" if isinstance(getattr(opt, "distribution", None), str) else "") +
         (f", {opt.mode} mode" if isinstance(getattr(opt, "mode", None), str) else "") +
+        (", paired forwards" if paired else "") +
         (f", {ranks.world} ranks" if ranks.world > 1 else "") +
         (f", resuming at step {resume_step}" if resume_step is not None else ""))
     zero_shot = None
@@ -334,7 +356,7 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
     start = resume_step or 0
     peak = PeakMemory(next(model.parameters()).device)
     steps = training_steps(opt, model, clf, task.train, args.batch_size, args.seed, ranks, peak,
-                           start=start, stop=args.steps, paired=args.paired_forward)
+                           start=start, stop=args.steps, paired=paired)
     bar = tqdm(steps, initial=start, total=args.steps, disable=args.no_progress or not ranks.main,
                desc=args.method, dynamic_ncols=True)
     dev_acc, t_train = float("nan"), 0.0
