@@ -53,7 +53,7 @@ def test_gpu_trajectory_matches_cpu(name, backend):
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-@pytest.mark.parametrize("method", ["mezo", "agzo"])
+@pytest.mark.parametrize("method", ["mezo", "agzo", "pgap"])
 def test_gpu_paired_step_follows_the_unpaired_one(method, backend):
     """Paired forwards on the GPU (pgap.paired): the tiny Llama in float32 (tied embedding), the
     − copies drawn, 3 steps: the unpaired trajectory within the devices' float tolerance; and a
@@ -76,7 +76,10 @@ def test_gpu_paired_step_follows_the_unpaired_one(method, backend):
 
         make = {"mezo": lambda: pgap.MeZO(model, lr=1e-3, eps=1e-2, seed=1, mode="functional", backend=backend),
                 "agzo": lambda: pgap.AGZO(model, lr=1e-3, eps=1e-2, seed=1, rank=2, refresh=2,
-                                          mode="functional", backend=backend)}[method]
+                                          mode="functional", backend=backend),
+                "pgap": lambda: pgap.PGAP(model, lr=1e-3, eps=1e-2, seed=1, rank=2, window=2, probes=2,
+                                          subspace="activation", mode="functional",
+                                          backend=backend)}[method]
         opt = make()
         if method == "mezo" and dtype == torch.float32:
             opt.pair_copies = "draw"
