@@ -36,7 +36,8 @@ from pgap.methods import build_optimizer
 
 METHODS = {"mezo-gaussian": ("mezo", {"distribution": "gaussian"}),
            "mezo-rademacher": ("mezo", {"distribution": "rademacher"}),
-           "agzo": ("agzo", {}), "pgap": ("pgap", {}), "mezo-gv": ("mezo-gv", {}), "ldsd": ("ldsd", {})}
+           "agzo": ("agzo", {}), "pgap": ("pgap", {}), "subzero": ("subzero", {}), "mezo-gv": ("mezo-gv", {}),
+           "ldsd": ("ldsd", {})}
 TARGETS = {("mezo-gaussian", "bf16"): 2.4, ("mezo-rademacher", "bf16"): 2.4, ("agzo", "bf16"): 2.3}
 FIELDS = ["model", "dtype", "batch", "method", "pair_copies", "warmup", "repeats", "forward_ms", "unpaired_ms",
           "paired_ms", "unpaired_in_forwards", "paired_in_forwards", "paired_over_unpaired", "inplace_ms",
