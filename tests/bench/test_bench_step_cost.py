@@ -27,14 +27,18 @@ def test_targets_judge_the_default_mode_and_in_place_rows():
     assert lines[2].startswith("PASS: [fp32] mezo-gaussian inplace step = 2.20")
 
 
-def test_bf16_mixed_targets_judge_functional_mezo_and_default_agzo():
+def test_bf16_mixed_targets_judge_pgap_finetunes_choices():
+    """bf16-mixed: MeZO functional and AGZO functional with paired forwards (pgap-finetune's
+    choices there), not the default-mode rows."""
     rows = [_row("mezo-rademacher", "bf16-mixed", "inplace", True, 9.0),
             _row("mezo-rademacher", "bf16-mixed", "functional", False, 2.3),
             _row("mezo-rademacher", "bf16-mixed", "functional-wide", False, 9.0),
-            _row("agzo", "bf16-mixed", "inplace", True, 2.4), _row("agzo", "bf16-mixed", "functional", False, 1.0)]
+            _row("agzo", "bf16-mixed", "inplace", True, 1.0), _row("agzo", "bf16-mixed", "functional", False, 1.0),
+            _row("agzo-paired", "bf16-mixed", "functional", False, 2.4),
+            _row("agzo-paired", "bf16-mixed", "functional-wide", False, 1.0)]
     assert bsc.target_lines(rows) == [
         "PASS: [bf16-mixed] mezo-rademacher functional step = 2.30 forwards (230 ms; target <= 2.4)",
-        "FAIL: [bf16-mixed] agzo inplace step = 2.40 forwards (240 ms; target <= 2.3)"]
+        "FAIL: [bf16-mixed] agzo-paired functional step = 2.40 forwards (240 ms; target <= 2.3)"]
 
 
 @pytest.mark.skipif(os.environ.get("PGAP_RUN_SLOW") != "1", reason="real model: set PGAP_RUN_SLOW=1")
