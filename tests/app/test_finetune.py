@@ -631,14 +631,15 @@ def test_bf16_mixed_trains_float32_weights(tiny_model, tmp_path, capsys, method)
     ("fp32", "mezo", [], "inplace", False), ("bf16", "mezo", [], "functional", False),
     ("bf16-mixed", "agzo", AGZO_SMALL, "functional", True),
     ("bf16-mixed", "pgap", PGAP_SMALL, "functional", True),
+    ("bf16-mixed", "subzero", ["--rank", "2", "--window", "2"], "functional", True),
     ("bf16-mixed", "agzo", [*AGZO_SMALL, "--no-paired-forward"], "functional", False),
     ("bf16-mixed", "agzo", [*AGZO_SMALL, "--weight-decay", "0.1"], "inplace", False),
     ("bf16-mixed", "ldsd", ["--num-probes", "2"], "inplace", False),
     ("fp32", "agzo", AGZO_SMALL, "inplace", False), ("bf16", "agzo", AGZO_SMALL, "functional", False)])
 def test_mode_and_pairing_left_unset_under_bf16_mixed(tiny_model, tmp_path, capsys, dtype, method, extra,
                                                       mode, paired):
-    """--mode and --paired-forward left unset: MeZO, AGZO and P-GAP run functional under
-    bf16-mixed, AGZO and P-GAP with paired forwards (not with --weight-decay: their side paths
+    """--mode and --paired-forward left unset: MeZO, AGZO, P-GAP and SubZero run functional under
+    bf16-mixed, the last three with paired forwards (not with --weight-decay: their side paths
     take none); elsewhere the optimizer's auto and unpaired."""
     out = tmp_path / "run"
     assert finetune.main(cli(tiny_model, out, "--dtype", dtype, "--steps", "2", "--lr", "1e-3",

@@ -98,14 +98,16 @@ DTYPES = dtypes.DTYPES
 # --mode left unset under bf16-mixed (not with --fsdp): these methods run functional there. MeZO's
 # functional views copy the linear weights straight into bf16 (pgap.views), which makes its step
 # the cheapest there (in place: three float32 passes plus autocast's cast of every weight per
-# forward); AGZO and P-GAP keep their matrices on side paths, which lets them pair their two
-# forwards (PAIRED_WHEN_MIXED, unless --no-paired-forward): on an Intel Xeon, one thread, their
-# paired functional step took 0.67-0.84x their in-place one (docs/results.md, "Paired forwards for
-# P-GAP"). Side paths take no weight decay: with --weight-decay > 0 AGZO and P-GAP keep auto.
-# The other methods keep mode="auto" (in place for float32 weights): not measured faster.
-FUNCTIONAL_WHEN_MIXED = ("mezo", "agzo", "pgap")
-PAIRED_WHEN_MIXED = ("agzo", "pgap")
-SIDE_PATH_METHODS = ("agzo", "pgap")
+# forward); AGZO, P-GAP and SubZero (P-GAP's control, kept in P-GAP's mode) keep their matrices
+# on side paths, which lets them pair their two forwards (PAIRED_WHEN_MIXED, unless
+# --no-paired-forward): on an Intel Xeon, one thread, their paired functional step took
+# 0.72-0.89x their in-place one, and 5 paired seeds of AGZO and P-GAP on the real task trained
+# alike in both modes (docs/results.md, "Paired forwards for P-GAP"). Side paths take no weight
+# decay: with --weight-decay > 0 these keep auto. The other methods keep mode="auto" (in place
+# for float32 weights): not measured faster.
+SIDE_PATH_METHODS = ("agzo", "pgap", "subzero")
+FUNCTIONAL_WHEN_MIXED = ("mezo",) + SIDE_PATH_METHODS
+PAIRED_WHEN_MIXED = SIDE_PATH_METHODS
 DECAY_RULES = {"pgap": pgap_decay_rule, "mezo": mezo_decay_rule}
 
 
@@ -142,11 +144,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--probes", type=int)
     g.add_argument("--mode", choices=["auto", "inplace", "functional"],
                    help="functional: the weights never hold ±eps*z (default auto: functional for "
-                        "bf16/fp16 weights, and for MeZO, AGZO and P-GAP under bf16-mixed)")
+                        "bf16/fp16 weights, and for MeZO, AGZO, P-GAP and SubZero under bf16-mixed)")
     g.add_argument("--paired-forward", action=argparse.BooleanOptionalAction, default=None,
                    help="both points of each step in one forward over the batch stacked twice "
                         "(MeZO family, AGZO, P-GAP and SubZero in functional mode; default: on for "
-                        "agzo and pgap under bf16-mixed, off otherwise; docs/optimizers.md)")
+                        "agzo, pgap and subzero under bf16-mixed, off otherwise; docs/optimizers.md)")
     g.add_argument("--rounding", choices=["stochastic", "nearest"],
                    help="how updates round into bf16/fp16 weights (default stochastic)")
     g.add_argument("--distribution", choices=["gaussian", "rademacher"],
