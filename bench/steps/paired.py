@@ -2,7 +2,7 @@
 
 On ``step_cost``'s task (embedded SmolLM2-135M, one batch of Rotten Tomatoes prompts,
 ``PromptClassifier.loss``), for each ``--methods`` (functional mode, pgap-finetune's defaults):
-three copies of the model, one plain (no hooks), one with the optimizer stepping unpaired
+four copies of the model, one plain (no hooks), one with the optimizer stepping unpaired
 (``opt.step(loss)``) and one with the same optimizer stepping paired
 (``opt.step(loss, pair_closure=PromptClassifier.pair_loss)``); and a fourth stepping in place
 (``mode="inplace"``, unpaired: the mode pgap-finetune ran before it paired AGZO and P-GAP under
@@ -75,17 +75,16 @@ def measure(dtype: str, method: str, args) -> dict:
                             "inplace": step_inplace},
                            torch.device("cpu"), args.warmup, args.repeats, CLOCK[args.clock])
     med = {k: common.median(v) for k, v in times.items()}
-    ratios_u = [u / f for u, f in zip(times["unpaired"], times["forward"])]
-    ratios_p = [p / f for p, f in zip(times["paired"], times["forward"])]
-    ratio_pu = [p / u for p, u in zip(times["paired"], times["unpaired"])]
-    ratios_i = [i / f for i, f in zip(times["inplace"], times["forward"])]
-    ratio_pi = [p / i for p, i in zip(times["paired"], times["inplace"])]
+
+    def ratio(a: str, b: str) -> float:  # the median over rounds of a's time / b's
+        return common.median([x / y for x, y in zip(times[a], times[b])])
+
     row = dict(model="smollm2-135m (embedded)", dtype=dtype, batch=args.batch, method=method,
                pair_copies=getattr(opt_p, "pair_copies", ""), warmup=args.warmup, repeats=args.repeats, forward_ms=med["forward"],
                unpaired_ms=med["unpaired"], paired_ms=med["paired"],
-               unpaired_in_forwards=common.median(ratios_u), paired_in_forwards=common.median(ratios_p),
-               paired_over_unpaired=common.median(ratio_pu), inplace_ms=med["inplace"],
-               inplace_in_forwards=common.median(ratios_i), paired_over_inplace=common.median(ratio_pi))
+               unpaired_in_forwards=ratio("unpaired", "forward"), paired_in_forwards=ratio("paired", "forward"),
+               paired_over_unpaired=ratio("paired", "unpaired"), inplace_ms=med["inplace"],
+               inplace_in_forwards=ratio("inplace", "forward"), paired_over_inplace=ratio("paired", "inplace"))
     print(f"  {dtype} {method:16s} ({row['pair_copies'] or 'side path'}) forward {med['forward']:7.1f} ms  unpaired {row['unpaired_in_forwards']:.2f}"
           f"  paired {row['paired_in_forwards']:.2f}  in place {row['inplace_in_forwards']:.2f} forwards  "
           f"(paired/unpaired {row['paired_over_unpaired']:.3f}, paired/in place {row['paired_over_inplace']:.3f})",

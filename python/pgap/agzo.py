@@ -189,7 +189,7 @@ class AGZO(LowRankZO):
         seed = self.step_seed()
         self._set_xi(seed)
         if self._pair is not None:
-            plus, minus = self._paired_agzo(seed, refresh)
+            plus, minus = self._paired_two_point(seed, capture=self._capturing(refresh))
         else:
             plus, minus = self.two_point(closure, lambda c: self._apply(seed, c), self.eps,
                                          capture=lambda: self._capturing(refresh))
@@ -200,18 +200,6 @@ class AGZO(LowRankZO):
                 self._finish_refresh()
         self._diag = dict(self._refresh_diag, loss_plus=plus, loss_minus=minus, projected_grad=g)
         return 0.5 * (plus + minus)
-
-    def _all_on_side_paths(self) -> bool:
-        return len(self._sides) == len(self.bases)
-
-    def _paired_agzo(self, seed: int, refresh: bool) -> "tuple[float, float]":
-        """:meth:`_paired_two_point`; a refresh sketches the first half's activations, the +ε
-        forward's."""
-        self.sketcher.first_half = True
-        try:
-            return self._paired_two_point(seed, capture=self._capturing(refresh))
-        finally:
-            self.sketcher.first_half = False
 
     # -- atomic steps ----------------------------------------------------------------------
     def _step_state(self) -> Dict[str, Any]:

@@ -112,30 +112,33 @@ class LowRankZO(ZOOptimizer):
         self._move(self._perturbed_vectors(), [seed], [coeff])
 
     # -- paired forwards (pgap.paired) -----------------------------------------------------
-    def _all_on_side_paths(self) -> bool:
-        """Whether every low-rank matrix moves through the side path (none written in place)."""
-        raise NotImplementedError
-
     @property
     def supports_pairs(self) -> bool:  # type: ignore[override]
         """Paired forwards (``step(closure, pair_closure=...)``) need functional mode with every
-        matrix on a side path (none written in place) and the views on blocks."""
-        return (self.mode == "functional" and self._all_on_side_paths()
+        low-rank matrix (the trainables that are not vectors) on the side path, none written in
+        place, and the views on blocks."""
+        on_side = len(self.side.states) if self.side is not None else 0
+        return (self.mode == "functional" and on_side == len(self.trainables) - len(self.vectors)
                 and (self.views is None or self.views.unit == "block"))
 
     def _paired_two_point(self, seed: int,
                           capture: Optional[contextlib.AbstractContextManager] = None) -> Tuple[float, float]:
         """(L+, L−) from one forward of the pair closure over the doubled batch: the side paths
         add +ε·P on its first half and −ε·P on its second (x·V once over both), the moving
-        vectors' views show ±ε·z likewise; ``capture`` as :meth:`evaluate_pair`'s. Leaves the
-        side coefficient at +ε (the update resets it); the weights are never written."""
+        vectors' views show ±ε·z likewise; ``capture`` as :meth:`evaluate_pair`'s, sketching
+        the first half's activations (the +ε forward's). Leaves the side coefficient at +ε (the
+        update resets it); the weights are never written."""
         self.side.coeff, self.side.paired = self.eps, True
         if self.views is not None:
             self.views.show([seed], [self.eps], only=self._perturbed_vectors(), paired=True)
+        if self.sketcher is not None:
+            self.sketcher.first_half = True
         try:
             return self.evaluate_pair(self._pair, capture=capture)
         finally:
             self.side.paired = False
+            if self.sketcher is not None:
+                self.sketcher.first_half = False
 
     def _update(self, seed: int, g: float) -> None:
         """From θ − ε·P to (1 − lr·wd)·θ − lr·g·P, matrices then vectors per weight-decay group

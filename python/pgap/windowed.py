@@ -69,9 +69,6 @@ class WindowedLowRankZO(LowRankZO):
         # views of every trainable: the probes show them all; the two-point pair the vectors
         self._attach_functional(model, self.matrices, self.trainables)
 
-    def _all_on_side_paths(self) -> bool:
-        return all(s.functional for s in self.matrices)
-
     # -- passes ----------------------------------------------------------------------------
     def _matrix_pass(self, decays: Optional[bool], seed: int, coeff: float, decay: float = 1.0,
                      rounding: Optional[Dict[str, Any]] = None) -> None:

@@ -326,10 +326,11 @@ def run(args: argparse.Namespace, ranks: Ranks) -> int:
     except ValueError as exc:
         say(f"pgap-finetune: error: {exc}", file=sys.stderr)
         return 2
+    can_pair = getattr(opt, "supports_pairs", False)
     paired = args.paired_forward
     if paired is None:  # pgap-finetune's choice under bf16-mixed
-        paired = mixed and args.method in PAIRED_WHEN_MIXED and getattr(opt, "supports_pairs", False)
-    if paired and not getattr(opt, "supports_pairs", False):
+        paired = mixed and args.method in PAIRED_WHEN_MIXED and can_pair
+    if paired and not can_pair:
         say(f"pgap-finetune: error: --paired-forward needs {PAIRED_METHODS} "
             f"in functional mode (--mode functional, the default for bf16); got {args.method} in "
             f"mode {getattr(opt, 'mode', None)!r}", file=sys.stderr)
